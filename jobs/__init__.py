@@ -1,0 +1,1 @@
+"""Driver side of turbobatch: spec, inputs, plan, resume state, scheduling, progress, CLI."""

@@ -1,0 +1,96 @@
+"""Command line: ``turbobatch render|...`` and the flag set of ``python -m jobs.render``.
+
+Option names are a contract other tools and docs rely on; each flag's ``dest`` is the
+JobSpec field of the same name, so YAML files and flags share one vocabulary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import yaml
+
+from jobs.errors import JobError
+from jobs.spec import DTYPES, FORMATS, IMAGE_FORMATS, JobSpec
+
+
+def build_render_parser(prog: str = "python -m jobs.render") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Render a Parquet prompt dataset into an image dataset on a Ray cluster. "
+        "Rerun the same command to resume: only shards without a done marker are rendered.",
+        argument_default=argparse.SUPPRESS,  # absent flags stay absent: YAML values survive
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("input", nargs="?", help="Parquet file, folder or glob; any fsspec URL")
+    p.add_argument("output", nargs="?", help="output folder URL (local path, s3://, gs://, ...)")
+    p.add_argument("--config", help="job YAML file with the same fields (flags override it)")
+    p.add_argument("--model", help="Hugging Face id, local diffusers folder, or tiny-sd-turbo "
+                   "(default stabilityai/sd-turbo)")
+    p.add_argument("--steps", type=int, help="denoising steps (default 1; turbo models use 1-4)")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (default 0.0, "
+                   "as turbo models are trained)")
+    p.add_argument("--height", type=int, help="image height, multiple of 8 (default: the model's native size)")
+    p.add_argument("--width", type=int, help="image width, multiple of 8 (default: the model's native size)")
+    p.add_argument("--batch-size", type=int, help="rows per pipeline call on GPU (default 8; "
+                   "CPU renders one row per call so images are bitwise reproducible)")
+    p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default float16 on CUDA, float32 on CPU)")
+    p.add_argument("--workers", type=int, help="render actors (default: GPUs in the Ray cluster, else 1)")
+    p.add_argument("--shard-size", type=int, help="rows per shard, the unit of commit and resume (default 1000)")
+    p.add_argument("--format", choices=FORMATS, help="tar: WebDataset shards/SSSSSS.tar; "
+                   "files: images/SSSSSS/<key>.<ext> (default tar)")
+    p.add_argument("--image-format", choices=IMAGE_FORMATS, help="image encoding (default png)")
+    p.add_argument("--quality", type=int, help="jpeg/webp quality 1-100 (default jpeg 95, webp 90)")
+    p.add_argument("--seed", type=int, help="job seed: a row without its own seed uses seed + "
+                   "its global index (default 0)")
+    p.add_argument("--prompt-column", help="column holding the prompt (default prompt)")
+    p.add_argument("--negative-prompt-column", help="column holding the negative prompt (default none)")
+    p.add_argument("--seed-column", help="column of per-row seeds, used when present (default seed)")
+    p.add_argument("--key-column", help="column of unique row keys used to name images "
+                   "(default: the row's global index, zero-padded)")
+    p.add_argument("--overwrite", action="store_const", const=True,
+                   help="discard an existing output made with other inputs or options "
+                   "(an output of this same job is resumed, not discarded)")
+    return p
+
+
+def parse_render_args(argv: list[str] | None, prog: str = "python -m jobs.render") -> JobSpec:
+    """Flags (and the YAML named by --config) -> a validated JobSpec. Raises JobError."""
+    args = vars(build_render_parser(prog).parse_args(argv))
+    config_path = args.pop("config", None)
+    yaml_values = _read_yaml(config_path) if config_path else {}
+    flags = {k: v for k, v in args.items() if v is not None}
+    return JobSpec.from_sources(yaml_values, flags)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise JobError(f"--config: cannot read {path!r}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise JobError(f"--config: {path!r} is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise JobError(f"--config: {path!r} must hold a mapping of field: value, not {type(values).__name__}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``turbobatch`` entry point: dispatch to a subcommand."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"render": "jobs.render"}
+    if not argv or argv[0] not in commands:
+        print("usage: turbobatch {render} ...   (turbobatch render --help)", file=sys.stderr)
+        return 2
+    if argv[0] == "render":
+        from jobs.render import main as render_main
+
+        return render_main(argv[1:], prog="turbobatch render")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Join (or start) Ray and resolve what depends on the cluster: device, dtype, worker count."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from jobs.errors import JobError
+from jobs.spec import JobSpec
+from workers.models import ModelInfo
+
+# Passed to actors so that a joined cluster's workers find the same caches as the driver.
+FORWARDED_ENV = ("TURBOBATCH_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_TOKEN")
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    gpus: int
+    cpus: int
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus else "cpu"
+
+
+@contextlib.contextmanager
+def ray_session() -> Iterator[ClusterInfo]:
+    """``ray.init()`` honours RAY_ADDRESS; a Ray started here is shut down on exit."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(logging_level=logging.WARNING)
+        else:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        resources = ray.cluster_resources()
+        yield ClusterInfo(gpus=int(resources.get("GPU", 0)), cpus=int(resources.get("CPU", 0)))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def actor_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+
+
+def resolve_spec(spec: JobSpec, model: ModelInfo, cluster: ClusterInfo) -> JobSpec:
+    """Fill the fields left to the model and the cluster, and check they fit."""
+    device = cluster.device
+    dtype = spec.dtype or ("float16" if device == "cuda" else "float32")
+    if device == "cpu" and dtype == "float16":
+        raise JobError("--dtype: float16 needs CUDA and this Ray cluster has no GPU; use float32 or bfloat16")
+    workers = spec.workers or max(1, cluster.gpus)
+    capacity = cluster.gpus if device == "cuda" else cluster.cpus
+    if workers > capacity:
+        unit = "GPU" if device == "cuda" else "CPU"
+        raise JobError(f"--workers: {workers} actors need {workers} {unit}s; the Ray cluster has {capacity}")
+    return dataclasses.replace(
+        spec,
+        device=device,
+        dtype=dtype,
+        workers=workers,
+        height=spec.height or model.native_height,
+        width=spec.width or model.native_width,
+    )

@@ -1,0 +1,111 @@
+"""Find the input Parquet files and read only their footers (row counts, schema)."""
+
+from __future__ import annotations
+
+import glob as globlib
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.errors import JobError
+from jobs.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class InputFile:
+    url: str  # full fsspec URL, openable by any worker
+    size: int
+    num_rows: int
+    columns: dict[str, str]  # column name -> Arrow type, as text
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"url": self.url, "size": self.size, "num_rows": self.num_rows}
+
+
+def scan_inputs(url: str, storage_options: dict[str, Any] | None = None) -> list[InputFile]:
+    """List the Parquet files behind ``url`` (file, folder or glob) in sorted order."""
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    paths = _list_paths(fs, root, url)
+    files = [_read_footer(fs, path) for path in paths]
+    if sum(f.num_rows for f in files) == 0:
+        raise JobError(f"input: {url} has no rows ({len(files)} Parquet file(s), all empty)")
+    return files
+
+
+def _list_paths(fs: fsspec.AbstractFileSystem, root: str, url: str) -> list[str]:
+    if globlib.has_magic(root):
+        paths = sorted(p for p in fs.glob(root) if fs.isfile(p))
+        if not paths:
+            raise JobError(f"input: the glob {url} matches no files")
+        return paths
+    if fs.isdir(root):
+        prefix = root.rstrip("/") + "/"
+        paths = sorted(
+            p for p in fs.find(root)
+            if p.endswith(".parquet") and not _is_hidden(p[len(prefix):])
+        )  # fmt: skip
+        if not paths:
+            raise JobError(f"input: the folder {url} holds no *.parquet files")
+        return paths
+    if fs.isfile(root):
+        return [root]
+    raise JobError(f"input: {url} does not exist (expected a Parquet file, a folder or a glob)")
+
+
+def _is_hidden(rel: str) -> bool:
+    """Spark/Hive markers and temp files (_SUCCESS, .part-0.crc, _tmp/...) are not data."""
+    return any(part.startswith(("_", ".")) for part in rel.split("/"))
+
+
+def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> InputFile:
+    url = fs.unstrip_protocol(path)
+    try:
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+            schema = meta.schema.to_arrow_schema()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise JobError(f"input: {url} is not a readable Parquet file ({e})") from None
+    return InputFile(
+        url=url,
+        size=int(fs.size(path)),
+        num_rows=meta.num_rows,
+        columns={field.name: str(field.type) for field in schema},
+    )
+
+
+_TEXT_TYPES = ("string", "large_string", "string_view")
+_SEED_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+               "float", "double", "null")  # fmt: skip
+
+
+def check_columns(files: list[InputFile], spec: JobSpec) -> None:
+    """Every column the spec names must exist in every file, with a usable type."""
+    required = [("prompt-column", spec.prompt_column, _TEXT_TYPES)]
+    if spec.negative_prompt_column:
+        required.append(("negative-prompt-column", spec.negative_prompt_column, _TEXT_TYPES))
+    if spec.key_column:
+        required.append(("key-column", spec.key_column, None))
+    for f in files:
+        for flag, column, types in required:
+            _check_column(f, flag, column, types, required=True)
+        # The default seed column is used where present; one the user named must exist.
+        _check_column(f, "seed-column", spec.seed_column, _SEED_TYPES,
+                      required=spec.seed_column != JobSpec.seed_column)  # fmt: skip
+
+
+def _check_column(f: InputFile, flag: str, column: str, types: tuple[str, ...] | None, required: bool) -> None:
+    if column not in f.columns:
+        if required:
+            raise JobError(
+                f"--{flag}: column {column!r} is not in {f.url}; its columns are: {', '.join(f.columns) or '(none)'}"
+            )
+        return
+    kind = f.columns[column]
+    base = kind.removeprefix("dictionary<values=").split(",")[0]
+    if types is not None and base not in types:
+        raise JobError(
+            f"--{flag}: column {column!r} in {f.url} has type {kind}; expected one of {', '.join(types)}"
+        )

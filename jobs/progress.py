@@ -1,0 +1,62 @@
+"""Progress bar (shards, images/s, ETA) and the end-of-run summary."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+
+@dataclass
+class ShardOutcome:
+    shard_id: int
+    num_rows: int
+    marker: dict[str, Any] | None = None  # the done marker when committed
+    error: str | None = None  # why the shard failed
+
+
+@dataclass
+class Progress:
+    total_shards: int
+    already_done: int
+    pending_rows: int
+    outcomes: list[ShardOutcome] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.bar = tqdm(total=self.pending_rows, unit="img", desc="render", dynamic_ncols=True, mininterval=1.0)
+        self._postfix()
+
+    def record(self, outcome: ShardOutcome) -> None:
+        self.outcomes.append(outcome)
+        self.bar.update(outcome.num_rows)
+        self._postfix()
+
+    def _postfix(self) -> None:
+        done = self.already_done + sum(o.marker is not None for o in self.outcomes)
+        failed = sum(o.error is not None for o in self.outcomes)
+        self.bar.set_postfix_str(f"shards {done}/{self.total_shards}" + (f", {failed} failed" if failed else ""))
+
+    def close(self) -> None:
+        self.bar.close()
+
+    @property
+    def failed(self) -> list[ShardOutcome]:
+        return [o for o in self.outcomes if o.error is not None]
+
+    def summary(self, output: str) -> str:
+        elapsed = time.perf_counter() - self.started
+        markers = [o.marker for o in self.outcomes if o.marker is not None]
+        ok = sum(m["ok"] for m in markers)
+        errors = sum(m["error"] for m in markers)
+        lines = [
+            f"shards: {self.already_done + len(markers)}/{self.total_shards} committed "
+            f"({len(markers)} this run, {self.already_done} before, {len(self.failed)} failed)",
+            f"rows this run: {ok} ok, {errors} error",
+            f"speed: {ok / elapsed if elapsed > 0 else 0.0:.2f} images/s over {elapsed:.1f} s",
+            f"output: {output}",
+        ]
+        lines += [f"failed shard {o.shard_id}: {o.error}" for o in self.failed]
+        return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""``python -m jobs.render INPUT OUTPUT [options]``: the render job, as a recipe.
+
+Every check that can fail a job runs before any actor starts; then shards without a done
+marker are rendered and committed by the actors. Rerun the same command to resume.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from jobs import resume, schedule
+from jobs.cli import parse_render_args
+from jobs.cluster import ray_session, resolve_spec
+from jobs.errors import JobError
+from jobs.inputs import check_columns, scan_inputs
+from jobs.keys import check_unique_keys
+from jobs.plan import fingerprint, make_plan
+from jobs.progress import Progress
+from jobs.spec import MAX_SEED, JobSpec
+from jobs.storage import Folder
+from workers.models import resolve_model
+
+EXIT_OK, EXIT_FAILED_SHARDS, EXIT_BAD_JOB = 0, 1, 2
+
+
+def run(spec: JobSpec) -> int:
+    # 1. The output must be writable.
+    out = Folder(spec.output)
+    resume.check_writable(out)
+    # 2. Inputs: list the files, read their footers, check the columns (and keys if named).
+    files = scan_inputs(spec.input)
+    check_columns(files, spec)
+    if spec.key_column:
+        check_unique_keys(files, spec.key_column)
+    total_rows = sum(f.num_rows for f in files)
+    if spec.seed + total_rows > MAX_SEED:
+        raise JobError(f"--seed: {spec.seed} + {total_rows} rows would pass 2**63; use a smaller job seed")
+    # 3. Model: read its configs only (loadable? supported? native size?).
+    model = resolve_model(spec.model)
+    with ray_session() as cluster:
+        # 4. Fill in what depends on the cluster: device, dtype, size, worker count.
+        spec = resolve_spec(spec, model, cluster)
+        # 5. Plan the shards and claim (or resume) the output.
+        plan = make_plan(files, spec.shard_size)
+        done = resume.prepare(out, spec, plan, fingerprint(files, spec))
+        pending = [s for s in plan if s.shard_id not in done]
+        print(
+            f"turbobatch: {total_rows} rows in {len(files)} file(s) -> {len(plan)} shards; "
+            f"{len(done)} already committed, {len(pending)} to render on {spec.workers} {spec.device} worker(s)",
+            file=sys.stderr,
+        )
+        # 6. Render: actors commit shards; progress shows shards, images/s and ETA.
+        progress = Progress(len(plan), len(done), sum(s.num_rows for s in pending))
+        try:
+            schedule.render_shards(pending, spec, progress)
+        finally:
+            progress.close()
+    # 7. Summary; the exit code tells whether every shard committed.
+    print(progress.summary(out.display()))
+    return EXIT_FAILED_SHARDS if progress.failed else EXIT_OK
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.render") -> int:
+    try:
+        spec = parse_render_args(argv, prog)
+        return run(spec)
+    except JobError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_JOB
+
+
+if __name__ == "__main__":
+    sys.exit(main())

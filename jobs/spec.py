@@ -1,0 +1,162 @@
+"""JobSpec: everything a render job needs, validated once, before any work starts.
+
+CLI flags and a YAML file (same field names) become one ``JobSpec``. ``validate`` checks every
+field and raises :class:`JobError` naming the flag, the value and what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs.errors import JobError
+
+DTYPES = ("float16", "bfloat16", "float32")
+FORMATS = ("tar", "files")
+IMAGE_FORMATS = ("png", "jpeg", "webp")
+IMAGE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+DEFAULT_QUALITY = {"jpeg": 95, "webp": 90}
+MAX_SEED = 2**63  # seeds live in [0, 2**63)
+
+
+@dataclass
+class JobSpec:
+    """One render job. Field names double as YAML keys; ``--flag-name`` maps to ``flag_name``."""
+
+    input: str = ""
+    output: str = ""
+    model: str = "stabilityai/sd-turbo"
+    steps: int = 1
+    guidance_scale: float = 0.0
+    height: int | None = None  # None: the model's native size
+    width: int | None = None
+    batch_size: int = 8
+    dtype: str | None = None  # None: float16 on CUDA, float32 on CPU
+    workers: int | None = None  # None: GPUs in the Ray cluster, else 1
+    shard_size: int = 1000
+    format: str = "tar"
+    image_format: str = "png"
+    quality: int | None = None  # None: jpeg 95, webp 90; not used by png
+    seed: int = 0
+    prompt_column: str = "prompt"
+    negative_prompt_column: str | None = None
+    seed_column: str = "seed"
+    key_column: str | None = None
+    overwrite: bool = False
+    # Options the driver resolves once it knows the model and the cluster (not user-facing).
+    device: str | None = field(default=None, metadata={"internal": True})
+
+    # Fields that change what is written (pixels, names, layout): a resume must not mix them.
+    OUTPUT_FIELDS = (
+        "model", "steps", "guidance_scale", "height", "width", "dtype", "seed", "prompt_column",
+        "negative_prompt_column", "seed_column", "key_column", "shard_size", "format",
+        "image_format", "quality",
+    )  # fmt: skip
+
+    @classmethod
+    def user_fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+    @classmethod
+    def from_sources(cls, yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> JobSpec:
+        """Defaults, then the YAML file, then flags that were given on the command line."""
+        known = set(cls.user_fields())
+        values: dict[str, Any] = {}
+        for raw_key, value in yaml_values.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in known:
+                raise JobError(
+                    f"--config: unknown field {raw_key!r}; valid fields: {', '.join(sorted(known))}"
+                )
+            values[key] = value
+        values.update(flag_values)
+        spec = cls(**values)
+        spec.validate()
+        return spec
+
+    # -- validation --------------------------------------------------------------------
+    def validate(self) -> None:
+        _require_text("input", self.input)
+        _require_text("output", self.output)
+        _require_text("model", self.model)
+        _require_int("steps", self.steps, 1, 100)
+        _require_number("guidance-scale", self.guidance_scale, 0.0, 100.0)
+        for name, size in (("height", self.height), ("width", self.width)):
+            if size is not None:
+                _require_int(name, size, 8, 4096)
+                if size % 8:
+                    raise JobError(f"--{name}: {size} is not a multiple of 8 (the VAE needs it)")
+        _require_int("batch-size", self.batch_size, 1, 4096)
+        _require_choice("dtype", self.dtype, DTYPES, optional=True)
+        if self.workers is not None:
+            _require_int("workers", self.workers, 1, 100_000)
+        _require_int("shard-size", self.shard_size, 1, 1_000_000)
+        _require_choice("format", self.format, FORMATS)
+        _require_choice("image-format", self.image_format, IMAGE_FORMATS)
+        if self.quality is not None:
+            if self.image_format == "png":
+                raise JobError("--quality: applies to jpeg and webp only; png is lossless")
+            _require_int("quality", self.quality, 1, 100)
+        _require_int("seed", self.seed, 0, MAX_SEED - 1)
+        _require_text("prompt-column", self.prompt_column)
+        _require_text("seed-column", self.seed_column)
+        for name in ("negative_prompt_column", "key_column"):
+            value = getattr(self, name)
+            if value is not None:
+                _require_text(name.replace("_", "-"), value)
+        if not isinstance(self.overwrite, bool):
+            raise JobError(f"--overwrite: {self.overwrite!r} is not true or false")
+
+    # -- derived values ----------------------------------------------------------------
+    @property
+    def image_extension(self) -> str:
+        return IMAGE_EXTENSIONS[self.image_format]
+
+    @property
+    def effective_quality(self) -> int | None:
+        return self.quality if self.quality is not None else DEFAULT_QUALITY.get(self.image_format)
+
+    def output_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.OUTPUT_FIELDS}
+
+    def output_hash(self) -> str:
+        blob = json.dumps(self.output_fields(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> JobSpec:
+        return cls(**values)
+
+
+def _require_text(flag: str, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        label = flag if flag in ("input", "output") else f"--{flag}"  # positional arguments
+        raise JobError(f"{label}: {value!r} is not valid; expected a non-empty string")
+
+
+def _require_int(flag: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise JobError(f"--{flag}: {value!r} is not an integer; expected an integer in [{low}, {high}]")
+    if not low <= value <= high:
+        raise JobError(f"--{flag}: {value} is out of range; expected an integer in [{low}, {high}]")
+
+
+def _require_number(flag: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise JobError(f"--{flag}: {value!r} is not a finite number in [{low}, {high}]")
+    if not low <= value <= high:
+        raise JobError(f"--{flag}: {value} is out of range; expected a number in [{low}, {high}]")
+
+
+def _require_choice(flag: str, value: Any, choices: tuple[str, ...], optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value not in choices:
+        raise JobError(f"--{flag}: {value!r} is not valid; choose one of {', '.join(choices)}")

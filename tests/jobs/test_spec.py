@@ -1,0 +1,92 @@
+import pytest
+
+from jobs.cli import parse_render_args
+from jobs.errors import JobError
+from jobs.spec import JobSpec
+
+
+def parse(*argv: str) -> JobSpec:
+    return parse_render_args(["in.parquet", "out", *argv])
+
+
+def test_defaults_match_the_documented_contract():
+    spec = parse()
+    assert (spec.model, spec.steps, spec.guidance_scale) == ("stabilityai/sd-turbo", 1, 0.0)
+    assert (spec.height, spec.width, spec.dtype, spec.workers) == (None, None, None, None)
+    assert (spec.shard_size, spec.format, spec.seed) == (1000, "tar", 0)
+    assert (spec.prompt_column, spec.seed_column, spec.key_column) == ("prompt", "seed", None)
+
+
+def test_every_flag_reaches_the_spec():
+    spec = parse("--model", "tiny-sd-turbo", "--steps", "2", "--guidance-scale", "1.5", "--height", "64",
+                 "--width", "128", "--batch-size", "4", "--dtype", "bfloat16", "--workers", "3",
+                 "--shard-size", "10", "--format", "files", "--image-format", "jpeg", "--quality", "80",
+                 "--seed", "7", "--prompt-column", "text", "--negative-prompt-column", "neg",
+                 "--seed-column", "s", "--key-column", "id", "--overwrite")  # fmt: skip
+    assert spec.to_dict() == {
+        "input": "in.parquet", "output": "out", "model": "tiny-sd-turbo", "steps": 2, "guidance_scale": 1.5,
+        "height": 64, "width": 128, "batch_size": 4, "dtype": "bfloat16", "workers": 3, "shard_size": 10,
+        "format": "files", "image_format": "jpeg", "quality": 80, "seed": 7, "prompt_column": "text",
+        "negative_prompt_column": "neg", "seed_column": "s", "key_column": "id", "overwrite": True,
+        "device": None,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "--steps: 0 is out of range"),
+        (["--height", "100"], "--height: 100 is not a multiple of 8"),
+        (["--width", "0"], "--width: 0 is out of range"),
+        (["--shard-size", "0"], "--shard-size: 0 is out of range"),
+        (["--guidance-scale", "nan"], "--guidance-scale: nan is not a finite number"),
+        (["--quality", "80"], "--quality: applies to jpeg and webp only"),
+        (["--image-format", "webp", "--quality", "101"], "--quality: 101 is out of range"),
+        (["--seed", "-1"], "--seed: -1 is out of range"),
+        (["--seed", str(2**63)], "--seed: 9223372036854775808 is out of range"),
+        (["--batch-size", "0"], "--batch-size: 0 is out of range"),
+        (["--prompt-column", " "], "--prompt-column: ' ' is not valid"),
+    ],
+)
+def test_invalid_values_name_the_flag_and_the_range(argv, message):
+    with pytest.raises(JobError, match=message.replace("(", r"\(")):
+        parse(*argv)
+
+
+def test_argparse_rejects_unknown_choices(capsys):
+    with pytest.raises(SystemExit):
+        parse("--format", "zip")
+    assert "invalid choice: 'zip'" in capsys.readouterr().err
+
+
+def test_yaml_fields_then_flags_override(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text("input: data/\noutput: s3://b/out\nsteps: 3\nguidance-scale: 0.5\nshard_size: 5\n")
+    spec = parse_render_args(["--config", str(config), "--steps", "2"])
+    assert (spec.input, spec.output, spec.steps, spec.guidance_scale, spec.shard_size) == (
+        "data/", "s3://b/out", 2, 0.5, 5)  # fmt: skip
+
+
+def test_yaml_unknown_field_lists_valid_ones(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text("input: a\noutput: b\nstep: 2\n")
+    with pytest.raises(JobError, match=r"--config: unknown field 'step'; valid fields: .*steps"):
+        parse_render_args(["--config", str(config)])
+
+
+def test_yaml_wrong_type_is_named(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text("input: a\noutput: b\nsteps: two\n")
+    with pytest.raises(JobError, match="--steps: 'two' is not an integer"):
+        parse_render_args(["--config", str(config)])
+
+
+def test_missing_input_and_output_are_errors():
+    with pytest.raises(JobError, match="input: '' is not valid"):
+        parse_render_args([])
+
+
+def test_output_hash_changes_only_with_output_fields():
+    base = parse()
+    assert parse("--workers", "4", "--batch-size", "2").output_hash() == base.output_hash()
+    assert parse("--steps", "2").output_hash() != base.output_hash()

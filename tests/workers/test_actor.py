@@ -1,0 +1,88 @@
+"""RenderWorker without Ray: rendering, writing and determinism of one shard."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from jobs import layout
+from jobs.plan import Shard
+from jobs.spec import JobSpec
+from tests.conftest import write_parquet
+from tests.helpers import plain_diffusers_image, read_metadata, read_tar_images
+from workers.actor import RenderWorker
+
+PROMPTS = ["a red fox", "", "日本の桜 🎨", None, "long " * 50, "a lighthouse at dusk"]
+
+
+def resolved_spec(out, **kw) -> JobSpec:
+    values = dict(input="unused", output=str(out), model="tiny-sd-turbo", device="cpu", dtype="float32",
+                  height=64, width=64, shard_size=len(PROMPTS))  # fmt: skip
+    values.update(kw)
+    return JobSpec(**values)
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    return write_parquet(tmp_path_factory.mktemp("in") / "p.parquet", {"prompt": PROMPTS}, row_group_size=4)
+
+
+def shard_of(path, start=0, end=len(PROMPTS), shard_id=0) -> Shard:
+    return Shard(shard_id, f"file://{path}", start, end, start, 9)
+
+
+def test_shard_is_committed_with_done_marker_last(tmp_path, prompts_file, tiny_model_dir):
+    worker = RenderWorker(resolved_spec(tmp_path))
+    marker = worker.render_shard(shard_of(prompts_file))
+    assert (marker["rows"], marker["ok"], marker["error"]) == (6, 5, 1)
+    assert json.loads((tmp_path / layout.done_path(0)).read_text()) == marker
+    done_mtime = (tmp_path / layout.done_path(0)).stat().st_mtime_ns
+    for rel in marker["files"]:
+        assert (tmp_path / rel).stat().st_mtime_ns <= done_mtime
+    rows = read_metadata(tmp_path)
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "error", "ok", "ok"]
+    assert rows[3]["error"] == "prompt is null" and rows[3]["image"] is None
+    assert [r["truncated"] for r in rows if r["status"] == "ok"] == [False, False, False, True, False]
+    images = read_tar_images(tmp_path)
+    assert sorted(images) == [r["key"] for r in rows if r["status"] == "ok"]
+    assert all(img.shape == (64, 64, 3) for img in images.values())
+
+
+def test_images_are_bitwise_what_a_plain_diffusers_call_gives(tmp_path, prompts_file, tiny_model_dir):
+    from diffusers import AutoPipelineForText2Image
+
+    worker = RenderWorker(resolved_spec(tmp_path, height=48, width=40, seed=123))
+    worker.render_shard(shard_of(prompts_file))
+    images = read_tar_images(tmp_path)
+    pipe = AutoPipelineForText2Image.from_pretrained(tiny_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    for row in read_metadata(tmp_path):
+        if row["status"] == "ok":
+            expected = plain_diffusers_image(pipe, row["prompt"], row["seed"], 48, 40)
+            np.testing.assert_array_equal(images[row["key"]], expected, err_msg=row["key"])
+
+
+def test_same_rows_give_same_bytes_whatever_shard_or_batch(tmp_path, prompts_file, tiny_model_dir):
+    whole = RenderWorker(resolved_spec(tmp_path / "a", batch_size=8))
+    whole.render_shard(shard_of(prompts_file))
+    split = RenderWorker(resolved_spec(tmp_path / "b", batch_size=1, shard_size=4))
+    split.render_shard(shard_of(prompts_file, 0, 4, shard_id=0))
+    split.render_shard(shard_of(prompts_file, 4, 6, shard_id=1))
+    digests = [{r["key"]: r["sha256"] for r in read_metadata(tmp_path / d)} for d in ("a", "b")]
+    assert digests[0] == digests[1]
+
+
+def test_files_format_and_jpeg(tmp_path, prompts_file, tiny_model_dir):
+    worker = RenderWorker(resolved_spec(tmp_path, format="files", image_format="jpeg", quality=80))
+    marker = worker.render_shard(shard_of(prompts_file))
+    assert not (tmp_path / "shards").exists()
+    written = sorted(p.name for p in (tmp_path / "images" / "000000").iterdir())
+    assert written == [f"00000000{i}.jpg" for i in (0, 1, 2, 4, 5)]
+    assert marker["image_bytes"] == sum((tmp_path / "images" / "000000" / n).stat().st_size for n in written)
+    assert read_metadata(tmp_path)[0]["image"] == "images/000000/000000000.jpg"
+
+
+def test_worker_refuses_an_unresolved_spec(tmp_path):
+    with pytest.raises(ValueError, match="resolved by the driver"):
+        RenderWorker(dataclasses.replace(resolved_spec(tmp_path), device=None))

@@ -1,0 +1,47 @@
+import pyarrow as pa
+
+from jobs.plan import Shard
+from jobs.spec import JobSpec
+from tests.conftest import write_parquet
+from workers.rows import read_shard_table, rows_from_table
+
+
+def shard(path, start, end, first_index=100) -> Shard:
+    return Shard(0, f"file://{path}", start, end, first_index, 9)
+
+
+def test_reads_exactly_the_shard_rows_across_odd_row_groups(tmp_path):
+    path = write_parquet(tmp_path / "a.parquet", {"prompt": [f"p{i}" for i in range(23)], "extra": list(range(23))},
+                         row_group_size=5)  # fmt: skip
+    table = read_shard_table(shard(path, 7, 18), JobSpec(input="i", output="o"))
+    assert table.column("prompt").to_pylist() == [f"p{i}" for i in range(7, 18)]
+    assert table.column_names == ["prompt"]  # only the columns the job uses
+
+
+def test_bad_rows_become_error_records_and_good_rows_get_seeds(tmp_path):
+    spec = JobSpec(input="i", output="o", seed=1000)
+    floats = pa.array([None, 5.0, -1.0, 2.0**63, 7.0, 7.5, float("nan"), float("inf")], pa.float64())
+    path = write_parquet(tmp_path / "a.parquet", {"prompt": ["a", None, "c", "d", "e", "f", "g", "h"], "seed": floats})
+    rows = rows_from_table(read_shard_table(shard(path, 0, 8), spec), shard(path, 0, 8), spec)
+    assert [(r.key, r.seed, r.error) for r in rows] == [
+        ("000000100", 1100, None),  # null seed: job seed + global index
+        ("000000101", 5, "prompt is null"),
+        ("000000102", None, "seed -1 is outside [0, 2**63)"),
+        ("000000103", None, "seed 9223372036854775808 is outside [0, 2**63)"),
+        ("000000104", 7, None),
+        ("000000105", None, "seed 7.5 is not an integer"),
+        ("000000106", 1106, None),  # NaN is pandas' null
+        ("000000107", None, "seed inf is not an integer"),
+    ]
+    uints = pa.array([2**63 - 1, 2**63, None], pa.uint64())
+    path = write_parquet(tmp_path / "b.parquet", {"prompt": ["a", "b", "c"], "seed": uints})
+    rows = rows_from_table(read_shard_table(shard(path, 0, 3), spec), shard(path, 0, 3), spec)
+    assert [(r.seed, r.error) for r in rows] == [
+        (2**63 - 1, None), (None, "seed 9223372036854775808 is outside [0, 2**63)"), (1102, None)]
+
+
+def test_key_column_and_negative_prompts(tmp_path):
+    spec = JobSpec(input="i", output="o", key_column="id", negative_prompt_column="neg")
+    path = write_parquet(tmp_path / "a.parquet", {"prompt": ["a", "b"], "id": ["x/1", "y"], "neg": ["blurry", None]})
+    rows = rows_from_table(read_shard_table(shard(path, 0, 2), spec), shard(path, 0, 2), spec)
+    assert [(r.key, r.negative_prompt) for r in rows] == [("x_1", "blurry"), ("y", None)]

@@ -1,0 +1,55 @@
+"""RenderWorker: one long-lived pipeline that renders and commits whole shards.
+
+A plain class: the driver wraps it in a Ray actor (jobs/schedule.py); tests and the GPU
+machine use it without Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from jobs.plan import Shard
+from jobs.spec import JobSpec
+from jobs.storage import Folder
+from workers.models import load_pipeline, resolve_model
+from workers.renderer import PipelineRenderer
+from workers.rows import read_shard_table, rows_from_table
+from workers.writer import ShardWriter
+
+ENCODE_THREADS = max(2, min(8, (os.cpu_count() or 2)))
+
+
+class RenderWorker:
+    def __init__(self, spec: JobSpec) -> None:
+        if spec.device is None or spec.dtype is None or spec.height is None or spec.width is None:
+            raise ValueError("RenderWorker needs a spec resolved by the driver (device, dtype, size)")
+        self.spec = spec
+        self.out = Folder(spec.output)
+        pipe = load_pipeline(resolve_model(spec.model), spec.device, spec.dtype)
+        self.renderer = PipelineRenderer(pipe, spec, spec.device)
+        self.pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode")
+
+    def ready(self) -> str:
+        """Returns once the pipeline is loaded; the driver waits on it before feeding shards."""
+        return f"{os.uname().nodename} pid {os.getpid()} {self.spec.device}"
+
+    def render_shard(self, shard: Shard) -> dict[str, Any]:
+        """Render and commit one shard; returns its done marker."""
+        started = time.perf_counter()
+        # 1. Read this shard's rows; invalid ones become error records.
+        rows = rows_from_table(read_shard_table(shard, self.spec), shard, self.spec)
+        valid = [r for r in rows if r.error is None]
+        read_s = time.perf_counter() - started
+        with ShardWriter(self.out, shard, self.spec, self.pool, max_pending=4 * ENCODE_THREADS) as writer:
+            for row in rows:
+                if row.error is not None:
+                    writer.add_error(row)
+            # 2. Render valid rows; encodes overlap the next pipeline call.
+            for rendered in self.renderer.render(valid):
+                writer.add_image(rendered)
+            render_s = time.perf_counter() - started - read_s
+            # 3. Flush images, write metadata, then the done marker.
+            return writer.commit({"read": read_s, "render": render_s, "total": time.perf_counter() - started})
