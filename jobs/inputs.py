@@ -76,7 +76,7 @@ def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> InputFile:
     )
 
 
-_TEXT_TYPES = ("string", "large_string", "string_view")
+_TEXT_TYPES = ("string", "large_string", "string_view", "null")  # null: an all-null column
 _SEED_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                "float", "double", "null")  # fmt: skip
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,9 @@ class Progress:
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
-        self.bar = tqdm(total=self.pending_rows, unit="img", desc="render", dynamic_ncols=True, mininterval=1.0)
+        # In a log (ray job logs, CI) redraws become lines: print one every 30 s there.
+        interval = 1.0 if sys.stderr.isatty() else 30.0
+        self.bar = tqdm(total=self.pending_rows, unit="img", desc="render", dynamic_ncols=True, mininterval=interval)
         self._postfix()
 
     def record(self, outcome: ShardOutcome) -> None:

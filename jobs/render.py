@@ -6,6 +6,7 @@ marker are rendered and committed by the actors. Rerun the same command to resum
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from jobs import resume, schedule
@@ -27,6 +28,7 @@ def run(spec: JobSpec) -> int:
     # 1. The output must be writable.
     out = Folder(spec.output)
     resume.check_writable(out)
+    spec = dataclasses.replace(spec, output=out.absolute_url)  # actors may run in another cwd
     # 2. Inputs: list the files, read their footers, check the columns (and keys if named).
     files = scan_inputs(spec.input)
     check_columns(files, spec)

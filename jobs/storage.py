@@ -34,6 +34,11 @@ class Folder:
     def __repr__(self) -> str:
         return f"Folder({self.url!r})"
 
+    @property
+    def absolute_url(self) -> str:
+        """The folder as a URL that means the same from any working directory."""
+        return self.fs.unstrip_protocol(self.root) if self.is_local else self.url
+
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
 

@@ -16,7 +16,7 @@ from jobs.spec import JobSpec
 from jobs.storage import Folder
 from workers.models import load_pipeline, resolve_model
 from workers.renderer import PipelineRenderer
-from workers.rows import read_shard_table, rows_from_table
+from workers.rows import ShardReader, rows_from_table
 from workers.writer import ShardWriter
 
 ENCODE_THREADS = max(2, min(8, (os.cpu_count() or 2)))
@@ -30,6 +30,7 @@ class RenderWorker:
         self.out = Folder(spec.output)
         pipe = load_pipeline(resolve_model(spec.model), spec.device, spec.dtype)
         self.renderer = PipelineRenderer(pipe, spec, spec.device)
+        self.reader = ShardReader(spec)
         self.pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode")
 
     def ready(self) -> str:
@@ -40,7 +41,7 @@ class RenderWorker:
         """Render and commit one shard; returns its done marker."""
         started = time.perf_counter()
         # 1. Read this shard's rows; invalid ones become error records.
-        rows = rows_from_table(read_shard_table(shard, self.spec), shard, self.spec)
+        rows = rows_from_table(self.reader.read(shard), shard, self.spec)
         valid = [r for r in rows if r.error is None]
         read_s = time.perf_counter() - started
         with ShardWriter(self.out, shard, self.spec, self.pool, max_pending=4 * ENCODE_THREADS) as writer:

@@ -29,17 +29,32 @@ class Row:
     error: str | None = None
 
 
-def read_shard_table(shard: Shard, spec: JobSpec, storage_options: dict[str, Any] | None = None) -> pa.Table:
-    """Only this shard's rows, and only the columns the spec uses (those present in the file)."""
-    wanted = [spec.prompt_column, spec.negative_prompt_column, spec.seed_column, spec.key_column]
-    fs, path = fsspec.core.url_to_fs(shard.file, **(storage_options or {}))
-    with fs.open(path, "rb") as handle:
-        pf = pq.ParquetFile(handle)
-        present = set(pf.schema_arrow.names)
-        columns = list(dict.fromkeys(c for c in wanted if c and c in present))
-        groups, first_row = _row_groups_covering(pf.metadata, shard.row_start, shard.row_end)
-        table = pf.read_row_groups(groups, columns=columns)
-    return table.slice(shard.row_start - first_row, shard.num_rows)
+class ShardReader:
+    """Reads a shard's rows: only its row groups, only the columns the spec uses.
+
+    Keeps the last row groups it read: when a file has row groups much larger than a shard
+    (one 10M-row group is common), consecutive shards reuse them instead of rereading.
+    """
+
+    def __init__(self, spec: JobSpec, storage_options: dict[str, Any] | None = None) -> None:
+        self.spec = spec
+        self.storage_options = storage_options or {}
+        self._cache: tuple[tuple[str, tuple[int, ...]], int, pa.Table] | None = None
+
+    def read(self, shard: Shard) -> pa.Table:
+        spec = self.spec
+        wanted = [spec.prompt_column, spec.negative_prompt_column, spec.seed_column, spec.key_column]
+        fs, path = fsspec.core.url_to_fs(shard.file, **self.storage_options)
+        with fs.open(path, "rb") as handle:
+            pf = pq.ParquetFile(handle)
+            groups, first_row = _row_groups_covering(pf.metadata, shard.row_start, shard.row_end)
+            cache_key = (shard.file, tuple(groups))
+            if self._cache is None or self._cache[0] != cache_key:
+                present = set(pf.schema_arrow.names)
+                columns = list(dict.fromkeys(c for c in wanted if c and c in present))
+                self._cache = (cache_key, first_row, pf.read_row_groups(groups, columns=columns))
+        _, first_row, table = self._cache
+        return table.slice(shard.row_start - first_row, shard.num_rows)
 
 
 def _row_groups_covering(meta: pq.FileMetaData, start: int, end: int) -> tuple[list[int], int]:

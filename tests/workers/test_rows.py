@@ -3,7 +3,11 @@ import pyarrow as pa
 from jobs.plan import Shard
 from jobs.spec import JobSpec
 from tests.conftest import write_parquet
-from workers.rows import read_shard_table, rows_from_table
+from workers.rows import ShardReader, rows_from_table
+
+
+def read_shard_table(shard: Shard, spec: JobSpec):
+    return ShardReader(spec).read(shard)
 
 
 def shard(path, start, end, first_index=100) -> Shard:
@@ -16,6 +20,16 @@ def test_reads_exactly_the_shard_rows_across_odd_row_groups(tmp_path):
     table = read_shard_table(shard(path, 7, 18), JobSpec(input="i", output="o"))
     assert table.column("prompt").to_pylist() == [f"p{i}" for i in range(7, 18)]
     assert table.column_names == ["prompt"]  # only the columns the job uses
+
+
+def test_consecutive_shards_of_one_big_row_group_read_it_once(tmp_path):
+    path = write_parquet(tmp_path / "a.parquet", {"prompt": [f"p{i}" for i in range(30)]}, row_group_size=30)
+    reader = ShardReader(JobSpec(input="i", output="o"))
+    first = reader.read(shard(path, 0, 10))
+    cached = reader._cache[2]
+    second = reader.read(shard(path, 10, 20))
+    assert reader._cache[2] is cached
+    assert first.column("prompt").to_pylist() + second.column("prompt").to_pylist() == [f"p{i}" for i in range(20)]
 
 
 def test_bad_rows_become_error_records_and_good_rows_get_seeds(tmp_path):
