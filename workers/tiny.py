@@ -49,6 +49,9 @@ def tiny_model_path(name: str) -> Path:
     # a half-written model, and the loser of the rename race simply discards its copy.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
         _build_tiny_sd_turbo().save_pretrained(staging)
         _write_tokenizer_files(staging / "tokenizer")
         try:
