@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from jobs.errors import JobError
-from jobs.spec import DTYPES, FORMATS, IMAGE_FORMATS, JobSpec
+from jobs.spec import DEVICES, DTYPES, FORMATS, IMAGE_FORMATS, JobSpec
 
 
 def build_render_parser(prog: str = "python -m jobs.render") -> argparse.ArgumentParser:
@@ -37,6 +37,8 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("--batch-size", type=int, help="rows per pipeline call on GPU (default 8; "
                    "CPU renders one row per call so images are bitwise reproducible)")
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default float16 on CUDA, float32 on CPU)")
+    p.add_argument("--device", choices=DEVICES, help="where actors render (default: cuda when the Ray "
+                   "cluster has GPUs, else cpu; say cuda for an autoscaling cluster whose GPU nodes start at 0)")
     p.add_argument("--workers", type=int, help="render actors (default: GPUs in the Ray cluster, else 1)")
     p.add_argument("--shard-size", type=int, help="rows per shard, the unit of commit and resume (default 1000)")
     p.add_argument("--format", choices=FORMATS, help="tar: WebDataset shards/SSSSSS.tar; "

@@ -52,13 +52,14 @@ def actor_env() -> dict[str, str]:
 
 def resolve_spec(spec: JobSpec, model: ModelInfo, cluster: ClusterInfo) -> JobSpec:
     """Fill the fields left to the model and the cluster, and check they fit."""
-    device = cluster.device
+    device = spec.device or cluster.device
     dtype = spec.dtype or ("float16" if device == "cuda" else "float32")
     if device == "cpu" and dtype == "float16":
-        raise JobError("--dtype: float16 needs CUDA and this Ray cluster has no GPU; use float32 or bfloat16")
+        raise JobError("--dtype: float16 needs CUDA and the job renders on CPU; use float32 or bfloat16")
     workers = spec.workers or max(1, cluster.gpus)
     capacity = cluster.gpus if device == "cuda" else cluster.cpus
-    if workers > capacity:
+    # An explicit --device cuda may wait for an autoscaler to add GPU nodes; auto must fit now.
+    if workers > capacity and not (spec.device == "cuda"):
         unit = "GPU" if device == "cuda" else "CPU"
         raise JobError(f"--workers: {workers} actors need {workers} {unit}s; the Ray cluster has {capacity}")
     return dataclasses.replace(

@@ -10,12 +10,13 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jobs.errors import JobError
 
 DTYPES = ("float16", "bfloat16", "float32")
+DEVICES = ("cuda", "cpu")
 FORMATS = ("tar", "files")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 IMAGE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -46,20 +47,19 @@ class JobSpec:
     negative_prompt_column: str | None = None
     seed_column: str = "seed"
     key_column: str | None = None
+    device: str | None = None  # None: cuda when the Ray cluster has GPUs, else cpu
     overwrite: bool = False
-    # Options the driver resolves once it knows the model and the cluster (not user-facing).
-    device: str | None = field(default=None, metadata={"internal": True})
 
     # Fields that change what is written (pixels, names, layout): a resume must not mix them.
     OUTPUT_FIELDS = (
-        "model", "steps", "guidance_scale", "height", "width", "dtype", "seed", "prompt_column",
+        "model", "steps", "guidance_scale", "height", "width", "dtype", "device", "seed", "prompt_column",
         "negative_prompt_column", "seed_column", "key_column", "shard_size", "format",
         "image_format", "quality",
     )  # fmt: skip
 
     @classmethod
     def user_fields(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+        return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
     def from_sources(cls, yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> JobSpec:
@@ -92,6 +92,7 @@ class JobSpec:
                     raise JobError(f"--{name}: {size} is not a multiple of 8 (the VAE needs it)")
         _require_int("batch-size", self.batch_size, 1, 4096)
         _require_choice("dtype", self.dtype, DTYPES, optional=True)
+        _require_choice("device", self.device, DEVICES, optional=True)
         if self.workers is not None:
             _require_int("workers", self.workers, 1, 100_000)
         _require_int("shard-size", self.shard_size, 1, 1_000_000)

@@ -154,6 +154,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
         ("good", ["--steps", "0"], "--steps: 0 is out of range"),
         ("good", ["--workers", "3"], "--workers: 3 actors need 3 CPUs; the Ray cluster has 2"),
         ("good", ["--dtype", "float16"], "--dtype: float16 needs CUDA"),
+        ("good", ["--device", "cpu", "--dtype", "float16"], "--dtype: float16 needs CUDA"),
         ("good", ["--seed-column", "s"], "--seed-column: column 's' is not in"),
         ("good", ["--seed", str(2**63 - 1)], "would pass 2**63"),
     ],
@@ -174,7 +175,7 @@ def test_cli_entry_points_document_every_option():
         text = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
         for flag in ("--model", "--steps", "--guidance-scale", "--height", "--width", "--batch-size", "--dtype",
                      "--workers", "--shard-size", "--format", "--image-format", "--quality", "--seed",
-                     "--prompt-column", "--negative-prompt-column", "--seed-column", "--key-column", "--config",
+                     "--prompt-column", "--negative-prompt-column", "--seed-column", "--key-column", "--config", "--device",
                      "--overwrite"):  # fmt: skip
             assert flag in text, (cmd, flag)
 

@@ -19,7 +19,7 @@ def test_defaults_match_the_documented_contract():
 
 def test_every_flag_reaches_the_spec():
     spec = parse("--model", "tiny-sd-turbo", "--steps", "2", "--guidance-scale", "1.5", "--height", "64",
-                 "--width", "128", "--batch-size", "4", "--dtype", "bfloat16", "--workers", "3",
+                 "--width", "128", "--batch-size", "4", "--dtype", "bfloat16", "--device", "cpu", "--workers", "3",
                  "--shard-size", "10", "--format", "files", "--image-format", "jpeg", "--quality", "80",
                  "--seed", "7", "--prompt-column", "text", "--negative-prompt-column", "neg",
                  "--seed-column", "s", "--key-column", "id", "--overwrite")  # fmt: skip
@@ -28,7 +28,7 @@ def test_every_flag_reaches_the_spec():
         "height": 64, "width": 128, "batch_size": 4, "dtype": "bfloat16", "workers": 3, "shard_size": 10,
         "format": "files", "image_format": "jpeg", "quality": 80, "seed": 7, "prompt_column": "text",
         "negative_prompt_column": "neg", "seed_column": "s", "key_column": "id", "overwrite": True,
-        "device": None,
+        "device": "cpu",
     }  # fmt: skip
 
 
