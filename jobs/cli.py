@@ -7,6 +7,7 @@ JobSpec field of the same name, so YAML files and flags share one vocabulary.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -52,10 +53,32 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("--seed-column", help="column of per-row seeds, used when present (default seed)")
     p.add_argument("--key-column", help="column of unique row keys used to name images "
                    "(default: the row's global index, zero-padded)")
+    p.add_argument("--storage-options", type=_json_object("--storage-options"),
+                   help='fsspec options for input and output, as JSON, e.g. \'{"client_kwargs": '
+                   '{"endpoint_url": "http://127.0.0.1:9000"}}\' (default: the standard environment, '
+                   "AWS_ENDPOINT_URL, AWS_PROFILE, ...); secrets never reach spec.json or logs")
+    p.add_argument("--input-storage-options", type=_json_object("--input-storage-options"),
+                   help="fsspec options for the input only, as JSON, on top of --storage-options")
+    p.add_argument("--output-storage-options", type=_json_object("--output-storage-options"),
+                   help="fsspec options for the output only, as JSON, on top of --storage-options")
     p.add_argument("--overwrite", action="store_const", const=True,
                    help="discard an existing output made with other inputs or options "
                    "(an output of this same job is resumed, not discarded)")
     return p
+
+
+def _json_object(flag: str):
+    def parse(text: str) -> dict[str, Any]:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at character {e.pos})") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+        return value
+
+    parse.__name__ = flag  # argparse names the type in its error message
+    return parse
 
 
 def parse_render_args(argv: list[str] | None, prog: str = "python -m jobs.render") -> JobSpec:

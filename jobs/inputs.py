@@ -9,9 +9,11 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from jobs.errors import JobError
 from jobs.spec import JobSpec
+from jobs.storage import bucket_of, check_endpoint, describe_error, open_fs
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,15 @@ class InputFile:
 
 def scan_inputs(url: str, storage_options: dict[str, Any] | None = None) -> list[InputFile]:
     """List the Parquet files behind ``url`` (file, folder or glob) in sorted order."""
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    paths = _list_paths(fs, root, url)
-    files = [_read_footer(fs, path) for path in paths]
+    try:
+        check_endpoint(url, storage_options)
+        fs, root = open_fs(url, storage_options)
+        paths = _list_paths(fs, root, url)
+        files = [_read_footer(fs, path) for path in paths]
+    except JobError:
+        raise
+    except Exception as e:  # noqa: BLE001 - storage failures become named job errors
+        raise JobError(f"input: {describe_error(e, url, storage_options)}") from None
     if sum(f.num_rows for f in files) == 0:
         raise JobError(f"input: {url} has no rows ({len(files)} Parquet file(s), all empty)")
     return files
@@ -52,6 +60,8 @@ def _list_paths(fs: fsspec.AbstractFileSystem, root: str, url: str) -> list[str]
         return paths
     if fs.isfile(root):
         return [root]
+    if not isinstance(fs, LocalFileSystem) and not fs.exists(bucket_of(url)):
+        raise JobError(f"input: bucket {bucket_of(url)!r} does not exist (input {url})")
     raise JobError(f"input: {url} does not exist (expected a Parquet file, a folder or a glob)")
 
 
@@ -66,7 +76,7 @@ def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> InputFile:
         with fs.open(path, "rb") as f:
             meta = pq.ParquetFile(f).metadata
             schema = meta.schema.to_arrow_schema()
-    except (pa.ArrowInvalid, OSError) as e:
+    except pa.ArrowInvalid as e:
         raise JobError(f"input: {url} is not a readable Parquet file ({e})") from None
     return InputFile(
         url=url,

@@ -11,11 +11,11 @@ import hashlib
 import re
 from typing import Any
 
-import fsspec
 import pyarrow.parquet as pq
 
 from jobs.errors import JobError
 from jobs.inputs import InputFile
+from jobs.storage import open_fs
 
 MAX_KEY_CHARS = 120
 _UNSAFE = re.compile(r"[^\w\-=+@,]", re.UNICODE)
@@ -40,7 +40,7 @@ def check_unique_keys(files: list[InputFile], column: str, storage_options: dict
     """Read only the key column of every file; null or duplicate keys stop the job."""
     seen: dict[str, str] = {}
     for f in files:
-        fs, path = fsspec.core.url_to_fs(f.url, **(storage_options or {}))
+        fs, path = open_fs(f.url, storage_options)
         with fs.open(path, "rb") as handle:
             values = pq.read_table(handle, columns=[column]).column(column).to_pylist()
         for row, raw in enumerate(values):

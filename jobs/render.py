@@ -26,14 +26,14 @@ EXIT_OK, EXIT_FAILED_SHARDS, EXIT_BAD_JOB = 0, 1, 2
 
 def run(spec: JobSpec) -> int:
     # 1. The output must be writable.
-    out = Folder(spec.output)
+    out = Folder(spec.output, spec.output_options())
     resume.check_writable(out)
     spec = dataclasses.replace(spec, output=out.absolute_url)  # actors may run in another cwd
     # 2. Inputs: list the files, read their footers, check the columns (and keys if named).
-    files = scan_inputs(spec.input)
+    files = scan_inputs(spec.input, spec.input_options())
     check_columns(files, spec)
     if spec.key_column:
-        check_unique_keys(files, spec.key_column)
+        check_unique_keys(files, spec.key_column, spec.input_options())
     total_rows = sum(f.num_rows for f in files)
     if spec.seed + total_rows > MAX_SEED:
         raise JobError(f"--seed: {spec.seed} + {total_rows} rows would pass 2**63; use a smaller job seed")

@@ -13,17 +13,19 @@ from jobs import layout
 from jobs.errors import JobError
 from jobs.plan import Shard, describe_changes
 from jobs.spec import JobSpec
-from jobs.storage import Folder
+from jobs.storage import Folder, check_endpoint, describe_error
 
 
 def check_writable(out: Folder) -> None:
     """Fail early (before Ray or any model) when the output cannot be written."""
     probe = "_job/.write-probe"
     try:
+        check_endpoint(out.url, out.storage_options)
         out.write_bytes(probe, b"ok")
         out.fs.rm(out.path(probe))
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot write"
-        raise JobError(f"output: cannot write to {out.display()} ({type(e).__name__}: {e})") from None
+        reason = describe_error(e, out.display(), out.storage_options)
+        raise JobError(f"output: cannot write to {out.display()}: {reason}") from None
 
 
 def committed_shards(out: Folder) -> set[int]:
@@ -54,7 +56,7 @@ def prepare(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str
         _clear(out)
     if not out.exists(layout.SPEC):
         out.write_json(layout.PLAN, {"num_shards": len(plan), "shards": [s.to_dict() for s in plan]})
-        out.write_json(layout.SPEC, {"spec": spec.to_dict(), "fingerprint": fingerprint})
+        out.write_json(layout.SPEC, {"spec": spec.to_public_dict(), "fingerprint": fingerprint})
     done = committed_shards(out)
     unknown = sorted(done - {s.shard_id for s in plan})
     if unknown:

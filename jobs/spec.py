@@ -10,7 +10,8 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.errors import JobError
@@ -49,6 +50,11 @@ class JobSpec:
     key_column: str | None = None
     device: str | None = None  # None: cuda when the Ray cluster has GPUs, else cpu
     overwrite: bool = False
+    # fsspec storage options (credentials, endpoint): for both sides, then per side on top.
+    # repr=False keeps secrets out of tracebacks and logs; spec.json gets redacted copies.
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    input_storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    output_storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # Fields that change what is written (pixels, names, layout): a resume must not mix them.
     OUTPUT_FIELDS = (
@@ -111,6 +117,9 @@ class JobSpec:
                 _require_text(name.replace("_", "-"), value)
         if not isinstance(self.overwrite, bool):
             raise JobError(f"--overwrite: {self.overwrite!r} is not true or false")
+        for name in ("storage_options", "input_storage_options", "output_storage_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise JobError(f"--{name.replace('_', '-')}: expected a mapping of option: value (a JSON object)")
 
     # -- derived values ----------------------------------------------------------------
     @property
@@ -120,6 +129,12 @@ class JobSpec:
     @property
     def effective_quality(self) -> int | None:
         return self.quality if self.quality is not None else DEFAULT_QUALITY.get(self.image_format)
+
+    def input_options(self) -> dict[str, Any]:
+        return {**self.storage_options, **self.input_storage_options}
+
+    def output_options(self) -> dict[str, Any]:
+        return {**self.storage_options, **self.output_storage_options}
 
     def output_fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.OUTPUT_FIELDS}
@@ -131,9 +146,29 @@ class JobSpec:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_public_dict(self) -> dict[str, Any]:
+        """The spec with every secret-looking storage option replaced: safe for spec.json and logs."""
+        values = self.to_dict()
+        for name in ("storage_options", "input_storage_options", "output_storage_options"):
+            values[name] = redact(values[name])
+        return values
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> JobSpec:
         return cls(**values)
+
+
+_SECRET_KEY = re.compile(r"secret|token|password|passwd|credential|key|session|signature|sas|auth|cert", re.I)
+REDACTED = "***"
+
+
+def redact(options: Any) -> Any:
+    """Storage options with the value of every secret-looking key (at any depth) replaced."""
+    if isinstance(options, dict):
+        return {k: REDACTED if _SECRET_KEY.search(str(k)) else redact(v) for k, v in options.items()}
+    if isinstance(options, list):
+        return [redact(v) for v in options]
+    return options
 
 
 def _require_text(flag: str, value: Any) -> None:

@@ -10,15 +10,77 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 TEMP_MARK = ".tmp-"
+
+# Object stores answer 503/SlowDown and drop connections now and then: botocore retries those
+# with exponential backoff (s3fs adds its own retries for dropped connections). Users can
+# override by passing their own config_kwargs.
+S3_DEFAULTS: dict[str, Any] = {"config_kwargs": {"retries": {"max_attempts": 8, "mode": "standard"}}}
+
+
+def open_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``fsspec.core.url_to_fs`` with the project's defaults for object stores."""
+    options = dict(storage_options or {})
+    if url.startswith(("s3://", "s3a://")):
+        options = {**S3_DEFAULTS, **options}
+    return fsspec.core.url_to_fs(url, **options)
+
+
+def describe_error(e: BaseException, url: str, storage_options: dict[str, Any] | None = None) -> str:
+    """Name a storage failure as the user can act on it: bucket missing, access denied, unreachable."""
+    text = f"{type(e).__name__}: {e}"
+    detail = text.strip().splitlines()[0][:300]
+    if isinstance(e, PermissionError) or any(
+        code in text for code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden")
+    ):
+        return f"access denied to {url}; check the credentials in the storage options or environment ({detail})"
+    if "NoSuchBucket" in text or "bucket does not exist" in text:
+        return f"bucket {bucket_of(url)!r} does not exist ({detail})"
+    if isinstance(e, (ConnectionError, TimeoutError)) or any(
+        mark in text for mark in ("Could not connect", "Connect timeout", "ClientConnectorError", "Cannot connect")
+    ):
+        return f"endpoint unreachable for {url}: {endpoint_of(storage_options) or 'the default endpoint'} ({detail})"
+    return detail
+
+
+def check_endpoint(url: str, storage_options: dict[str, Any] | None = None, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not after a minute of retries, when a custom endpoint is unreachable.
+
+    Raises ConnectionError naming the endpoint. Only for s3:// URLs with a custom endpoint.
+    """
+    endpoint = endpoint_of(storage_options) if url.startswith(("s3://", "s3a://")) else None
+    if not endpoint:
+        return
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConnectionError(f"Cannot connect to {endpoint}: {e.strerror or e}") from None
+
+
+def bucket_of(url: str) -> str:
+    return url.split("://", 1)[-1].split("/", 1)[0]
+
+
+def endpoint_of(storage_options: dict[str, Any] | None) -> str | None:
+    options = storage_options or {}
+    return (
+        options.get("endpoint_url")
+        or (options.get("client_kwargs") or {}).get("endpoint_url")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
 
 
 class Folder:
@@ -27,7 +89,7 @@ class Folder:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url.rstrip("/") or url
         self.storage_options = dict(storage_options or {})
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self.fs, self.root = open_fs(self.url, self.storage_options)
         self.root = self.root.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
 
@@ -48,6 +110,7 @@ class Folder:
 
     # -- reads -------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
+        self.fs.invalidate_cache(self.path(rel))  # another process may have written it
         return self.fs.exists(self.path(rel))
 
     def read_bytes(self, rel: str) -> bytes:
@@ -58,6 +121,7 @@ class Folder:
 
     def list_names(self, rel: str) -> list[str]:
         """Names (not paths) directly under ``rel``; empty if it does not exist. One listing."""
+        self.fs.invalidate_cache(self.path(rel))  # listings are cached per process; resume needs fresh ones
         try:
             entries = self.fs.ls(self.path(rel), detail=False)
         except FileNotFoundError:

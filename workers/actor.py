@@ -27,10 +27,10 @@ class RenderWorker:
         if spec.device is None or spec.dtype is None or spec.height is None or spec.width is None:
             raise ValueError("RenderWorker needs a spec resolved by the driver (device, dtype, size)")
         self.spec = spec
-        self.out = Folder(spec.output)
+        self.out = Folder(spec.output, spec.output_options())
         pipe = load_pipeline(resolve_model(spec.model), spec.device, spec.dtype)
         self.renderer = PipelineRenderer(pipe, spec, spec.device)
-        self.reader = ShardReader(spec)
+        self.reader = ShardReader(spec, spec.input_options())
         self.pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode")
 
     def ready(self) -> str:

@@ -10,13 +10,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.keys import index_key, sanitize_key
 from jobs.plan import Shard
 from jobs.spec import MAX_SEED, JobSpec
+from jobs.storage import open_fs
 
 
 @dataclass
@@ -44,7 +44,7 @@ class ShardReader:
     def read(self, shard: Shard) -> pa.Table:
         spec = self.spec
         wanted = [spec.prompt_column, spec.negative_prompt_column, spec.seed_column, spec.key_column]
-        fs, path = fsspec.core.url_to_fs(shard.file, **self.storage_options)
+        fs, path = open_fs(shard.file, self.storage_options)
         with fs.open(path, "rb") as handle:
             pf = pq.ParquetFile(handle)
             groups, first_row = _row_groups_covering(pf.metadata, shard.row_start, shard.row_end)

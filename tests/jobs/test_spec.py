@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from jobs.cli import parse_render_args
@@ -28,7 +30,7 @@ def test_every_flag_reaches_the_spec():
         "height": 64, "width": 128, "batch_size": 4, "dtype": "bfloat16", "workers": 3, "shard_size": 10,
         "format": "files", "image_format": "jpeg", "quality": 80, "seed": 7, "prompt_column": "text",
         "negative_prompt_column": "neg", "seed_column": "s", "key_column": "id", "overwrite": True,
-        "device": "cpu",
+        "device": "cpu", "storage_options": {}, "input_storage_options": {}, "output_storage_options": {},
     }  # fmt: skip
 
 
@@ -90,3 +92,21 @@ def test_output_hash_changes_only_with_output_fields():
     base = parse()
     assert parse("--workers", "4", "--batch-size", "2").output_hash() == base.output_hash()
     assert parse("--steps", "2").output_hash() != base.output_hash()
+
+
+def test_storage_options_merge_per_side_and_are_redacted_in_public_dicts():
+    spec = parse("--storage-options", '{"key": "AK", "secret": "S1", "client_kwargs": {"endpoint_url": "http://e"}}',
+                 "--output-storage-options", '{"secret": "S2"}')  # fmt: skip
+    assert spec.input_options()["secret"] == "S1" and spec.output_options()["secret"] == "S2"
+    public = json.dumps(spec.to_public_dict())
+    assert "S1" not in public and "S2" not in public and "AK" not in public and "http://e" in public
+    assert "S1" not in repr(spec) and "S2" not in repr(spec)
+
+
+def test_storage_options_must_be_a_json_object(capsys):
+    with pytest.raises(SystemExit):
+        parse("--storage-options", "[1, 2]")
+    assert "--storage-options: expected a JSON object, got list" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse("--input-storage-options", "{bad")
+    assert "--input-storage-options: not valid JSON" in capsys.readouterr().err

@@ -1,0 +1,82 @@
+"""Folder and input scanning against moto's real S3 server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jobs import resume
+from jobs.errors import JobError
+from jobs.inputs import scan_inputs
+from jobs.storage import Folder
+from tests.conftest import s3_options
+
+
+def test_atomic_writes_and_one_listing(s3_endpoint, s3_bucket):
+    out = Folder(f"s3://{s3_bucket}/out", s3_options(s3_endpoint))
+    with pytest.raises(RuntimeError), out.atomic_writer("shards/000000.tar") as f:
+        f.write(b"torn")
+        raise RuntimeError("killed")
+    assert not out.exists("shards/000000.tar")
+    for i in range(3):
+        out.write_json(f"_done/{i:06d}.json", {"shard": i})
+    assert out.list_names("_done") == ["000000.json", "000001.json", "000002.json"]
+    assert resume.committed_shards(out) == {0, 1, 2}
+    # Another process deletes a marker: the next listing must see it (no stale cache).
+    other = Folder(f"s3://{s3_bucket}/out", s3_options(s3_endpoint))
+    other.fs.rm(other.path("_done/000001.json"))
+    assert resume.committed_shards(out) == {0, 2}
+
+
+def test_missing_bucket_is_named_for_output_and_input(s3_endpoint):
+    with pytest.raises(JobError, match="output: cannot write to s3://no-such-bucket/out: bucket 'no-such-bucket' does not exist"):
+        resume.check_writable(Folder("s3://no-such-bucket/out", s3_options(s3_endpoint)))
+    with pytest.raises(JobError, match="input: bucket 'no-such-bucket' does not exist"):
+        scan_inputs("s3://no-such-bucket/prompts/", s3_options(s3_endpoint))
+
+
+def test_unreachable_endpoint_is_named_within_seconds():
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(JobError, match=f"endpoint unreachable for s3://b/out: http://127.0.0.1:{port}"):
+        resume.check_writable(Folder("s3://b/out", s3_options(f"http://127.0.0.1:{port}")))
+    with pytest.raises(JobError, match="input: endpoint unreachable"):
+        scan_inputs("s3://b/in.parquet", s3_options(f"http://127.0.0.1:{port}"))
+    assert time.monotonic() - started < 20
+
+
+@pytest.fixture(scope="module")
+def s3_with_auth():
+    """A second moto server that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_access_denied_is_named(s3_with_auth):
+    with pytest.raises(JobError, match="output: cannot write to s3://b/out: access denied to s3://b/out"):
+        resume.check_writable(Folder("s3://b/out", s3_options(s3_with_auth)))
+    with pytest.raises(JobError, match="input: access denied to s3://b/in/"):
+        scan_inputs("s3://b/in/", s3_options(s3_with_auth))
