@@ -1,12 +1,27 @@
-"""Image ops on decoded VAE output.
+"""Image ops on decoded VAE output, as PyCUDA kernels with plain torch references.
 
-Each op has a plain torch reference with diffusers' exact semantics; it runs on CPU and CUDA
-and is the oracle for the PyCUDA kernels (see DESIGN.md, section Kernels). Only the torch
-reference backend exists so far.
+Each op runs the CUDA kernel from kernels/*.cu on CUDA tensors when pycuda (the ``cuda``
+extra) and a libcuda are usable, else the torch reference (kernels/reference.py), which has
+diffusers' exact semantics and is the kernels' test oracle. ``BACKEND`` says which one CUDA
+tensors get in this process and ``BACKEND_REASON`` why. Importing this package never needs
+pycuda, libcuda or nvcc.
 """
 
-from kernels.reference import postprocess_uint8
+from kernels.ops import canny, cuda_status, dhash64, image_stats, postprocess_uint8, postprocess_with_stats
+from kernels.reference import hamming64
+from kernels.stats import ImageStats
 
-BACKEND = "torch-reference"
+_ok, BACKEND_REASON = cuda_status()
+BACKEND = "pycuda" if _ok else "torch-reference"
 
-__all__ = ["BACKEND", "postprocess_uint8"]
+__all__ = [
+    "BACKEND",
+    "BACKEND_REASON",
+    "ImageStats",
+    "canny",
+    "dhash64",
+    "hamming64",
+    "image_stats",
+    "postprocess_uint8",
+    "postprocess_with_stats",
+]

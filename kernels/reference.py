@@ -1,8 +1,17 @@
-"""Torch reference ops, bit-exact with diffusers' own post-processing."""
+"""Torch reference ops: the semantics every kernel must match, and the CPU path.
+
+``postprocess_uint8`` is bit-exact with diffusers' own post-processing; the others are
+defined here (docstrings) and the CUDA kernels in kernels/*.cu follow them exactly.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
+
+from kernels.stats import ImageStats
 
 
 def postprocess_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -17,3 +26,128 @@ def postprocess_uint8(x: torch.Tensor) -> torch.Tensor:
     images = (x / 2 + 0.5).clamp(0, 1)
     scaled = (images.permute(0, 2, 3, 1).float() * 255).round()
     return torch.nan_to_num(scaled, nan=0.0).to(torch.uint8)
+
+
+def image_stats(x: torch.Tensor, images: torch.Tensor | None = None) -> ImageStats:
+    """NaN/inf counts of the float input; mean, population std, min, max of its uint8 image."""
+    u8 = postprocess_uint8(x) if images is None else images
+    flat_x = x.reshape(x.shape[0], -1)
+    flat = u8.reshape(u8.shape[0], -1).double()
+    if flat.shape[1] == 0:
+        zero = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        return ImageStats(zero, zero, zero.double(), zero.double(), zero, zero)
+    return ImageStats(
+        nan=torch.isnan(flat_x).sum(dim=1),
+        inf=torch.isinf(flat_x).sum(dim=1),
+        mean=flat.mean(dim=1),
+        std=flat.std(dim=1, unbiased=False),
+        min=flat.amin(dim=1).long(),
+        max=flat.amax(dim=1).long(),
+    )
+
+
+def _nhwc(images: torch.Tensor, op: str) -> torch.Tensor:
+    if images.dtype != torch.uint8:
+        raise TypeError(f"{op}: expected uint8 images, got {images.dtype}")
+    if images.ndim == 3:
+        images = images.unsqueeze(-1)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{op}: expected NHWC with C in (1, 3, 4) or NHW, got {tuple(images.shape)}")
+    return images
+
+
+def gray(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> int32 [N, H, W]: (4899 R + 9617 G + 1868 B + 8192) >> 14.
+
+    OpenCV's classic fixed-point BT.601 luma (cv2.cvtColor in OpenCV 4 differs by 1 on a few
+    pixels). One channel passes through; a fourth (alpha) channel is ignored."""
+    images = _nhwc(images, "gray").to(torch.int32)
+    if images.shape[-1] == 1:
+        return images[..., 0]
+    r, g, b = images[..., 0], images[..., 1], images[..., 2]
+    return (4899 * r + 9617 * g + 1868 * b + 8192) >> 14
+
+
+def _boxes(size: int, parts: int) -> list[tuple[int, int]]:
+    return [(i * size // parts, (i + 1) * size // parts) for i in range(parts)]
+
+
+def dhash64(images: torch.Tensor) -> torch.Tensor:
+    """64-bit difference hash per image, as int64 [N] (the uint64 bit pattern).
+
+    Definition: gray = OpenCV's integer RGB2GRAY (see ``gray``). Box-resize to 8 rows x 9
+    columns: box (i, j) covers rows [i*H//8, (i+1)*H//8) and columns [j*W//9, (j+1)*W//9)
+    and its value is the mean gray of those pixels. Bit i*8 + j (bit 0 = least significant)
+    is 1 when mean(i, j) > mean(i, j+1), compared exactly in integers. Needs H >= 8, W >= 9.
+    Near-duplicates differ in few bits: compare with ``hamming64``.
+    """
+    g = gray(images).long()
+    n, h, w = g.shape
+    if h < 8 or w < 9:
+        raise ValueError(f"dhash64: images must be at least 8 rows x 9 columns, got {h}x{w}")
+    sums = torch.zeros((n, 8, 9), dtype=torch.int64, device=g.device)
+    counts = torch.zeros((8, 9), dtype=torch.int64, device=g.device)
+    for i, (r0, r1) in enumerate(_boxes(h, 8)):
+        for j, (c0, c1) in enumerate(_boxes(w, 9)):
+            sums[:, i, j] = g[:, r0:r1, c0:c1].sum(dim=(1, 2))
+            counts[i, j] = (r1 - r0) * (c1 - c0)
+    bits = sums[:, :, :8] * counts[:, 1:] > sums[:, :, 1:] * counts[:, :8]  # [N, 8, 8]
+    weights = torch.ones(64, dtype=torch.int64, device=g.device) << torch.arange(64, device=g.device)
+    return (bits.reshape(n, 64).long() * weights).sum(dim=1)  # int64 wraps: the uint64 bits
+
+
+def hamming64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Number of differing bits between int64 hashes (broadcasting)."""
+    x = a ^ b
+    bits = (x.unsqueeze(-1) >> torch.arange(64, device=x.device)) & 1
+    return bits.sum(dim=-1)
+
+
+def canny_thresholds(low: float, high: float) -> tuple[int, int]:
+    """OpenCV's rule for the L1 gradient: swap if low > high, then floor both."""
+    if low > high:
+        low, high = high, low
+    return math.floor(low), math.floor(high)
+
+
+def canny(images: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Canny edges of uint8 images -> uint8 [N, H, W] in {0, 255}, OpenCV's algorithm.
+
+    gray (``gray``), 3x3 Sobel with replicated border, L1 magnitude |dx| + |dy|, OpenCV's
+    fixed-point non-maximum suppression (magnitude outside the image is 0), thresholds as
+    ``cv2.Canny(gray, low, high)`` (swap if low > high, floor; weak: > low, strong: > high),
+    and hysteresis: weak pixels 8-connected to a strong pixel become edges.
+    """
+    lo, hi = canny_thresholds(low, high)
+    g = gray(images)
+    n, h, w = g.shape
+    if g.numel() == 0:
+        return torch.zeros((n, h, w), dtype=torch.uint8, device=g.device)
+    p = F.pad(g.unsqueeze(1).float(), (1, 1, 1, 1), mode="replicate").squeeze(1).long()
+    a, b, c = p[:, :-2], p[:, 1:-1], p[:, 2:]  # rows y-1, y, y+1 (width w+2)
+    dx = (a[..., 2:] + 2 * b[..., 2:] + c[..., 2:]) - (a[..., :-2] + 2 * b[..., :-2] + c[..., :-2])
+    dy = (c[..., :-2] + 2 * c[..., 1:-1] + c[..., 2:]) - (a[..., :-2] + 2 * a[..., 1:-1] + a[..., 2:])
+    mag = dx.abs() + dy.abs()
+    m = F.pad(mag, (1, 1, 1, 1))  # zero outside the image
+
+    def at(oy: int, ox: int) -> torch.Tensor:
+        return m[:, 1 + oy : 1 + oy + h, 1 + ox : 1 + ox + w]
+
+    ax, ay = dx.abs(), dy.abs()
+    tg22x, yv = ax * 13573, ay << 15
+    horizontal = yv < tg22x
+    vertical = ~horizontal & (yv > tg22x + (ax << 16))
+    diag_pos = (dx ^ dy) >= 0  # s = +1: up-left vs down-right
+    keep_h = (mag > at(0, -1)) & (mag >= at(0, 1))
+    keep_v = (mag > at(-1, 0)) & (mag >= at(1, 0))
+    keep_d = torch.where(diag_pos, (mag > at(-1, -1)) & (mag > at(1, 1)), (mag > at(-1, 1)) & (mag > at(1, -1)))
+    keep = torch.where(horizontal, keep_h, torch.where(vertical, keep_v, keep_d)) & (mag > lo)
+    strong = keep & (mag > hi)
+    weak = keep & ~strong
+    while True:  # grow strong edges into 8-connected weak pixels until nothing changes
+        grown = F.max_pool2d(strong.unsqueeze(1).float(), 3, stride=1, padding=1).squeeze(1) > 0
+        nxt = strong | (weak & grown)
+        if torch.equal(nxt, strong):
+            break
+        strong = nxt
+    return strong.to(torch.uint8) * 255

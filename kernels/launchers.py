@@ -1,0 +1,113 @@
+"""Host side of every kernel op: check inputs, allocate outputs, pick grids, pack arguments.
+
+The same code drives the PyCUDA launcher (kernels/runtime.py) on GPU tensors and the host
+shim (tests/kernels/shim.py) on CPU tensors, so the CPU tests cover it too. A `Launch` is
+``launch(file, kernel, grid, block, args, device)`` with args as numpy scalars (pointers are
+``np.uintp``), i.e. PyCUDA's calling convention.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from kernels.reference import canny_thresholds
+
+TB_BLOCK = 256  # must equal TB_BLOCK in kernels/tb_common.cuh (a test checks)
+TB_TILE = 16  # must equal TB_TILE in kernels/canny.cu
+PIXELS_PER_THREAD = 4
+MAX_BLOCKS_PER_IMAGE = 1024
+
+_POSTPROCESS = {torch.float32: "postprocess_f32", torch.float16: "postprocess_f16",
+                torch.bfloat16: "postprocess_bf16"}  # fmt: skip
+
+
+class Launch(Protocol):
+    def __call__(self, file: str, kernel: str, grid: tuple[int, int, int], block: tuple[int, int, int],
+                 args: list[np.generic], device: torch.device) -> None: ...  # fmt: skip
+
+
+def _ptr(t: torch.Tensor | None) -> np.uintp:
+    return np.uintp(0 if t is None else t.data_ptr())
+
+
+def _blocks(total: int) -> int:
+    return max(1, min(65535, -(-total // (TB_BLOCK * PIXELS_PER_THREAD))))
+
+
+def postprocess(x: torch.Tensor, launch: Launch, stats: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """NCHW float -> (uint8 NHWC, per-block stat partials [N, B, 6] int64 or None)."""
+    if x.ndim != 4:
+        raise ValueError(f"postprocess_uint8: expected NCHW, got shape {tuple(x.shape)}")
+    if x.dtype not in _POSTPROCESS:
+        raise TypeError(f"postprocess_uint8: dtype {x.dtype} not in {sorted(map(str, _POSTPROCESS))}")
+    x = x.contiguous()
+    n, c, h, w = x.shape
+    out = torch.empty((n, h, w, c), dtype=torch.uint8, device=x.device)
+    if x.numel() == 0:
+        return out, (torch.zeros((n, 0, 6), dtype=torch.int64, device=x.device) if stats else None)
+    per_image = max(1, min(MAX_BLOCKS_PER_IMAGE, -(-h * w // (TB_BLOCK * PIXELS_PER_THREAD))))
+    partials = torch.empty((n, per_image, 6), dtype=torch.int64, device=x.device) if stats else None
+    args = [_ptr(x), _ptr(out), _ptr(partials), np.int32(c), np.int32(h * w), np.int32(per_image)]
+    launch("postprocess.cu", _POSTPROCESS[x.dtype], (per_image, n, 1), (TB_BLOCK, 1, 1), args, x.device)
+    return out, partials
+
+
+def _check_u8(images: torch.Tensor, op: str) -> torch.Tensor:
+    """uint8 NHWC (C in 1, 3, 4) or NHW -> contiguous NHWC."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"{op}: expected uint8 images, got {images.dtype}")
+    if images.ndim == 3:
+        images = images.unsqueeze(-1)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{op}: expected NHWC with C in (1, 3, 4) or NHW, got {tuple(images.shape)}")
+    return images.contiguous()
+
+
+def dhash64(images: torch.Tensor, launch: Launch) -> torch.Tensor:
+    """uint8 NHWC -> int64 [N] hashes (see reference.dhash64 for the definition)."""
+    images = _check_u8(images, "dhash64")
+    n, h, w, c = images.shape
+    if h < 8 or w < 9:
+        raise ValueError(f"dhash64: images must be at least 8 rows x 9 columns, got {h}x{w}")
+    out = torch.empty(n, dtype=torch.int64, device=images.device)
+    if n == 0:
+        return out
+    cells = torch.empty((n, 72), dtype=torch.int64, device=images.device)
+    launch("dhash.cu", "dhash_cells", (72, n, 1), (TB_BLOCK, 1, 1),
+           [_ptr(images), _ptr(cells), np.int32(h), np.int32(w), np.int32(c)], images.device)  # fmt: skip
+    launch("dhash.cu", "dhash_bits", (-(-n // TB_BLOCK), 1, 1), (TB_BLOCK, 1, 1),
+           [_ptr(cells), _ptr(out), np.int32(h), np.int32(w), np.int32(n)], images.device)  # fmt: skip
+    return out
+
+
+def canny(images: torch.Tensor, low: float, high: float, launch: Launch) -> torch.Tensor:
+    """uint8 NHWC/NHW -> uint8 [N, H, W] edge map (0 or 255)."""
+    images = _check_u8(images, "canny")
+    lo, hi = canny_thresholds(low, high)
+    n, h, w, c = images.shape
+    total = n * h * w
+    dev = images.device
+    if total == 0:
+        return torch.zeros((n, h, w), dtype=torch.uint8, device=dev)
+    gray = torch.empty((n, h, w), dtype=torch.uint8, device=dev)
+    mag = torch.empty((n, h, w), dtype=torch.int32, device=dev)
+    edge_map = torch.empty((n, h, w), dtype=torch.uint8, device=dev)
+    grid, block = (_blocks(total), 1, 1), (TB_BLOCK, 1, 1)
+    launch("canny.cu", "gray_u8", grid, block, [_ptr(images), _ptr(gray), np.int64(total), np.int32(c)], dev)
+    launch("canny.cu", "sobel_mag", grid, block,
+           [_ptr(gray), _ptr(mag), np.int32(h), np.int32(w), np.int64(total)], dev)  # fmt: skip
+    launch("canny.cu", "canny_classify", grid, block,
+           [_ptr(gray), _ptr(mag), _ptr(edge_map), np.int32(h), np.int32(w), np.int64(total),
+            np.int32(lo), np.int32(hi)], dev)  # fmt: skip
+    changed = torch.zeros(1, dtype=torch.int32, device=dev)
+    tiles = (-(-w // TB_TILE), -(-h // TB_TILE), n)
+    while True:  # each round grows strong edges by at least one tile; ends when nothing changed
+        changed.zero_()
+        launch("canny.cu", "canny_hysteresis", tiles, (TB_TILE, TB_TILE, 1),
+               [_ptr(edge_map), _ptr(changed), np.int32(h), np.int32(w)], dev)  # fmt: skip
+        if int(changed.item()) == 0:
+            break
+    return (edge_map == 2).to(torch.uint8) * 255

@@ -1,0 +1,74 @@
+"""Public ops with backend choice: the PyCUDA kernel on CUDA tensors when usable, else the reference.
+
+``backend="auto"`` takes the kernel for CUDA tensors when pycuda works here and the torch
+reference otherwise (CPU tensors, no pycuda, no libcuda); ``"cuda"`` insists on the kernel
+(error if unusable); ``"reference"`` always runs kernels/reference.py.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import torch
+
+from kernels import launchers, reference, runtime
+from kernels.stats import ImageStats, from_partials
+
+Backend = Literal["auto", "cuda", "reference"]
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_status() -> tuple[bool, str]:
+    """(usable, reason), probed once per process."""
+    return runtime.probe()
+
+
+def _use_kernel(t: torch.Tensor, backend: Backend) -> bool:
+    if backend == "reference":
+        return False
+    if backend not in ("auto", "cuda"):
+        raise ValueError(f"backend must be 'auto', 'cuda' or 'reference', got {backend!r}")
+    ok, why = cuda_status()
+    if backend == "cuda":
+        if not t.is_cuda:
+            raise ValueError(f"backend='cuda' needs a CUDA tensor, got one on {t.device}")
+        if not ok:
+            raise RuntimeError(f"backend='cuda' but the PyCUDA kernels are unusable: {why}")
+        return True
+    return t.is_cuda and ok
+
+
+def postprocess_uint8(x: torch.Tensor, *, backend: Backend = "auto") -> torch.Tensor:
+    """VAE output NCHW float16/bfloat16/float32 in [-1, 1] -> uint8 NHWC, bit-exact with diffusers."""
+    if _use_kernel(x, backend):
+        return launchers.postprocess(x, runtime.launcher(), stats=False)[0]
+    return reference.postprocess_uint8(x)
+
+
+def postprocess_with_stats(x: torch.Tensor, *, backend: Backend = "auto") -> tuple[torch.Tensor, ImageStats]:
+    """``postprocess_uint8`` and ``image_stats`` in one pass over the input."""
+    if _use_kernel(x, backend):
+        images, partials = launchers.postprocess(x, runtime.launcher(), stats=True)
+        return images, from_partials(partials, images[0].numel() if len(images) else 0)
+    images = reference.postprocess_uint8(x)
+    return images, reference.image_stats(x, images)
+
+
+def image_stats(x: torch.Tensor, *, backend: Backend = "auto") -> ImageStats:
+    """Per image: NaN/inf counts of the input, mean/std/min/max of its uint8 image (see kernels.stats)."""
+    return postprocess_with_stats(x, backend=backend)[1]
+
+
+def dhash64(images: torch.Tensor, *, backend: Backend = "auto") -> torch.Tensor:
+    """64-bit difference hash per uint8 image as int64 [N]; definition in reference.dhash64."""
+    if _use_kernel(images, backend):
+        return launchers.dhash64(images, runtime.launcher())
+    return reference.dhash64(images)
+
+
+def canny(images: torch.Tensor, low: float = 100, high: float = 200, *, backend: Backend = "auto") -> torch.Tensor:
+    """uint8 [N, H, W] edge map (0/255) of uint8 NHWC/NHW images, OpenCV's Canny (L1, aperture 3)."""
+    if _use_kernel(images, backend):
+        return launchers.canny(images, low, high, runtime.launcher())
+    return reference.canny(images, low, high)
