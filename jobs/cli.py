@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from jobs.errors import JobError
-from jobs.spec import DEVICES, DTYPES, FORMATS, IMAGE_FORMATS, JobSpec
+from jobs.spec import CONTROL_PREPROCESS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS, JobSpec
 
 
 def build_render_parser(prog: str = "python -m jobs.render") -> argparse.ArgumentParser:
@@ -28,8 +28,8 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("input", nargs="?", help="Parquet file, folder or glob; any fsspec URL")
     p.add_argument("output", nargs="?", help="output folder URL (local path, s3://, gs://, ...)")
     p.add_argument("--config", help="job YAML file with the same fields (flags override it)")
-    p.add_argument("--model", help="Hugging Face id, local diffusers folder, or tiny-sd-turbo "
-                   "(default stabilityai/sd-turbo)")
+    p.add_argument("--model", help="Hugging Face id (stabilityai/sd-turbo, stabilityai/sdxl-turbo), local "
+                   "diffusers folder, or tiny-sd-turbo / tiny-sdxl-turbo (default stabilityai/sd-turbo)")
     p.add_argument("--steps", type=int, help="denoising steps (default 1; turbo models use 1-4)")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (default 0.0, "
                    "as turbo models are trained)")
@@ -53,6 +53,15 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("--seed-column", help="column of per-row seeds, used when present (default seed)")
     p.add_argument("--key-column", help="column of unique row keys used to name images "
                    "(default: the row's global index, zero-padded)")
+    p.add_argument("--vae", help="VAE to use instead of the pipeline's: Hugging Face id or local folder "
+                   "(e.g. an fp16-fixed SDXL VAE)")
+    p.add_argument("--controlnet", help="ControlNet: Hugging Face id, local folder, tiny-sd-controlnet or "
+                   "tiny-sdxl-controlnet; SD 2.1 ControlNets pair with sd-turbo, SDXL ones with sdxl-turbo")
+    p.add_argument("--control-image-column", help="column of control images: a path or URL relative to the "
+                   "dataset folder, an absolute fsspec URL, or raw image bytes")
+    p.add_argument("--control-preprocess", choices=CONTROL_PREPROCESS, help="turn control images into "
+                   "Canny edge maps first, or use them as they are (default none)")
+    p.add_argument("--controlnet-scale", type=float, help="ControlNet conditioning scale (default 1.0)")
     p.add_argument("--storage-options", type=_json_object("--storage-options"),
                    help='fsspec options for input and output, as JSON, e.g. \'{"client_kwargs": '
                    '{"endpoint_url": "http://127.0.0.1:9000"}}\' (default: the standard environment, '

@@ -43,6 +43,20 @@ def scan_inputs(url: str, storage_options: dict[str, Any] | None = None) -> list
     return files
 
 
+def dataset_root(url: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The folder that relative paths in the data (control images) start from: INPUT itself
+    when it is a folder, else its parent (for a glob, the folder before the first wildcard)."""
+    fs, root = open_fs(url, storage_options)
+    if globlib.has_magic(root):
+        magic = min(i for i, c in enumerate(root) if c in "*?[")
+        base = root[:magic].rsplit("/", 1)[0]
+    elif fs.isdir(root):
+        base = root
+    else:
+        base = root.rsplit("/", 1)[0]
+    return fs.unstrip_protocol(base.rstrip("/"))
+
+
 def _list_paths(fs: fsspec.AbstractFileSystem, root: str, url: str) -> list[str]:
     if globlib.has_magic(root):
         paths = sorted(p for p in fs.glob(root) if fs.isfile(p))
@@ -87,6 +101,7 @@ def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> InputFile:
 
 
 _TEXT_TYPES = ("string", "large_string", "string_view", "null")  # null: an all-null column
+_CONTROL_TYPES = _TEXT_TYPES + ("binary", "large_binary", "binary_view")
 _SEED_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                "float", "double", "null")  # fmt: skip
 
@@ -98,6 +113,8 @@ def check_columns(files: list[InputFile], spec: JobSpec) -> None:
         required.append(("negative-prompt-column", spec.negative_prompt_column, _TEXT_TYPES))
     if spec.key_column:
         required.append(("key-column", spec.key_column, None))
+    if spec.control_image_column:
+        required.append(("control-image-column", spec.control_image_column, _CONTROL_TYPES))
     for f in files:
         for flag, column, types in required:
             _check_column(f, flag, column, types, required=True)

@@ -19,7 +19,7 @@ from jobs.plan import fingerprint, make_plan
 from jobs.progress import Progress
 from jobs.spec import MAX_SEED, JobSpec
 from jobs.storage import Folder
-from workers.models import resolve_model
+from workers.models import check_vae, resolve_controlnet, resolve_model
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_BAD_JOB = 0, 1, 2
 
@@ -37,8 +37,12 @@ def run(spec: JobSpec) -> int:
     total_rows = sum(f.num_rows for f in files)
     if spec.seed + total_rows > MAX_SEED:
         raise JobError(f"--seed: {spec.seed} + {total_rows} rows would pass 2**63; use a smaller job seed")
-    # 3. Model: read its configs only (loadable? supported? native size?).
+    # 3. Model, VAE and ControlNet: read their configs only (loadable? supported? a pair?).
     model = resolve_model(spec.model)
+    if spec.vae:
+        check_vae(spec.vae)
+    if spec.controlnet:
+        resolve_controlnet(spec.controlnet, model)
     with ray_session() as cluster:
         # 4. Fill in what depends on the cluster: device, dtype, size, worker count.
         spec = resolve_spec(spec, model, cluster)

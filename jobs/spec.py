@@ -18,6 +18,7 @@ from jobs.errors import JobError
 
 DTYPES = ("float16", "bfloat16", "float32")
 DEVICES = ("cuda", "cpu")
+CONTROL_PREPROCESS = ("none", "canny")
 FORMATS = ("tar", "files")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 IMAGE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -49,6 +50,11 @@ class JobSpec:
     seed_column: str = "seed"
     key_column: str | None = None
     device: str | None = None  # None: cuda when the Ray cluster has GPUs, else cpu
+    vae: str | None = None  # swap the pipeline's VAE (e.g. an fp16-fixed SDXL VAE)
+    controlnet: str | None = None
+    control_image_column: str | None = None  # path/URL (relative to the dataset folder) or image bytes
+    control_preprocess: str = "none"
+    controlnet_scale: float = 1.0
     overwrite: bool = False
     # fsspec storage options (credentials, endpoint): for both sides, then per side on top.
     # repr=False keeps secrets out of tracebacks and logs; spec.json gets redacted copies.
@@ -60,7 +66,8 @@ class JobSpec:
     OUTPUT_FIELDS = (
         "model", "steps", "guidance_scale", "height", "width", "dtype", "device", "seed", "prompt_column",
         "negative_prompt_column", "seed_column", "key_column", "shard_size", "format",
-        "image_format", "quality",
+        "image_format", "quality", "vae", "controlnet", "control_image_column", "control_preprocess",
+        "controlnet_scale",
     )  # fmt: skip
 
     @classmethod
@@ -111,6 +118,7 @@ class JobSpec:
         _require_int("seed", self.seed, 0, MAX_SEED - 1)
         _require_text("prompt-column", self.prompt_column)
         _require_text("seed-column", self.seed_column)
+        self._validate_controlnet()
         for name in ("negative_prompt_column", "key_column"):
             value = getattr(self, name)
             if value is not None:
@@ -120,6 +128,18 @@ class JobSpec:
         for name in ("storage_options", "input_storage_options", "output_storage_options"):
             if not isinstance(getattr(self, name), dict):
                 raise JobError(f"--{name.replace('_', '-')}: expected a mapping of option: value (a JSON object)")
+
+    def _validate_controlnet(self) -> None:
+        for name in ("vae", "controlnet", "control_image_column"):
+            value = getattr(self, name)
+            if value is not None:
+                _require_text(name.replace("_", "-"), value)
+        _require_choice("control-preprocess", self.control_preprocess, CONTROL_PREPROCESS)
+        _require_number("controlnet-scale", self.controlnet_scale, 0.0, 10.0)
+        if self.controlnet and not self.control_image_column:
+            raise JobError("--control-image-column: required with --controlnet (the column of control images)")
+        if self.control_image_column and not self.controlnet:
+            raise JobError(f"--control-image-column: {self.control_image_column!r} given but no --controlnet to use it")
 
     # -- derived values ----------------------------------------------------------------
     @property

@@ -14,9 +14,10 @@ from typing import Any
 from jobs.plan import Shard
 from jobs.spec import JobSpec
 from jobs.storage import Folder
-from workers.models import load_pipeline, resolve_model
+from workers.models import load_pipeline
 from workers.renderer import PipelineRenderer
-from workers.rows import ShardReader, rows_from_table
+from workers.control import ControlImageError, ControlImageLoader
+from workers.rows import Row, ShardReader, rows_from_table
 from workers.writer import ShardWriter
 
 ENCODE_THREADS = max(2, min(8, (os.cpu_count() or 2)))
@@ -28,20 +29,29 @@ class RenderWorker:
             raise ValueError("RenderWorker needs a spec resolved by the driver (device, dtype, size)")
         self.spec = spec
         self.out = Folder(spec.output, spec.output_options())
-        pipe = load_pipeline(resolve_model(spec.model), spec.device, spec.dtype)
+        pipe = load_pipeline(spec)
         self.renderer = PipelineRenderer(pipe, spec, spec.device)
         self.reader = ShardReader(spec, spec.input_options())
+        self.controls = ControlImageLoader(spec, spec.input_options()) if spec.controlnet else None
         self.pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode")
 
     def ready(self) -> str:
         """Returns once the pipeline is loaded; the driver waits on it before feeding shards."""
         return f"{os.uname().nodename} pid {os.getpid()} {self.spec.device}"
 
+    def _load_control(self, row: Row) -> None:
+        try:
+            row.control_image = self.controls.load(row.control)
+        except ControlImageError as e:
+            row.error = str(e)
+
     def render_shard(self, shard: Shard) -> dict[str, Any]:
         """Render and commit one shard; returns its done marker."""
         started = time.perf_counter()
         # 1. Read this shard's rows; invalid ones become error records.
         rows = rows_from_table(self.reader.read(shard), shard, self.spec)
+        if self.controls is not None:
+            list(self.pool.map(self._load_control, [r for r in rows if r.error is None]))
         valid = [r for r in rows if r.error is None]
         read_s = time.perf_counter() - started
         with ShardWriter(self.out, shard, self.spec, self.pool, max_pending=4 * ENCODE_THREADS) as writer:

@@ -1,7 +1,8 @@
 """Resolve a model name and load its pipeline through diffusers' ``from_pretrained``.
 
-``resolve_model`` reads only configs (model_index.json, unet and vae configs), so the driver
-can reject a model that cannot load, and learn its native size, before any actor starts.
+``resolve_model``, ``resolve_controlnet`` and ``check_vae`` read only configs, so the driver can
+reject a model that cannot load or a ControlNet that does not fit, and learn the native size,
+before any actor starts.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.errors import JobError
+from jobs.spec import JobSpec
 from workers.tiny import TINY_MODELS, tiny_model_path
 
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
 # Noise that says nothing to our users: transformers' note that image processors fall back to
 # PIL without torchvision (we never use them), and its warning about over-long prompts, which
@@ -29,22 +31,40 @@ class ModelInfo:
     pipeline_class: str
     native_height: int
     native_width: int
+    cross_attention_dim: int  # text-embedding width the UNet attends to
+    addition_embed_type: str | None  # "text_time" for SDXL
+
+
+@dataclass(frozen=True)
+class ControlNetInfo:
+    name: str
+    location: str
+    cross_attention_dim: int
+    addition_embed_type: str | None
+
+
+def _location(name: str) -> str:
+    return str(tiny_model_path(name)) if name in TINY_MODELS else name
+
+
+def _cannot_load(flag: str, name: str, e: Exception) -> JobError:
+    return JobError(
+        f"--{flag}: cannot load {name!r} ({type(e).__name__}: {_first_line(e)}); expected a Hugging Face "
+        f"id reachable from here, a local diffusers folder, or one of {', '.join(TINY_MODELS)}"
+    )
 
 
 def resolve_model(name: str) -> ModelInfo:
     """Check that ``name`` is a loadable, supported pipeline and read its native size."""
     from diffusers import DiffusionPipeline
 
-    location = str(tiny_model_path(name)) if name in TINY_MODELS else name
+    location = _location(name)
     try:
         index = DiffusionPipeline.load_config(location)
         unet = _load_config(location, "unet")
         vae = _load_config(location, "vae")
     except Exception as e:  # noqa: BLE001 - hub, file system and parse errors all mean "cannot load"
-        raise JobError(
-            f"--model: cannot load {name!r} ({type(e).__name__}: {_first_line(e)}); expected a Hugging Face "
-            f"id reachable from here, a local diffusers folder, or one of {', '.join(TINY_MODELS)}"
-        ) from None
+        raise _cannot_load("model", name, e) from None
     pipeline_class = index.get("_class_name", "?")
     if pipeline_class not in SUPPORTED_PIPELINES:
         raise JobError(
@@ -53,29 +73,71 @@ def resolve_model(name: str) -> ModelInfo:
     scale = 2 ** (len(vae["block_out_channels"]) - 1)
     size = unet["sample_size"]
     height, width = (size, size) if isinstance(size, int) else size
-    return ModelInfo(name, location, pipeline_class, height * scale, width * scale)
+    return ModelInfo(name, location, pipeline_class, height * scale, width * scale,
+                     unet["cross_attention_dim"], unet.get("addition_embed_type"))  # fmt: skip
 
 
-def load_pipeline(info: ModelInfo, device: str, dtype: str) -> Any:
-    """The real loading path, the same for tiny and full models."""
+def resolve_controlnet(name: str, model: ModelInfo) -> ControlNetInfo:
+    """Check the ControlNet loads and pairs with the model: SD 2.1 ControlNets with sd-turbo,
+    SDXL ControlNets with sdxl-turbo (their cross-attention widths and conditioning differ)."""
+    location = _location(name)
+    try:
+        config = _load_config(location, None)
+    except Exception as e:  # noqa: BLE001
+        raise _cannot_load("controlnet", name, e) from None
+    if config.get("_class_name") != "ControlNetModel":
+        raise JobError(f"--controlnet: {name!r} is a {config.get('_class_name')}, not a ControlNetModel")
+    info = ControlNetInfo(name, location, config["cross_attention_dim"], config.get("addition_embed_type"))
+    if (info.cross_attention_dim, info.addition_embed_type) != (model.cross_attention_dim, model.addition_embed_type):
+        raise JobError(
+            f"--controlnet: {name!r} was made for {_family(info.addition_embed_type)} models (cross-attention "
+            f"width {info.cross_attention_dim}) but --model {model.name!r} is {_family(model.addition_embed_type)} "
+            f"(width {model.cross_attention_dim}); use a ControlNet trained for this model family"
+        )
+    return info
+
+
+def check_vae(name: str) -> str:
+    """A --vae must load as an AutoencoderKL config; returns the location to load it from."""
+    location = _location(name)
+    try:
+        config = _load_config(location, None)
+    except Exception as e:  # noqa: BLE001
+        raise _cannot_load("vae", name, e) from None
+    if config.get("_class_name") != "AutoencoderKL":
+        raise JobError(f"--vae: {name!r} is a {config.get('_class_name')}, not an AutoencoderKL")
+    return location
+
+
+def _family(addition_embed_type: str | None) -> str:
+    return "SDXL" if addition_embed_type == "text_time" else "SD 1.x/2.x"
+
+
+def load_pipeline(spec: JobSpec) -> Any:
+    """The real loading path, the same for tiny and full models: pipeline, optional VAE swap,
+    optional ControlNet (AutoPipeline then picks the matching ControlNet pipeline class)."""
     import torch
-    from diffusers import AutoPipelineForText2Image
-
+    from diffusers import AutoencoderKL, AutoPipelineForText2Image, ControlNetModel
     from diffusers.utils import logging as diffusers_logging
-
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()  # one bar per actor per component floods the driver log
     transformers_logging.disable_progress_bar()
-    pipe = AutoPipelineForText2Image.from_pretrained(info.location, dtype=getattr(torch, dtype))
-    pipe = pipe.to(device)
+    dtype = getattr(torch, spec.dtype)
+    components: dict[str, Any] = {}
+    if spec.vae:
+        components["vae"] = AutoencoderKL.from_pretrained(_location(spec.vae), dtype=dtype)
+    if spec.controlnet:
+        components["controlnet"] = ControlNetModel.from_pretrained(_location(spec.controlnet), dtype=dtype)
+    pipe = AutoPipelineForText2Image.from_pretrained(_location(spec.model), dtype=dtype, **components)
+    pipe = pipe.to(spec.device)
     pipe.set_progress_bar_config(disable=True)
     # diffusers logs the whole cut-off tail of an over-long prompt; we record a flag instead.
     logging.getLogger(type(pipe).__module__).setLevel(logging.ERROR)
     return pipe
 
 
-def _load_config(location: str, subfolder: str) -> dict[str, Any]:
+def _load_config(location: str, subfolder: str | None) -> dict[str, Any]:
     from diffusers import ConfigMixin
 
     class _Reader(ConfigMixin):

@@ -9,6 +9,7 @@ images bitwise equal to a plain call. On CUDA rows are batched.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class Rendered:
     image: np.ndarray  # uint8 HWC
     render_ms: float
     truncated: bool
+    redecoded_fp32: bool = False  # the fp16 decode gave NaN/Inf, so this image was decoded in float32
 
 
 class PipelineRenderer:
@@ -36,6 +38,7 @@ class PipelineRenderer:
         self.spec = spec
         self.device = torch.device(device)
         self.rows_per_call = 1 if self.device.type == "cpu" else spec.batch_size
+        self._vae_fp32: Any = None  # made once, on first need (see _decode)
 
     def render(self, rows: list[Row]) -> Iterator[Rendered]:
         """Render valid rows, in order, ``rows_per_call`` at a time."""
@@ -54,15 +57,51 @@ class PipelineRenderer:
             width=self.spec.width,
             generator=[torch.Generator(self.device).manual_seed(r.seed) for r in rows],
             output_type="latent",
+            **self._control_args(rows),
         ).images
-        images = postprocess_uint8(self._decode(latents)).cpu().numpy()
+        decoded, redecoded = self._decode(latents)
+        images = postprocess_uint8(decoded).cpu().numpy()
         ms = (time.perf_counter() - started) * 1000 / len(rows)
-        return [Rendered(r, img, ms, self._is_truncated(r.prompt)) for r, img in zip(rows, images)]
+        return [
+            Rendered(r, img, ms, self._is_truncated(r.prompt), bool(again))
+            for r, img, again in zip(rows, images, redecoded)
+        ]
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """VAE decode exactly as the pipeline does it for output_type='np'."""
+    def _control_args(self, rows: list[Row]) -> dict[str, Any]:
+        if not self.spec.controlnet:
+            return {}
+        return {"image": [r.control_image for r in rows], "controlnet_conditioning_scale": self.spec.controlnet_scale}
+
+    def _decode(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE decode as the pipeline does it, except for fp16 VAEs that need float32.
+
+        diffusers upcasts such a VAE (SDXL's, ``force_upcast``) to float32 and back on every
+        call. We decode in float16 and decode again in float32, with a float32 copy of the VAE
+        made once, only the images whose float16 decode holds NaN or Inf.
+        """
         vae = self.pipe.vae
-        return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        scaled = self._unscale(latents, vae.config)
+        decoded = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
+        broken = ~torch.isfinite(decoded).flatten(1).all(dim=1)
+        if broken.any() and vae.dtype == torch.float16:
+            if self._vae_fp32 is None:
+                self._vae_fp32 = copy.deepcopy(vae).to(torch.float32)
+            again = self._vae_fp32.decode(scaled[broken].float(), return_dict=False)[0]
+            decoded = decoded.float()
+            decoded[broken] = again
+        else:
+            broken = torch.zeros_like(broken)
+        return decoded, broken.cpu()
+
+    @staticmethod
+    def _unscale(latents: torch.Tensor, config: Any) -> torch.Tensor:
+        """Undo the VAE's latent scaling (and SDXL-style mean/std when the VAE config has them)."""
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+            std = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+            return latents * std / config.scaling_factor + mean
+        return latents / config.scaling_factor
 
     def _negative_prompts(self, rows: list[Row]) -> list[str] | None:
         if not self.spec.negative_prompt_column:

@@ -27,6 +27,8 @@ class Row:
     negative_prompt: str | None
     seed: int | None
     error: str | None = None
+    control: Any = None  # the control image column's value (path, URL or bytes)
+    control_image: Any = None  # the loaded, preprocessed control image (PIL)
 
 
 class ShardReader:
@@ -43,7 +45,8 @@ class ShardReader:
 
     def read(self, shard: Shard) -> pa.Table:
         spec = self.spec
-        wanted = [spec.prompt_column, spec.negative_prompt_column, spec.seed_column, spec.key_column]
+        wanted = [spec.prompt_column, spec.negative_prompt_column, spec.seed_column, spec.key_column,
+                  spec.control_image_column]  # fmt: skip
         fs, path = open_fs(shard.file, self.storage_options)
         with fs.open(path, "rb") as handle:
             pf = pq.ParquetFile(handle)
@@ -75,11 +78,13 @@ def rows_from_table(table: pa.Table, shard: Shard, spec: JobSpec) -> list[Row]:
     negatives = columns.get(spec.negative_prompt_column or "", [None] * n)
     seeds = columns.get(spec.seed_column, [None] * n)
     raw_keys = columns.get(spec.key_column or "", [None] * n)
+    controls = columns.get(spec.control_image_column or "", [None] * n)
     rows = []
     for i in range(n):
         index = shard.first_index + i
         key = sanitize_key(raw_keys[i]) if spec.key_column else index_key(index, shard.key_width)
-        row = Row(index, key or index_key(index, shard.key_width), prompts[i], negatives[i], None)
+        row = Row(index, key or index_key(index, shard.key_width), prompts[i], negatives[i], None,
+                  control=controls[i])  # fmt: skip
         row.seed, seed_error = _row_seed(seeds[i], spec.seed + index)
         row.error = "prompt is null" if row.prompt is None else seed_error
         rows.append(row)

@@ -1,9 +1,9 @@
-"""Tiny random-weight twins of the turbo pipelines, for tests and demos.
+"""Tiny random-weight twins of the turbo pipelines and their ControlNets, for tests and demos.
 
-No machine of ours reaches the Hugging Face Hub, so the project builds small pipelines of the
-same component classes as the real models, saves them once to a cache folder and loads them
-through the same ``from_pretrained`` code as real weights. Weights come from a fixed seed, so
-every machine builds the same model.
+No machine of ours reaches the Hugging Face Hub, so the project builds small models of the same
+component classes as the real ones, saves them once to a cache folder and loads them through
+the same ``from_pretrained`` code as real weights. Weights come from fixed seeds, so every
+machine builds the same model.
 """
 
 from __future__ import annotations
@@ -12,23 +12,17 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-TINY_MODELS = ("tiny-sd-turbo",)
-_BUILD_VERSION = "v2"  # bump when the architecture or seed below changes
+_BUILD_VERSION = "v3"  # bump when an architecture or seed below changes
 
-# sd-turbo's published scheduler: EulerDiscrete, trailing spacing, epsilon prediction.
-SD_TURBO_SCHEDULER = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "trailing",
-    "steps_offset": 1,
-    "interpolation_type": "linear",
-    "use_karras_sigmas": False,
-}
+_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+# The published schedulers: both trailing spacing, epsilon prediction.
+SD_TURBO_SCHEDULER = {**_BETAS, "prediction_type": "epsilon", "timestep_spacing": "trailing", "steps_offset": 1,
+                      "interpolation_type": "linear", "use_karras_sigmas": False}  # fmt: skip
+SDXL_TURBO_SCHEDULER = {**_BETAS, "prediction_type": "epsilon", "timestep_spacing": "trailing", "steps_offset": 1}
 
 
 def cache_dir() -> Path:
@@ -42,7 +36,7 @@ def tiny_model_path(name: str) -> Path:
     if name not in TINY_MODELS:
         raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(TINY_MODELS)}")
     target = cache_dir() / "models" / f"{name}-{_BUILD_VERSION}"
-    if (target / "model_index.json").exists():
+    if (target / "READY").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build in a private folder and rename: concurrent builders (several actors) never see
@@ -52,18 +46,19 @@ def tiny_model_path(name: str) -> Path:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
-        _build_tiny_sd_turbo().save_pretrained(staging)
-        _write_tokenizer_files(staging / "tokenizer")
+        TINY_MODELS[name](staging)
+        (staging / "READY").write_text(_BUILD_VERSION)
         try:
             staging.rename(target)
         except OSError:
-            if not (target / "model_index.json").exists():
+            if not (target / "READY").exists():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
+# -- tokenizer: byte-level, laid out as the published checkpoints ship it -----------------
 def _byte_level_vocab() -> dict[str, int]:
     """Every byte a token (plus its end-of-word form); no merges."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -75,7 +70,7 @@ def _byte_level_vocab() -> dict[str, int]:
     return vocab
 
 
-def _byte_level_tokenizer():
+def _tokenizer() -> Any:
     from transformers import CLIPTokenizer
 
     # transformers 5 needs model_max_length explicitly, or truncation never triggers.
@@ -83,71 +78,117 @@ def _byte_level_tokenizer():
 
 
 def _write_tokenizer_files(tokenizer_dir: Path) -> None:
-    """Lay the tokenizer out as the published SD checkpoints do: vocab.json + merges.txt.
-
-    transformers 5 saves only tokenizer.json; real sd-turbo ships the two classic files, so the
-    tiny model does too and loading goes through the same code path.
-    """
+    """vocab.json + merges.txt, as real SD checkpoints ship them (transformers 5 saves only
+    tokenizer.json), so loading goes through the same code path as real weights."""
     (tokenizer_dir / "vocab.json").write_text(json.dumps(_byte_level_vocab(), ensure_ascii=False), encoding="utf-8")
     (tokenizer_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     (tokenizer_dir / "tokenizer.json").unlink(missing_ok=True)
 
 
-def _build_tiny_sd_turbo():
-    """SD 2.1-architecture pipeline (sd-turbo's classes), 64x64 native size."""
+def _text_config(hidden: int) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=len(_byte_level_vocab()), hidden_size=hidden, intermediate_size=37,
+                          num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77,
+                          projection_dim=32, bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
+
+
+def _vae(scaling_factor: float, force_upcast: bool) -> Any:
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        norm_num_groups=8,
-    )
+    return AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                         norm_num_groups=8, sample_size=64, scaling_factor=scaling_factor,
+                         force_upcast=force_upcast)  # fmt: skip
+
+
+# -- SD 2.1 family (sd-turbo) -------------------------------------------------------------
+def _sd_unet() -> Any:
+    import torch
+    from diffusers import UNet2DConditionModel
+
     torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=0.18215,
-    )
-    tokenizer = _byte_level_tokenizer()
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+    )  # fmt: skip
+
+
+def _build_sd_turbo(folder: Path) -> None:
+    """SD 2.1-architecture pipeline (sd-turbo's classes), 64x64 native size."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            projection_dim=32,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
-    return StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=EulerDiscreteScheduler(**SD_TURBO_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
+    text_encoder = CLIPTextModel(_text_config(32))
+    StableDiffusionPipeline(
+        unet=_sd_unet(), vae=_vae(0.18215, force_upcast=True), text_encoder=text_encoder, tokenizer=_tokenizer(),
+        scheduler=EulerDiscreteScheduler(**SD_TURBO_SCHEDULER), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
-    )
+    ).save_pretrained(folder)  # fmt: skip
+    _write_tokenizer_files(folder / "tokenizer")
+
+
+# -- SDXL family (sdxl-turbo) -------------------------------------------------------------
+def _sdxl_unet() -> Any:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    # text_time conditioning: 6 size/crop numbers x 8 + the pooled text embedding (32).
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80,
+        transformer_layers_per_block=(1, 1),
+    )  # fmt: skip
+
+
+def _build_sdxl_turbo(folder: Path) -> None:
+    """SDXL-architecture pipeline (two text encoders, text_time embedding), 64x64 native size."""
+    import torch
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(_text_config(32))
+    torch.manual_seed(1)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(32))
+    StableDiffusionXLPipeline(
+        unet=_sdxl_unet(), vae=_vae(0.13025, force_upcast=True), text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2, tokenizer=_tokenizer(), tokenizer_2=_tokenizer(),
+        scheduler=EulerAncestralDiscreteScheduler(**SDXL_TURBO_SCHEDULER), add_watermarker=False,
+    ).save_pretrained(folder)  # fmt: skip
+    _write_tokenizer_files(folder / "tokenizer")
+    _write_tokenizer_files(folder / "tokenizer_2")
+
+
+# -- ControlNets, built from the matching tiny UNet -----------------------------------------
+def _build_controlnet(unet_factory: Callable[[], Any]) -> Callable[[Path], None]:
+    def build(folder: Path) -> None:
+        import torch
+        from diffusers import ControlNetModel
+
+        unet = unet_factory()
+        torch.manual_seed(2)
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+        # from_unet copies the UNet's weights; perturb them so the ControlNet does something.
+        with torch.no_grad():
+            for p in controlnet.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        controlnet.save_pretrained(folder)
+
+    return build
+
+
+TINY_MODELS: dict[str, Callable[[Path], None]] = {
+    "tiny-sd-turbo": _build_sd_turbo,
+    "tiny-sdxl-turbo": _build_sdxl_turbo,
+    "tiny-sd-controlnet": _build_controlnet(_sd_unet),
+    "tiny-sdxl-controlnet": _build_controlnet(_sdxl_unet),
+}

@@ -26,6 +26,7 @@ from jobs import layout
 from jobs.plan import Shard
 from jobs.spec import JobSpec
 from jobs.storage import Folder
+from workers.control import control_reference
 from workers.encode import encode_image
 from workers.renderer import Rendered
 from workers.rows import Row
@@ -51,6 +52,12 @@ METADATA_SCHEMA = pa.schema(
         ("bytes", pa.int64()),
         ("render_ms", pa.float64()),
         ("truncated", pa.bool_()),
+        ("redecoded_fp32", pa.bool_()),
+        ("vae", pa.string()),
+        ("controlnet", pa.string()),
+        ("controlnet_scale", pa.float64()),
+        ("control_preprocess", pa.string()),
+        ("control_image", pa.string()),
     ]
 )
 
@@ -98,7 +105,8 @@ class ShardWriter:
         self.records.append(self._record(row, status="error", error=row.error))
 
     def add_image(self, rendered: Rendered) -> None:
-        record = self._record(rendered.row, status="ok", render_ms=rendered.render_ms, truncated=rendered.truncated)
+        record = self._record(rendered.row, status="ok", render_ms=rendered.render_ms, truncated=rendered.truncated,
+                              redecoded_fp32=rendered.redecoded_fp32)  # fmt: skip
         key, ext = rendered.row.key, self.spec.image_extension
         if self.spec.format == "tar":
             record["image"] = f"{key}.{ext}"
@@ -141,7 +149,11 @@ class ShardWriter:
             "model": spec.model, "steps": spec.steps, "guidance_scale": spec.guidance_scale,
             "width": spec.width, "height": spec.height, "dtype": spec.dtype,
             "status": status, "error": None, "image": None, "sha256": None, "bytes": None,
-            "render_ms": None, "truncated": None,
+            "render_ms": None, "truncated": None, "redecoded_fp32": None, "vae": spec.vae,
+            "controlnet": spec.controlnet,
+            "controlnet_scale": spec.controlnet_scale if spec.controlnet else None,
+            "control_preprocess": spec.control_preprocess if spec.controlnet else None,
+            "control_image": control_reference(row.control) if spec.controlnet else None,
         }  # fmt: skip
         record.update(extra)
         return record
