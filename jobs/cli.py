@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from jobs.errors import JobError
-from jobs.spec import CONTROL_PREPROCESS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS, JobSpec
+from jobs.spec import CONTROL_PREPROCESS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS, WEIGHTS, JobSpec
 
 
 def build_render_parser(prog: str = "python -m jobs.render") -> argparse.ArgumentParser:
@@ -53,6 +53,9 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("--seed-column", help="column of per-row seeds, used when present (default seed)")
     p.add_argument("--key-column", help="column of unique row keys used to name images "
                    "(default: the row's global index, zero-padded)")
+    p.add_argument("--weights", choices=WEIGHTS, help="random: build stabilityai/sd-turbo or sdxl-turbo at full "
+                   "size from bundled configs with random weights (real FLOPs, meaningless pixels) for speed "
+                   "work without a download (default pretrained)")
     p.add_argument("--vae", help="VAE to use instead of the pipeline's: Hugging Face id or local folder "
                    "(e.g. an fp16-fixed SDXL VAE)")
     p.add_argument("--controlnet", help="ControlNet: Hugging Face id, local folder, tiny-sd-controlnet or "

@@ -38,7 +38,7 @@ def run(spec: JobSpec) -> int:
     if spec.seed + total_rows > MAX_SEED:
         raise JobError(f"--seed: {spec.seed} + {total_rows} rows would pass 2**63; use a smaller job seed")
     # 3. Model, VAE and ControlNet: read their configs only (loadable? supported? a pair?).
-    model = resolve_model(spec.model)
+    model = resolve_model(spec.model, spec.weights)
     if spec.vae:
         check_vae(spec.vae)
     if spec.controlnet:

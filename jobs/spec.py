@@ -19,6 +19,7 @@ from jobs.errors import JobError
 DTYPES = ("float16", "bfloat16", "float32")
 DEVICES = ("cuda", "cpu")
 CONTROL_PREPROCESS = ("none", "canny")
+WEIGHTS = ("pretrained", "random")
 FORMATS = ("tar", "files")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 IMAGE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -50,6 +51,7 @@ class JobSpec:
     seed_column: str = "seed"
     key_column: str | None = None
     device: str | None = None  # None: cuda when the Ray cluster has GPUs, else cpu
+    weights: str = "pretrained"  # "random": full-size architecture from bundled configs, for speed work
     vae: str | None = None  # swap the pipeline's VAE (e.g. an fp16-fixed SDXL VAE)
     controlnet: str | None = None
     control_image_column: str | None = None  # path/URL (relative to the dataset folder) or image bytes
@@ -66,7 +68,7 @@ class JobSpec:
     OUTPUT_FIELDS = (
         "model", "steps", "guidance_scale", "height", "width", "dtype", "device", "seed", "prompt_column",
         "negative_prompt_column", "seed_column", "key_column", "shard_size", "format",
-        "image_format", "quality", "vae", "controlnet", "control_image_column", "control_preprocess",
+        "image_format", "quality", "weights", "vae", "controlnet", "control_image_column", "control_preprocess",
         "controlnet_scale",
     )  # fmt: skip
 
@@ -106,6 +108,9 @@ class JobSpec:
         _require_int("batch-size", self.batch_size, 1, 4096)
         _require_choice("dtype", self.dtype, DTYPES, optional=True)
         _require_choice("device", self.device, DEVICES, optional=True)
+        _require_choice("weights", self.weights, WEIGHTS)
+        if self.weights == "random" and (self.controlnet or self.vae):
+            raise JobError("--weights random: builds the whole pipeline from bundled configs; drop --controlnet and --vae")
         if self.workers is not None:
             _require_int("workers", self.workers, 1, 100_000)
         _require_int("shard-size", self.shard_size, 1, 1_000_000)

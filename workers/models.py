@@ -13,6 +13,8 @@ from typing import Any
 
 from jobs.errors import JobError
 from jobs.spec import JobSpec
+from workers.random_weights import RANDOM_MODELS, build_random_pipeline
+from workers.random_weights import config as random_config
 from workers.tiny import TINY_MODELS, tiny_model_path
 
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
@@ -54,10 +56,12 @@ def _cannot_load(flag: str, name: str, e: Exception) -> JobError:
     )
 
 
-def resolve_model(name: str) -> ModelInfo:
+def resolve_model(name: str, weights: str = "pretrained") -> ModelInfo:
     """Check that ``name`` is a loadable, supported pipeline and read its native size."""
     from diffusers import DiffusionPipeline
 
+    if weights == "random":
+        return _random_model_info(name)
     location = _location(name)
     try:
         index = DiffusionPipeline.load_config(location)
@@ -70,11 +74,24 @@ def resolve_model(name: str) -> ModelInfo:
         raise JobError(
             f"--model: {name!r} is a {pipeline_class}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}"
         )
+    return _model_info(name, location, pipeline_class, unet, vae)
+
+
+def _model_info(name: str, location: str, pipeline_class: str, unet: dict, vae: dict) -> ModelInfo:
     scale = 2 ** (len(vae["block_out_channels"]) - 1)
     size = unet["sample_size"]
     height, width = (size, size) if isinstance(size, int) else size
     return ModelInfo(name, location, pipeline_class, height * scale, width * scale,
                      unet["cross_attention_dim"], unet.get("addition_embed_type"))  # fmt: skip
+
+
+def _random_model_info(name: str) -> ModelInfo:
+    """--weights random: the bundled full-size configs stand in for the Hub's."""
+    if name not in RANDOM_MODELS:
+        raise JobError(f"--weights random: no bundled config for {name!r}; available: {', '.join(RANDOM_MODELS)}")
+    unet, vae = random_config(name, "unet"), random_config(name, "vae")
+    pipeline_class = "StableDiffusionXLPipeline" if unet.get("addition_embed_type") else "StableDiffusionPipeline"
+    return _model_info(name, f"bundled:{RANDOM_MODELS[name]}", pipeline_class, unet, vae)
 
 
 def resolve_controlnet(name: str, model: ModelInfo) -> ControlNetInfo:
@@ -124,13 +141,19 @@ def load_pipeline(spec: JobSpec) -> Any:
     diffusers_logging.disable_progress_bar()  # one bar per actor per component floods the driver log
     transformers_logging.disable_progress_bar()
     dtype = getattr(torch, spec.dtype)
+    if spec.weights == "random":
+        pipe = build_random_pipeline(spec.model, spec.device, dtype)
+        return _ready(pipe)
     components: dict[str, Any] = {}
     if spec.vae:
         components["vae"] = AutoencoderKL.from_pretrained(_location(spec.vae), dtype=dtype)
     if spec.controlnet:
         components["controlnet"] = ControlNetModel.from_pretrained(_location(spec.controlnet), dtype=dtype)
     pipe = AutoPipelineForText2Image.from_pretrained(_location(spec.model), dtype=dtype, **components)
-    pipe = pipe.to(spec.device)
+    return _ready(pipe.to(spec.device))
+
+
+def _ready(pipe: Any) -> Any:
     pipe.set_progress_bar_config(disable=True)
     # diffusers logs the whole cut-off tail of an over-long prompt; we record a flag instead.
     logging.getLogger(type(pipe).__module__).setLevel(logging.ERROR)
