@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# CPU measurements (never asserted in tests); results go to docs/BENCHMARKS.md.
+bench: setup
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/writer.py
+	$(BIN)/python benchmarks/scale.py
 
 clean:
 	rm -rf out .pytest_cache
