@@ -10,6 +10,7 @@ on the shard size, so PUTs per image fall as 1 / shard size.
 from __future__ import annotations
 
 import argparse
+import logging
 import io
 import json
 import os
@@ -30,6 +31,7 @@ from tests.faultproxy import FaultProxy  # noqa: E402
 
 def run(shards: int, shard_size: int, size: int) -> None:
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     port = server.get_host_and_port()[1]

@@ -1,0 +1,109 @@
+"""Planning and resume at scale: 10M rows in 1,000 Parquet files, 10,000 done markers.
+
+Plans by reading footers only (jobs/inputs.py + jobs/plan.py) and computes resume state from one
+listing of _done/ (jobs/resume.py), locally and on moto's S3 server through the counting proxy,
+where the listing is paged (1,000 keys a page). Prints seconds and listing calls.
+
+    .venv/bin/python benchmarks/scale.py --files 1000 --rows-per-file 10000 --markers 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from jobs import layout, resume  # noqa: E402
+from jobs.inputs import scan_inputs  # noqa: E402
+from jobs.plan import make_plan  # noqa: E402
+from jobs.storage import Folder  # noqa: E402
+
+
+class CountingFolder(Folder):
+    """Counts listing calls made through the storage layer."""
+
+    listings = 0
+
+    def list_names(self, rel: str) -> list[str]:
+        CountingFolder.listings += 1
+        return super().list_names(rel)
+
+
+def synthetic_inputs(root: Path, files: int, rows: int) -> None:
+    """Files whose footers say ``rows`` rows; dictionary-encoded, so each is a few KB."""
+    prompts = pa.array(["a synthetic prompt"] * rows).dictionary_encode()
+    table = pa.table({"prompt": prompts})
+    for i in range(files):
+        pq.write_table(table, root / f"part-{i:05d}.parquet", row_group_size=rows)
+
+
+def plan_local(files: int, rows: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="tb-scale-") as tmp:
+        synthetic_inputs(Path(tmp), files, rows)
+        started = time.perf_counter()
+        inputs = scan_inputs(tmp)
+        plan = make_plan(inputs, 1000)
+        elapsed = time.perf_counter() - started
+        total = sum(f.num_rows for f in inputs)
+        print(f"plan: {total:,} rows in {len(inputs):,} files -> {len(plan):,} shards in {elapsed:.2f} s (footers only)")
+
+
+def resume_local(markers: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="tb-scale-") as tmp:
+        (Path(tmp) / layout.DONE_DIR).mkdir()
+        for i in range(markers):
+            (Path(tmp) / layout.done_path(i)).write_text("{}")
+        out = CountingFolder(tmp)
+        CountingFolder.listings = 0
+        started = time.perf_counter()
+        done = resume.committed_shards(out)
+        print(f"resume (local): {len(done):,} done markers in {time.perf_counter() - started:.3f} s, "
+              f"{CountingFolder.listings} listing call(s)")  # fmt: skip
+
+
+def resume_s3(markers: int) -> None:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from tests.faultproxy import FaultProxy
+
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    port = server.get_host_and_port()[1]
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id="k", aws_secret_access_key="s")  # fmt: skip
+    client.create_bucket(Bucket="scale")
+    for i in range(markers):
+        client.put_object(Bucket="scale", Key=f"out/{layout.done_path(i)}", Body=b"{}")
+    with FaultProxy(port) as proxy:
+        options = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": proxy.url, "region_name": "us-east-1"}}
+        out = CountingFolder("s3://scale/out", options)
+        CountingFolder.listings = 0
+        started = time.perf_counter()
+        done = resume.committed_shards(out)
+        elapsed = time.perf_counter() - started
+    server.stop()
+    print(f"resume (S3, moto): {len(done):,} done markers in {elapsed:.2f} s, {CountingFolder.listings} listing "
+          f"call(s) = {proxy.requests['LIST']} LIST request(s) (pages of 1,000)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--rows-per-file", type=int, default=10_000)
+    parser.add_argument("--markers", type=int, default=10_000)
+    args = parser.parse_args()
+    plan_local(args.files, args.rows_per_file)
+    resume_local(args.markers)
+    resume_s3(args.markers)
