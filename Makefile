@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean gpu-check
 
 setup: $(STAMP)
 
@@ -33,3 +33,32 @@ bench: setup
 
 clean:
 	rm -rf out .pytest_cache
+
+# On a lent GPU machine with no package registry (docs/GPU.md): build pycuda from the carried
+# sdist in $(WHEELHOUSE) into a venv that sees the machine's torch, then the GPU tests and the
+# kernel benchmarks. Fails if the kernels do not load (backend is not pycuda).
+GPU_PYTHON ?= python3
+GPU_VENV   ?= build/gpu-venv
+WHEELHOUSE ?= build/gpu-wheelhouse
+CUDA_ROOT  ?= /usr/local/cuda
+GPU_OUT    ?= build/gpu-check
+GPU_ENV    := TURBOBATCH_CACHE=$(abspath build/gpu-cache) PYTHONPATH=$(CURDIR)
+
+gpu-check:
+	@ls $(WHEELHOUSE)/pycuda-*.tar.gz >/dev/null || { echo "no pycuda sdist in $(WHEELHOUSE): see docs/GPU.md"; exit 1; }
+	test -x $(GPU_VENV)/bin/python || $(GPU_PYTHON) -m venv --system-site-packages $(GPU_VENV)
+	$(GPU_VENV)/bin/python -c "import pycuda.driver, pytest" 2>/dev/null || ( set -e; \
+	  wh=$(abspath $(WHEELHOUSE)); py=$(abspath $(GPU_VENV))/bin/python; \
+	  $$py -m pip install --no-index --find-links $$wh setuptools wheel pytest pytools platformdirs mako; \
+	  rm -rf build/pycuda-src build/libcuda; mkdir -p build/pycuda-src build/libcuda; \
+	  tar xzf $$wh/pycuda-*.tar.gz -C build/pycuda-src --strip-components=1; \
+	  lib=$$(ldconfig -p | awk '/libcuda\.so\.1 /{print $$NF; exit}'); \
+	  if [ -n "$$lib" ]; then ln -s "$$lib" build/libcuda/libcuda.so; fi; \
+	  cd build/pycuda-src; \
+	  $$py configure.py --cuda-root=$(CUDA_ROOT) --no-cuda-enable-curand \
+	    --cudadrv-lib-dir=$(abspath build/libcuda),$(CUDA_ROOT)/lib64/stubs,$(CUDA_ROOT)/lib64; \
+	  $$py -m pip install --no-index --find-links $$wh --no-build-isolation . )
+	$(GPU_ENV) $(GPU_VENV)/bin/python -c "import sys, kernels; print('kernels backend:', kernels.BACKEND, '-', kernels.BACKEND_REASON); sys.exit(kernels.BACKEND != 'pycuda')"
+	$(GPU_ENV) $(GPU_VENV)/bin/python -m kernels.build
+	$(GPU_ENV) $(GPU_VENV)/bin/python -m pytest tests/kernels -m gpu --noconftest -p no:cacheprovider -q -rs
+	$(GPU_ENV) $(GPU_VENV)/bin/python -m benchmarks.kernels --markdown $(GPU_OUT)/benchmarks.md

@@ -1,0 +1,125 @@
+"""Kernel vs torch reference vs diffusers' post-process path, in ms per batch (never asserted).
+
+Run from the repository root: ``python -m benchmarks.kernels`` (``make gpu-check`` does, on a
+GPU). On CUDA each number is the median of --runs timed with CUDA events after warm-up; on
+CPU (no GPU) only the reference paths run, timed with perf_counter, as a smoke test.
+The diffusers path is ``VaeImageProcessor.postprocess(output_type="np")`` then
+``(x * 255).round().astype(uint8)``; where diffusers is not installed (the lent GPU machine) an
+inline copy of those exact steps runs and the table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import kernels
+from kernels import reference
+
+
+def diffusers_path() -> tuple[str, Callable[[torch.Tensor], np.ndarray]]:
+    try:
+        from diffusers.image_processor import VaeImageProcessor
+    except ImportError:
+
+        def inline(x: torch.Tensor) -> np.ndarray:  # VaeImageProcessor.postprocess(output_type="np"), inlined
+            images = (x / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
+            return (images * 255).round().astype(np.uint8)
+
+        return "diffusers np path (inline copy; diffusers not installed)", inline
+    processor = VaeImageProcessor()
+    return "diffusers VaeImageProcessor.postprocess + round", lambda x: (
+        (processor.postprocess(x, output_type="np") * 255).round().astype(np.uint8)
+    )
+
+
+def time_ms(fn: Callable[[], object], runs: int, warmup: int, cuda: bool) -> float:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def cases(x: torch.Tensor, cuda: bool) -> list[tuple[str, Callable[[], object]]]:
+    u8 = reference.postprocess_uint8(x)
+    label, diffusers_fn = diffusers_path()
+    out: list[tuple[str, Callable[[], object]]] = []
+    if cuda:
+        out += [
+            ("postprocess_uint8 kernel", lambda: kernels.postprocess_uint8(x, backend="cuda")),
+            ("postprocess_uint8 kernel + .cpu()", lambda: kernels.postprocess_uint8(x, backend="cuda").cpu()),
+            ("postprocess + image_stats kernel (fused)", lambda: kernels.postprocess_with_stats(x, backend="cuda")),
+        ]
+    out += [
+        ("postprocess_uint8 torch reference", lambda: reference.postprocess_uint8(x)),
+        ("postprocess_uint8 torch reference + .cpu()", lambda: reference.postprocess_uint8(x).cpu()),
+        ("image_stats torch reference (2 passes)", lambda: reference.image_stats(x)),
+        (label, lambda: diffusers_fn(x)),
+    ]
+    if cuda:
+        out += [("dhash64 kernel", lambda: kernels.dhash64(u8, backend="cuda")),
+                ("canny kernel (100, 200)", lambda: kernels.canny(u8, 100, 200, backend="cuda"))]  # fmt: skip
+    out += [("dhash64 torch reference", lambda: reference.dhash64(u8)),
+            ("canny torch reference (100, 200)", lambda: reference.canny(u8, 100, 200))]  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    args = parser.parse_args(argv)
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    g = torch.Generator(device).manual_seed(0)
+    x = (torch.randn(args.batch, 3, args.size, args.size, generator=g, device=device) * 0.6).to(getattr(torch, args.dtype))
+    card = torch.cuda.get_device_name() if cuda else "CPU (no GPU)"
+    runs = args.runs if cuda else max(3, args.runs // 10)
+    lines = [
+        f"### {card}, {datetime.date.today().isoformat()}",
+        "",
+        f"batch {args.batch}x3x{args.size}x{args.size} {args.dtype}; backend {kernels.BACKEND} ({kernels.BACKEND_REASON}); "
+        f"torch {torch.__version__}, CUDA {torch.version.cuda}; median of {runs} runs "
+        f"({'CUDA events' if cuda else 'perf_counter'})",
+        "",
+        "| op | ms / batch | speed-up vs torch reference |",
+        "|---|---:|---:|",
+    ]
+    results = [(name, time_ms(fn, runs, args.warmup, cuda)) for name, fn in cases(x, cuda)]
+    base = dict(results)["postprocess_uint8 torch reference"]
+    for name, ms in results:
+        lines.append(f"| {name} | {ms:.3f} | {base / ms:.2f}x |" if "postprocess" in name or "diffusers" in name
+                     else f"| {name} | {ms:.3f} | |")  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
