@@ -96,14 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     g = torch.Generator(device).manual_seed(0)
-    x = (torch.randn(args.batch, 3, args.size, args.size, generator=g, device=device) * 0.6).to(getattr(torch, args.dtype))
+    shape = (args.batch, 3, args.size, args.size)
+    x = (torch.randn(shape, generator=g, device=device) * 0.6).to(getattr(torch, args.dtype))
     card = torch.cuda.get_device_name() if cuda else "CPU (no GPU)"
     runs = args.runs if cuda else max(3, args.runs // 10)
     lines = [
         f"### {card}, {datetime.date.today().isoformat()}",
         "",
-        f"batch {args.batch}x3x{args.size}x{args.size} {args.dtype}; backend {kernels.BACKEND} ({kernels.BACKEND_REASON}); "
-        f"torch {torch.__version__}, CUDA {torch.version.cuda}; median of {runs} runs "
+        f"batch {args.batch}x3x{args.size}x{args.size} {args.dtype}; "
+        f"backend {kernels.BACKEND} ({kernels.BACKEND_REASON}); torch {torch.__version__}, CUDA {torch.version.cuda}; median of {runs} runs "
         f"({'CUDA events' if cuda else 'perf_counter'})",
         "",
         "| op | ms / batch | speed-up vs torch reference |",

@@ -109,7 +109,8 @@ class CudaLauncher:
             self._drv.Context.pop()
 
     def _launch_on_side_stream(self, fn: Any, args: list[np.generic], grid: tuple[int, int, int],
-                               block: tuple[int, int, int], index: int, current: torch.cuda.Stream) -> None:  # fmt: skip
+                               block: tuple[int, int, int], index: int,
+                               current: torch.cuda.Stream) -> None:  # fmt: skip
         key = (index, threading.get_ident())
         stream = self._streams.get(key)
         if stream is None:

@@ -13,7 +13,10 @@ def f1(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * tp / max(1, (a > 0).sum() + (b > 0).sum())
 
 
-@pytest.mark.parametrize("shape,low,high", [((3, 37, 53), 50, 100), ((2, 128, 160), 100, 200), ((1, 61, 47), 90.7, 30.5)])
+CASES = [((3, 37, 53), 50, 100), ((2, 128, 160), 100, 200), ((1, 61, 47), 90.7, 30.5)]
+
+
+@pytest.mark.parametrize("shape,low,high", CASES)
 def test_canny_matches_reference_bit_for_bit(shim_launch, shape, low, high):
     images = scenes(shape[0], shape[1], shape[2], seed=shape[1])
     shim_launch.calls.clear()
