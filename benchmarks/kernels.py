@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         f"### {card}, {datetime.date.today().isoformat()}",
         "",
         f"batch {args.batch}x3x{args.size}x{args.size} {args.dtype}; "
-        f"backend {kernels.BACKEND} ({kernels.BACKEND_REASON}); torch {torch.__version__}, CUDA {torch.version.cuda}; median of {runs} runs "
-        f"({'CUDA events' if cuda else 'perf_counter'})",
+        f"backend {kernels.BACKEND} ({kernels.BACKEND_REASON}); torch {torch.__version__}, "
+        f"CUDA {torch.version.cuda}; median of {runs} runs ({'CUDA events' if cuda else 'perf_counter'})",
         "",
         "| op | ms / batch | speed-up vs torch reference |",
         "|---|---:|---:|",
