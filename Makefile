@@ -1,3 +1,4 @@
+SHELL := /bin/bash
 # turbobatch: `make demo` and `make test` do all the setup on a fresh machine.
 PYTHON ?= python3
 VENV   := .venv
@@ -35,8 +36,9 @@ clean:
 	rm -rf out .pytest_cache
 
 # On a lent GPU machine with no package registry (docs/GPU.md): build pycuda from the carried
-# sdist in $(WHEELHOUSE) into a venv that sees the machine's torch, then the GPU tests and the
-# kernel benchmarks. Fails if the kernels do not load (backend is not pycuda).
+# sdist in $(WHEELHOUSE) into a venv that sees the machine's torch, then the GPU tests, the
+# kernel benchmarks and the pipeline benchmark (benchmarks/gpu.py, with diffusers from the
+# wheelhouse). Fails if the kernels do not load (backend is not pycuda).
 GPU_PYTHON ?= python3
 GPU_VENV   ?= build/gpu-venv
 WHEELHOUSE ?= build/gpu-wheelhouse
@@ -62,3 +64,6 @@ gpu-check:
 	$(GPU_ENV) $(GPU_VENV)/bin/python -m kernels.build
 	$(GPU_ENV) $(GPU_VENV)/bin/python -m pytest tests/kernels -m gpu --noconftest -p no:cacheprovider -q -rs
 	$(GPU_ENV) $(GPU_VENV)/bin/python -m benchmarks.kernels --markdown $(GPU_OUT)/benchmarks.md
+	$(GPU_VENV)/bin/python -c "import diffusers" 2>/dev/null || \
+	  $(GPU_VENV)/bin/python -m pip install --no-index --no-deps --find-links $(WHEELHOUSE) diffusers importlib_metadata
+	set -o pipefail; $(GPU_ENV) $(GPU_VENV)/bin/python benchmarks/gpu.py | tee $(GPU_OUT)/gpu.txt

@@ -10,9 +10,9 @@ on the shard size, so PUTs per image fall as 1 / shard size.
 from __future__ import annotations
 
 import argparse
-import logging
 import io
 import json
+import logging
 import os
 import sys
 import time

@@ -14,9 +14,9 @@ from typing import Any
 from jobs.plan import Shard
 from jobs.spec import JobSpec
 from jobs.storage import Folder
+from workers.control import ControlImageError, ControlImageLoader
 from workers.models import load_pipeline
 from workers.renderer import PipelineRenderer
-from workers.control import ControlImageError, ControlImageLoader
 from workers.rows import Row, ShardReader, rows_from_table
 from workers.writer import ShardWriter
 

@@ -41,8 +41,12 @@ def build_components(model: str, device: str | torch.device = "cpu", dtype: torc
 
 
 def build_random_pipeline(model: str, device: str, dtype: torch.dtype) -> Any:
-    from diffusers import (EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline)  # fmt: skip
+    from diffusers import (
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,  # fmt: skip
+    )
 
     parts = build_components(model, device, dtype)
     if RANDOM_MODELS[model] == "sdxl-turbo":

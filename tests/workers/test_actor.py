@@ -28,7 +28,8 @@ def prompts_file(tmp_path_factory):
     return write_parquet(tmp_path_factory.mktemp("in") / "p.parquet", {"prompt": PROMPTS}, row_group_size=4)
 
 
-def shard_of(path, start=0, end=len(PROMPTS), shard_id=0) -> Shard:
+def shard_of(path, start=0, end=None, shard_id=0) -> Shard:
+    end = len(PROMPTS) if end is None else end
     return Shard(shard_id, f"file://{path}", start, end, start, 9)
 
 
