@@ -31,7 +31,7 @@ def test_every_flag_reaches_the_spec():
         "height": 64, "width": 128, "batch_size": 4, "dtype": "bfloat16", "workers": 3, "shard_size": 10,
         "format": "files", "image_format": "jpeg", "quality": 80, "seed": 7, "prompt_column": "text",
         "negative_prompt_column": "neg", "seed_column": "s", "key_column": "id", "overwrite": True,
-        "device": "cpu", "vae": "v", "controlnet": "c", "control_image_column": "ctrl",
+        "device": "cpu", "weights": "pretrained", "vae": "v", "controlnet": "c", "control_image_column": "ctrl",
         "control_preprocess": "canny", "controlnet_scale": 0.5, "storage_options": {}, "input_storage_options": {}, "output_storage_options": {},
     }  # fmt: skip
 
