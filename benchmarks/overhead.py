@@ -65,10 +65,11 @@ def run(rows: int, runs: int, shard_size: int) -> None:
     pipe = AutoPipelineForText2Image.from_pretrained(tiny_model_path("tiny-sd-turbo"))
     pipe.set_progress_bar_config(disable=True)
     bare_loop(pipe, prompts[:8])  # warm-up
-    a, b, inside = [], [], []
+    a, b, inside, fixed = [], [], [], []
     for i in range(runs):
         a.append(rows / bare_loop(pipe, prompts))
         end_to_end, in_actor = system(work / "prompts.parquet", work / "out", shard_size)
+        fixed.append(end_to_end - in_actor)
         b.append(rows / end_to_end)
         inside.append(rows / in_actor)
         print(f"run {i + 1}: bare loop {a[-1]:.1f} img/s | jobs.render {b[-1]:.1f} img/s end to end, "
@@ -80,6 +81,8 @@ def run(rows: int, runs: int, shard_size: int) -> None:
     print(f"median images/s: bare loop {statistics.median(a):.1f}, jobs.render {statistics.median(b):.1f}")
     print(f"median ratio jobs.render / bare loop: {statistics.median(ratios):.3f} end to end "
           f"(overhead {100 * (1 - statistics.median(ratios)):.1f}%), {statistics.median(steady):.3f} inside the actor")
+    print(f"median fixed cost outside shard work (Ray start, actor start, model load, planning): "
+          f"{statistics.median(fixed):.1f} s per run")
 
 
 if __name__ == "__main__":
