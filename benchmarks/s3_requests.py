@@ -12,51 +12,38 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import boto3  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
 
+from benchmarks.local_s3 import local_s3, options  # noqa: E402
 from jobs.render import main as render  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402
 
 
 def run(shards: int, shard_size: int, size: int) -> None:
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    port = server.get_host_and_port()[1]
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                          aws_access_key_id="k", aws_secret_access_key="s")  # fmt: skip
-    client.create_bucket(Bucket="bench")
     rows = shards * shard_size
-    buf = io.BytesIO()
-    pq.write_table(pa.table({"prompt": [f"prompt number {i}" for i in range(rows)]}), buf)
-    client.put_object(Bucket="bench", Key="prompts/p.parquet", Body=buf.getvalue())
-    with FaultProxy(port) as proxy:
-        options = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": proxy.url, "region_name": "us-east-1"}}
-        started = time.perf_counter()
-        code = render(["s3://bench/prompts/", "s3://bench/out", "--model", "tiny-sd-turbo", "--shard-size",
-                       str(shard_size), "--height", str(size), "--width", str(size), "--image-format", "jpeg",
-                       "--storage-options", json.dumps(options)])  # fmt: skip
-        elapsed = time.perf_counter() - started
-    server.stop()
+    with local_s3("bench") as (port, client):
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"prompt": [f"prompt number {i}" for i in range(rows)]}), buf)
+        client.put_object(Bucket="bench", Key="prompts/p.parquet", Body=buf.getvalue())
+        with FaultProxy(port) as proxy:
+            started = time.perf_counter()
+            code = render(["s3://bench/prompts/", "s3://bench/out", "--model", "tiny-sd-turbo", "--shard-size",
+                           str(shard_size), "--height", str(size), "--width", str(size), "--image-format", "jpeg",
+                           "--storage-options", json.dumps(options(proxy.url))])  # fmt: skip
+            elapsed = time.perf_counter() - started
     counts = dict(sorted(proxy.requests.items()))
     puts = sum(n for op, n in counts.items() if op in ("PUT", "PUT_PART", "CREATE_MULTIPART", "COMPLETE_MULTIPART"))
     print(f"exit code {code}; {shards} shards x {shard_size} rows = {rows} images in {elapsed:.0f} s")
     print(f"requests by kind: {counts}")
     print(f"total requests {sum(counts.values())}: {sum(counts.values()) / rows:.4f} per image")
     print(f"PUT-class requests {puts}: {puts / rows:.4f} per image, {puts / shards:.1f} per shard")
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -10,8 +10,6 @@ where the listing is paged (1,000 keys a page). Prints seconds and listing calls
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 import tempfile
 import time
@@ -22,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from benchmarks.local_s3 import local_s3, options  # noqa: E402
 from jobs import layout, resume  # noqa: E402
 from jobs.inputs import scan_inputs  # noqa: E402
 from jobs.plan import make_plan  # noqa: E402
@@ -71,32 +70,19 @@ def resume_local(markers: int) -> None:
 
 
 def resume_s3(markers: int) -> None:
-    import boto3
-    from moto.server import ThreadedMotoServer
-
     from tests.faultproxy import FaultProxy
 
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    port = server.get_host_and_port()[1]
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                          aws_access_key_id="k", aws_secret_access_key="s")  # fmt: skip
-    client.create_bucket(Bucket="scale")
-    for i in range(markers):
-        client.put_object(Bucket="scale", Key=f"out/{layout.done_path(i)}", Body=b"{}")
-    with FaultProxy(port) as proxy:
-        options = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": proxy.url, "region_name": "us-east-1"}}
-        out = CountingFolder("s3://scale/out", options)
-        CountingFolder.listings = 0
-        started = time.perf_counter()
-        done = resume.committed_shards(out)
-        elapsed = time.perf_counter() - started
-    server.stop()
+    with local_s3("scale") as (port, client):
+        for i in range(markers):
+            client.put_object(Bucket="scale", Key=f"out/{layout.done_path(i)}", Body=b"{}")
+        with FaultProxy(port) as proxy:
+            out = CountingFolder("s3://scale/out", options(proxy.url))
+            CountingFolder.listings = 0
+            started = time.perf_counter()
+            done = resume.committed_shards(out)
+            elapsed = time.perf_counter() - started
     print(f"resume (S3, moto): {len(done):,} done markers in {elapsed:.2f} s, {CountingFolder.listings} listing "
           f"call(s) = {proxy.requests['LIST']} LIST request(s) (pages of 1,000)")  # fmt: skip
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from kernels import reference
 from kernels.reference import canny_thresholds
 
 TB_BLOCK = 256  # must equal TB_BLOCK in kernels/tb_common.cuh (a test checks)
@@ -56,14 +57,8 @@ def postprocess(x: torch.Tensor, launch: Launch, stats: bool) -> tuple[torch.Ten
 
 
 def _check_u8(images: torch.Tensor, op: str) -> torch.Tensor:
-    """uint8 NHWC (C in 1, 3, 4) or NHW -> contiguous NHWC."""
-    if images.dtype != torch.uint8:
-        raise TypeError(f"{op}: expected uint8 images, got {images.dtype}")
-    if images.ndim == 3:
-        images = images.unsqueeze(-1)
-    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"{op}: expected NHWC with C in (1, 3, 4) or NHW, got {tuple(images.shape)}")
-    return images.contiguous()
+    """uint8 NHWC (C in 1, 3, 4) or NHW -> contiguous NHWC (same checks as the reference)."""
+    return reference._nhwc(images, op).contiguous()
 
 
 def dhash64(images: torch.Tensor, launch: Launch) -> torch.Tensor:

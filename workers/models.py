@@ -97,13 +97,7 @@ def _random_model_info(name: str) -> ModelInfo:
 def resolve_controlnet(name: str, model: ModelInfo) -> ControlNetInfo:
     """Check the ControlNet loads and pairs with the model: SD 2.1 ControlNets with sd-turbo,
     SDXL ControlNets with sdxl-turbo (their cross-attention widths and conditioning differ)."""
-    location = _location(name)
-    try:
-        config = _load_config(location, None)
-    except Exception as e:  # noqa: BLE001
-        raise _cannot_load("controlnet", name, e) from None
-    if config.get("_class_name") != "ControlNetModel":
-        raise JobError(f"--controlnet: {name!r} is a {config.get('_class_name')}, not a ControlNetModel")
+    location, config = _component_config("controlnet", name, "ControlNetModel")
     info = ControlNetInfo(name, location, config["cross_attention_dim"], config.get("addition_embed_type"))
     if (info.cross_attention_dim, info.addition_embed_type) != (model.cross_attention_dim, model.addition_embed_type):
         raise JobError(
@@ -116,14 +110,19 @@ def resolve_controlnet(name: str, model: ModelInfo) -> ControlNetInfo:
 
 def check_vae(name: str) -> str:
     """A --vae must load as an AutoencoderKL config; returns the location to load it from."""
+    return _component_config("vae", name, "AutoencoderKL")[0]
+
+
+def _component_config(flag: str, name: str, expected_class: str) -> tuple[str, dict[str, Any]]:
+    """Location and config of a single model folder (not a pipeline), of the expected class."""
     location = _location(name)
     try:
         config = _load_config(location, None)
     except Exception as e:  # noqa: BLE001
-        raise _cannot_load("vae", name, e) from None
-    if config.get("_class_name") != "AutoencoderKL":
-        raise JobError(f"--vae: {name!r} is a {config.get('_class_name')}, not an AutoencoderKL")
-    return location
+        raise _cannot_load(flag, name, e) from None
+    if config.get("_class_name") != expected_class:
+        raise JobError(f"--{flag}: {name!r} is a {config.get('_class_name')}; expected a folder of {expected_class}")
+    return location, config
 
 
 def _family(addition_embed_type: str | None) -> str:

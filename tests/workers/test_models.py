@@ -24,7 +24,7 @@ def test_controlnets_pair_with_their_family_only():
 def test_wrong_kinds_of_folders_are_named(tmp_path):
     with pytest.raises(JobError, match="--controlnet: cannot load 'tiny-sd-turbo'"):
         resolve_controlnet("tiny-sd-turbo", resolve_model("tiny-sd-turbo"))
-    with pytest.raises(JobError, match="--vae: .* is a ControlNetModel, not an AutoencoderKL"):
+    with pytest.raises(JobError, match="--vae: .* is a ControlNetModel; expected a folder of AutoencoderKL"):
         check_vae(str(tiny_model_path("tiny-sd-controlnet")))
     assert check_vae(str(tiny_model_path("tiny-sdxl-turbo") / "vae")).endswith("vae")
     with pytest.raises(JobError, match="--vae: cannot load"):
