@@ -197,8 +197,11 @@ def redact(options: Any) -> Any:
 
 
 def _require_text(flag: str, value: Any) -> None:
+    if flag in ("input", "output") and not value:  # the positional arguments
+        raise JobError(f"{flag}: missing; usage: python -m jobs.render INPUT OUTPUT [options] "
+                       f"(or {flag}: in the --config file); --help lists the options")
     if not isinstance(value, str) or not value.strip():
-        label = flag if flag in ("input", "output") else f"--{flag}"  # positional arguments
+        label = flag if flag in ("input", "output") else f"--{flag}"
         raise JobError(f"{label}: {value!r} is not valid; expected a non-empty string")
 
 

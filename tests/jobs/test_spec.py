@@ -90,7 +90,7 @@ def test_yaml_wrong_type_is_named(tmp_path):
 
 
 def test_missing_input_and_output_are_errors():
-    with pytest.raises(JobError, match="input: '' is not valid"):
+    with pytest.raises(JobError, match="input: missing; usage: python -m jobs.render INPUT OUTPUT"):
         parse_render_args([])
 
 
