@@ -10,6 +10,7 @@ from collections import deque
 from typing import Any
 
 from jobs.cluster import actor_env
+from jobs.errors import JobError
 from jobs.plan import Shard
 from jobs.progress import Progress, ShardOutcome
 from jobs.spec import JobSpec
@@ -30,7 +31,12 @@ def start_workers(spec: JobSpec, count: int) -> list[Any]:
         resources = {"num_gpus": 0, "num_cpus": max(1, cpus // count)}  # torch uses what it asks for
     actor_class = ray.remote(RenderWorker).options(**resources, runtime_env={"env_vars": actor_env()})
     actors = [actor_class.remote(spec) for _ in range(count)]
-    ray.get([a.ready.remote() for a in actors])
+    try:
+        ray.get([a.ready.remote() for a in actors])
+    except ray.exceptions.RayError as e:  # e.g. weights that pass the config check but do not load
+        for actor in actors:
+            ray.kill(actor)
+        raise JobError(f"workers: the render actors could not start ({_error_text(e)})") from None
     return actors
 
 

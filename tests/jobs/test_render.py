@@ -191,3 +191,18 @@ def test_driver_starts_and_stops_its_own_ray(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "shards: 2/2 committed" in result.stdout
     assert "rows this run: 49 ok, 1 error" in result.stdout
+
+
+def test_a_model_that_fails_to_load_in_the_actor_is_a_clear_error(ray_cluster, tmp_path, tiny_model_dir, capsys):
+    """Configs pass the driver's check, but the weights are broken: the actors cannot start."""
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    for weights in (broken / "unet").glob("*.safetensors"):
+        weights.write_bytes(b"not safetensors")
+    data = write_parquet(tmp_path / "p.parquet", {"prompt": ["x"]})
+    assert render(data, tmp_path / "out", "--model", broken, *SIZE) == 2
+    err = capsys.readouterr().err
+    assert "error: workers: the render actors could not start" in err
+    assert not list((tmp_path / "out" / "_done").glob("*"))
