@@ -14,7 +14,8 @@ from jobs.spec import JobSpec
 from workers.models import ModelInfo
 
 # Passed to actors so that a joined cluster's workers find the same caches as the driver.
-FORWARDED_ENV = ("TURBOBATCH_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_TOKEN")
+# Never a secret: runtime_env values can reach Ray's logs (credentials stay in each node's env).
+FORWARDED_ENV = ("TURBOBATCH_CACHE", "HF_HOME", "HF_HUB_OFFLINE")
 
 
 @dataclass(frozen=True)

@@ -36,25 +36,23 @@ def committed_shards(out: Folder) -> set[int]:
 
 def prepare(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str, Any]) -> set[int]:
     """Claim the output for this job (or check it is ours) and return the committed shard ids."""
-    if out.exists(layout.SPEC):
-        previous = out.read_json(layout.SPEC).get("fingerprint", {})
-        changes = describe_changes(previous, fingerprint)
-        if changes and not spec.overwrite:
-            raise JobError(
-                f"output: {out.display()} holds a job made with other inputs or options:\n  "
-                + "\n  ".join(changes)
-                + "\nUse a new output folder, or --overwrite to discard the existing output."
-            )
-        if changes:
-            _clear(out)
-    elif committed_shards(out):
-        if not spec.overwrite:
-            raise JobError(
-                f"output: {out.display()} has committed shards but no {layout.SPEC}; it was not "
-                "made by this job. Use a new output folder, or --overwrite to discard it."
-            )
+    previous = out.read_json(layout.SPEC)["fingerprint"] if out.exists(layout.SPEC) else None
+    changes = describe_changes(previous, fingerprint) if previous is not None else []
+    if changes and not spec.overwrite:
+        raise JobError(
+            f"output: {out.display()} holds a job made with other inputs or options:\n  "
+            + "\n  ".join(changes)
+            + "\nUse a new output folder, or --overwrite to discard the existing output."
+        )
+    foreign = previous is None and bool(committed_shards(out))  # done markers of an unknown job
+    if foreign and not spec.overwrite:
+        raise JobError(
+            f"output: {out.display()} has committed shards but no {layout.SPEC}; it was not "
+            "made by this job. Use a new output folder, or --overwrite to discard it."
+        )
+    if changes or foreign:  # only with --overwrite, as checked above
         _clear(out)
-    if not out.exists(layout.SPEC):
+    if previous is None or changes:  # claim the output for this job
         out.write_json(layout.PLAN, {"num_shards": len(plan), "shards": [s.to_dict() for s in plan]})
         out.write_json(layout.SPEC, {"spec": spec.to_public_dict(), "fingerprint": fingerprint})
     done = committed_shards(out)
