@@ -58,9 +58,30 @@ class RenderWorker:
             for row in rows:
                 if row.error is not None:
                     writer.add_error(row)
-            # 2. Render valid rows; encodes overlap the next pipeline call.
-            for rendered in self.renderer.render(valid):
-                writer.add_image(rendered)
+            # 2. Render valid rows; encodes overlap the next pipeline call. A row the
+            #    pipeline raised on comes back as a Row with its error.
+            failed_in_pipeline: list[Row] = []
+            for result in self.renderer.render(valid):
+                if isinstance(result, Row):
+                    failed_in_pipeline.append(result)
+                    writer.add_error(result)
+                else:
+                    writer.add_image(result)
+            _check_not_all_failed(valid, failed_in_pipeline)
             render_s = time.perf_counter() - started - read_s
             # 3. Flush images, write metadata, then the done marker.
             return writer.commit({"read": read_s, "render": render_s, "total": time.perf_counter() - started})
+
+
+class PipelineFailedEveryRow(RuntimeError):
+    """Every row of a shard made the pipeline raise: a broken worker, not bad rows."""
+
+
+def _check_not_all_failed(valid: list[Row], failed: list[Row]) -> None:
+    """Fail the shard (uncommitted, so a rerun retries it) rather than commit only errors.
+
+    One bad row fails alone; but when every one of several rows fails, the cause is the
+    pipeline or the machine, and committing would turn that into permanent row errors.
+    """
+    if len(valid) >= 2 and len(failed) == len(valid):
+        raise PipelineFailedEveryRow(f"the pipeline raised on all {len(valid)} rows; first: {failed[0].error}")

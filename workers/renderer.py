@@ -5,6 +5,10 @@ plain diffusers call with that generator draws, whatever batch it lands in. On C
 renderer makes one pipeline call per row: oneDNN's convolution and GEMM kernels give results
 that depend on the batch size (differences of ~1e-6 seen here), and one row per call keeps CPU
 images bitwise equal to a plain call. On CUDA rows are batched.
+
+A call that raises is not the shard's end: on GPU out-of-memory the batch is halved (down to
+one row, and the smaller size is kept), on any other exception the batch is retried row by
+row, so only the row that raises fails; it comes back as its ``Row`` with ``error`` set.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 
 from jobs.spec import JobSpec
 from kernels import postprocess_uint8
+from workers import faults
 from workers.rows import Row
 
 
@@ -30,6 +35,7 @@ class Rendered:
     render_ms: float
     truncated: bool
     redecoded_fp32: bool = False  # the fp16 decode gave NaN/Inf, so this image was decoded in float32
+    batch_size: int = 1  # rows in the pipeline call that made this image
 
 
 class PipelineRenderer:
@@ -40,14 +46,45 @@ class PipelineRenderer:
         self.rows_per_call = 1 if self.device.type == "cpu" else spec.batch_size
         self._vae_fp32: Any = None  # made once, on first need (see _decode)
 
-    def render(self, rows: list[Row]) -> Iterator[Rendered]:
-        """Render valid rows, in order, ``rows_per_call`` at a time."""
-        for start in range(0, len(rows), self.rows_per_call):
-            yield from self._render_call(rows[start : start + self.rows_per_call])
+    def render(self, rows: list[Row]) -> Iterator[Rendered | Row]:
+        """Render valid rows, in order, ``rows_per_call`` at a time.
+
+        Yields a ``Rendered`` per row, or the ``Row`` itself with ``error`` set when the
+        pipeline raised on it.
+        """
+        start = 0
+        while start < len(rows):
+            batch = rows[start : start + self.rows_per_call]
+            yield from self._render_resilient(batch)
+            start += len(batch)
+
+    def _render_resilient(self, rows: list[Row]) -> list[Rendered | Row]:
+        try:
+            return self._render_call(rows)
+        except torch.OutOfMemoryError:
+            if len(rows) == 1:
+                raise  # nothing left to halve: the shard fails with the OOM
+            self._free_cached_memory()
+            size = self.rows_per_call
+            while size >= len(rows):  # halve (8 -> 4 -> 2 -> 1) until below the call that failed
+                size //= 2
+            self.rows_per_call = size  # keep the size that fits for the rest of the run
+            chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+            return [result for chunk in chunks for result in self._render_resilient(chunk)]
+        except Exception as e:  # noqa: BLE001 - a row's failure is recorded, not raised
+            if len(rows) == 1:
+                rows[0].error = f"pipeline raised {type(e).__name__}: {e}"[:2000]
+                return [rows[0]]
+            return [result for row in rows for result in self._render_resilient([row])]
+
+    def _free_cached_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @torch.inference_mode()
     def _render_call(self, rows: list[Row]) -> list[Rendered]:
         started = time.perf_counter()
+        faults.before_pipeline_call([r.prompt for r in rows])  # test-only; a no-op unless configured
         latents = self.pipe(
             prompt=[r.prompt for r in rows],
             negative_prompt=self._negative_prompts(rows),
@@ -63,7 +100,7 @@ class PipelineRenderer:
         images = postprocess_uint8(decoded).cpu().numpy()
         ms = (time.perf_counter() - started) * 1000 / len(rows)
         return [
-            Rendered(r, img, ms, self._is_truncated(r.prompt), bool(again))
+            Rendered(r, img, ms, self._is_truncated(r.prompt), bool(again), batch_size=len(rows))
             for r, img, again in zip(rows, images, redecoded)
         ]
 

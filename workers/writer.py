@@ -53,6 +53,7 @@ METADATA_SCHEMA = pa.schema(
         ("render_ms", pa.float64()),
         ("truncated", pa.bool_()),
         ("redecoded_fp32", pa.bool_()),
+        ("batch_size", pa.int32()),
         ("vae", pa.string()),
         ("controlnet", pa.string()),
         ("controlnet_scale", pa.float64()),
@@ -106,7 +107,7 @@ class ShardWriter:
 
     def add_image(self, rendered: Rendered) -> None:
         record = self._record(rendered.row, status="ok", render_ms=rendered.render_ms, truncated=rendered.truncated,
-                              redecoded_fp32=rendered.redecoded_fp32)  # fmt: skip
+                              redecoded_fp32=rendered.redecoded_fp32, batch_size=rendered.batch_size)  # fmt: skip
         key, ext = rendered.row.key, self.spec.image_extension
         if self.spec.format == "tar":
             record["image"] = f"{key}.{ext}"
@@ -116,16 +117,17 @@ class ShardWriter:
             future = self.pool.submit(self._encode_and_write, rendered.image, record["image"])
         self.records.append(record)
         self.pending.append((record, future))
-        self._drain(block=len(self.pending) > self.max_pending)
+        self._drain(keep=self.max_pending)
 
     def _encode_and_write(self, image: Any, rel: str) -> bytes:
         data = encode_image(image, self.spec.image_format, self.spec.effective_quality)
         self.out.write_bytes(rel, data)
         return data
 
-    def _drain(self, block: bool) -> None:
-        """Finish encodes at the head of the queue, in row order; wait only when asked."""
-        while self.pending and (block or self.pending[0][1].done()):
+    def _drain(self, keep: int) -> None:
+        """Finish encodes at the head of the queue, in row order: every one already done, and
+        waiting for more while over ``keep`` are pending (``keep=0`` waits for all)."""
+        while self.pending and (self.pending[0][1].done() or len(self.pending) > keep):
             record, future = self.pending.popleft()
             data = future.result()
             record["sha256"] = hashlib.sha256(data).hexdigest()
@@ -134,7 +136,6 @@ class ShardWriter:
                 member_meta = json.dumps(record, ensure_ascii=False, sort_keys=True).encode()
                 self._add_member(record["image"], data)
                 self._add_member(f"{record['key']}.json", member_meta)
-            block = False if len(self.pending) <= self.max_pending else block
 
     def _add_member(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
@@ -149,7 +150,7 @@ class ShardWriter:
             "model": spec.model, "steps": spec.steps, "guidance_scale": spec.guidance_scale,
             "width": spec.width, "height": spec.height, "dtype": spec.dtype,
             "status": status, "error": None, "image": None, "sha256": None, "bytes": None,
-            "render_ms": None, "truncated": None, "redecoded_fp32": None, "vae": spec.vae,
+            "render_ms": None, "truncated": None, "redecoded_fp32": None, "batch_size": None, "vae": spec.vae,
             "controlnet": spec.controlnet,
             "controlnet_scale": spec.controlnet_scale if spec.controlnet else None,
             "control_preprocess": spec.control_preprocess if spec.controlnet else None,
@@ -161,7 +162,7 @@ class ShardWriter:
     # -- commit ------------------------------------------------------------------------
     def commit(self, timings: dict[str, float]) -> dict[str, Any]:
         """Flush images, write metadata, then the done marker. Returns the marker."""
-        self._drain(block=True)
+        self._drain(keep=0)
         sid = self.shard.shard_id
         if self._tar is not None:
             self._tar.close()
@@ -183,5 +184,7 @@ class ShardWriter:
         }  # fmt: skip
         if marker["rows"] != self.shard.num_rows:
             raise RuntimeError(f"shard {sid}: {marker['rows']} metadata rows for {self.shard.num_rows} input rows")
+        if any(r["status"] == "ok" and r["sha256"] is None for r in self.records):
+            raise RuntimeError(f"shard {sid}: an ok row has no written image")
         self.out.write_json(layout.done_path(sid), marker)
         return marker

@@ -1,0 +1,36 @@
+"""ShardWriter on its own: every image queued before commit is in the shard, in row order."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from jobs.plan import Shard
+from jobs.storage import Folder
+from tests.helpers import read_metadata, read_tar_images
+from tests.workers.test_actor import resolved_spec
+from workers import writer as writer_module
+from workers.renderer import Rendered
+from workers.rows import Row
+
+
+def test_commit_waits_for_every_slow_encode(tmp_path, monkeypatch):
+    real_encode = writer_module.encode_image
+
+    def slow_encode(*args):
+        time.sleep(0.05)
+        return real_encode(*args)
+
+    monkeypatch.setattr(writer_module, "encode_image", slow_encode)
+    spec = resolved_spec(tmp_path, shard_size=6)
+    shard = Shard(0, "unused", 0, 6, 0, 1)
+    rows = [Row(i, str(i), f"p{i}", None, i) for i in range(6)]
+    image = np.zeros((8, 8, 3), np.uint8)
+    with ThreadPoolExecutor(1) as pool:
+        with writer_module.ShardWriter(Folder(str(tmp_path)), shard, spec, pool, max_pending=4) as writer:
+            for row in rows:
+                writer.add_image(Rendered(row, image, 1.0, False))
+            marker = writer.commit({})
+    assert marker["ok"] == 6
+    assert sorted(read_tar_images(tmp_path)) == [str(i) for i in range(6)]
+    assert all(r["sha256"] for r in read_metadata(tmp_path))

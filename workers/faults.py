@@ -1,0 +1,53 @@
+"""Test-only fault injection, switched on by the ``TURBOBATCH_TEST_FAULTS`` environment variable.
+
+Some faults cannot be made for real on a CPU machine (a GPU out-of-memory, a row that makes the
+pipeline raise) and a kill must land mid-shard on a tiny model that renders in milliseconds.
+The variable holds JSON with any of:
+
+- ``delay_s``: sleep this long per row before each pipeline call (so a kill lands mid-shard);
+- ``raise_on_prompt``: raise RuntimeError in a call whose prompts contain this text;
+- ``oom_above_batch``: raise ``torch.OutOfMemoryError`` in a call with more rows than this.
+
+Unset (always, outside tests), :func:`before_pipeline_call` does nothing. The driver forwards the
+variable to actors (jobs/cluster.py) so end-to-end tests reach workers in other processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+ENV = "TURBOBATCH_TEST_FAULTS"
+KNOWN = {"delay_s", "raise_on_prompt", "oom_above_batch"}
+
+
+@functools.cache
+def _faults() -> dict[str, Any]:
+    text = os.environ.get(ENV)
+    if not text:
+        return {}
+    faults = json.loads(text)
+    unknown = set(faults) - KNOWN
+    if unknown:
+        raise ValueError(f"{ENV}: unknown fault(s) {sorted(unknown)}; known: {sorted(KNOWN)}")
+    return faults
+
+
+def before_pipeline_call(prompts: list[str]) -> None:
+    """Inject the configured faults for one pipeline call of ``prompts``."""
+    faults = _faults()
+    if not faults:
+        return
+    if "delay_s" in faults:
+        time.sleep(float(faults["delay_s"]) * len(prompts))
+    limit = faults.get("oom_above_batch")
+    if limit is not None and len(prompts) > int(limit):
+        import torch
+
+        raise torch.OutOfMemoryError(f"injected: CUDA out of memory for a batch of {len(prompts)} (> {limit})")
+    needle = faults.get("raise_on_prompt")
+    if needle and any(needle in p for p in prompts):
+        raise RuntimeError(f"injected: the pipeline raised on a prompt containing {needle!r}")
