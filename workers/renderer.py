@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from jobs.spec import JobSpec
-from kernels import postprocess_uint8
+from kernels import dhash64, postprocess_with_stats
 from workers import faults
 from workers.rows import Row
 
@@ -36,6 +36,10 @@ class Rendered:
     truncated: bool
     redecoded_fp32: bool = False  # the fp16 decode gave NaN/Inf, so this image was decoded in float32
     batch_size: int = 1  # rows in the pipeline call that made this image
+    nan_count: int | None = None  # NaN/Inf values in the float decode of this image (after any float32 redo)
+    mean: float | None = None  # of the uint8 image, all channels, 0..255
+    std: float | None = None  # population std of the uint8 image, 0..255
+    dhash: str | None = None  # kernels.dhash64 of the uint8 image, 16 lowercase hex digits (None below 8x9)
 
 
 class PipelineRenderer:
@@ -44,7 +48,7 @@ class PipelineRenderer:
         self.spec = spec
         self.device = torch.device(device)
         self.rows_per_call = 1 if self.device.type == "cpu" else spec.batch_size
-        self._vae_fp32: Any = None  # made once, on first need (see _decode)
+        self._vae_fp32: Any = None  # made once, on first need (see _decode_images)
 
     def render(self, rows: list[Row]) -> Iterator[Rendered | Row]:
         """Render valid rows, in order, ``rows_per_call`` at a time.
@@ -96,39 +100,62 @@ class PipelineRenderer:
             output_type="latent",
             **self._control_args(rows),
         ).images
-        decoded, redecoded = self._decode(latents)
-        images = postprocess_uint8(decoded).cpu().numpy()
+        images, stats, redecoded = self._decode_images(latents)
+        hashable = images.shape[1] >= 8 and images.shape[2] >= 9  # dhash64's minimum size
+        hashes = [dhash64(images)] if hashable else []  # on the device: only uint8 and [N] values go to the host
+        images, nonfinite, mean, std, redecoded, *hashes = self._to_host([images, *stats, redecoded, *hashes])
+        hexes = [f"{int(h) & 0xFFFF_FFFF_FFFF_FFFF:016x}" for h in hashes[0]] if hashes else [None] * len(rows)
         ms = (time.perf_counter() - started) * 1000 / len(rows)
         return [
-            Rendered(r, img, ms, self._is_truncated(r.prompt), bool(again), batch_size=len(rows))
-            for r, img, again in zip(rows, images, redecoded)
-        ]
+            Rendered(r, images[i], ms, self._is_truncated(r.prompt), bool(redecoded[i]), len(rows),
+                     nan_count=int(nonfinite[i]), mean=float(mean[i]), std=float(std[i]), dhash=hexes[i])
+            for i, r in enumerate(rows)
+        ]  # fmt: skip
 
     def _control_args(self, rows: list[Row]) -> dict[str, Any]:
         if not self.spec.controlnet:
             return {}
         return {"image": [r.control_image for r in rows], "controlnet_conditioning_scale": self.spec.controlnet_scale}
 
-    def _decode(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """VAE decode as the pipeline does it, except for fp16 VAEs that need float32.
+    def _decode_images(self, latents: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
+        """VAE decode as the pipeline does it, then post-process and stats in one pass, on the device.
 
-        diffusers upcasts such a VAE (SDXL's, ``force_upcast``) to float32 and back on every
-        call. We decode in float16 and decode again in float32, with a float32 copy of the VAE
-        made once, only the images whose float16 decode holds NaN or Inf.
+        diffusers upcasts a float16 VAE that needs it (SDXL's, ``force_upcast``) to float32 and
+        back on every call. We decode in float16 and, from the NaN/Inf counts the fused
+        post-process gives anyway (no extra pass), decode again in float32 (with a float32 copy
+        of the VAE made once) only the images that hold NaN or Inf. Each image is post-processed
+        in its own decode's dtype, so its pixels do not depend on its batch-mates.
+
+        Returns uint8 NHWC images, (NaN+Inf count, mean, std) of the images finally used, and
+        which images were redone.
         """
         vae = self.pipe.vae
         scaled = self._unscale(latents, vae.config)
         decoded = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
-        broken = ~torch.isfinite(decoded).flatten(1).all(dim=1)
-        if broken.any() and vae.dtype == torch.float16:
+        images, stats = postprocess_with_stats(decoded)
+        nonfinite, mean, std = stats.nan + stats.inf, stats.mean, stats.std
+        broken = nonfinite > 0
+        if vae.dtype == torch.float16 and bool(broken.any()):  # syncs only for float16 VAEs
             if self._vae_fp32 is None:
                 self._vae_fp32 = copy.deepcopy(vae).to(torch.float32)
             again = self._vae_fp32.decode(scaled[broken].float(), return_dict=False)[0]
-            decoded = decoded.float()
-            decoded[broken] = again
+            fixed, fixed_stats = postprocess_with_stats(again)
+            images[broken], nonfinite[broken] = fixed, fixed_stats.nan + fixed_stats.inf
+            mean[broken], std[broken] = fixed_stats.mean, fixed_stats.std
         else:
             broken = torch.zeros_like(broken)
-        return decoded, broken.cpu()
+        return images, (nonfinite, mean, std), broken
+
+    def _to_host(self, tensors: list[torch.Tensor]) -> list[np.ndarray]:
+        """Device tensors as numpy. CUDA: async copies into pinned buffers, then one stream sync
+        (the arrays stay views of those buffers, so they live as long as the images)."""
+        if self.device.type != "cuda":
+            return [t.cpu().numpy() for t in tensors]
+        host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+        for dst, src in zip(host, tensors):
+            dst.copy_(src, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return [h.numpy() for h in host]
 
     @staticmethod
     def _unscale(latents: torch.Tensor, config: Any) -> torch.Tensor:

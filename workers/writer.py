@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from jobs import layout
 from jobs.plan import Shard
 from jobs.spec import JobSpec
-from jobs.storage import Folder
+from jobs.storage import TEMP_MARK, Folder
 from workers.control import control_reference
 from workers.encode import encode_image
 from workers.renderer import Rendered
@@ -54,6 +54,10 @@ METADATA_SCHEMA = pa.schema(
         ("truncated", pa.bool_()),
         ("redecoded_fp32", pa.bool_()),
         ("batch_size", pa.int32()),
+        ("nan_count", pa.int64()),
+        ("mean", pa.float64()),
+        ("std", pa.float64()),
+        ("dhash", pa.string()),
         ("vae", pa.string()),
         ("controlnet", pa.string()),
         ("controlnet_scale", pa.float64()),
@@ -89,11 +93,21 @@ class ShardWriter:
         self._tar_stream: _HashingWriter | None = None
 
     def __enter__(self) -> ShardWriter:
+        if self.spec.format == "files" and self.out.is_local:
+            self._remove_temp_leftovers()
         if self.spec.format == "tar":
             handle = self._stack.enter_context(self.out.atomic_writer(layout.tar_path(self.shard.shard_id)))
             self._tar_stream = _HashingWriter(handle)
             self._tar = tarfile.open(fileobj=self._tar_stream, mode="w|", format=tarfile.PAX_FORMAT)
         return self
+
+    def _remove_temp_leftovers(self) -> None:
+        """Temp files a killed attempt at this shard left in its image folder (local disks only:
+        object stores get whole PUTs, never temp objects)."""
+        folder = layout.image_dir(self.shard.shard_id)
+        for name in self.out.list_names(folder):
+            if TEMP_MARK in name:
+                self.out.remove_file(f"{folder}/{name}")
 
     def __exit__(self, *exc_info: Any) -> None:
         if exc_info[0] is not None:
@@ -107,7 +121,9 @@ class ShardWriter:
 
     def add_image(self, rendered: Rendered) -> None:
         record = self._record(rendered.row, status="ok", render_ms=rendered.render_ms, truncated=rendered.truncated,
-                              redecoded_fp32=rendered.redecoded_fp32, batch_size=rendered.batch_size)  # fmt: skip
+                              redecoded_fp32=rendered.redecoded_fp32, batch_size=rendered.batch_size,
+                              nan_count=rendered.nan_count, mean=rendered.mean, std=rendered.std,
+                              dhash=rendered.dhash)  # fmt: skip
         key, ext = rendered.row.key, self.spec.image_extension
         if self.spec.format == "tar":
             record["image"] = f"{key}.{ext}"
@@ -150,7 +166,8 @@ class ShardWriter:
             "model": spec.model, "steps": spec.steps, "guidance_scale": spec.guidance_scale,
             "width": spec.width, "height": spec.height, "dtype": spec.dtype,
             "status": status, "error": None, "image": None, "sha256": None, "bytes": None,
-            "render_ms": None, "truncated": None, "redecoded_fp32": None, "batch_size": None, "vae": spec.vae,
+            "render_ms": None, "truncated": None, "redecoded_fp32": None, "batch_size": None,
+            "nan_count": None, "mean": None, "std": None, "dhash": None, "vae": spec.vae,
             "controlnet": spec.controlnet,
             "controlnet_scale": spec.controlnet_scale if spec.controlnet else None,
             "control_preprocess": spec.control_preprocess if spec.controlnet else None,
