@@ -1,4 +1,4 @@
-"""Command line: ``turbobatch render|...`` and the flag set of ``python -m jobs.render``.
+"""Command line: ``turbobatch render|status`` and the flag set of ``python -m jobs.render``.
 
 Option names are a contract other tools and docs rely on; each flag's ``dest`` is the
 JobSpec field of the same name, so YAML files and flags share one vocabulary.
@@ -65,21 +65,26 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("--control-preprocess", choices=CONTROL_PREPROCESS, help="turn control images into "
                    "Canny edge maps first, or use them as they are (default none)")
     p.add_argument("--controlnet-scale", type=float, help="ControlNet conditioning scale (default 1.0)")
-    p.add_argument("--storage-options", type=_json_object("--storage-options"),
+    p.add_argument("--storage-options", type=json_object("--storage-options"),
                    help='fsspec options for input and output, as JSON, e.g. \'{"client_kwargs": '
                    '{"endpoint_url": "http://127.0.0.1:9000"}}\' (default: the standard environment, '
                    "AWS_ENDPOINT_URL, AWS_PROFILE, ...); secrets never reach spec.json or logs")
-    p.add_argument("--input-storage-options", type=_json_object("--input-storage-options"),
+    p.add_argument("--input-storage-options", type=json_object("--input-storage-options"),
                    help="fsspec options for the input only, as JSON, on top of --storage-options")
-    p.add_argument("--output-storage-options", type=_json_object("--output-storage-options"),
+    p.add_argument("--output-storage-options", type=json_object("--output-storage-options"),
                    help="fsspec options for the output only, as JSON, on top of --storage-options")
+    p.add_argument("--max-retries", type=int, help="retries per shard after an infrastructure failure "
+                   "(worker or node death, lost objects, storage timeouts and 5xx), with backoff; bad data "
+                   "and bugs are never retried (default 3)")
+    p.add_argument("--max-failed-shards", type=int, help="exit with code 1 when more shards than this "
+                   "failed; failed shards are recorded under _failed/ and retried by the next run (default 0)")
     p.add_argument("--overwrite", action="store_const", const=True,
                    help="discard an existing output made with other inputs or options "
                    "(an output of this same job is resumed, not discarded)")
     return p
 
 
-def _json_object(flag: str):
+def json_object(flag: str):
     def parse(text: str) -> dict[str, Any]:
         try:
             value = json.loads(text)
@@ -118,15 +123,17 @@ def _read_yaml(path: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """``turbobatch`` entry point: dispatch to a subcommand."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"render": "jobs.render"}
-    if not argv or argv[0] not in commands:
-        print("usage: turbobatch {render} ...   (turbobatch render --help)", file=sys.stderr)
+    if not argv or argv[0] not in ("render", "status"):
+        print("usage: turbobatch {render,status} ...   (turbobatch render --help, turbobatch status --help)",
+              file=sys.stderr)  # fmt: skip
         return 2
     if argv[0] == "render":
         from jobs.render import main as render_main
 
         return render_main(argv[1:], prog="turbobatch render")
-    return 2
+    from jobs.status import main as status_main
+
+    return status_main(argv[1:], prog="turbobatch status")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from workers.models import ModelInfo
 
 # Passed to actors so that a joined cluster's workers find the same caches as the driver.
 # Never a secret: runtime_env values can reach Ray's logs (credentials stay in each node's env).
-FORWARDED_ENV = ("TURBOBATCH_CACHE", "HF_HOME", "HF_HUB_OFFLINE")
+FORWARDED_ENV = ("TURBOBATCH_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TURBOBATCH_TEST_FAULTS")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ from __future__ import annotations
 SPEC = "_job/spec.json"
 PLAN = "_job/plan.json"
 DONE_DIR = "_done"
-OUTPUT_DIRS = ("_job", "_done", "shards", "images", "metadata")
+FAILED_DIR = "_failed"
+OUTPUT_DIRS = ("_job", "_done", "_failed", "shards", "images", "metadata")
+# Flat folders where a killed writer can leave a temp file (storage.TEMP_MARK in its name).
+TEMP_LEFTOVER_DIRS = ("_job", "_done", "_failed", "shards", "metadata")
 
 
 def shard_name(shard_id: int) -> str:
@@ -20,7 +23,7 @@ def tar_path(shard_id: int) -> str:
 
 
 def image_path(shard_id: int, key: str, ext: str) -> str:
-    return f"images/{shard_name(shard_id)}/{key}.{ext}"
+    return f"{image_dir(shard_id)}/{key}.{ext}"
 
 
 def metadata_path(shard_id: int) -> str:
@@ -31,8 +34,16 @@ def done_path(shard_id: int) -> str:
     return f"{DONE_DIR}/{shard_name(shard_id)}.json"
 
 
-def shard_id_from_done_name(name: str) -> int | None:
-    """``000123.json`` -> 123; anything else (temp files, strays) -> None."""
+def failed_path(shard_id: int) -> str:
+    return f"{FAILED_DIR}/{shard_name(shard_id)}.json"
+
+
+def image_dir(shard_id: int) -> str:
+    return f"images/{shard_name(shard_id)}"
+
+
+def shard_id_from_marker_name(name: str) -> int | None:
+    """``000123.json`` (in _done/ or _failed/) -> 123; anything else (temp files, strays) -> None."""
     base = name.rsplit("/", 1)[-1]
     stem, dot, ext = base.partition(".")
     if ext != "json" or not stem.isdigit():

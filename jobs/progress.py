@@ -16,6 +16,7 @@ class ShardOutcome:
     num_rows: int
     marker: dict[str, Any] | None = None  # the done marker when committed
     error: str | None = None  # why the shard failed
+    attempts: int = 1
 
 
 @dataclass
@@ -36,6 +37,10 @@ class Progress:
         self.outcomes.append(outcome)
         self.bar.update(outcome.num_rows)
         self._postfix()
+
+    def note(self, message: str) -> None:
+        """A line for the user (retries, replaced workers) that does not break the bar."""
+        self.bar.write(message, file=sys.stderr)
 
     def _postfix(self) -> None:
         done = self.already_done + sum(o.marker is not None for o in self.outcomes)
@@ -61,5 +66,10 @@ class Progress:
             f"speed: {ok / elapsed if elapsed > 0 else 0.0:.2f} images/s over {elapsed:.1f} s",
             f"output: {output}",
         ]
-        lines += [f"failed shard {o.shard_id}: {o.error}" for o in self.failed]
+        failed = sorted(self.failed, key=lambda o: o.shard_id)
+        lines += [f"failed shard {o.shard_id} (after {o.attempts} attempt(s)): {o.error}" for o in failed[:20]]
+        if len(failed) > 20:
+            lines.append(f"... and {len(failed) - 20} more failed shards (see _failed/)")
+        if failed:
+            lines.append("failed shards are recorded under _failed/; run the same command again to retry them")
         return "\n".join(lines)

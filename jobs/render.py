@@ -46,24 +46,28 @@ def run(spec: JobSpec) -> int:
     with ray_session() as cluster:
         # 4. Fill in what depends on the cluster: device, dtype, size, worker count.
         spec = resolve_spec(spec, model, cluster)
-        # 5. Plan the shards and claim (or resume) the output.
+        # 5. Plan the shards and claim (or resume) the output; clear what dead runs left.
         plan = make_plan(files, spec.shard_size)
         done = resume.prepare(out, spec, plan, fingerprint(files, spec))
+        failed_before = resume.tidy(out, done)
         pending = [s for s in plan if s.shard_id not in done]
+        retried = f" ({len(failed_before)} failed before, retried now)" if failed_before else ""
         print(
             f"turbobatch: {total_rows} rows in {len(files)} file(s) -> {len(plan)} shards; "
-            f"{len(done)} already committed, {len(pending)} to render on {spec.workers} {spec.device} worker(s)",
+            f"{len(done)} already committed, {len(pending)} to render{retried} on {spec.workers} "
+            f"{spec.device} worker(s)",
             file=sys.stderr,
         )
-        # 6. Render: actors commit shards; progress shows shards, images/s and ETA.
+        # 6. Render: actors commit shards; failures are retried or recorded under _failed/.
         progress = Progress(len(plan), len(done), sum(s.num_rows for s in pending))
         try:
-            schedule.render_shards(pending, spec, progress)
+            schedule.render_shards(pending, spec, out, progress, failed_before)
         finally:
             progress.close()
-    # 7. Summary; the exit code tells whether every shard committed.
+        resume.remove_temp_leftovers(out)
+    # 7. Summary; the exit code tells whether too many shards failed.
     print(progress.summary(out.display()))
-    return EXIT_FAILED_SHARDS if progress.failed else EXIT_OK
+    return EXIT_FAILED_SHARDS if len(progress.failed) > spec.max_failed_shards else EXIT_OK
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m jobs.render") -> int:

@@ -1,19 +1,22 @@
-"""Resume state: which shards are committed, and whether the output belongs to this job.
+"""Resume state: which shards are committed or failed, and whether the output is this job's.
 
 One listing of ``OUT/_done/`` tells which shards are done. ``_job/spec.json`` holds the
 fingerprint of the first run; a rerun whose fingerprint differs stops, naming what changed,
-unless the user asks for ``--overwrite``.
+unless the user asks for ``--overwrite``. A shard that failed for good gets
+``_failed/SSSSSS.json`` (never a done marker), so status can show it; it stays pending, and
+the next run retries it and removes the marker once the shard commits.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from jobs import layout
 from jobs.errors import JobError
 from jobs.plan import Shard, describe_changes
 from jobs.spec import JobSpec
-from jobs.storage import Folder, check_endpoint, describe_error
+from jobs.storage import TEMP_MARK, Folder, check_endpoint, describe_error
 
 
 def check_writable(out: Folder) -> None:
@@ -30,8 +33,61 @@ def check_writable(out: Folder) -> None:
 
 def committed_shards(out: Folder) -> set[int]:
     """Shard ids with a done marker: one listing of _done/."""
-    ids = (layout.shard_id_from_done_name(name) for name in out.list_names(layout.DONE_DIR))
+    return _marker_ids(out, layout.DONE_DIR)
+
+
+def failed_shards(out: Folder) -> set[int]:
+    """Shard ids with a failed marker: one listing of _failed/ (may include since-committed ones)."""
+    return _marker_ids(out, layout.FAILED_DIR)
+
+
+def _marker_ids(out: Folder, folder: str) -> set[int]:
+    ids = (layout.shard_id_from_marker_name(name) for name in out.list_names(folder))
     return {i for i in ids if i is not None}
+
+
+def record_failure(out: Folder, shard: Shard, error: str, detail: str, attempts: int, retryable: bool) -> None:
+    """Write ``_failed/SSSSSS.json``: why the shard failed (one line, and the full remote
+    traceback as ``detail``); the next run retries it."""
+    out.write_json(layout.failed_path(shard.shard_id), {
+        "shard": shard.shard_id, "rows": shard.num_rows, "error": error, "detail": detail[-20_000:],
+        "attempts": attempts,
+        "infrastructure": retryable, "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })  # fmt: skip
+
+
+def clear_failure(out: Folder, shard_id: int) -> None:
+    """Remove a failed marker once its shard has committed."""
+    out.remove_file(layout.failed_path(shard_id))
+
+
+def tidy(out: Folder, done: set[int]) -> set[int]:
+    """Before rendering: drop what dead runs left; returns the ids of failed, uncommitted shards.
+
+    A failed marker whose shard has since committed (a run killed between the two writes) is
+    removed; temp files of killed writers are deleted.
+    """
+    failed = failed_shards(out)
+    for shard_id in failed & done:
+        clear_failure(out, shard_id)
+    remove_temp_leftovers(out)
+    return failed - done
+
+
+def remove_temp_leftovers(out: Folder) -> int:
+    """Delete temp files that killed writers left (``*.tmp-*``); returns how many.
+
+    They can never be mistaken for data (no reader, resume or status matches their names),
+    but they take space. One listing per flat output folder; per-shard image folders are
+    cleaned by the worker that redoes the shard.
+    """
+    removed = 0
+    for folder in layout.TEMP_LEFTOVER_DIRS:
+        for name in out.list_names(folder):
+            if TEMP_MARK in name:
+                out.remove_file(f"{folder}/{name}")
+                removed += 1
+    return removed
 
 
 def prepare(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str, Any]) -> set[int]:
@@ -53,7 +109,9 @@ def prepare(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str
     if changes or foreign:  # only with --overwrite, as checked above
         _clear(out)
     if previous is None or changes:  # claim the output for this job
-        out.write_json(layout.PLAN, {"num_shards": len(plan), "shards": [s.to_dict() for s in plan]})
+        planned_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        out.write_json(layout.PLAN, {"num_shards": len(plan), "planned_at": planned_at,
+                                     "shards": [s.to_dict() for s in plan]})  # fmt: skip
         out.write_json(layout.SPEC, {"spec": spec.to_public_dict(), "fingerprint": fingerprint})
     done = committed_shards(out)
     unknown = sorted(done - {s.shard_id for s in plan})

@@ -58,6 +58,8 @@ class JobSpec:
     control_preprocess: str = "none"
     controlnet_scale: float = 1.0
     overwrite: bool = False
+    max_retries: int = 3  # infrastructure failures (worker death, storage timeouts) retried per shard
+    max_failed_shards: int = 0  # more failed shards than this: exit code 1
     # fsspec storage options (credentials, endpoint): for both sides, then per side on top.
     # repr=False keeps secrets out of tracebacks and logs; spec.json gets redacted copies.
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -128,6 +130,8 @@ class JobSpec:
             value = getattr(self, name)
             if value is not None:
                 _require_text(name.replace("_", "-"), value)
+        _require_int("max-retries", self.max_retries, 0, 100)
+        _require_int("max-failed-shards", self.max_failed_shards, 0, 10_000_000)
         if not isinstance(self.overwrite, bool):
             raise JobError(f"--overwrite: {self.overwrite!r} is not true or false")
         for name in ("storage_options", "input_storage_options", "output_storage_options"):

@@ -156,6 +156,11 @@ class Folder:
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False).encode())
 
+    def remove_file(self, rel: str) -> None:
+        """Delete one file; a file already gone is fine (another process may have removed it)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(rel))
+
     def remove_tree(self, rel: str) -> None:
         if self.exists(rel):
             self.fs.rm(self.path(rel), recursive=True)

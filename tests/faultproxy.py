@@ -3,7 +3,9 @@
 It forwards every request to the upstream server and counts them by S3 operation, except a
 fixed, seeded fraction: connections refused (closed before reading a request), requests reset
 (read, then the connection is torn down with RST), and requests answered ``503 SlowDown``.
-The seed fixes the sequence of decisions, so a run's fault rate is reproducible.
+The seed fixes the sequence of decisions, so a run's fault rate is reproducible. An outage of
+one object can be scripted too: the first N requests whose path contains a text get
+``503 ServiceUnavailable`` (which s3fs does not retry itself).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade", "trailer"}
+UNAVAILABLE = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
+    b"<Message>Service is unable to handle request.</Message></Error>"
+)
 SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
@@ -42,8 +48,9 @@ def s3_operation(method: str, path: str) -> str:
 
 class FaultProxy:
     def __init__(self, upstream_port: int, refuse: float = 0.0, reset: float = 0.0, error_503: float = 0.0,
-                 seed: int = 0) -> None:  # fmt: skip
+                 seed: int = 0, unavailable: tuple[str, int] | None = None) -> None:  # fmt: skip
         self.upstream_port = upstream_port
+        self.unavailable_path, self.unavailable_left = unavailable or ("", 0)
         self.refuse, self.reset, self.error_503 = refuse, reset, error_503
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -73,6 +80,18 @@ class FaultProxy:
         with self._lock:
             counter[key] += 1
 
+    def arm_outage(self, path_part: str, count: int) -> None:
+        """The next ``count`` requests whose path contains ``path_part`` get 503 ServiceUnavailable."""
+        with self._lock:
+            self.unavailable_path, self.unavailable_left = path_part, count
+
+    def _take_outage(self, path: str) -> bool:
+        with self._lock:
+            if self.unavailable_left and self.unavailable_path in path:
+                self.unavailable_left -= 1
+                return True
+            return False
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
 
@@ -91,6 +110,10 @@ class FaultProxy:
 
             def _proxy(self) -> None:
                 body = self._read_body()
+                if proxy._take_outage(self.path):
+                    proxy._count(proxy.faults, "unavailable")
+                    self._answer(503, UNAVAILABLE)
+                    return
                 draw = proxy._draw()
                 if draw < proxy.reset:
                     proxy._count(proxy.faults, "reset")
@@ -99,14 +122,17 @@ class FaultProxy:
                     return
                 if draw < proxy.reset + proxy.error_503:
                     proxy._count(proxy.faults, "503")
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(SLOW_DOWN)))
-                    self.end_headers()
-                    self.wfile.write(SLOW_DOWN)
+                    self._answer(503, SLOW_DOWN)
                     return
                 proxy._count(proxy.requests, s3_operation(self.command, self.path))
                 self._forward(body)
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def _read_body(self) -> bytes:
                 if "chunked" in self.headers.get("Transfer-Encoding", "").lower():

@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
@@ -40,3 +41,14 @@ def plain_diffusers_image(pipe, prompt: str, seed: int, height: int, width: int,
     out = pipe(prompt, num_inference_steps=steps, guidance_scale=0.0, height=height, width=width,
                generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images  # fmt: skip
     return (out[0] * 255).round().astype(np.uint8)
+
+
+def corrupt_parquet(path: Path, prompts: list[str]) -> Path:
+    """A Parquet file whose footer is valid (planning succeeds) but whose data page is not
+    (the worker's read raises): the shard fails, the job does not."""
+    pq.write_table(pa.table({"prompt": prompts}), path, use_dictionary=False, compression="snappy")
+    column = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    with path.open("r+b") as f:
+        f.seek(column.data_page_offset + column.total_compressed_size // 2)
+        f.write(b"\xff" * (column.total_compressed_size // 4))
+    return path

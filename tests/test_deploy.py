@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.helpers import read_metadata
+from tests.helpers import corrupt_parquet, read_metadata
 
 BIN = Path(sys.executable).parent  # the venv's bin: its `ray`, and the jobs' `python`
 MAX_UPLOAD_BYTES = 5 * 2**20
@@ -171,17 +171,6 @@ def ray_head(tiny_model_dir: Path) -> Iterator[Head]:
     finally:
         stop_head(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def corrupt_parquet(path: Path, prompts: list[str]) -> Path:
-    """A Parquet file whose footer is valid (planning succeeds) but whose data page is not
-    (the worker's read raises): the shard fails, the job does not."""
-    pq.write_table(pa.table({"prompt": prompts}), path, use_dictionary=False, compression="snappy")
-    column = pq.ParquetFile(path).metadata.row_group(0).column(0)
-    with path.open("r+b") as f:
-        f.seek(column.data_page_offset + column.total_compressed_size // 2)
-        f.write(b"\xff" * (column.total_compressed_size // 4))
-    return path
 
 
 @pytest.mark.slow

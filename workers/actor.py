@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jobs.plan import Shard
+from jobs.retry import InfrastructureError, is_retryable
 from jobs.spec import JobSpec
 from jobs.storage import Folder
 from workers.control import ControlImageError, ControlImageLoader
@@ -46,7 +47,19 @@ class RenderWorker:
             row.error = str(e)
 
     def render_shard(self, shard: Shard) -> dict[str, Any]:
-        """Render and commit one shard; returns its done marker."""
+        """Render and commit one shard; returns its done marker.
+
+        A failure the driver may retry (storage timeouts, 5xx) is raised as InfrastructureError;
+        anything else as it is, and the driver records the shard as failed.
+        """
+        try:
+            return self._render_shard(shard)
+        except Exception as e:
+            if is_retryable(e) and not isinstance(e, InfrastructureError):
+                raise InfrastructureError(f"{type(e).__name__}: {e}") from e
+            raise
+
+    def _render_shard(self, shard: Shard) -> dict[str, Any]:
         started = time.perf_counter()
         # 1. Read this shard's rows; invalid ones become error records.
         rows = rows_from_table(self.reader.read(shard), shard, self.spec)

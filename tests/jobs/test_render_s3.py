@@ -13,6 +13,7 @@ import pytest
 import s3fs
 
 from jobs.render import main
+from jobs.status import main as status_main
 from tests.conftest import S3_SECRET, s3_options
 from tests.faultproxy import FaultProxy
 
@@ -99,4 +100,36 @@ def test_transient_faults_are_retried_and_every_row_lands_once(ray_cluster, s3_e
     rows, members = read_outputs(fs, f"{s3_bucket}/out")
     assert sorted(r["global_index"] for r in rows) == list(range(total))
     assert len({r["key"] for r in rows}) == total
+    assert len([m for m in members if m.endswith(".png")]) == total - 1
+
+
+def test_a_storage_outage_fails_the_attempt_and_the_shard_is_retried(ray_cluster, s3_endpoint, s3_bucket, capfd):
+    """Shard 2's metadata PUT gets 503 ServiceUnavailable (botocore's retries off; the storage
+    client still tries twice, so one attempt of the shard meets two 503s): with --max-retries 0 the shard fails and is
+    recorded; in the rerun its first attempt fails again and the retry after backoff commits."""
+    fs = s3fs.S3FileSystem(**s3_options(s3_endpoint))
+    total = upload_prompts(fs, s3_bucket)
+    out = f"{s3_bucket}/out"
+    upstream_port = int(s3_endpoint.rsplit(":", 1)[1])
+    with FaultProxy(upstream_port, unavailable=("metadata/000002.parquet", 2)) as proxy:
+        options = {**s3_options(proxy.url), "config_kwargs": {"retries": {"max_attempts": 1}}}
+        argv = [f"s3://{s3_bucket}/prompts/", f"s3://{out}", *SMALL, "--storage-options", json.dumps(options)]
+        assert main([*argv, "--max-retries", "0"]) == 1
+        failed = json.loads(fs.cat_file(f"{out}/_failed/000002.json"))
+        assert failed["infrastructure"] is True and failed["attempts"] == 1, failed
+        assert "ServiceUnavailable" in failed["detail"] or "Service is unable" in failed["detail"]
+        capfd.readouterr()
+
+        proxy.arm_outage("metadata/000002.parquet", 2)
+        assert main(argv) == 0
+        assert "shard 2: InfrastructureError" in capfd.readouterr().err
+        assert proxy.faults["unavailable"] == 4
+    fs.invalidate_cache()
+    assert not fs.exists(f"{out}/_failed/000002.json")
+    assert status_main([f"s3://{out}", "--json", "--storage-options", json.dumps(s3_options(s3_endpoint))]) == 0
+    report = json.loads(capfd.readouterr().out)
+    assert report["shards"] == {"total": 5, "committed": 5, "failed": 0, "pending": 0}
+    assert report["images"] == total - 1
+    rows, members = read_outputs(fs, out)
+    assert sorted(r["global_index"] for r in rows) == list(range(total))
     assert len([m for m in members if m.endswith(".png")]) == total - 1

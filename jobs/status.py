@@ -1,0 +1,101 @@
+"""``python -m jobs.status OUTPUT [--json]``: where a job stands, from its output folder alone.
+
+Reads ``_job/`` (plan, spec), one listing each of ``_done/`` and ``_failed/``, and the done
+markers (counts). Needs no Ray, no model and no input: it works while a job runs, after it
+died, or from another machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from jobs import layout, resume
+from jobs.cli import json_object
+from jobs.errors import JobError
+from jobs.storage import Folder, describe_error
+
+
+def job_status(out: Folder) -> dict[str, Any]:
+    """The job's state as a plain dict (what ``--json`` prints)."""
+    if not out.exists(layout.PLAN) or not out.exists(layout.SPEC):
+        raise JobError(f"output: {out.display()} has no {layout.PLAN}; it is not a turbobatch output (yet)")
+    plan = out.read_json(layout.PLAN)
+    spec = out.read_json(layout.SPEC)["spec"]
+    rows_of = {s["shard_id"]: s["row_end"] - s["row_start"] for s in plan["shards"]}
+    done = resume.committed_shards(out) & rows_of.keys()
+    failed = (resume.failed_shards(out) & rows_of.keys()) - done
+    markers = _read_all(out, [layout.done_path(i) for i in sorted(done)])
+    failures = _read_all(out, [layout.failed_path(i) for i in sorted(failed)])
+    pending = rows_of.keys() - done - failed
+    return {
+        "output": out.display(),
+        "model": spec.get("model"),
+        "planned_at": plan.get("planned_at"),
+        "shards": {"total": len(rows_of), "committed": len(done), "failed": len(failed), "pending": len(pending)},
+        "rows": {
+            "total": sum(rows_of.values()),
+            "ok": sum(m["ok"] for m in markers),
+            "error": sum(m["error"] for m in markers),
+            "in_failed_shards": sum(rows_of[i] for i in failed),
+            "pending": sum(rows_of[i] for i in pending),
+        },
+        "images": sum(m["ok"] for m in markers),
+        "image_bytes": sum(m.get("image_bytes", 0) for m in markers),
+        "failed": [{k: f.get(k) for k in ("shard", "error", "attempts", "infrastructure", "failed_at")} for f in failures],
+    }
+
+
+def _read_all(out: Folder, rels: list[str]) -> list[dict[str, Any]]:
+    """Read many small JSON files; one batched call (concurrent on object stores)."""
+    if not rels:
+        return []
+    contents = out.fs.cat([out.path(rel) for rel in rels])
+    return [json.loads(contents[out.path(rel)]) for rel in rels]
+
+
+def format_status(status: dict[str, Any]) -> str:
+    shards, rows = status["shards"], status["rows"]
+    lines = [
+        f"output:  {status['output']}",
+        f"plan:    {shards['total']} shards, {rows['total']:,} rows, model {status['model']}, "
+        f"planned {status['planned_at'] or 'at an unknown time'}",
+        f"shards:  {shards['committed']} committed, {shards['failed']} failed, {shards['pending']} pending",
+        f"rows:    {rows['ok']:,} ok, {rows['error']:,} error (committed); {rows['in_failed_shards']:,} in failed "
+        f"shards, {rows['pending']:,} pending",
+        f"images:  {status['images']:,} ({status['image_bytes'] / 2**20:,.1f} MiB)",
+    ]
+    for f in status["failed"][:20]:
+        lines.append(f"failed shard {f['shard']} (after {f['attempts']} attempt(s)): {f['error']}")
+    if len(status["failed"]) > 20:
+        lines.append(f"... and {len(status['failed']) - 20} more (see _failed/)")
+    if shards["failed"] or shards["pending"]:
+        lines.append("run the render command again to finish the failed and pending shards")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.status") -> int:
+    p = argparse.ArgumentParser(prog=prog, description="Show a render job's progress from its output folder.")
+    p.add_argument("output", help="the job's output folder URL")
+    p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+    p.add_argument("--storage-options", type=json_object("--storage-options"), default={},
+                   help="fsspec options for the output, as JSON (as for the render job)")  # fmt: skip
+    args = p.parse_args(argv)
+    try:
+        out = Folder(args.output, args.storage_options)
+        status = job_status(out)
+    except JobError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - storage failures: say what and where
+        print(f"error: output: cannot read {args.output}: {describe_error(e, args.output, args.storage_options)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

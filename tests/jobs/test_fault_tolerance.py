@@ -1,0 +1,212 @@
+"""Kill anything mid-run, lose nothing, write nothing twice: with real processes.
+
+An actor's process is SIGKILLed by PID mid-shard; a driver subprocess is SIGKILLed and its
+command run again; a shard's data is really corrupt; an S3 PUT really gets a 503. Each time
+the committed output must equal an uninterrupted run's, byte for byte, every row once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import retry
+from jobs.render import main
+from jobs.storage import TEMP_MARK
+from tests.conftest import REPO, write_parquet
+from tests.helpers import corrupt_parquet, read_metadata
+from workers import faults
+
+pytestmark = pytest.mark.slow
+SMALL = ["--model", "tiny-sd-turbo", "--height", "32", "--width", "32", "--shard-size", "4"]
+PROMPTS = [f"prompt {i} 🎨" if i % 5 else "" for i in range(24)]  # 6 shards
+
+
+@pytest.fixture
+def prompts(tmp_path: Path) -> Path:
+    return write_parquet(tmp_path / "in" / "prompts.parquet", {"prompt": PROMPTS}, row_group_size=7)
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(retry, "RETRY_BASE_S", 0.2)
+
+
+def image_digests(out: Path) -> dict[str, str]:
+    """key -> sha256 of its image bytes, from every committed shard's metadata."""
+    rows = read_metadata(out)
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)), "a key was written twice"
+    return {r["key"]: r["sha256"] for r in rows}
+
+
+def metadata_without_timings(out: Path) -> list[dict]:
+    """Metadata rows minus render_ms, the one field that differs between two runs."""
+    return [{k: v for k, v in row.items() if k != "render_ms"} for row in read_metadata(out)]
+
+
+def assert_complete_and_clean(out: Path, shards: int) -> None:
+    done = sorted(p.name for p in (out / "_done").iterdir())
+    assert done == [f"{i:06d}.json" for i in range(shards)]
+    assert sorted(r["global_index"] for r in read_metadata(out)) == list(range(len(PROMPTS)))
+    # Every data object is whole: the bytes its done marker recorded, and nothing unmarked.
+    for marker_path in (out / "_done").iterdir():
+        for rel, expected in json.loads(marker_path.read_text())["files"].items():
+            assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == expected["sha256"], rel
+    data_files = {f"{p.parent.name}/{p.name}" for folder in ("shards", "metadata") for p in (out / folder).iterdir()}
+    assert data_files == {rel for p in (out / "_done").iterdir() for rel in json.loads(p.read_text())["files"]}
+    leftovers = [str(p) for p in out.rglob("*") if TEMP_MARK in p.name]
+    assert leftovers == []
+    assert not (out / "_failed").exists() or not any((out / "_failed").iterdir())
+
+
+def processes_titled(title: str) -> list[int]:
+    """PIDs whose command line starts with ``title`` (Ray names busy actors ray::Class.method)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if cmdline.startswith(title):
+                pids.append(int(entry.name))
+    return pids
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def done_count(out: Path) -> int:
+    return len(list((out / "_done").glob("*.json"))) if (out / "_done").exists() else 0
+
+
+def test_an_actor_killed_mid_shard_has_its_shards_requeued(ray_cluster, prompts, tmp_path, fast_retries,
+                                                           monkeypatch, capsys):  # fmt: skip
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    assert main([str(prompts), str(reference), *SMALL, "--workers", "2"]) == 0
+
+    # Every row now takes 0.25 s in the pipeline (actors read the variable when they start).
+    monkeypatch.setenv(faults.ENV, json.dumps({"delay_s": 0.25}))
+    result: dict[str, int] = {}
+    driver = threading.Thread(target=lambda: result.setdefault("rc", main([str(prompts), str(out), *SMALL, "--workers", "2"])))
+    driver.start()
+    wait_for(lambda: done_count(out) >= 1, 120, "a first committed shard")
+    wait_for(lambda: processes_titled("ray::RenderWorker.render_shard"), 30, "an actor inside render_shard")
+    victim = processes_titled("ray::RenderWorker.render_shard")[0]
+    os.kill(victim, signal.SIGKILL)
+    killed_at = done_count(out)
+    driver.join(300)
+
+    assert result.get("rc") == 0
+    assert killed_at < 6, "the kill landed after every shard was committed"
+    err = capsys.readouterr().err
+    assert "a render worker died; starting a replacement" in err
+    assert "retry 1/3" in err
+    assert_complete_and_clean(out, 6)
+    assert image_digests(out) == image_digests(reference)
+    assert metadata_without_timings(out) == metadata_without_timings(reference)
+
+
+def test_a_killed_driver_is_finished_by_the_same_command(prompts, tmp_path):
+    """SIGKILL the driver (its own local Ray dies with it), run the same command again."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "jobs.render", str(prompts), str(out), *SMALL, "--workers", "1"]
+
+    reference = tmp_path / "reference"
+    first = subprocess.run(command(reference), env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    out = tmp_path / "out"
+    slow_env = {**env, faults.ENV: json.dumps({"delay_s": 0.25})}
+    driver = subprocess.Popen(command(out), env=slow_env, cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: done_count(out) >= 2, 180, "two committed shards")
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        time.sleep(1)
+        with_session_gone(driver.pid)
+    committed_before = done_count(out)
+    assert 2 <= committed_before < 6
+
+    again = subprocess.run(command(out), env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{committed_before} already committed" in again.stderr
+    assert_complete_and_clean(out, 6)
+    assert image_digests(out) == image_digests(reference)
+    assert metadata_without_timings(out) == metadata_without_timings(reference)
+
+
+def with_session_gone(session_id: int) -> None:
+    """Kill what the dead driver's local Ray left in its session (actors run in their own
+    process groups, so killpg is not enough; an orphaned actor may still commit a shard)."""
+    for _ in range(50):
+        alive = [pid for pid in session_members(session_id) if pid != os.getpid()]
+        if not alive:
+            return
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    raise AssertionError(f"processes of session {session_id} survive SIGKILL: {alive}")
+
+
+def session_members(session_id: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == session_id and fields[0] != "Z":  # field 6 of stat: the session id
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_bad_data_fails_its_shard_once_and_a_rerun_retries_it(ray_cluster, tmp_path, capsys):
+    data = tmp_path / "data"
+    write_parquet(data / "a.parquet", {"prompt": [f"good {i}" for i in range(8)]})
+    bad = corrupt_parquet(data / "b.parquet", [f"corrupted {i}" for i in range(4)])
+    out = tmp_path / "out"
+    argv = [str(data), str(out), *SMALL]
+
+    assert main(argv) == 1  # more failed shards than --max-failed-shards 0
+    captured = capsys.readouterr()
+    assert "failed shard 2 (after 1 attempt(s))" in captured.out
+    assert "retry" not in captured.err  # bad data is never retried
+    failed = json.loads((out / "_failed" / "000002.json").read_text())
+    assert failed["attempts"] == 1 and failed["infrastructure"] is False and failed["rows"] == 4
+    assert failed["error"].startswith("OSError: Couldn't deserialize thrift")
+    assert "ray::RenderWorker.render_shard()" in failed["detail"] and "\x1b[" not in failed["detail"]
+    assert not (out / "_done" / "000002.json").exists()
+    assert not (out / "metadata" / "000002.parquet").exists()
+
+    assert main([*argv, "--max-failed-shards", "1"]) == 0  # tolerated; tried again, still bad
+    capsys.readouterr()
+
+    # The data is fixed (same size, so the same fingerprint): the rerun commits the shard.
+    pq.write_table(pa.table({"prompt": [f"corrupted {i}" for i in range(4)]}), bad, use_dictionary=False,
+                   compression="snappy")  # fmt: skip
+    assert main(argv) == 0
+    assert "1 failed before, retried now" in capsys.readouterr().err
+    assert sorted(r["global_index"] for r in read_metadata(out)) == list(range(12))
+    assert not (out / "_failed" / "000002.json").exists()

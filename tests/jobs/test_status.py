@@ -1,0 +1,44 @@
+"""``python -m jobs.status OUT``: shards committed / failed / pending from the output alone."""
+
+from __future__ import annotations
+
+import json
+
+from jobs.cli import main as turbobatch
+from jobs.render import main as render
+from jobs.status import main as status
+from tests.conftest import write_parquet
+from tests.helpers import corrupt_parquet
+
+SMALL = ["--model", "tiny-sd-turbo", "--height", "32", "--width", "32", "--shard-size", "4"]
+
+
+def test_status_counts_committed_failed_and_pending(ray_cluster, tmp_path, capsys):
+    data = tmp_path / "data"
+    write_parquet(data / "a.parquet", {"prompt": ["one", None, "three", "four", "five", "six", "seven", "eight"]})
+    corrupt_parquet(data / "b.parquet", [f"corrupted {i}" for i in range(4)])
+    out = tmp_path / "out"
+    assert render([str(data), str(out), *SMALL]) == 1
+    (out / "_done" / "000001.json").unlink()  # as if the run died before committing shard 1
+    capsys.readouterr()
+
+    assert status([str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["shards"] == {"total": 3, "committed": 1, "failed": 1, "pending": 1}
+    assert report["rows"] == {"total": 12, "ok": 3, "error": 1, "in_failed_shards": 4, "pending": 4}
+    assert report["images"] == 3 and report["image_bytes"] > 0
+    assert report["model"] == "tiny-sd-turbo" and report["planned_at"].endswith("+00:00")
+    assert [f["shard"] for f in report["failed"]] == [2]
+    assert report["failed"][0]["error"].startswith("OSError") and report["failed"][0]["attempts"] == 1
+
+    assert turbobatch(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "shards:  1 committed, 1 failed, 1 pending" in text
+    assert "rows:    3 ok, 1 error (committed); 4 in failed shards, 4 pending" in text
+    assert "failed shard 2 (after 1 attempt(s)): OSError" in text
+    assert "run the render command again" in text
+
+
+def test_status_of_a_folder_that_is_not_an_output(tmp_path, capsys):
+    assert status([str(tmp_path)]) == 2
+    assert "is not a turbobatch output" in capsys.readouterr().err
