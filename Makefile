@@ -44,6 +44,9 @@ GPU_VENV   ?= build/gpu-venv
 WHEELHOUSE ?= build/gpu-wheelhouse
 CUDA_ROOT  ?= /usr/local/cuda
 GPU_OUT    ?= build/gpu-check
+# Worker speed variants timed beside the unchanged worker (workers/speedups.py). compile_unet
+# compiles for minutes: measure it in its own call, `make gpu-check GPU_VARIANTS=compile_unet`.
+GPU_VARIANTS ?= channels_last,fuse_qkv
 GPU_ENV    := TURBOBATCH_CACHE=$(abspath build/gpu-cache) PYTHONPATH=$(CURDIR)
 
 gpu-check:
@@ -66,4 +69,4 @@ gpu-check:
 	$(GPU_ENV) $(GPU_VENV)/bin/python -m benchmarks.kernels --markdown $(GPU_OUT)/benchmarks.md
 	$(GPU_VENV)/bin/python -c "import diffusers" 2>/dev/null || \
 	  $(GPU_VENV)/bin/python -m pip install --no-index --no-deps --find-links $(WHEELHOUSE) diffusers importlib_metadata
-	set -o pipefail; $(GPU_ENV) $(GPU_VENV)/bin/python benchmarks/gpu.py | tee $(GPU_OUT)/gpu.txt
+	set -o pipefail; $(GPU_ENV) $(GPU_VENV)/bin/python benchmarks/gpu.py --variants $(GPU_VARIANTS) | tee $(GPU_OUT)/gpu.txt

@@ -6,21 +6,33 @@ then PIL save; (b) ``RenderWorker.render_shard`` (no Ray: the GPU machine has no
 images/s of each, their ratio, FLOPs per image (flops.py, meta device) and the fraction of the
 bf16 matrix-multiply rate measured on the same card in the same run.
 
+``--variants`` adds workers changed by ``workers/speedups.py`` (one fresh worker per variant, so
+changes never stack), timed in the same rounds as the unchanged one (baseline, v1, v2, ...),
+with each variant's images/s, its ratio to the baseline, its first-shard time (compilation
+included) and the largest pixel difference of its first images from the baseline's.
+
     python benchmarks/gpu.py                 # on a GPU machine (make gpu-check)
+    python benchmarks/gpu.py --variants channels_last,fuse_qkv,compile_unet
     python benchmarks/gpu.py --smoke         # CPU, tiny model: checks the code path only
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import signal
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
@@ -28,7 +40,12 @@ import torch  # noqa: E402
 from benchmarks.flops import flops_per_image  # noqa: E402
 from jobs.plan import Shard  # noqa: E402
 from jobs.spec import JobSpec  # noqa: E402
+from workers import speedups  # noqa: E402
 from workers.actor import RenderWorker  # noqa: E402
+from workers.rows import rows_from_table  # noqa: E402
+
+SMOKE_COMPILE_LIMIT_S = 240  # on CPU, torch.compile of even the tiny UNet takes ~70 s cold
+COMPARED_IMAGES = 4  # at least; on a GPU one full batch, so a compiled UNet sees no new shape
 
 
 def matmul_rate(device: str, n: int = 8192, reps: int = 20) -> float:
@@ -67,62 +84,201 @@ def naive_loop(pipe, prompts: list[str], batch: int, size: int, out: Path, devic
 def worker_run(worker: RenderWorker, data: Path, rows: int, device: str) -> float:
     sync(device)
     started = time.perf_counter()
-    worker.render_shard(Shard(0, f"file://{data}", 0, rows, 0, 9))
+    marker = worker.render_shard(Shard(0, f"file://{data}", 0, rows, 0, 9))
     sync(device)
-    return rows / (time.perf_counter() - started)
+    rate = rows / (time.perf_counter() - started)
+    if marker["ok"] != rows:  # a row the pipeline raised on would inflate images/s
+        raise RuntimeError(f"only {marker['ok']} of {rows} rows rendered; see {worker.spec.output}/_done")
+    return rate
 
 
-def bench(model: str, args: argparse.Namespace, work: Path) -> dict[str, float]:
+class CompileTimeout(BaseException):
+    """Raised by the smoke time limit; a BaseException so the renderer's per-row catch lets it through."""
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    if not seconds:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise CompileTimeout(f"took over {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@dataclass
+class Variant:
+    name: str
+    worker: RenderWorker
+    first_s: float  # the warm-up shard: compilation, autotuning, first-call allocations
+    images: list[np.ndarray]  # the first rows' uint8 images, for the pixel comparison
+    batch: int  # rows per pipeline call at the start; the renderer halves it after an out-of-memory
+    rates: list[float] = field(default_factory=list)
+
+
+def first_images(worker: RenderWorker, data: Path) -> list[np.ndarray]:
+    """The renderer's uint8 images of the first rows (before encoding), one full pipeline call on a GPU."""
+    n = max(COMPARED_IMAGES, worker.renderer.rows_per_call)
+    shard = Shard(0, f"file://{data}", 0, n, 0, 9)
+    results = list(worker.renderer.render(rows_from_table(worker.reader.read(shard), shard, worker.spec)))
+    failed = [r.error for r in results if not hasattr(r, "image")]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {n} rows failed; first: {failed[0]}")
+    return [r.image for r in results]
+
+
+def build_variant(name: str, spec: JobSpec, data: Path, rows: int) -> Variant:
+    """A fresh worker with speedup ``name`` applied ("baseline": none), warmed up on the shard."""
+    worker = RenderWorker(spec)
+    batch = worker.renderer.rows_per_call
+    if name != "baseline":
+        speedups.apply(worker.renderer.pipe, name)
+    started = time.perf_counter()
+    worker_run(worker, data, rows, spec.device)  # warm-up
+    first_s = time.perf_counter() - started
+    return Variant(name, worker, first_s, first_images(worker, data), batch)
+
+
+def free(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def try_variant(name: str, spec: JobSpec, data: Path, rows: int, smoke: bool) -> Variant | str:
+    """The warmed-up variant, or why it was skipped. On a GPU a failing variant is reported and
+    skipped (the others are still measured); in smoke only compile_unet may fail or time out."""
+    compiling = name == "compile_unet"
+    try:
+        with time_limit(SMOKE_COMPILE_LIMIT_S if smoke and compiling else None):
+            return build_variant(name, spec, data, rows)
+    except (Exception, CompileTimeout) as e:
+        if smoke and not compiling:
+            raise
+        if compiling:
+            torch._dynamo.reset()  # drop half-built graphs
+        free(spec.device)
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        return f"{'smoke, ' if smoke else ''}{type(e).__name__}: {first_line}"
+
+
+def make_job(model: str, args: argparse.Namespace, work: Path) -> tuple[JobSpec, list[str], Path]:
     smoke = args.smoke
     device, dtype = ("cpu", "float32") if smoke else ("cuda", "float16")
     size, rows = (64, args.images) if smoke else (512, args.images)
     prompts = [f"a photo of object {i}, detailed, studio light" for i in range(rows)]
     data = work / "prompts.parquet"
     pq.write_table(pa.table({"prompt": prompts}), data)
-    spec = JobSpec(input=str(data), output=str(work / "worker"), model=model, weights="pretrained" if smoke else "random",
-                   device=device, dtype=dtype, height=size, width=size, batch_size=args.batch_size, shard_size=rows,
-                   image_format="jpeg")  # fmt: skip
-    worker = RenderWorker(spec)
-    pipe = worker.renderer.pipe  # the same weights for the naive loop
+    spec = JobSpec(input=str(data), output=str(work / "worker"), model=model,
+                   weights="pretrained" if smoke else "random", device=device, dtype=dtype, height=size, width=size,
+                   batch_size=args.batch_size, shard_size=rows, image_format="jpeg")  # fmt: skip
+    return spec, prompts, data
+
+
+def variant_summary(v: Variant, base: Variant) -> dict[str, float | int]:
+    diffs = [np.abs(a.astype(np.int16) - b.astype(np.int16)) for a, b in zip(v.images, base.images)]
+    return {"img_s": statistics.median(v.rates), "ratio": statistics.median(v.rates) / statistics.median(base.rates),
+            "first_s": v.first_s, "max_diff": int(max(d.max() for d in diffs)),
+            "mean_diff": float(np.mean([d.mean() for d in diffs])), "compared": len(diffs),
+            "batch": v.batch, "final_batch": v.worker.renderer.rows_per_call}  # fmt: skip
+
+
+def bench(model: str, args: argparse.Namespace, work: Path) -> dict:
+    spec, prompts, data = make_job(model, args, work)
+    size, rows, device = spec.height, len(prompts), spec.device
+    variants, skipped = [build_variant("baseline", spec, data, rows)], {}
+    for name in args.variants:
+        v = try_variant(name, spec, data, rows, args.smoke)
+        if isinstance(v, Variant):
+            variants.append(v)
+        else:
+            skipped[name] = v
+    pipe = variants[0].worker.renderer.pipe  # the same weights for the naive loop
     (work / "naive").mkdir(exist_ok=True)
     naive_loop(pipe, prompts[: args.batch_size], args.batch_size, size, work / "naive", device)  # warm-up
-    worker_run(worker, data, rows, device)  # warm-up
-    a, b = [], []
-    for _ in range(args.runs):
-        a.append(naive_loop(pipe, prompts, args.batch_size, size, work / "naive", device))
-        b.append(worker_run(worker, data, rows, device))
+    naive = []
+    for _ in range(args.runs):  # interleaved: naive, baseline, v1, v2, ...
+        naive.append(naive_loop(pipe, prompts, args.batch_size, size, work / "naive", device))
+        for v in variants:
+            v.rates.append(worker_run(v.worker, data, rows, device))
     flops = flops_per_image(pipe, size, size)
-    result = {"naive_img_s": statistics.median(a), "worker_img_s": statistics.median(b), "flops_per_image": flops["total"]}
+    base = variants[0]
+    result = {"naive_img_s": statistics.median(naive), "worker_img_s": statistics.median(base.rates),
+              "flops_per_image": flops["total"], "skipped": skipped,
+              "variants": {v.name: variant_summary(v, base) for v in variants} if args.variants else {}}  # fmt: skip
     result["ratio"] = result["worker_img_s"] / result["naive_img_s"]
-    del worker, pipe
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    for v in variants:
+        v.worker.pool.shutdown()
+    del variants, base, pipe
+    free(device)
     return result
 
 
-def main() -> None:
+def variant_lines(model: str, r: dict) -> list[str]:
+    lines = []
+    for name, s in r["variants"].items():
+        line = f"{model} [{name}]: {s['img_s']:.1f} img/s, {s['ratio']:.3f}x baseline; first shard {s['first_s']:.1f} s"
+        if name != "baseline":
+            line += (f"; pixels vs baseline over {s['compared']} images: max abs diff {s['max_diff']}, "
+                     f"mean {s['mean_diff']:.4f}")  # fmt: skip
+        if s["final_batch"] != s["batch"]:  # all workers share the GPU: one may have run short of memory
+            line += f"; NOT COMPARABLE: batch halved {s['batch']} -> {s['final_batch']} after out-of-memory"
+        lines.append(line)
+    return lines + [f"{model} [{name}]: skipped ({why})" for name, why in r["skipped"].items()]
+
+
+def parse_variants(text: str) -> list[str]:
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    for name in names:
+        speedups.get(name)  # ValueError naming the valid ones
+    return names
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["stabilityai/sd-turbo", "stabilityai/sdxl-turbo"])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--runs", type=int, default=3)
+    names = ", ".join(speedups.SPEEDUPS)
+    parser.add_argument("--variants", default="", metavar="NAME[,NAME...]",
+                        help=f"also time workers changed by workers/speedups.py ({names}), side by side")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="CPU + tiny model: exercise the code, measure nothing")
     args = parser.parse_args()
+    try:
+        args.variants = parse_variants(args.variants)
+    except ValueError as e:
+        parser.error(str(e))
     if args.smoke:
         args.models, args.images, args.batch_size, args.runs = ["tiny-sd-turbo"], 8, 4, 1
     elif not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs CUDA (use --smoke to check the code path on CPU)")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     peak = None if args.smoke else matmul_rate("cuda")
     card = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name()
-    print(f"card: {card}; torch {torch.__version__}" + (f"; bf16 matmul {peak / 1e12:.0f} TFLOP/s measured" if peak else ""))
+    measured = f"; bf16 matmul {peak / 1e12:.0f} TFLOP/s measured" if peak else ""
+    print(f"card: {card}; torch {torch.__version__}{measured}")
     for model in args.models:
         with tempfile.TemporaryDirectory(prefix="tb-gpu-") as tmp:
             r = bench(model, args, Path(tmp))
         line = (f"{model}: naive loop {r['naive_img_s']:.1f} img/s, turbobatch worker {r['worker_img_s']:.1f} img/s, "
                 f"ratio {r['ratio']:.2f}; {r['flops_per_image'] / 1e12:.2f} TFLOP/image")  # fmt: skip
         if peak:
-            line += f"; worker at {100 * r['worker_img_s'] * r['flops_per_image'] / peak:.1f}% of the measured bf16 matmul rate"
-        print(line, flush=True)
+            fraction = r["worker_img_s"] * r["flops_per_image"] / peak
+            line += f"; worker at {100 * fraction:.1f}% of the measured bf16 matmul rate"
+        print("\n".join([line, *variant_lines(model, r)]), flush=True)
 
 
 if __name__ == "__main__":

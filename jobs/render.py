@@ -21,7 +21,7 @@ from jobs.spec import MAX_SEED, JobSpec
 from jobs.storage import Folder
 from workers.models import check_vae, resolve_controlnet, resolve_model
 
-EXIT_OK, EXIT_FAILED_SHARDS, EXIT_BAD_JOB = 0, 1, 2
+EXIT_OK, EXIT_FAILED_SHARDS, EXIT_BAD_JOB, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def run(spec: JobSpec) -> int:
@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m jobs.render") -> 
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_JOB
+    except KeyboardInterrupt:
+        print("\ninterrupted: committed shards are kept; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -212,7 +212,7 @@ def test_failed_shards_make_the_job_fail(ray_head: Head, tmp_path: Path) -> None
     # Exit code 1 (shards failed), not 2 (a bad job): planning passed, one shard's read failed.
     assert status == "FAILED", f"{status_out}\n{logs}"
     assert "exit code 1" in status_out, status_out
-    assert "shards: 1/2 committed" in logs and "failed shard 1:" in logs, logs
+    assert "shards: 1/2 committed" in logs and "failed shard 1 (after 1 attempt(s)):" in logs, logs
     assert sorted(p.name for p in (out / "_done").iterdir()) == ["000000.json"]
     assert not (out / "metadata" / "000001.parquet").exists()
 

@@ -1,5 +1,6 @@
 """benchmarks/gpu.py runs on a lent GPU only rarely: check its code path here (no timings)."""
 
+import re
 import subprocess
 import sys
 
@@ -8,9 +9,37 @@ import pytest
 from tests.conftest import REPO
 
 
+def run_gpu_benchmark(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "benchmarks/gpu.py", "--smoke", *args]
+    return subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.slow
 def test_gpu_benchmark_code_path_runs_on_cpu():
-    result = subprocess.run([sys.executable, "benchmarks/gpu.py", "--smoke"], cwd=REPO, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    result = run_gpu_benchmark()
     assert result.returncode == 0, result.stderr[-2000:]
     assert "tiny-sd-turbo: naive loop" in result.stdout and "turbobatch worker" in result.stdout
+    assert "[baseline]" not in result.stdout  # no --variants: today's output
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_variants_side_by_side_on_cpu():
+    result = run_gpu_benchmark("--variants", "channels_last,fuse_qkv")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "tiny-sd-turbo: naive loop" in out
+    baseline = r"^tiny-sd-turbo \[baseline\]: [\d.]+ img/s, 1\.000x baseline; first shard [\d.]+ s$"
+    assert re.search(baseline, out, re.MULTILINE), out
+    for name in ("channels_last", "fuse_qkv"):
+        pattern = (rf"^tiny-sd-turbo \[{name}\]: [\d.]+ img/s, [\d.]+x baseline; first shard [\d.]+ s; "
+                   r"pixels vs baseline over (\d+) images: max abs diff (\d+), mean ([\d.]+)$")  # fmt: skip
+        line = re.search(pattern, out, re.MULTILINE)
+        assert line, out
+        assert int(line[1]) >= 4 and int(line[2]) <= 3, line[0]  # numeric noise at most
+    assert "skipped" not in out
+
+
+def test_unknown_variant_is_a_usage_error_naming_the_valid_ones():
+    result = run_gpu_benchmark("--variants", "channels_last,taesd")
+    assert result.returncode == 2
+    assert "unknown speedup 'taesd'" in result.stderr and "compile_unet" in result.stderr
