@@ -68,10 +68,6 @@ def gray(images: torch.Tensor) -> torch.Tensor:
     return (4899 * r + 9617 * g + 1868 * b + 8192) >> 14
 
 
-def _boxes(size: int, parts: int) -> list[tuple[int, int]]:
-    return [(i * size // parts, (i + 1) * size // parts) for i in range(parts)]
-
-
 def dhash64(images: torch.Tensor) -> torch.Tensor:
     """64-bit difference hash per image, as int64 [N] (the uint64 bit pattern).
 
@@ -85,12 +81,13 @@ def dhash64(images: torch.Tensor) -> torch.Tensor:
     n, h, w = g.shape
     if h < 8 or w < 9:
         raise ValueError(f"dhash64: images must be at least 8 rows x 9 columns, got {h}x{w}")
-    sums = torch.zeros((n, 8, 9), dtype=torch.int64, device=g.device)
-    counts = torch.zeros((8, 9), dtype=torch.int64, device=g.device)
-    for i, (r0, r1) in enumerate(_boxes(h, 8)):
-        for j, (c0, c1) in enumerate(_boxes(w, 9)):
-            sums[:, i, j] = g[:, r0:r1, c0:c1].sum(dim=(1, 2))
-            counts[i, j] = (r1 - r0) * (c1 - c0)
+    # Box sums from an integral image (exact in int64): a few ops instead of 72 slices.
+    integral = torch.nn.functional.pad(g.cumsum(1).cumsum(2), (1, 0, 1, 0))  # [N, H+1, W+1]
+    rows = torch.tensor([i * h // 8 for i in range(9)], device=g.device)
+    cols = torch.tensor([j * w // 9 for j in range(10)], device=g.device)
+    corner = integral[:, rows][:, :, cols]  # [N, 9, 10]
+    sums = corner[:, 1:, 1:] - corner[:, :-1, 1:] - corner[:, 1:, :-1] + corner[:, :-1, :-1]  # [N, 8, 9]
+    counts = (rows[1:] - rows[:-1]).unsqueeze(1) * (cols[1:] - cols[:-1]).unsqueeze(0)  # [8, 9]
     bits = sums[:, :, :8] * counts[:, 1:] > sums[:, :, 1:] * counts[:, :8]  # [N, 8, 8]
     weights = torch.ones(64, dtype=torch.int64, device=g.device) << torch.arange(64, device=g.device)
     return (bits.reshape(n, 64).long() * weights).sum(dim=1)  # int64 wraps: the uint64 bits
