@@ -95,7 +95,7 @@ class ShardScheduler:
             self._add_actor(actor)
         self.ready.extend(pending)
         try:
-            while self.ready or self.waiting or self.running or self.starting:
+            while self.ready or self.waiting or self.running:  # a replacement still starting is not work
                 if not (self.actors or self.starting or self.running):
                     self._fail_unstarted("no render worker is left (replacements could not start)")
                     break

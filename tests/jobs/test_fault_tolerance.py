@@ -103,8 +103,8 @@ def test_an_actor_killed_mid_shard_has_its_shards_requeued(ray_cluster, prompts,
     reference, out = tmp_path / "reference", tmp_path / "out"
     assert main([str(prompts), str(reference), *SMALL, "--workers", "2"]) == 0
 
-    # Every row now takes 0.25 s in the pipeline (actors read the variable when they start).
-    monkeypatch.setenv(faults.ENV, json.dumps({"delay_s": 0.25}))
+    # Every row now takes 0.4 s in the pipeline (actors read the variable when they start).
+    monkeypatch.setenv(faults.ENV, json.dumps({"delay_s": 0.4}))
     result: dict[str, int] = {}
     driver = threading.Thread(target=lambda: result.setdefault("rc", main([str(prompts), str(out), *SMALL, "--workers", "2"])))
     driver.start()
