@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import signal
+import time
 import json
 import tarfile
 from pathlib import Path
@@ -52,3 +56,52 @@ def corrupt_parquet(path: Path, prompts: list[str]) -> Path:
         f.seek(column.data_page_offset + column.total_compressed_size // 2)
         f.write(b"\xff" * (column.total_compressed_size // 4))
     return path
+
+
+def processes_titled(title: str, session: int | None = None) -> list[int]:
+    """PIDs whose command line starts with ``title`` (Ray names busy actors ray::Class.method),
+    only those of ``session`` if given."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if cmdline.startswith(title) and (session is None or int(entry.name) in session_members(session)):
+                pids.append(int(entry.name))
+    return pids
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def kill_session(session_id: int) -> None:
+    """SIGKILL every process of a session (as made by start_new_session), until none is left.
+
+    Ray's processes run in process groups of their own, so killpg is not enough (an orphaned
+    actor of a killed driver may still commit a shard)."""
+    for _ in range(50):
+        alive = [pid for pid in session_members(session_id) if pid != os.getpid()]
+        if not alive:
+            return
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    raise AssertionError(f"processes of session {session_id} survive SIGKILL: {alive}")
+
+
+def session_members(session_id: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == session_id and fields[0] != "Z":  # field 6 of stat: the session id
+                pids.append(int(stat.parent.name))
+    return pids

@@ -7,6 +7,7 @@ in-process Ray of other tests (or anyone else's): teardown stops that process gr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -33,8 +34,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.helpers import corrupt_parquet, read_metadata
+from tests.conftest import REPO, write_parquet
+from tests.helpers import corrupt_parquet, kill_session, processes_titled, read_metadata, wait_for
+from workers import faults
 
 BIN = Path(sys.executable).parent  # the venv's bin: its `ray`, and the jobs' `python`
 MAX_UPLOAD_BYTES = 5 * 2**20
@@ -75,6 +77,7 @@ class Head:
     address: str  # the dashboard / job-submission URL
     env: dict[str, str]
     temp_dir: Path
+    gcs_address: str  # host:port, what `ray start --address` and RAY_ADDRESS take
 
     def ray(self, *args: str, timeout: float = 120) -> str:
         """Run a `ray` CLI command against this head; returns stdout + stderr."""
@@ -143,9 +146,23 @@ def stop_head(proc: subprocess.Popen, grace_s: float = 20) -> None:
     proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def ray_head(tiny_model_dir: Path) -> Iterator[Head]:
-    """`ray start --head` on free ports with 2 CPUs and no usage stats; stopped even on failure."""
+HEAD_PORT_FLAGS = ["--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port",
+                   "--object-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                   "--runtime-env-agent-port", "--metrics-export-port"]  # fmt: skip
+NODE_PORT_FLAGS = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+                   "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port"]  # fmt: skip
+
+
+def port_args(flags: list[str]) -> tuple[list[str], int]:
+    """Free ports for ``flags`` and a worker-port range after them; returns (args, base)."""
+    base = free_port_block(64)
+    args = [arg for i, flag in enumerate(flags) for arg in (flag, str(base + i))]
+    return [*args, "--min-worker-port", str(base + 16), "--max-worker-port", str(base + 63)], base
+
+
+@contextlib.contextmanager
+def started_head(num_cpus: int) -> Iterator[Head]:
+    """`ray start --head` on free ports with no usage stats; stopped even on failure."""
     # A short temp dir: Ray's Unix socket paths under it must stay below 108 bytes.
     temp_dir = Path(tempfile.mkdtemp(prefix="tb-head-", dir="/tmp"))
     token = temp_dir / "auth_token"  # our own token: ~/.ray/auth_token stays untouched
@@ -153,24 +170,25 @@ def ray_head(tiny_model_dir: Path) -> Iterator[Head]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
-    base = free_port_block(64)
-    ports = ["--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port", "--object-manager-port",
-             "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
-             "--metrics-export-port"]  # fmt: skip
-    port_args = [arg for i, flag in enumerate(ports) for arg in (flag, str(base + i))]
-    command = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--num-gpus", "0",
-               "--disable-usage-stats", "--temp-dir", str(temp_dir), "--dashboard-host", "127.0.0.1", *port_args,
-               "--min-worker-port", str(base + 16), "--max-worker-port", str(base + 63)]  # fmt: skip
+    ports, base = port_args(HEAD_PORT_FLAGS)
+    command = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", str(num_cpus), "--num-gpus", "0",
+               "--disable-usage-stats", "--temp-dir", str(temp_dir), "--dashboard-host", "127.0.0.1", *ports]  # fmt: skip
     log_path = temp_dir / "head.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         address = f"http://127.0.0.1:{base + 1}"
         wait_until_up(address, proc, log_path)
-        yield Head(address, env, temp_dir)
+        yield Head(address, env, temp_dir, gcs_address=f"127.0.0.1:{base}")
     finally:
         stop_head(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head(tiny_model_dir: Path) -> Iterator[Head]:
+    with started_head(num_cpus=2) as head:
+        yield head
 
 
 @pytest.mark.slow
@@ -215,6 +233,51 @@ def test_failed_shards_make_the_job_fail(ray_head: Head, tmp_path: Path) -> None
     assert "shards: 1/2 committed" in logs and "failed shard 1 (after 1 attempt(s)):" in logs, logs
     assert sorted(p.name for p in (out / "_done").iterdir()) == ["000000.json"]
     assert not (out / "metadata" / "000001.parquet").exists()
+
+
+@contextlib.contextmanager
+def started_worker_node(head: Head, num_cpus: int) -> Iterator[subprocess.Popen]:
+    """A second raylet joining ``head`` (`ray start --address`), in a session of its own."""
+    ports, _ = port_args(NODE_PORT_FLAGS)
+    command = [str(BIN / "ray"), "start", "--address", head.gcs_address, "--block", "--num-cpus", str(num_cpus),
+               "--num-gpus", "0", *ports]  # fmt: skip
+    log_path = head.temp_dir / "node.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, env=head.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        kill_session(proc.pid)
+        proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_a_lost_node_costs_only_its_in_flight_shards(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Two nodes of one CPU each, one actor on each; the worker node is SIGKILLed whole
+    (raylet and actor) mid-shard. Its shards are requeued to the survivor; the job succeeds."""
+    data = write_parquet(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(24)]})
+    out = tmp_path / "out"
+    with started_head(num_cpus=1) as head, started_worker_node(head, num_cpus=1) as node:
+        wait_for(lambda: "/2.0 CPU" in head.ray("status", "--address", head.gcs_address), 60, "the second node")
+        env = {**head.env, "RAY_ADDRESS": head.gcs_address, "TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"],
+               "HF_HUB_OFFLINE": "1", faults.ENV: json.dumps({"delay_s": 0.4})}  # fmt: skip
+        driver = subprocess.Popen([sys.executable, "-m", "jobs.render", str(data), str(out), "--model", "tiny-sd-turbo",
+                                   "--shard-size", "4", "--workers", "2", *SIZE], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            wait_for(lambda: processes_titled("ray::RenderWorker.render_shard", session=node.pid), 120,
+                     "an actor on the worker node inside render_shard")  # fmt: skip
+            kill_session(node.pid)  # the node is gone: raylet, object store, its actor
+            stdout, stderr = driver.communicate(timeout=300)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+    assert driver.returncode == 0, stderr[-3000:]
+    assert "a render worker died" in stderr and "retry 1/3" in stderr, stderr[-3000:]
+    assert "shards: 6/6 committed" in stdout
+    rows = read_metadata(out)
+    assert sorted(r["global_index"] for r in rows) == list(range(24))
+    assert all(r["status"] == "ok" for r in rows)
 
 
 # --------------------------------------------------------------------------- cluster.yaml

@@ -7,7 +7,6 @@ the committed output must equal an uninterrupted run's, byte for byte, every row
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -26,7 +25,7 @@ from jobs import retry
 from jobs.render import main
 from jobs.storage import TEMP_MARK
 from tests.conftest import REPO, write_parquet
-from tests.helpers import corrupt_parquet, read_metadata
+from tests.helpers import corrupt_parquet, kill_session, processes_titled, read_metadata, wait_for
 from workers import faults
 
 pytestmark = pytest.mark.slow
@@ -70,28 +69,6 @@ def assert_complete_and_clean(out: Path, shards: int) -> None:
     leftovers = [str(p) for p in out.rglob("*") if TEMP_MARK in p.name]
     assert leftovers == []
     assert not (out / "_failed").exists() or not any((out / "_failed").iterdir())
-
-
-def processes_titled(title: str) -> list[int]:
-    """PIDs whose command line starts with ``title`` (Ray names busy actors ray::Class.method)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if cmdline.startswith(title):
-                pids.append(int(entry.name))
-    return pids
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def done_count(out: Path) -> int:
@@ -146,7 +123,7 @@ def test_a_killed_driver_is_finished_by_the_same_command(prompts, tmp_path):
         driver.wait(30)
     finally:
         time.sleep(1)
-        with_session_gone(driver.pid)
+        kill_session(driver.pid)
     committed_before = done_count(out)
     assert 2 <= committed_before < 6
 
@@ -156,30 +133,6 @@ def test_a_killed_driver_is_finished_by_the_same_command(prompts, tmp_path):
     assert_complete_and_clean(out, 6)
     assert image_digests(out) == image_digests(reference)
     assert metadata_without_timings(out) == metadata_without_timings(reference)
-
-
-def with_session_gone(session_id: int) -> None:
-    """Kill what the dead driver's local Ray left in its session (actors run in their own
-    process groups, so killpg is not enough; an orphaned actor may still commit a shard)."""
-    for _ in range(50):
-        alive = [pid for pid in session_members(session_id) if pid != os.getpid()]
-        if not alive:
-            return
-        for pid in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
-    raise AssertionError(f"processes of session {session_id} survive SIGKILL: {alive}")
-
-
-def session_members(session_id: int) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) == session_id and fields[0] != "Z":  # field 6 of stat: the session id
-                pids.append(int(stat.parent.name))
-    return pids
 
 
 def test_bad_data_fails_its_shard_once_and_a_rerun_retries_it(ray_cluster, tmp_path, capsys):
