@@ -44,9 +44,10 @@ GPU_VENV   ?= build/gpu-venv
 WHEELHOUSE ?= build/gpu-wheelhouse
 CUDA_ROOT  ?= /usr/local/cuda
 GPU_OUT    ?= build/gpu-check
-# Worker speed variants timed beside the unchanged worker (workers/speedups.py). compile_unet
-# compiles for minutes: measure it in its own call, `make gpu-check GPU_VARIANTS=compile_unet`.
-GPU_VARIANTS ?= channels_last,fuse_qkv
+# Worker speed variants timed beside the unchanged worker (workers/speedups.py). compile_unet and
+# cuda_graphs compile for minutes: measure them in their own call,
+# `make gpu-check GPU_VARIANTS=compile_unet,cuda_graphs`.
+GPU_VARIANTS ?= channels_last,fuse_qkv,tiny_vae
 GPU_ENV    := TURBOBATCH_CACHE=$(abspath build/gpu-cache) PYTHONPATH=$(CURDIR)
 
 gpu-check:

@@ -3,6 +3,8 @@
 Counts one text-encoder pass (both encoders for SDXL), ``steps`` UNet passes and one VAE decode
 at the given size, on meta copies of the pipeline's components (built from their configs), so
 no memory or compute is spent.
+
+    python -m benchmarks.flops     # the table in docs/BENCHMARKS.md: both models, full VAE vs TAESD
 """
 
 from __future__ import annotations
@@ -47,3 +49,24 @@ def flops_per_image(pipe: Any, height: int, width: int, steps: int = 1) -> dict[
     }
     counts["total"] = sum(counts.values())
     return {k: float(v) for k, v in counts.items()}
+
+
+def main() -> None:
+    """FLOPs per 512x512 1-step image of both turbo models, with their VAE and with a TAESD decoder."""
+    from types import SimpleNamespace
+
+    from workers.random_weights import RANDOM_MODELS, build_components, tiny_autoencoder
+
+    print("| model | decoder | text encoders | UNet | decode | total |\n|---|---|---|---|---|---|")
+    for model in RANDOM_MODELS:
+        parts = build_components(model, device="meta")
+        with torch.device("meta"):
+            taesd = tiny_autoencoder(parts["vae"].config.latent_channels)
+        for decoder, vae in (("VAE (AutoencoderKL)", parts["vae"]), ("TAESD (AutoencoderTiny)", taesd)):
+            f = flops_per_image(SimpleNamespace(**{**parts, "vae": vae}), 512, 512)
+            cells = " | ".join(f"{f[k] / 1e12:.3f} TFLOP" for k in ("text_encoders", "unet", "vae_decode", "total"))
+            print(f"| {model.split('/')[1]} | {decoder} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -155,8 +155,8 @@ def free(device: str) -> None:
 
 def try_variant(name: str, spec: JobSpec, data: Path, rows: int, smoke: bool) -> Variant | str:
     """The warmed-up variant, or why it was skipped. On a GPU a failing variant is reported and
-    skipped (the others are still measured); in smoke only compile_unet may fail or time out."""
-    compiling = name == "compile_unet"
+    skipped (the others are still measured); in smoke only a compiling variant may fail or time out."""
+    compiling = name in speedups.COMPILING
     try:
         with time_limit(SMOKE_COMPILE_LIMIT_S if smoke and compiling else None):
             return build_variant(name, spec, data, rows)
@@ -229,6 +229,8 @@ def variant_lines(model: str, r: dict) -> list[str]:
         if name != "baseline":
             line += (f"; pixels vs baseline over {s['compared']} images: max abs diff {s['max_diff']}, "
                      f"mean {s['mean_diff']:.4f}")  # fmt: skip
+            if name in speedups.CHANGES_PIXELS:
+                line += " (different images by design)"
         if s["final_batch"] != s["batch"]:  # all workers share the GPU: one may have run short of memory
             line += f"; NOT COMPARABLE: batch halved {s['batch']} -> {s['final_batch']} after out-of-memory"
         lines.append(line)

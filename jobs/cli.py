@@ -56,8 +56,10 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("--weights", choices=WEIGHTS, help="random: build stabilityai/sd-turbo or sdxl-turbo at full "
                    "size from bundled configs with random weights (real FLOPs, meaningless pixels) for speed "
                    "work without a download (default pretrained)")
-    p.add_argument("--vae", help="VAE to use instead of the pipeline's: Hugging Face id or local folder "
-                   "(e.g. an fp16-fixed SDXL VAE)")
+    p.add_argument("--vae", help="VAE to use instead of the pipeline's: Hugging Face id, local folder or "
+                   "tiny-taesd; an AutoencoderKL (e.g. an fp16-fixed SDXL VAE) or an AutoencoderTiny "
+                   "(madebyollin/taesd for sd-turbo, madebyollin/taesdxl for sdxl-turbo: a much cheaper decode, "
+                   "slightly softer images)")
     p.add_argument("--controlnet", help="ControlNet: Hugging Face id, local folder, tiny-sd-controlnet or "
                    "tiny-sdxl-controlnet; SD 2.1 ControlNets pair with sd-turbo, SDXL ones with sdxl-turbo")
     p.add_argument("--control-image-column", help="column of control images: a path or URL relative to the "

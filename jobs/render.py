@@ -40,7 +40,7 @@ def run(spec: JobSpec) -> int:
     # 3. Model, VAE and ControlNet: read their configs only (loadable? supported? a pair?).
     model = resolve_model(spec.model, spec.weights)
     if spec.vae:
-        check_vae(spec.vae)
+        check_vae(spec.vae, model)
     if spec.controlnet:
         resolve_controlnet(spec.controlnet, model)
     with ray_session() as cluster:

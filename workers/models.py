@@ -1,8 +1,8 @@
 """Resolve a model name and load its pipeline through diffusers' ``from_pretrained``.
 
 ``resolve_model``, ``resolve_controlnet`` and ``check_vae`` read only configs, so the driver can
-reject a model that cannot load or a ControlNet that does not fit, and learn the native size,
-before any actor starts.
+reject a model that cannot load, or a ControlNet or VAE that does not fit, and learn the native
+size, before any actor starts.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from workers.random_weights import config as random_config
 from workers.tiny import TINY_MODELS, tiny_model_path
 
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+# AutoencoderTiny: TAESD-class decoders (madebyollin/taesd, taesdxl), far cheaper than the full VAE.
+VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
 
 # Noise that says nothing to our users: transformers' note that image processors fall back to
 # PIL without torchvision (we never use them), and its warning about over-long prompts, which
@@ -35,6 +37,8 @@ class ModelInfo:
     native_width: int
     cross_attention_dim: int  # text-embedding width the UNet attends to
     addition_embed_type: str | None  # "text_time" for SDXL
+    latent_channels: int  # what the UNet makes and a VAE must decode
+    vae_scale_factor: int  # image size / latent size
 
 
 @dataclass(frozen=True)
@@ -78,11 +82,18 @@ def resolve_model(name: str, weights: str = "pretrained") -> ModelInfo:
 
 
 def _model_info(name: str, location: str, pipeline_class: str, unet: dict, vae: dict) -> ModelInfo:
-    scale = 2 ** (len(vae["block_out_channels"]) - 1)
+    scale = _vae_scale_factor(vae)
     size = unet["sample_size"]
     height, width = (size, size) if isinstance(size, int) else size
-    return ModelInfo(name, location, pipeline_class, height * scale, width * scale,
-                     unet["cross_attention_dim"], unet.get("addition_embed_type"))  # fmt: skip
+    return ModelInfo(name, location, pipeline_class, height * scale, width * scale, unet["cross_attention_dim"],
+                     unet.get("addition_embed_type"), unet.get("out_channels", 4), scale)  # fmt: skip
+
+
+def _vae_scale_factor(vae: dict[str, Any]) -> int:
+    """Image size over latent size: one 2x upsampling between consecutive decoder blocks (how
+    diffusers' pipelines compute ``vae_scale_factor``, for AutoencoderKL and AutoencoderTiny)."""
+    blocks = vae.get("block_out_channels") or vae.get("decoder_block_out_channels") or (0,) * 4
+    return vae.get("upsampling_scaling_factor", 2) ** (len(blocks) - 1)
 
 
 def _random_model_info(name: str) -> ModelInfo:
@@ -108,20 +119,33 @@ def resolve_controlnet(name: str, model: ModelInfo) -> ControlNetInfo:
     return info
 
 
-def check_vae(name: str) -> str:
-    """A --vae must load as an AutoencoderKL config; returns the location to load it from."""
-    return _component_config("vae", name, "AutoencoderKL")[0]
+def check_vae(name: str, model: ModelInfo) -> str:
+    """A --vae must be an AutoencoderKL or AutoencoderTiny that decodes the model's latents
+    (same channel count, same upscaling); returns its class name."""
+    _, config = _component_config("vae", name, VAE_CLASSES)
+    vae_class = config["_class_name"]
+    channels, scale = config.get("latent_channels", 4), _vae_scale_factor(config)
+    if (channels, scale) != (model.latent_channels, model.vae_scale_factor):
+        raise JobError(
+            f"--vae: {name!r} decodes {channels}-channel latents upscaled {scale}x, but --model {model.name!r} "
+            f"makes {model.latent_channels}-channel latents upscaled {model.vae_scale_factor}x; use a VAE made "
+            "for this model family"
+        )
+    return vae_class
 
 
-def _component_config(flag: str, name: str, expected_class: str) -> tuple[str, dict[str, Any]]:
-    """Location and config of a single model folder (not a pipeline), of the expected class."""
+def _component_config(flag: str, name: str, expected: str | tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    """Location and config of a single model folder (not a pipeline), of an expected class."""
+    expected = (expected,) if isinstance(expected, str) else expected
     location = _location(name)
     try:
         config = _load_config(location, None)
     except Exception as e:  # noqa: BLE001
         raise _cannot_load(flag, name, e) from None
-    if config.get("_class_name") != expected_class:
-        raise JobError(f"--{flag}: {name!r} is a {config.get('_class_name')}; expected a folder of {expected_class}")
+    if config.get("_class_name") not in expected:
+        raise JobError(
+            f"--{flag}: {name!r} is a {config.get('_class_name')}; expected a folder of {' or '.join(expected)}"
+        )
     return location, config
 
 
@@ -132,8 +156,9 @@ def _family(addition_embed_type: str | None) -> str:
 def load_pipeline(spec: JobSpec) -> Any:
     """The real loading path, the same for tiny and full models: pipeline, optional VAE swap,
     optional ControlNet (AutoPipeline then picks the matching ControlNet pipeline class)."""
+    import diffusers
     import torch
-    from diffusers import AutoencoderKL, AutoPipelineForText2Image, ControlNetModel
+    from diffusers import AutoPipelineForText2Image, ControlNetModel
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -145,7 +170,9 @@ def load_pipeline(spec: JobSpec) -> Any:
         return _ready(pipe)
     components: dict[str, Any] = {}
     if spec.vae:
-        components["vae"] = AutoencoderKL.from_pretrained(_location(spec.vae), dtype=dtype)
+        location, config = _component_config("vae", spec.vae, VAE_CLASSES)
+        vae_class = getattr(diffusers, config["_class_name"])  # AutoencoderKL or AutoencoderTiny
+        components["vae"] = vae_class.from_pretrained(location, dtype=dtype)
     if spec.controlnet:
         components["controlnet"] = ControlNetModel.from_pretrained(_location(spec.controlnet), dtype=dtype)
     pipe = AutoPipelineForText2Image.from_pretrained(_location(spec.model), dtype=dtype, **components)

@@ -40,6 +40,22 @@ def build_components(model: str, device: str | torch.device = "cpu", dtype: torc
     return {name: module.to(dtype) for name, module in parts.items()}
 
 
+def tiny_autoencoder(latent_channels: int = 4, scale_factor: int = 8) -> Any:
+    """An AutoencoderTiny of the published TAESD architecture (madebyollin/taesd and taesdxl
+    share it: 64 channels, 1+3+3+3 encoder and 3+3+3+1 decoder blocks, 8x), random weights.
+    A ``scale_factor`` other than 8 keeps the channels and drops blocks (the tiny test models
+    upscale 2x)."""
+    from diffusers import AutoencoderTiny
+
+    blocks = scale_factor.bit_length()  # one 2x upsampling between consecutive blocks
+    if scale_factor != 2 ** (blocks - 1) or blocks < 2:
+        raise ValueError(f"scale_factor must be a power of two >= 2, got {scale_factor}")
+    torch.manual_seed(0)
+    return AutoencoderTiny(encoder_block_out_channels=(64,) * blocks, decoder_block_out_channels=(64,) * blocks,
+                           num_encoder_blocks=(1,) + (3,) * (blocks - 1), num_decoder_blocks=(3,) * (blocks - 1) + (1,),
+                           latent_channels=latent_channels)  # fmt: skip
+
+
 def build_random_pipeline(model: str, device: str, dtype: torch.dtype) -> Any:
     from diffusers import (
         EulerAncestralDiscreteScheduler,

@@ -6,9 +6,9 @@ and returns nothing. None is used by the worker or reachable from the CLI: ``ben
 measurably helps on a GPU, without changing images beyond numeric noise, should become part of
 the worker. A change may alter low bits of the output (other kernels, other summation order).
 
-Not here yet, on purpose: CUDA graphs (fixed shapes; ``compile_unet(pipe, mode="reduce-overhead")``
-already asks torch.compile for them) and a tiny-autoencoder (TAESD-class) decode, which needs
-weights no machine of ours can download and changes pixels by design.
+``tiny_vae`` is different in kind: it changes pixels by design (a cheaper decoder, not the same
+computation done faster). Users get it as ``--vae madebyollin/taesd``; here it is timed with
+random weights of the same architecture, since no machine of ours can download the real ones.
 """
 
 from __future__ import annotations
@@ -82,11 +82,42 @@ def compile_unet(pipe: Any, mode: str = "default") -> None:
     pipe.unet.compile(mode=mode)
 
 
+def cuda_graphs(pipe: Any) -> None:
+    """``compile_unet`` with ``mode="reduce-overhead"``: inductor's kernels replayed as CUDA graphs.
+
+    Why it may help: at one step and batch 8 the UNet launches thousands of small kernels; a
+    graph replays them with one launch. Costs what compile_unet costs, plus a graph per input
+    shape (a smaller last batch is a new one). On CPU it is compile_unet.
+    """
+    compile_unet(pipe, mode="reduce-overhead")
+
+
+def tiny_vae(pipe: Any) -> None:
+    """Decode with a tiny autoencoder (TAESD architecture, random weights) instead of the VAE.
+
+    Why it helps: the full VAE decode is about 2.5 of the 3.4 TFLOP of a 1-step sd-turbo image at
+    512x512; TAESD's decoder is a small fraction of that (benchmarks/flops.py). Unlike the others
+    this changes the images by design; with real weights (``--vae madebyollin/taesd``) they are
+    slightly softer, so its pixel difference from the baseline says nothing here.
+    """
+    from workers.random_weights import tiny_autoencoder
+
+    vae = tiny_autoencoder(pipe.vae.config.latent_channels, pipe.vae_scale_factor)
+    pipe.register_modules(vae=vae.to(pipe.vae.device, pipe.vae.dtype))
+
+
+# Changes that compile on first use (minutes): benchmark them in a call of their own.
+COMPILING = frozenset({"compile_unet", "cuda_graphs"})
+# Changes whose images differ by design, not by numeric noise.
+CHANGES_PIXELS = frozenset({"tiny_vae"})
+
 SPEEDUPS: dict[str, Callable[[Any], None]] = {
     "channels_last": channels_last,
     "fuse_qkv": fuse_qkv,
     "sdpa": sdpa,
     "compile_unet": compile_unet,
+    "cuda_graphs": cuda_graphs,
+    "tiny_vae": tiny_vae,
 }
 
 

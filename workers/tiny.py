@@ -168,6 +168,18 @@ def _build_sdxl_turbo(folder: Path) -> None:
     _write_tokenizer_files(folder / "tokenizer_2")
 
 
+# -- Tiny autoencoder (TAESD class) ----------------------------------------------------------
+def _build_taesd(folder: Path) -> None:
+    """An AutoencoderTiny that decodes both tiny models' latents (4 channels, upscaled 2x, as
+    their AutoencoderKL does): the stand-in for madebyollin/taesd and taesdxl."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(3)
+    AutoencoderTiny(encoder_block_out_channels=(16, 16), decoder_block_out_channels=(16, 16),
+                    num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4).save_pretrained(folder)  # fmt: skip
+
+
 # -- ControlNets, built from the matching tiny UNet -----------------------------------------
 def _build_controlnet(unet_factory: Callable[[], Any]) -> Callable[[Path], None]:
     def build(folder: Path) -> None:
@@ -191,4 +203,5 @@ TINY_MODELS: dict[str, Callable[[Path], None]] = {
     "tiny-sdxl-turbo": _build_sdxl_turbo,
     "tiny-sd-controlnet": _build_controlnet(_sd_unet),
     "tiny-sdxl-controlnet": _build_controlnet(_sdxl_unet),
+    "tiny-taesd": _build_taesd,
 }

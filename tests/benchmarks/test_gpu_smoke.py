@@ -24,7 +24,7 @@ def test_gpu_benchmark_code_path_runs_on_cpu():
 
 @pytest.mark.slow
 def test_gpu_benchmark_variants_side_by_side_on_cpu():
-    result = run_gpu_benchmark("--variants", "channels_last,fuse_qkv")
+    result = run_gpu_benchmark("--variants", "channels_last,fuse_qkv,tiny_vae")
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "tiny-sd-turbo: naive loop" in out
@@ -36,6 +36,8 @@ def test_gpu_benchmark_variants_side_by_side_on_cpu():
         line = re.search(pattern, out, re.MULTILINE)
         assert line, out
         assert int(line[1]) >= 4 and int(line[2]) <= 3, line[0]  # numeric noise at most
+    tiny_vae = r"^tiny-sd-turbo \[tiny_vae\]: .* max abs diff \d+, mean [\d.]+ \(different images by design\)$"
+    assert re.search(tiny_vae, out, re.MULTILINE), out
     assert "skipped" not in out
 
 

@@ -58,6 +58,7 @@ def no_actors(monkeypatch):
     (["--model", "tiny-sd-turbo", "--controlnet", "tiny-sd-controlnet", "--control-image-column", "nope"],
      "--control-image-column: column 'nope' is not in"),
     (["--model", "tiny-sd-turbo", "--vae", "/does/not/exist"], "--vae: cannot load '/does/not/exist'"),
+    (["--model", "tiny-sd-turbo", "--vae", "tiny-sd-controlnet"], "--vae: 'tiny-sd-controlnet' is a ControlNetModel"),
 ])  # fmt: skip
 def test_mismatches_fail_before_any_actor(ray_cluster, no_actors, dataset, tmp_path, capsys, extra, message):
     assert main([str(dataset), str(tmp_path / "out"), *extra]) == 2

@@ -46,10 +46,12 @@ def spec_for(tmp_path, data, **kw) -> JobSpec:
     return JobSpec(**values)
 
 
-def plain_pipeline(model: str, controlnet: str | None = None):
-    from diffusers import AutoPipelineForText2Image, ControlNetModel
+def plain_pipeline(model: str, controlnet: str | None = None, tiny_vae: str | None = None):
+    from diffusers import AutoencoderTiny, AutoPipelineForText2Image, ControlNetModel
 
     extra = {"controlnet": ControlNetModel.from_pretrained(tiny_model_path(controlnet))} if controlnet else {}
+    if tiny_vae:
+        extra["vae"] = AutoencoderTiny.from_pretrained(tiny_model_path(tiny_vae))
     pipe = AutoPipelineForText2Image.from_pretrained(tiny_model_path(model), **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -136,3 +138,18 @@ def test_vae_swap_loads_through_from_pretrained(tmp_path):
     plain, swapped = read_metadata(tmp_path / "plain"), read_metadata(tmp_path / "swapped")
     assert swapped[0]["vae"] == vae and plain[0]["vae"] is None
     assert swapped[0]["sha256"] == plain[0]["sha256"]  # the same weights, loaded the other way
+
+
+@pytest.mark.parametrize("model", ["tiny-sd-turbo", "tiny-sdxl-turbo"])
+def test_tiny_autoencoder_renders_what_diffusers_gives_with_it(tmp_path, model):
+    """--vae with an AutoencoderTiny (TAESD class): the images are a plain diffusers call's with
+    that VAE swapped in, bit for bit, and not the full VAE's."""
+    data = write_parquet(tmp_path / "p.parquet", {"prompt": ["a red fox", "日本 🎨"]})
+    spec = spec_for(tmp_path, data, model=model, shard_size=2, vae="tiny-taesd")
+    RenderWorker(spec).render_shard(Shard(0, f"file://{data}", 0, 2, 0, 9))
+    images, rows = read_tar_images(tmp_path / "out"), read_metadata(tmp_path / "out")
+    tiny, full = plain_pipeline(model, tiny_vae="tiny-taesd"), plain_pipeline(model)
+    assert [r["vae"] for r in rows] == ["tiny-taesd"] * 2
+    for row in rows:
+        np.testing.assert_array_equal(images[row["key"]], plain_image(tiny, row["prompt"], row["seed"]))
+        assert not np.array_equal(images[row["key"]], plain_image(full, row["prompt"], row["seed"]))

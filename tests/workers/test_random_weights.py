@@ -54,3 +54,16 @@ def test_a_random_weight_sd_turbo_renders_through_the_worker(tmp_path):
     RenderWorker(spec).render_shard(Shard(0, f"file://{data}", 0, 1, 0, 9))
     [row] = read_metadata(tmp_path / "out")
     assert (row["status"], row["width"], row["height"]) == ("ok", 64, 64)
+
+
+def test_tiny_autoencoder_has_the_published_taesd_architecture():
+    """madebyollin/taesd: 64 channels everywhere, 1+3+3+3 encoder / 3+3+3+1 decoder blocks, 8x;
+    its parameter count (about 2.45M) is the published checkpoint's."""
+    from workers.random_weights import tiny_autoencoder
+
+    with torch.device("meta"):
+        vae = tiny_autoencoder()
+    assert list(vae.config.num_decoder_blocks) == [3, 3, 3, 1] and vae.config.latent_channels == 4
+    assert 2.4e6 < sum(p.numel() for p in vae.parameters()) < 2.5e6
+    with pytest.raises(ValueError, match="power of two"):
+        tiny_autoencoder(4, 6)

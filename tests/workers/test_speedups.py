@@ -85,13 +85,37 @@ def test_compile_unet_marks_the_unet_for_compilation_without_changing_its_class(
     assert type(pipe.unet) is cls and pipe.unet._compiled_call_impl is not None  # compiled lazily, on first call
 
 
+def test_cuda_graphs_is_compile_unet_in_reduce_overhead_mode(tiny_model_dir, tmp_path):
+    pipe = make_worker(tmp_path, "tiny-sd-turbo").renderer.pipe
+    speedups.cuda_graphs(pipe)
+    assert pipe.unet._compiled_call_impl is not None
+    assert speedups.COMPILING == {"compile_unet", "cuda_graphs"}
+
+
+def test_tiny_vae_decodes_with_a_taesd_architecture(model, baseline, tmp_path):
+    """Different images by design (another decoder, random weights), but the same shapes, not
+    flat, and the renderer's decode path (unscale, post-process, stats) runs unchanged."""
+    from diffusers import AutoencoderTiny
+
+    worker = make_worker(tmp_path, model)
+    speedups.tiny_vae(worker.renderer.pipe)
+    vae = worker.renderer.pipe.vae
+    assert isinstance(vae, AutoencoderTiny) and worker.renderer.pipe.config.vae[1] == "AutoencoderTiny"
+    assert list(vae.config.decoder_block_out_channels) == [64, 64]  # the tiny models upscale 2x: 2 blocks
+    images = render(worker)
+    assert [i.shape for i in images] == [b.shape for b in baseline]
+    assert all(img.std() > 1 for img in images)
+    assert not any(np.array_equal(a, b) for a, b in zip(images, baseline))
+
+
 def test_registry_and_unknown_name():
-    assert set(speedups.SPEEDUPS) == {"channels_last", "fuse_qkv", "sdpa", "compile_unet"}
+    assert set(speedups.SPEEDUPS) == {"channels_last", "fuse_qkv", "sdpa", "compile_unet", "cuda_graphs", "tiny_vae"}
+    assert speedups.CHANGES_PIXELS == {"tiny_vae"}
     assert speedups.get("sdpa") is speedups.sdpa
-    with pytest.raises(ValueError, match="'taesd'.*channels_last, fuse_qkv, sdpa, compile_unet"):
+    with pytest.raises(ValueError, match="'taesd'.*channels_last, fuse_qkv, sdpa, compile_unet, cuda_graphs, tiny_vae"):
         speedups.get("taesd")
     with pytest.raises(ValueError, match="unknown speedup"):
-        speedups.apply(object(), "cuda_graphs")
+        speedups.apply(object(), "cuda_graph")
 
 
 def test_fuse_qkv_needs_a_pipeline_that_has_it():
