@@ -38,6 +38,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.flops import flops_per_image  # noqa: E402
+from benchmarks.shard_profile import profile_line, summed  # noqa: E402
 from jobs.plan import Shard  # noqa: E402
 from jobs.spec import JobSpec  # noqa: E402
 from workers import speedups  # noqa: E402
@@ -81,7 +82,8 @@ def naive_loop(pipe, prompts: list[str], batch: int, size: int, out: Path, devic
     return len(prompts) / (time.perf_counter() - started)
 
 
-def worker_run(worker: RenderWorker, data: Path, rows: int, device: str) -> float:
+def worker_run(worker: RenderWorker, data: Path, rows: int, device: str) -> tuple[float, dict]:
+    """Images/s of one whole shard, and its done marker."""
     sync(device)
     started = time.perf_counter()
     marker = worker.render_shard(Shard(0, f"file://{data}", 0, rows, 0, 9))
@@ -89,7 +91,7 @@ def worker_run(worker: RenderWorker, data: Path, rows: int, device: str) -> floa
     rate = rows / (time.perf_counter() - started)
     if marker["ok"] != rows:  # a row the pipeline raised on would inflate images/s
         raise RuntimeError(f"only {marker['ok']} of {rows} rows rendered; see {worker.spec.output}/_done")
-    return rate
+    return rate, marker
 
 
 class CompileTimeout(BaseException):
@@ -122,6 +124,7 @@ class Variant:
     images: list[np.ndarray]  # the first rows' uint8 images, for the pixel comparison
     batch: int  # rows per pipeline call at the start; the renderer halves it after an out-of-memory
     rates: list[float] = field(default_factory=list)
+    markers: list[dict] = field(default_factory=list)  # of the timed runs: their timings_s profile the worker
 
 
 def first_images(worker: RenderWorker, data: Path) -> list[np.ndarray]:
@@ -208,10 +211,13 @@ def bench(model: str, args: argparse.Namespace, work: Path) -> dict:
     for _ in range(args.runs):  # interleaved: naive, baseline, v1, v2, ...
         naive.append(naive_loop(pipe, prompts, args.batch_size, size, work / "naive", device))
         for v in variants:
-            v.rates.append(worker_run(v.worker, data, rows, device))
+            rate, marker = worker_run(v.worker, data, rows, device)
+            v.rates.append(rate)
+            v.markers.append(marker)
     flops = flops_per_image(pipe, size, size)
     base = variants[0]
     result = {"naive_img_s": statistics.median(naive), "worker_img_s": statistics.median(base.rates),
+              "profile": profile_line(summed(base.markers)),
               "flops_per_image": flops["total"], "skipped": skipped,
               "variants": {v.name: variant_summary(v, base) for v in variants} if args.variants else {}}  # fmt: skip
     result["ratio"] = result["worker_img_s"] / result["naive_img_s"]
@@ -280,7 +286,8 @@ def main() -> None:
         if peak:
             fraction = r["worker_img_s"] * r["flops_per_image"] / peak
             line += f"; worker at {100 * fraction:.1f}% of the measured bf16 matmul rate"
-        print("\n".join([line, *variant_lines(model, r)]), flush=True)
+        profile = f"{model} worker profile (share of shard time over the timed runs): {r['profile']}"
+        print("\n".join([line, profile, *variant_lines(model, r)]), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@
 Runs alternate a, b, a, b, ... and the median ratio b/a is printed. CPU workers make one
 pipeline call per row (bitwise determinism), so the bare loop uses batch size 1 too.
 
+Then the actor's profile, from the done markers' ``timings_s`` summed over the last run's
+shards: the share of shard time spent in pipeline calls (on a GPU: the device busy) and where
+the rest went (reading, waiting for the encode queue, the loop's own work, commit). Everything
+but "pipeline" is time the device would sit idle waiting for the CPU.
+
     .venv/bin/python benchmarks/overhead.py --rows 240 --runs 3
 """
 
@@ -28,6 +33,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.shard_profile import profile_line, summed  # noqa: E402
 from jobs.render import main as render  # noqa: E402
 from workers.tiny import tiny_model_path  # noqa: E402
 
@@ -43,8 +49,8 @@ def bare_loop(pipe, prompts: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def system(data: Path, out: Path, shard_size: int) -> tuple[float, float]:
-    """End-to-end seconds, and seconds spent inside actors (sum of shard timings)."""
+def system(data: Path, out: Path, shard_size: int) -> tuple[float, dict[str, float]]:
+    """End-to-end seconds, and the shards' timings summed (seconds inside actors: "total")."""
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     code = render([str(data), str(out), "--model", "tiny-sd-turbo", "--workers", "1", "--shard-size", str(shard_size),
@@ -52,8 +58,8 @@ def system(data: Path, out: Path, shard_size: int) -> tuple[float, float]:
     elapsed = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"jobs.render exited {code}")
-    inside = sum(json.loads(p.read_text())["timings_s"]["total"] for p in (out / "_done").glob("*.json"))
-    return elapsed, inside
+    markers = [json.loads(p.read_text()) for p in (out / "_done").glob("*.json")]
+    return elapsed, summed(markers)
 
 
 def run(rows: int, runs: int, shard_size: int) -> None:
@@ -68,7 +74,8 @@ def run(rows: int, runs: int, shard_size: int) -> None:
     a, b, inside, fixed = [], [], [], []
     for i in range(runs):
         a.append(rows / bare_loop(pipe, prompts))
-        end_to_end, in_actor = system(work / "prompts.parquet", work / "out", shard_size)
+        end_to_end, timings = system(work / "prompts.parquet", work / "out", shard_size)
+        in_actor = timings["total"]
         fixed.append(end_to_end - in_actor)
         b.append(rows / end_to_end)
         inside.append(rows / in_actor)
@@ -83,6 +90,7 @@ def run(rows: int, runs: int, shard_size: int) -> None:
           f"(overhead {100 * (1 - statistics.median(ratios)):.1f}%), {statistics.median(steady):.3f} inside the actor")
     print(f"median fixed cost outside shard work (Ray start, actor start, model load, planning): "
           f"{statistics.median(fixed):.1f} s per run")
+    print(f"actor profile, last run (share of shard time): {profile_line(timings)}")
 
 
 if __name__ == "__main__":

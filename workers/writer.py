@@ -14,6 +14,7 @@ import io
 import json
 import socket
 import tarfile
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -91,6 +92,7 @@ class ShardWriter:
         self._stack = contextlib.ExitStack()
         self._tar: tarfile.TarFile | None = None
         self._tar_stream: _HashingWriter | None = None
+        self.wait_s = 0.0  # time add_image spent blocked on encodes (the queue was full): the GPU idled
 
     def __enter__(self) -> ShardWriter:
         if self.spec.format == "files" and self.out.is_local:
@@ -133,7 +135,9 @@ class ShardWriter:
             future = self.pool.submit(self._encode_and_write, rendered.image, record["image"])
         self.records.append(record)
         self.pending.append((record, future))
+        started = time.perf_counter()
         self._drain(keep=self.max_pending)
+        self.wait_s += time.perf_counter() - started
 
     def _encode_and_write(self, image: Any, rel: str) -> bytes:
         data = encode_image(image, self.spec.image_format, self.spec.effective_quality)
@@ -177,8 +181,13 @@ class ShardWriter:
         return record
 
     # -- commit ------------------------------------------------------------------------
-    def commit(self, timings: dict[str, float]) -> dict[str, Any]:
-        """Flush images, write metadata, then the done marker. Returns the marker."""
+    def commit(self, timings: dict[str, float], started: float) -> dict[str, Any]:
+        """Flush images, write metadata, then the done marker. Returns the marker.
+
+        ``timings`` gain "commit" (this call up to the marker) and "total" (since ``started``,
+        a ``time.perf_counter()`` value).
+        """
+        commit_started = time.perf_counter()
         self._drain(keep=0)
         sid = self.shard.shard_id
         if self._tar is not None:
@@ -191,6 +200,8 @@ class ShardWriter:
         self.out.write_bytes(layout.metadata_path(sid), buf.getvalue())
         self.files[layout.metadata_path(sid)] = {"bytes": buf.tell(), "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
         ok = sum(r["status"] == "ok" for r in self.records)
+        now = time.perf_counter()
+        timings = {**timings, "commit": now - commit_started, "total": now - started}
         marker = {
             "shard": sid, "rows": len(self.records), "ok": ok, "error": len(self.records) - ok,
             "image_bytes": sum(r["bytes"] or 0 for r in self.records),

@@ -48,6 +48,9 @@ def test_shard_is_committed_with_done_marker_last(tmp_path, prompts_file, tiny_m
     images = read_tar_images(tmp_path)
     assert sorted(images) == [r["key"] for r in rows if r["status"] == "ok"]
     assert all(img.shape == (64, 64, 3) for img in images.values())
+    t = marker["timings_s"]  # where the shard's time went
+    assert set(t) == {"read", "render", "pipeline", "writer_wait", "commit", "total"}
+    assert 0 < t["pipeline"] <= t["render"] <= t["total"] and t["read"] + t["render"] + t["commit"] <= t["total"] + 1e-3
 
 
 def test_images_are_bitwise_what_a_plain_diffusers_call_gives(tmp_path, prompts_file, tiny_model_dir):

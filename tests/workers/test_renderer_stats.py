@@ -3,6 +3,7 @@ broken float16 decodes decided from those stats, on the real tiny pipelines (CPU
 
 from __future__ import annotations
 
+import time
 import json
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -144,7 +145,7 @@ def test_fp16_overflow_is_redecoded_from_the_stats_and_recorded(tmp_path, monkey
                                                     spec, pool, max_pending=2) as writer:  # fmt: skip
         for r in results:
             writer.add_image(r)
-        writer.commit({})
+        writer.commit({}, time.perf_counter())
     rows = read_metadata(tmp_path / "out")
     assert [(r["redecoded_fp32"], r["nan_count"]) for r in rows] == [(False, 0), (True, 0)]
     assert [r["dhash"] for r in rows] == [r.dhash for r in results]

@@ -30,7 +30,9 @@ def test_commit_waits_for_every_slow_encode(tmp_path, monkeypatch):
         with writer_module.ShardWriter(Folder(str(tmp_path)), shard, spec, pool, max_pending=4) as writer:
             for row in rows:
                 writer.add_image(Rendered(row, image, 1.0, False))
-            marker = writer.commit({})
+            marker = writer.commit({}, time.perf_counter())
     assert marker["ok"] == 6
+    # 6 encodes of 50 ms on 1 thread, at most 4 pending: add_image had to wait for the first ones.
+    assert writer.wait_s >= 0.05 and set(marker["timings_s"]) == {"commit", "total"}
     assert sorted(read_tar_images(tmp_path)) == [str(i) for i in range(6)]
     assert all(r["sha256"] for r in read_metadata(tmp_path))
