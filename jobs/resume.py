@@ -9,6 +9,7 @@ the next run retries it and removes the marker once the shard commits.
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timezone
 from typing import Any
 
@@ -75,11 +76,13 @@ def tidy(out: Folder, done: set[int]) -> set[int]:
 
 
 def remove_temp_leftovers(out: Folder) -> int:
-    """Delete temp files that killed writers left (``*.tmp-*``); returns how many.
+    """Delete what killed writers left; returns how many.
 
-    They can never be mistaken for data (no reader, resume or status matches their names),
-    but they take space. One listing per flat output folder; per-shard image folders are
-    cleaned by the worker that redoes the shard.
+    Temp files (``*.tmp-*``, local disks) and incomplete multipart uploads (object stores: a
+    tar killed mid-upload). Neither can be mistaken for data (no reader, resume or status
+    sees them), but they take space. One listing per flat output folder, one listing of the
+    uploads; per-shard image folders are cleaned by the worker that redoes the shard. Run
+    before any actor starts and after all have finished, so no live writer is cut off.
     """
     removed = 0
     for folder in layout.TEMP_LEFTOVER_DIRS:
@@ -87,6 +90,13 @@ def remove_temp_leftovers(out: Folder) -> int:
             if TEMP_MARK in name:
                 out.remove_file(f"{folder}/{name}")
                 removed += 1
+    try:
+        removed += out.abort_incomplete_uploads(layout.OUTPUT_DIRS)
+    except OSError as e:  # not granted (s3:ListBucketMultipartUploads), not implemented by the store, ...
+        # Housekeeping only: it must not fail a job whose shards are all committed.
+        print(f"turbobatch: warning: cannot clear incomplete uploads under {out.display()} "
+              f"({type(e).__name__}: {e}); a bucket lifecycle rule (AbortIncompleteMultipartUpload) "
+              "can do it instead", file=sys.stderr)  # fmt: skip
     return removed
 
 

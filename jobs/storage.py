@@ -161,6 +161,31 @@ class Folder:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path(rel))
 
+    def abort_incomplete_uploads(self, dirs: tuple[str, ...]) -> int:
+        """Abort the multipart uploads under ``dirs`` that were started and never completed.
+
+        A writer killed mid-upload (a large tar goes up in parts) leaves one behind: never
+        visible as an object, but stored and billed until aborted. S3 only (0 elsewhere); one
+        listing (per 1,000 uploads) of the folder. Returns how many were aborted.
+        """
+        if not hasattr(self.fs, "call_s3"):
+            return 0
+        bucket, key, _ = self.fs.split_path(self.root)
+        prefix = f"{key}/" if key else ""
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        aborted = 0
+        while True:
+            page = self.fs.call_s3("list_multipart_uploads", **params)
+            for upload in page.get("Uploads", []):
+                if upload["Key"][len(prefix) :].split("/", 1)[0] in dirs:
+                    with contextlib.suppress(FileNotFoundError):  # completed or aborted meanwhile
+                        self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
+                                        UploadId=upload["UploadId"])  # fmt: skip
+                        aborted += 1
+            if not page.get("IsTruncated"):
+                return aborted
+            params.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
+
     def remove_tree(self, rel: str) -> None:
         if self.exists(rel):
             self.fs.rm(self.path(rel), recursive=True)

@@ -5,7 +5,9 @@ fixed, seeded fraction: connections refused (closed before reading a request), r
 (read, then the connection is torn down with RST), and requests answered ``503 SlowDown``.
 The seed fixes the sequence of decisions, so a run's fault rate is reproducible. An outage of
 one object can be scripted too: the first N requests whose path contains a text get
-``503 ServiceUnavailable`` (which s3fs does not retry itself).
+``503 ServiceUnavailable`` (which s3fs does not retry itself). And requests of one operation
+can be held unanswered (``hold("PUT_PART")``), so a client can be killed mid-upload at a
+known point; ``release()`` then drops them.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # forwarded, by S3 operation
         self.faults: Counter[str] = Counter()  # injected, by kind
+        self.hold_operation = ""
+        self._released = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -92,6 +96,18 @@ class FaultProxy:
                 return True
             return False
 
+    def hold(self, operation: str) -> None:
+        """From now on, requests of ``operation`` (e.g. PUT_PART) wait unanswered until ``release()``."""
+        with self._lock:
+            self.hold_operation = operation
+            self._released.clear()
+
+    def release(self) -> None:
+        """Drop the held requests (connection reset) and stop holding."""
+        with self._lock:
+            self.hold_operation = ""
+        self._released.set()
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
 
@@ -114,6 +130,13 @@ class FaultProxy:
                     proxy._count(proxy.faults, "unavailable")
                     self._answer(503, UNAVAILABLE)
                     return
+                operation = s3_operation(self.command, self.path)
+                if proxy.hold_operation and operation == proxy.hold_operation:
+                    proxy._count(proxy.faults, "held")
+                    proxy._released.wait(120)
+                    _abort(self.connection)
+                    self.close_connection = True
+                    return
                 draw = proxy._draw()
                 if draw < proxy.reset:
                     proxy._count(proxy.faults, "reset")
@@ -124,7 +147,7 @@ class FaultProxy:
                     proxy._count(proxy.faults, "503")
                     self._answer(503, SLOW_DOWN)
                     return
-                proxy._count(proxy.requests, s3_operation(self.command, self.path))
+                proxy._count(proxy.requests, operation)
                 self._forward(body)
 
             def _answer(self, status: int, body: bytes) -> None:

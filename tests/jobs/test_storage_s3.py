@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -14,7 +15,9 @@ from jobs import resume
 from jobs.errors import JobError
 from jobs.inputs import scan_inputs
 from jobs.storage import Folder
-from tests.conftest import s3_options
+from tests.conftest import REPO, s3_options
+from tests.faultproxy import FaultProxy
+from tests.helpers import wait_for
 
 
 def test_atomic_writes_and_one_listing(s3_endpoint, s3_bucket):
@@ -80,3 +83,52 @@ def test_access_denied_is_named(s3_with_auth):
         resume.check_writable(Folder("s3://b/out", s3_options(s3_with_auth)))
     with pytest.raises(JobError, match="input: access denied to s3://b/in/"):
         scan_inputs("s3://b/in/", s3_options(s3_with_auth))
+
+
+UPLOAD_WRITER = """
+import os, sys, json
+from jobs.storage import Folder
+out = Folder(sys.argv[1], json.loads(sys.argv[2]))
+out.write_bytes("shards/000003.tar", os.urandom(101 * 2**20))  # over 2 x 50 MiB: s3fs uploads in parts
+"""
+
+
+def test_a_writer_killed_mid_upload_leaves_an_upload_that_tidy_aborts(s3_endpoint, s3_bucket):
+    """A real process is SIGKILLed while its tar's parts are in flight (held by the proxy): the
+    upload stays behind, invisible but stored, until the next run's tidy aborts it."""
+    import s3fs
+
+    client = s3fs.S3FileSystem(**s3_options(s3_endpoint))
+    client.pipe(f"{s3_bucket}/notes/draft.bin", b"x")  # not ours: a user's file next to the output
+    upstream_port = int(s3_endpoint.rsplit(":", 1)[1])
+    with FaultProxy(upstream_port) as proxy:
+        proxy.hold("PUT_PART")
+        writer = subprocess.Popen([sys.executable, "-c", UPLOAD_WRITER, f"s3://{s3_bucket}/out",
+                                   json.dumps(s3_options(proxy.url))], cwd=REPO)  # fmt: skip
+        try:
+            wait_for(lambda: proxy.faults["held"] >= 1, timeout=60, what="a part upload in flight")
+        finally:
+            writer.kill()
+            writer.wait()
+            proxy.release()
+    uploads = client.call_s3("list_multipart_uploads", Bucket=s3_bucket).get("Uploads", [])
+    assert [u["Key"] for u in uploads] == ["out/shards/000003.tar"]
+    # An upload outside turbobatch's folders is not ours to abort.
+    foreign = client.call_s3("create_multipart_upload", Bucket=s3_bucket, Key="out/notes/big.bin")
+    out = Folder(f"s3://{s3_bucket}/out", s3_options(s3_endpoint))
+    assert not out.exists("shards/000003.tar")
+    assert resume.remove_temp_leftovers(out) == 1
+    uploads = client.call_s3("list_multipart_uploads", Bucket=s3_bucket).get("Uploads", [])
+    assert [(u["Key"], u["UploadId"]) for u in uploads] == [("out/notes/big.bin", foreign["UploadId"])]
+    assert resume.remove_temp_leftovers(out) == 0
+
+
+def test_a_store_that_refuses_the_upload_listing_only_warns(s3_endpoint, s3_bucket, capsys):
+    """Clearing uploads is housekeeping: a store that answers it with an error must not fail a run."""
+    upstream_port = int(s3_endpoint.rsplit(":", 1)[1])
+    with FaultProxy(upstream_port, unavailable=("?uploads", 100)) as proxy:
+        options = {**s3_options(proxy.url), "config_kwargs": {"retries": {"max_attempts": 1}}}
+        out = Folder(f"s3://{s3_bucket}/out", options)
+        assert resume.remove_temp_leftovers(out) == 0
+    assert proxy.faults["unavailable"] >= 1
+    assert "warning: cannot clear incomplete uploads under s3://" in capsys.readouterr().err
