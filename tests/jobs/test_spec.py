@@ -120,3 +120,15 @@ def test_storage_options_must_be_a_json_object(capsys):
     with pytest.raises(SystemExit):
         parse("--input-storage-options", "{bad")
     assert "--input-storage-options: not valid JSON" in capsys.readouterr().err
+
+
+def test_the_example_job_yaml_is_a_valid_job():
+    """examples/job.yaml is what a newcomer copies: it must parse and validate as it is."""
+    from jobs.cli import parse_render_args
+    from tests.conftest import REPO
+
+    spec = parse_render_args(["--config", str(REPO / "examples" / "job.yaml")])
+    assert (spec.model, spec.image_format, spec.shard_size) == ("stabilityai/sd-turbo", "jpeg", 1000)
+    assert spec.output_options()["config_kwargs"]["retries"]["max_attempts"] == 8
+    overridden = parse_render_args(["--config", str(REPO / "examples" / "job.yaml"), "--steps", "2"])
+    assert overridden.steps == 2  # flags win over the file
