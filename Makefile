@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean gpu-check
+.PHONY: setup demo test bench clean gpu-check gpu-wheelhouse
 
 setup: $(STAMP)
 
@@ -35,8 +35,9 @@ bench: setup
 clean:
 	rm -rf out .pytest_cache
 
-# On a lent GPU machine with no package registry (docs/GPU.md): build pycuda from the carried
-# sdist in $(WHEELHOUSE) into a venv that sees the machine's torch, then the GPU tests, the
+# On a lent GPU machine with no package registry (docs/GPU.md): install pycuda from the carried
+# $(WHEELHOUSE) (made by `make gpu-wheelhouse`: a wheel prebuilt for the machine's Python, else
+# the sdist is built there) into a venv that sees the machine's torch, then the GPU tests, the
 # kernel benchmarks and the pipeline benchmark (benchmarks/gpu.py, with diffusers from the
 # wheelhouse). Fails if the kernels do not load (backend is not pycuda).
 GPU_PYTHON ?= python3
@@ -50,20 +51,29 @@ GPU_OUT    ?= build/gpu-check
 GPU_VARIANTS ?= channels_last,fuse_qkv,tiny_vae
 GPU_ENV    := TURBOBATCH_CACHE=$(abspath build/gpu-cache) PYTHONPATH=$(CURDIR)
 
+# On a machine with a registry (this one): everything gpu-check needs, to carry to the GPU machine.
+gpu-wheelhouse: setup
+	WHEELHOUSE=$(WHEELHOUSE) CUDA_ROOT=$(CUDA_ROOT) bash deploy/gpu_wheelhouse.sh
+
 gpu-check:
 	@ls $(WHEELHOUSE)/pycuda-*.tar.gz >/dev/null || { echo "no pycuda sdist in $(WHEELHOUSE): see docs/GPU.md"; exit 1; }
 	test -x $(GPU_VENV)/bin/python || $(GPU_PYTHON) -m venv --system-site-packages $(GPU_VENV)
 	$(GPU_VENV)/bin/python -c "import pycuda.driver, pytest" 2>/dev/null || ( set -e; \
 	  wh=$(abspath $(WHEELHOUSE)); py=$(abspath $(GPU_VENV))/bin/python; \
 	  $$py -m pip install --no-index --find-links $$wh setuptools wheel pytest pytools platformdirs mako; \
-	  rm -rf build/pycuda-src build/libcuda; mkdir -p build/pycuda-src build/libcuda; \
-	  tar xzf $$wh/pycuda-*.tar.gz -C build/pycuda-src --strip-components=1; \
-	  lib=$$(ldconfig -p | awk '/libcuda\.so\.1 /{print $$NF; exit}'); \
-	  if [ -n "$$lib" ]; then ln -s "$$lib" build/libcuda/libcuda.so; fi; \
-	  cd build/pycuda-src; \
-	  $$py configure.py --cuda-root=$(CUDA_ROOT) --no-cuda-enable-curand \
-	    --cudadrv-lib-dir=$(abspath build/libcuda),$(CUDA_ROOT)/lib64/stubs,$(CUDA_ROOT)/lib64; \
-	  $$py -m pip install --no-index --find-links $$wh --no-build-isolation . )
+	  tag=$$($$py -c 'import sys; print("cp%d%d" % sys.version_info[:2])'); \
+	  if ls $$wh/pycuda-*-$$tag-$$tag-*.whl >/dev/null 2>&1; then \
+	    $$py -m pip install --no-index --no-deps $$wh/pycuda-*-$$tag-$$tag-*.whl; \
+	  else \
+	    rm -rf build/pycuda-src build/libcuda; mkdir -p build/pycuda-src build/libcuda; \
+	    tar xzf $$wh/pycuda-*.tar.gz -C build/pycuda-src --strip-components=1; \
+	    lib=$$(ldconfig -p | awk '/libcuda\.so\.1 /{print $$NF; exit}'); \
+	    if [ -n "$$lib" ]; then ln -s "$$lib" build/libcuda/libcuda.so; fi; \
+	    cd build/pycuda-src; \
+	    $$py configure.py --cuda-root=$(CUDA_ROOT) --no-cuda-enable-curand \
+	      --cudadrv-lib-dir=$(abspath build/libcuda),$(CUDA_ROOT)/lib64/stubs,$(CUDA_ROOT)/lib64; \
+	    $$py -m pip install --no-index --find-links $$wh --no-build-isolation .; \
+	  fi )
 	$(GPU_ENV) $(GPU_VENV)/bin/python -c "import sys, kernels; print('kernels backend:', kernels.BACKEND, '-', kernels.BACKEND_REASON); sys.exit(kernels.BACKEND != 'pycuda')"
 	$(GPU_ENV) $(GPU_VENV)/bin/python -m kernels.build
 	$(GPU_ENV) $(GPU_VENV)/bin/python -m pytest tests/kernels -m gpu --noconftest -p no:cacheprovider -q -rs

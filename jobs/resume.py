@@ -78,14 +78,15 @@ def tidy(out: Folder, done: set[int]) -> set[int]:
 def remove_temp_leftovers(out: Folder) -> int:
     """Delete what killed writers left; returns how many.
 
-    Temp files (``*.tmp-*``, local disks) and incomplete multipart uploads (object stores: a
-    tar killed mid-upload). Neither can be mistaken for data (no reader, resume or status
-    sees them), but they take space. One listing per flat output folder, one listing of the
-    uploads; per-shard image folders are cleaned by the worker that redoes the shard. Run
-    before any actor starts and after all have finished, so no live writer is cut off.
+    Temp files (``*.tmp-*``: local disks only, object stores get whole PUTs) and incomplete
+    multipart uploads (object stores: a tar killed mid-upload). Neither can be mistaken for
+    data (no reader, resume or status sees them), but they take space. Local: one listing per
+    flat output folder (per-shard image folders are cleaned by the worker that redoes the
+    shard); S3: one listing of the uploads. Run before any actor starts and after all have
+    finished, so no live writer is cut off.
     """
     removed = 0
-    for folder in layout.TEMP_LEFTOVER_DIRS:
+    for folder in layout.TEMP_LEFTOVER_DIRS if out.is_local else ():
         for name in out.list_names(folder):
             if TEMP_MARK in name:
                 out.remove_file(f"{folder}/{name}")
