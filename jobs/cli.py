@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from jobs.errors import JobError
-from jobs.spec import CONTROL_PREPROCESS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS, WEIGHTS, JobSpec
+from jobs.spec import COMPILE_MODES, CONTROL_PREPROCESS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS, WEIGHTS, JobSpec
 
 
 def build_render_parser(prog: str = "python -m jobs.render") -> argparse.ArgumentParser:
@@ -60,6 +60,9 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
                    "tiny-taesd; an AutoencoderKL (e.g. an fp16-fixed SDXL VAE) or an AutoencoderTiny "
                    "(madebyollin/taesd for sd-turbo, madebyollin/taesdxl for sdxl-turbo: a much cheaper decode, "
                    "slightly softer images)")
+    p.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the UNet in each worker with this "
+                   "mode (reduce-overhead adds CUDA graphs): faster calls after a first call that compiles for "
+                   "minutes, and again for each new batch shape; worth it for long jobs (default off)")
     p.add_argument("--controlnet", help="ControlNet: Hugging Face id, local folder, tiny-sd-controlnet or "
                    "tiny-sdxl-controlnet; SD 2.1 ControlNets pair with sd-turbo, SDXL ones with sdxl-turbo")
     p.add_argument("--control-image-column", help="column of control images: a path or URL relative to the "

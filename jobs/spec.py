@@ -20,6 +20,8 @@ DTYPES = ("float16", "bfloat16", "float32")
 DEVICES = ("cuda", "cpu")
 CONTROL_PREPROCESS = ("none", "canny")
 WEIGHTS = ("pretrained", "random")
+# torch.compile modes for the UNet (--compile); "off" compiles nothing.
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 FORMATS = ("tar", "files")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 IMAGE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -52,7 +54,8 @@ class JobSpec:
     key_column: str | None = None
     device: str | None = None  # None: cuda when the Ray cluster has GPUs, else cpu
     weights: str = "pretrained"  # "random": full-size architecture from bundled configs, for speed work
-    vae: str | None = None  # swap the pipeline's VAE (e.g. an fp16-fixed SDXL VAE)
+    vae: str | None = None  # swap the pipeline's VAE (e.g. an fp16-fixed SDXL VAE, or TAESD)
+    compile: str = "off"  # torch.compile mode for the UNet; like batch_size, may change only low bits
     controlnet: str | None = None
     control_image_column: str | None = None  # path/URL (relative to the dataset folder) or image bytes
     control_preprocess: str = "none"
@@ -111,6 +114,7 @@ class JobSpec:
         _require_choice("dtype", self.dtype, DTYPES, optional=True)
         _require_choice("device", self.device, DEVICES, optional=True)
         _require_choice("weights", self.weights, WEIGHTS)
+        _require_choice("compile", self.compile, COMPILE_MODES)
         if self.weights == "random" and (self.controlnet or self.vae):
             raise JobError("--weights random: builds the whole pipeline from bundled configs; drop --controlnet and --vae")
         if self.workers is not None:

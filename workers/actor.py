@@ -15,6 +15,7 @@ from jobs.plan import Shard
 from jobs.retry import InfrastructureError, is_retryable
 from jobs.spec import JobSpec
 from jobs.storage import Folder
+from workers import speedups
 from workers.control import ControlImageError, ControlImageLoader
 from workers.models import load_pipeline
 from workers.renderer import PipelineRenderer
@@ -31,6 +32,8 @@ class RenderWorker:
         self.spec = spec
         self.out = Folder(spec.output, spec.output_options())
         pipe = load_pipeline(spec)
+        if spec.compile != "off":
+            speedups.compile_unet(pipe, mode=spec.compile)  # compiles lazily, on the first call
         self.renderer = PipelineRenderer(pipe, spec, spec.device)
         self.reader = ShardReader(spec, spec.input_options())
         self.controls = ControlImageLoader(spec, spec.input_options()) if spec.controlnet else None

@@ -1,10 +1,10 @@
 """Candidate speed changes for a loaded diffusers pipeline (issue 8, part 4), one function each.
 
 Each takes the pipeline a ``RenderWorker`` holds (``worker.renderer.pipe``), changes it in place
-and returns nothing. None is used by the worker or reachable from the CLI: ``benchmarks/gpu.py
---variants`` measures them side by side against the unchanged worker, and only a change that
-measurably helps on a GPU, without changing images beyond numeric noise, should become part of
-the worker. A change may alter low bits of the output (other kernels, other summation order).
+and returns nothing. ``benchmarks/gpu.py --variants`` measures them side by side against the
+unchanged worker; only a change that measurably helps on a GPU, without changing images beyond
+numeric noise, should become part of the worker. Of them, only ``compile_unet`` is reachable by
+users, as the opt-in ``--compile MODE`` (its cost, compiling, pays off only on long jobs). A change may alter low bits of the output (other kernels, other summation order).
 
 ``tiny_vae`` is different in kind: it changes pixels by design (a cheaper decoder, not the same
 computation done faster). Users get it as ``--vae madebyollin/taesd``; here it is timed with

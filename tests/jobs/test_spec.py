@@ -26,13 +26,14 @@ def test_every_flag_reaches_the_spec():
                  "--seed", "7", "--prompt-column", "text", "--negative-prompt-column", "neg",
                  "--seed-column", "s", "--key-column", "id", "--overwrite", "--vae", "v", "--controlnet", "c",
                  "--control-image-column", "ctrl", "--control-preprocess", "canny", "--controlnet-scale", "0.5",
-                 "--max-retries", "5", "--max-failed-shards", "2")  # fmt: skip
+                 "--max-retries", "5", "--max-failed-shards", "2", "--compile", "reduce-overhead")  # fmt: skip
     assert spec.to_dict() == {
         "input": "in.parquet", "output": "out", "model": "tiny-sd-turbo", "steps": 2, "guidance_scale": 1.5,
         "height": 64, "width": 128, "batch_size": 4, "dtype": "bfloat16", "workers": 3, "shard_size": 10,
         "format": "files", "image_format": "jpeg", "quality": 80, "seed": 7, "prompt_column": "text",
         "negative_prompt_column": "neg", "seed_column": "s", "key_column": "id", "overwrite": True,
-        "device": "cpu", "weights": "pretrained", "vae": "v", "controlnet": "c", "control_image_column": "ctrl",
+        "device": "cpu", "weights": "pretrained", "vae": "v", "compile": "reduce-overhead", "controlnet": "c",
+        "control_image_column": "ctrl",
         "control_preprocess": "canny", "controlnet_scale": 0.5, "max_retries": 5, "max_failed_shards": 2,
         "storage_options": {}, "input_storage_options": {}, "output_storage_options": {},
     }  # fmt: skip

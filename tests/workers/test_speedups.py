@@ -85,6 +85,15 @@ def test_compile_unet_marks_the_unet_for_compilation_without_changing_its_class(
     assert type(pipe.unet) is cls and pipe.unet._compiled_call_impl is not None  # compiled lazily, on first call
 
 
+def test_compile_option_compiles_each_workers_unet(tiny_model_dir, tmp_path):
+    """--compile MODE: the worker marks its UNet for torch.compile (compiled lazily, on the first
+    call); off by default."""
+    spec = JobSpec(input="unused", output=str(tmp_path), model="tiny-sd-turbo", device="cpu", dtype="float32",
+                   height=64, width=64, compile="max-autotune")  # fmt: skip
+    assert RenderWorker(spec).renderer.pipe.unet._compiled_call_impl is not None
+    assert make_worker(tmp_path, "tiny-sd-turbo").renderer.pipe.unet._compiled_call_impl is None
+
+
 def test_cuda_graphs_is_compile_unet_in_reduce_overhead_mode(tiny_model_dir, tmp_path):
     pipe = make_worker(tmp_path, "tiny-sd-turbo").renderer.pipe
     speedups.cuda_graphs(pipe)
