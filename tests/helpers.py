@@ -58,9 +58,10 @@ def corrupt_parquet(path: Path, prompts: list[str]) -> Path:
     return path
 
 
-def processes_titled(title: str, session: int | None = None) -> list[int]:
+def processes_titled(title: str, session: int | None = None, ancestor: int | None = None) -> list[int]:
     """PIDs whose command line starts with ``title`` (Ray names busy actors ray::Class.method),
-    only those of ``session`` if given."""
+    only those of ``session``, or below process ``ancestor``, if given: another Ray on the same
+    machine (a benchmark, a second test run) must never lose a process to a test."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -68,9 +69,28 @@ def processes_titled(title: str, session: int | None = None) -> list[int]:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if cmdline.startswith(title) and (session is None or int(entry.name) in session_members(session)):
-                pids.append(int(entry.name))
+            if not cmdline.startswith(title):
+                continue
+            pid = int(entry.name)
+            if session is not None and pid not in session_members(session):
+                continue
+            if ancestor is not None and ancestor not in _ancestors(pid):
+                continue
+            pids.append(pid)
     return pids
+
+
+def _ancestors(pid: int) -> list[int]:
+    """Parent, grandparent, ... of ``pid`` (from /proc/PID/stat), up to init."""
+    chain = []
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state: ppid
+        chain.append(pid)
+    return chain
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

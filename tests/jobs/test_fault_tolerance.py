@@ -86,8 +86,10 @@ def test_an_actor_killed_mid_shard_has_its_shards_requeued(ray_cluster, prompts,
     driver = threading.Thread(target=lambda: result.setdefault("rc", main([str(prompts), str(out), *SMALL, "--workers", "2"])))
     driver.start()
     wait_for(lambda: done_count(out) >= 1, 120, "a first committed shard")
-    wait_for(lambda: processes_titled("ray::RenderWorker.render_shard"), 30, "an actor inside render_shard")
-    victim = processes_titled("ray::RenderWorker.render_shard")[0]
+    ours = os.getpid()  # this test's Ray (ray_cluster) runs below this process
+    wait_for(lambda: processes_titled("ray::RenderWorker.render_shard", ancestor=ours), 30,
+             "an actor inside render_shard")  # fmt: skip
+    victim = processes_titled("ray::RenderWorker.render_shard", ancestor=ours)[0]
     os.kill(victim, signal.SIGKILL)
     killed_at = done_count(out)
     driver.join(300)
