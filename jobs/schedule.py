@@ -191,11 +191,17 @@ class ShardScheduler:
             return  # its other in-flight shard already reported the death
         self.busy.pop(actor_id, None)
         ray.kill(dead)
-        if self.replacements_left > 0:
-            self.replacements_left -= 1
-            actor = self.cls.remote(self.spec)
-            self.starting[actor.ready.remote()] = actor
+        if self._start_replacement():
             self._note("a render worker died; starting a replacement")
+
+    def _start_replacement(self) -> bool:
+        """Start a new actor if the replacement budget allows; False when it is spent."""
+        if self.replacements_left <= 0:
+            return False
+        self.replacements_left -= 1
+        actor = self.cls.remote(self.spec)
+        self.starting[actor.ready.remote()] = actor
+        return True
 
     def _on_replacement(self, ref: Any) -> None:
         import ray
@@ -206,10 +212,8 @@ class ShardScheduler:
         except ray.exceptions.RayError as e:
             self._note(f"a replacement render worker could not start: {error_text(e)}")
             ray.kill(actor)
-            if is_retryable(e) and self.replacements_left > 0:
-                self.replacements_left -= 1
-                again = self.cls.remote(self.spec)
-                self.starting[again.ready.remote()] = again
+            if is_retryable(e):
+                self._start_replacement()
             return
         self._add_actor(actor)
 
