@@ -38,7 +38,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.flops import flops_per_image  # noqa: E402
-from benchmarks.shard_profile import profile_line, summed  # noqa: E402
+from jobs.status import profile_line, summed_timings  # noqa: E402
 from jobs.plan import Shard  # noqa: E402
 from jobs.spec import JobSpec  # noqa: E402
 from workers import speedups  # noqa: E402
@@ -217,7 +217,7 @@ def bench(model: str, args: argparse.Namespace, work: Path) -> dict:
     flops = flops_per_image(pipe, size, size)
     base = variants[0]
     result = {"naive_img_s": statistics.median(naive), "worker_img_s": statistics.median(base.rates),
-              "profile": profile_line(summed(base.markers)),
+              "profile": profile_line(summed_timings(base.markers)),
               "flops_per_image": flops["total"], "skipped": skipped,
               "variants": {v.name: variant_summary(v, base) for v in variants} if args.variants else {}}  # fmt: skip
     result["ratio"] = result["worker_img_s"] / result["naive_img_s"]

@@ -33,7 +33,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.shard_profile import profile_line, summed  # noqa: E402
+from jobs.status import profile_line, summed_timings  # noqa: E402
 from jobs.render import main as render  # noqa: E402
 from workers.tiny import tiny_model_path  # noqa: E402
 
@@ -59,7 +59,7 @@ def system(data: Path, out: Path, shard_size: int) -> tuple[float, dict[str, flo
     if code != 0:
         raise SystemExit(f"jobs.render exited {code}")
     markers = [json.loads(p.read_text()) for p in (out / "_done").glob("*.json")]
-    return elapsed, summed(markers)
+    return elapsed, summed_timings(markers)
 
 
 def run(rows: int, runs: int, shard_size: int) -> None:

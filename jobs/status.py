@@ -1,7 +1,7 @@
 """``python -m jobs.status OUTPUT [--json]``: where a job stands, from its output folder alone.
 
 Reads ``_job/`` (plan, spec), one listing each of ``_done/`` and ``_failed/``, and the done
-markers (counts). Needs no Ray, no model and no input: it works while a job runs, after it
+markers (counts, and timings: where the workers' time went). Needs no Ray, no model and no input: it works while a job runs, after it
 died, or from another machine.
 """
 
@@ -45,7 +45,37 @@ def job_status(out: Folder) -> dict[str, Any]:
         "images": sum(m["ok"] for m in markers),
         "image_bytes": sum(m.get("image_bytes", 0) for m in markers),
         "failed": [{k: f.get(k) for k in ("shard", "error", "attempts", "infrastructure", "failed_at")} for f in failures],
+        "timings_s": summed_timings(markers),
     }
+
+
+# Shares of shard time, from the done markers' timings_s (docs/OUTPUT.md). "pipeline" is the
+# pipeline calls with decode, stats and copy to the host: on a GPU, the device busy. The rest is
+# time the device sits idle waiting for the CPU.
+_SHARES = {
+    "pipeline calls": lambda t: t["pipeline"],
+    "reading rows": lambda t: t["read"],
+    "waiting for encodes": lambda t: t["writer_wait"],
+    "loop (keys, records, queueing)": lambda t: t["render"] - t["pipeline"] - t["writer_wait"],
+    "commit (last encodes, tar, metadata, marker)": lambda t: t["commit"],
+}
+
+
+def summed_timings(markers: list[dict[str, Any]]) -> dict[str, float]:
+    """Each timing summed over the shards (markers written before a timing existed lack it)."""
+    total: dict[str, float] = {}
+    for marker in markers:
+        for name, seconds in marker.get("timings_s", {}).items():
+            total[name] = total.get(name, 0.0) + seconds
+    return total
+
+
+def profile_line(timings: dict[str, float]) -> str | None:
+    """Where shard time went, as shares; None without the timings (or time) to say it."""
+    needed = {"pipeline", "read", "writer_wait", "render", "commit", "total"}
+    if not needed <= timings.keys() or timings["total"] <= 0:
+        return None
+    return ", ".join(f"{name} {100 * share(timings) / timings['total']:.1f}%" for name, share in _SHARES.items())
 
 
 def _read_all(out: Folder, rels: list[str]) -> list[dict[str, Any]]:
@@ -67,6 +97,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"shards, {rows['pending']:,} pending",
         f"images:  {status['images']:,} ({status['image_bytes'] / 2**20:,.1f} MiB)",
     ]
+    profile = profile_line(status["timings_s"])
+    if profile:
+        lines.append(f"time:    {profile} (of {status['timings_s']['total']:,.0f} s in committed shards)")
     for f in status["failed"][:20]:
         lines.append(f"failed shard {f['shard']} (after {f['attempts']} attempt(s)): {f['error']}")
     if len(status["failed"]) > 20:

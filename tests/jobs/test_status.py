@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 from jobs.cli import main as turbobatch
 from jobs.render import main as render
 from jobs.status import main as status
+from jobs.status import profile_line, summed_timings
 from tests.conftest import write_parquet
 from tests.helpers import corrupt_parquet
 
@@ -37,6 +39,19 @@ def test_status_counts_committed_failed_and_pending(ray_cluster, tmp_path, capsy
     assert "rows:    3 ok, 1 error (committed); 4 in failed shards, 4 pending" in text
     assert "failed shard 2 (after 1 attempt(s)): OSError" in text
     assert "run the render command again" in text
+    assert re.search(r"^time:    pipeline calls [\d.]+%, reading rows [\d.]+%, .* \(of [\d,]+ s in committed shards\)$",
+                     text, re.MULTILINE), text  # fmt: skip
+    assert set(report["timings_s"]) == {"read", "render", "pipeline", "writer_wait", "commit", "total"}
+
+
+def test_time_shares_add_up_and_old_markers_without_timings_are_skipped():
+    markers = [{"timings_s": {"read": 0.5, "render": 8.0, "pipeline": 6.0, "writer_wait": 1.0, "commit": 1.5,
+                              "total": 10.0}}] * 2  # fmt: skip
+    t = summed_timings(markers)
+    assert t["total"] == 20.0 and t["pipeline"] == 12.0
+    assert profile_line(t) == ("pipeline calls 60.0%, reading rows 5.0%, waiting for encodes 10.0%, "
+                               "loop (keys, records, queueing) 10.0%, commit (last encodes, tar, metadata, marker) 15.0%")
+    assert profile_line(summed_timings([{"timings_s": {"read": 1.0, "render": 2.0, "total": 3.0}}, {}])) is None
 
 
 def test_status_of_a_folder_that_is_not_an_output(tmp_path, capsys):
