@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/writer.py
 	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python -m benchmarks.flops
 
 clean:
 	rm -rf out .pytest_cache
