@@ -28,6 +28,18 @@ for _name in ("transformers.utils.import_utils", "transformers.tokenization_util
     logging.getLogger(_name).setLevel(logging.ERROR)
 
 
+class _TinyVaeTypeNotice(logging.Filter):
+    """diffusers warns "Expected types for vae: (AutoencoderKL,), got AutoencoderTiny" when a tiny
+    autoencoder is swapped in, which is how diffusers' own docs use it; other warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Expected types for vae:") and "AutoencoderTiny" in message)
+
+
+logging.getLogger("diffusers.pipelines.pipeline_utils").addFilter(_TinyVaeTypeNotice())
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str  # what the user asked for
