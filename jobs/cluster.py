@@ -6,10 +6,12 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from jobs.errors import JobError
+from jobs.errors import JobError, Terminated
 from jobs.spec import JobSpec
 from workers.models import ModelInfo
 
@@ -40,11 +42,35 @@ def ray_session() -> Iterator[ClusterInfo]:
         else:
             ray.init(include_dashboard=False, logging_level=logging.WARNING)
     try:
-        resources = ray.cluster_resources()
-        yield ClusterInfo(gpus=int(resources.get("GPU", 0)), cpus=int(resources.get("CPU", 0)))
+        with _sigterm_raises_terminated():
+            resources = ray.cluster_resources()
+            yield ClusterInfo(gpus=int(resources.get("GPU", 0)), cpus=int(resources.get("CPU", 0)))
     finally:
         if started:
             ray.shutdown()
+
+
+SIGTERM_RECEIVED = threading.Event()
+
+
+@contextlib.contextmanager
+def _sigterm_raises_terminated() -> Iterator[None]:
+    """SIGTERM raises Terminated in the driver, as Ctrl-C raises KeyboardInterrupt. Set after
+    ``ray.init``, whose own handler would abort the process; main thread only (signals are
+    delivered there; tests also run the driver in other threads)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        SIGTERM_RECEIVED.set()  # Ray's waits may re-raise it as a plain KeyboardInterrupt
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def actor_env() -> dict[str, str]:

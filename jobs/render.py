@@ -11,8 +11,8 @@ import sys
 
 from jobs import resume, schedule
 from jobs.cli import parse_render_args
-from jobs.cluster import ray_session, resolve_spec
-from jobs.errors import JobError
+from jobs.cluster import SIGTERM_RECEIVED, ray_session, resolve_spec
+from jobs.errors import JobError, Terminated
 from jobs.inputs import check_columns, scan_inputs
 from jobs.keys import check_unique_keys
 from jobs.plan import fingerprint, make_plan
@@ -21,7 +21,7 @@ from jobs.spec import MAX_SEED, JobSpec
 from jobs.storage import Folder
 from workers.models import check_vae, resolve_controlnet, resolve_model
 
-EXIT_OK, EXIT_FAILED_SHARDS, EXIT_BAD_JOB, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED_SHARDS, EXIT_BAD_JOB, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def run(spec: JobSpec) -> int:
@@ -77,9 +77,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m jobs.render") -> 
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_JOB
-    except KeyboardInterrupt:
-        print("\ninterrupted: committed shards are kept; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated) once Ray runs
+        terminated = isinstance(e, Terminated) or SIGTERM_RECEIVED.is_set()
+        what = "terminated" if terminated else "interrupted"
+        print(f"\n{what}: committed shards are kept; run the same command again to resume", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

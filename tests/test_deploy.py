@@ -89,11 +89,19 @@ class Head:
     def run_job(self, *render_args: str, timeout_s: float = 300) -> tuple[str, str, str]:
         """Submit `python -m jobs.render ...` with the repo as working dir, follow `ray job status`
         to the end; returns (status, status output, job logs)."""
+        return self.follow(self.submit(*render_args), timeout_s)
+
+    def submit(self, *render_args: str, env: dict[str, str] | None = None) -> str:
+        """`ray job submit --no-wait` of `python -m jobs.render ...`; returns the job id."""
         job_id = f"turbobatch-{secrets.token_hex(4)}"
-        runtime_env = {"env_vars": {"TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"], "HF_HUB_OFFLINE": "1"}}
+        env_vars = {"TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"], "HF_HUB_OFFLINE": "1", **(env or {})}
         self.ray("job", "submit", "--address", self.address, "--submission-id", job_id, "--no-wait",
-                 "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env),
+                 "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": env_vars}),
                  "--", "python", "-m", "jobs.render", *render_args)  # fmt: skip
+        return job_id
+
+    def follow(self, job_id: str, timeout_s: float = 300) -> tuple[str, str, str]:
+        """Poll `ray job status` until the job ends; returns (status, status output, job logs)."""
         deadline = time.monotonic() + timeout_s
         while True:
             out = self.ray("job", "status", "--address", self.address, job_id)
@@ -233,6 +241,29 @@ def test_failed_shards_make_the_job_fail(ray_head: Head, tmp_path: Path) -> None
     assert "shards: 1/2 committed" in logs and "failed shard 1 (after 1 attempt(s)):" in logs, logs
     assert sorted(p.name for p in (out / "_done").iterdir()) == ["000000.json"]
     assert not (out / "metadata" / "000001.parquet").exists()
+
+
+@pytest.mark.slow
+def test_job_stop_ends_the_driver_cleanly_and_resubmitting_finishes(ray_head: Head, tmp_path: Path) -> None:
+    """`ray job stop` sends SIGTERM: the driver kills its actors, logs how to resume and exits
+    143; nothing is committed after it; the same submission finishes the job."""
+    out = tmp_path / "out"
+    args = ["examples/prompts.parquet", str(out), "--model", "tiny-sd-turbo", "--shard-size", "10", *SIZE]
+    job_id = ray_head.submit(*args, env={faults.ENV: json.dumps({"delay_s": 0.3})})
+    done = lambda: len(list((out / "_done").glob("*.json"))) if (out / "_done").exists() else 0  # noqa: E731
+    wait_for(lambda: done() >= 1, 180, "a first committed shard")
+    ray_head.ray("job", "stop", "--address", ray_head.address, job_id)
+    status, status_out, logs = ray_head.follow(job_id)
+    assert status == "STOPPED", f"{status_out}\n{logs}"
+    assert "terminated: committed shards are kept; run the same command again to resume" in logs, logs
+    committed = done()
+    time.sleep(3)  # a surviving actor would commit its in-flight shard meanwhile
+    assert done() == committed < 5
+
+    status, status_out, logs = ray_head.run_job(*args)
+    assert status == "SUCCEEDED", f"{status_out}\n{logs}"
+    assert f"{committed} already committed" in logs
+    assert [r["global_index"] for r in read_metadata(out)] == list(range(50))
 
 
 @contextlib.contextmanager

@@ -137,6 +137,33 @@ def test_a_killed_driver_is_finished_by_the_same_command(prompts, tmp_path):
     assert metadata_without_timings(out) == metadata_without_timings(reference)
 
 
+def test_sigterm_stops_the_driver_cleanly_and_the_same_command_resumes(prompts, tmp_path):
+    """SIGTERM is what `ray job stop` and Kubernetes send: the driver says how to resume, exits
+    143, and its actors are gone (nothing is committed after it exits)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "jobs.render", str(prompts), str(out), *SMALL, "--workers", "1"]
+    slow_env = {**env, faults.ENV: json.dumps({"delay_s": 0.25})}
+    driver = subprocess.Popen(command, env=slow_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: done_count(out) >= 1, 180, "a committed shard")
+        driver.send_signal(signal.SIGTERM)
+        _, err = driver.communicate(timeout=60)
+        assert driver.returncode == 143, err[-3000:]
+        assert "terminated: committed shards are kept; run the same command again to resume" in err
+        committed = done_count(out)
+        time.sleep(3)  # an actor left alive would commit its in-flight shard meanwhile
+        assert done_count(out) == committed < 6
+    finally:
+        kill_session(driver.pid)
+
+    again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{committed} already committed" in again.stderr
+    assert_complete_and_clean(out, 6)
+
+
 def test_bad_data_fails_its_shard_once_and_a_rerun_retries_it(ray_cluster, tmp_path, capsys):
     data = tmp_path / "data"
     write_parquet(data / "a.parquet", {"prompt": [f"good {i}" for i in range(8)]})
