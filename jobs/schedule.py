@@ -1,7 +1,9 @@
 """Feed shards to long-lived RenderWorker actors, pull-style, and outlive their failures.
 
-Each actor holds one pipeline and keeps ``INFLIGHT_PER_ACTOR`` shards queued, so it never waits
-for the driver between shards; a finished shard frees a slot that the next shard fills.
+Each actor holds one pipeline and keeps ``INFLIGHT_PER_ACTOR`` shards in flight, run as threads
+(one renders while the other reads or commits, see workers/actor.py), so the device never waits
+for the driver, for Parquet or for an upload between shards; a finished shard frees a slot that
+the next shard fills.
 
 When an attempt fails on infrastructure (its actor or node died, storage timed out or answered
 5xx), the shard goes back in the queue after a backoff, up to ``--max-retries`` times, and a dead
@@ -42,7 +44,9 @@ def actor_class(spec: JobSpec, count: int) -> Any:
     else:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         resources = {"num_gpus": 0, "num_cpus": max(1, cpus // count)}  # torch uses what it asks for
-    return ray.remote(RenderWorker).options(**resources, runtime_env={"env_vars": actor_env()})
+    # Its in-flight shards run as threads: one renders while the other reads or commits.
+    return ray.remote(RenderWorker).options(**resources, max_concurrency=INFLIGHT_PER_ACTOR,
+                                            runtime_env={"env_vars": actor_env()})  # fmt: skip
 
 
 def start_workers(spec: JobSpec, count: int) -> list[Any]:

@@ -49,16 +49,18 @@ def job_status(out: Folder) -> dict[str, Any]:
     }
 
 
-# Shares of shard time, from the done markers' timings_s (docs/OUTPUT.md). "pipeline" is the
-# pipeline calls with decode, stats and copy to the host: on a GPU, the device busy. The rest is
-# time the device sits idle waiting for the CPU.
+# Where the devices' time went, from the done markers' timings_s (docs/OUTPUT.md). A worker's
+# device is either idle before a shard takes it, or held by a shard ("render"): in pipeline calls
+# (decode, stats and copy to the host included: the device busy), blocked on the encode queue, or
+# in the render loop's own work. Reading and committing overlap another shard's rendering; when
+# they do not, they show as idle time between shards.
 _SHARES = {
     "pipeline calls": lambda t: t["pipeline"],
-    "reading rows": lambda t: t["read"],
+    "idle between shards": lambda t: t["device_idle_before"],
     "waiting for encodes": lambda t: t["writer_wait"],
-    "loop (keys, records, queueing)": lambda t: t["render"] - t["pipeline"] - t["writer_wait"],
-    "commit (last encodes, tar, metadata, marker)": lambda t: t["commit"],
+    "render loop": lambda t: t["render"] - t["pipeline"] - t["writer_wait"],
 }
+_SHARE_KEYS = {"pipeline", "device_idle_before", "writer_wait", "render"}
 
 
 def summed_timings(markers: list[dict[str, Any]]) -> dict[str, float]:
@@ -70,12 +72,17 @@ def summed_timings(markers: list[dict[str, Any]]) -> dict[str, float]:
     return total
 
 
+def device_seconds(timings: dict[str, float]) -> float:
+    """The devices' time the profile splits: held by shards, or idle before one took it."""
+    return timings["render"] + timings["device_idle_before"]
+
+
 def profile_line(timings: dict[str, float]) -> str | None:
-    """Where shard time went, as shares; None without the timings (or time) to say it."""
-    needed = {"pipeline", "read", "writer_wait", "render", "commit", "total"}
-    if not needed <= timings.keys() or timings["total"] <= 0:
+    """Where the devices' time went, as shares; None without the timings (or time) to say it."""
+    if not _SHARE_KEYS <= timings.keys() or device_seconds(timings) <= 0:
         return None
-    return ", ".join(f"{name} {100 * share(timings) / timings['total']:.1f}%" for name, share in _SHARES.items())
+    span = device_seconds(timings)
+    return ", ".join(f"{name} {100 * share(timings) / span:.1f}%" for name, share in _SHARES.items())
 
 
 def _read_all(out: Folder, rels: list[str]) -> list[dict[str, Any]]:
@@ -99,7 +106,8 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     profile = profile_line(status["timings_s"])
     if profile:
-        lines.append(f"time:    {profile} (of {status['timings_s']['total']:,.0f} s in committed shards)")
+        seconds = device_seconds(status["timings_s"])
+        lines.append(f"device:  {profile} (of {seconds:,.0f} device-seconds in committed shards)")
     for f in status["failed"][:20]:
         lines.append(f"failed shard {f['shard']} (after {f['attempts']} attempt(s)): {f['error']}")
     if len(status["failed"]) > 20:

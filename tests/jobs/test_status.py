@@ -39,21 +39,17 @@ def test_status_counts_committed_failed_and_pending(ray_cluster, tmp_path, capsy
     assert "rows:    3 ok, 1 error (committed); 4 in failed shards, 4 pending" in text
     assert "failed shard 2 (after 1 attempt(s)): OSError" in text
     assert "run the render command again" in text
-    assert re.search(r"^time:    pipeline calls [\d.]+%, reading rows [\d.]+%, .* \(of [\d,]+ s in committed shards\)$",
-                     text, re.MULTILINE), text  # fmt: skip
-    assert set(report["timings_s"]) == {"read", "render", "pipeline", "writer_wait", "commit", "total"}
+    assert re.search(r"^device:  pipeline calls [\d.]+%, idle between shards [\d.]+%, waiting for encodes [\d.]+%, "
+                     r"render loop [\d.]+% \(of [\d,]+ device-seconds in committed shards\)$", text, re.MULTILINE), text
+    assert {"pipeline", "device_idle_before", "device_wait", "commit", "total"} <= set(report["timings_s"])
 
 
-def test_time_shares_add_up_and_old_markers_without_timings_are_skipped():
-    markers = [{"timings_s": {"read": 0.5, "render": 8.0, "pipeline": 6.0, "writer_wait": 1.0, "commit": 1.5,
-                              "total": 10.0}}] * 2  # fmt: skip
-    t = summed_timings(markers)
-    assert t["total"] == 20.0 and t["pipeline"] == 12.0
-    assert profile_line(t) == ("pipeline calls 60.0%, reading rows 5.0%, waiting for encodes 10.0%, "
-                               "loop (keys, records, queueing) 10.0%, commit (last encodes, tar, metadata, marker) 15.0%")
-    assert profile_line(summed_timings([{"timings_s": {"read": 1.0, "render": 2.0, "total": 3.0}}, {}])) is None
-
-
-def test_status_of_a_folder_that_is_not_an_output(tmp_path, capsys):
-    assert status([str(tmp_path)]) == 2
-    assert "is not a turbobatch output" in capsys.readouterr().err
+def test_device_shares_add_up_and_old_markers_without_timings_are_skipped():
+    shard = {"read": 0.5, "device_wait": 3.0, "device_idle_before": 1.0, "render": 9.0, "pipeline": 6.0,
+             "writer_wait": 2.0, "commit": 1.5, "total": 14.0}  # fmt: skip
+    t = summed_timings([{"timings_s": shard}] * 2)
+    assert t["render"] == 18.0 and t["device_idle_before"] == 2.0
+    assert profile_line(t) == ("pipeline calls 60.0%, idle between shards 10.0%, waiting for encodes 20.0%, "
+                               "render loop 10.0%")
+    older = {"read": 1.0, "render": 2.0, "pipeline": 1.0, "writer_wait": 0.0, "commit": 0.5, "total": 3.0}
+    assert profile_line(summed_timings([{"timings_s": older}, {}])) is None

@@ -49,8 +49,11 @@ def test_shard_is_committed_with_done_marker_last(tmp_path, prompts_file, tiny_m
     assert sorted(images) == [r["key"] for r in rows if r["status"] == "ok"]
     assert all(img.shape == (64, 64, 3) for img in images.values())
     t = marker["timings_s"]  # where the shard's time went
-    assert set(t) == {"read", "render", "pipeline", "writer_wait", "commit", "total"}
-    assert 0 < t["pipeline"] <= t["render"] <= t["total"] and t["read"] + t["render"] + t["commit"] <= t["total"] + 1e-3
+    assert set(t) == {"read", "render", "pipeline", "writer_wait", "device_wait", "device_idle_before", "commit",
+                      "total"}  # fmt: skip
+    assert 0 < t["pipeline"] <= t["render"] <= t["total"]
+    assert t["read"] + t["device_wait"] + t["render"] + t["commit"] <= t["total"] + 1e-3
+    assert t["device_idle_before"] == 0  # the worker's first shard
 
 
 def test_images_are_bitwise_what_a_plain_diffusers_call_gives(tmp_path, prompts_file, tiny_model_dir):
@@ -90,3 +93,48 @@ def test_files_format_and_jpeg(tmp_path, prompts_file, tiny_model_dir):
 def test_worker_refuses_an_unresolved_spec(tmp_path):
     with pytest.raises(ValueError, match="resolved by the driver"):
         RenderWorker(dataclasses.replace(resolved_spec(tmp_path), device=None))
+
+
+def test_two_shards_at_once_take_turns_on_the_device_and_overlap_commit(tmp_path, prompts_file, monkeypatch):
+    """As the Ray actor runs them (two in flight): one shard renders while the other commits, the
+    pipeline is never entered by both, and the bytes are those of shards rendered one by one."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workers import writer as writer_module
+
+    events: list[tuple[str, int]] = []
+    inside = threading.Semaphore(1)
+    worker = RenderWorker(resolved_spec(tmp_path / "together", shard_size=3))
+    real_render, real_commit = worker.renderer.render, writer_module.ShardWriter.commit
+
+    def render(rows):
+        assert inside.acquire(blocking=False), "two shards inside the pipeline at once"
+        try:
+            events.append(("render", rows[0].global_index // 3))
+            yield from real_render(rows)
+        finally:
+            inside.release()
+
+    def slow_commit(self, timings, started):
+        events.append(("commit starts", self.shard.shard_id))
+        time.sleep(1.0)  # an upload: the other shard must not wait for it to render
+        marker = real_commit(self, timings, started)
+        events.append(("commit ends", self.shard.shard_id))
+        return marker
+
+    monkeypatch.setattr(worker.renderer, "render", render)
+    monkeypatch.setattr(writer_module.ShardWriter, "commit", slow_commit)
+    with ThreadPoolExecutor(2) as pool:
+        markers = list(pool.map(worker.render_shard, [shard_of(prompts_file, 0, 3, 0), shard_of(prompts_file, 3, 6, 1)]))
+    first, second = (events[0][1], 1 - events[0][1])
+    assert events.index(("render", second)) < events.index(("commit ends", first)), events
+    assert [m["rows"] for m in markers] == [3, 3]
+    monkeypatch.undo()
+
+    alone = RenderWorker(resolved_spec(tmp_path / "alone", shard_size=3))
+    alone.render_shard(shard_of(prompts_file, 0, 3, 0))
+    alone.render_shard(shard_of(prompts_file, 3, 6, 1))
+    digests = [{r["key"]: r["sha256"] for r in read_metadata(tmp_path / d)} for d in ("together", "alone")]
+    assert digests[0] == digests[1]
