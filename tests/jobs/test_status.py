@@ -53,3 +53,8 @@ def test_device_shares_add_up_and_old_markers_without_timings_are_skipped():
                                "render loop 10.0%")
     older = {"read": 1.0, "render": 2.0, "pipeline": 1.0, "writer_wait": 0.0, "commit": 0.5, "total": 3.0}
     assert profile_line(summed_timings([{"timings_s": older}, {}])) is None
+
+
+def test_status_of_a_folder_that_is_not_an_output(tmp_path, capsys):
+    assert status([str(tmp_path)]) == 2
+    assert "is not a turbobatch output" in capsys.readouterr().err
