@@ -38,9 +38,9 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.flops import flops_per_image  # noqa: E402
-from jobs.status import profile_line, summed_timings  # noqa: E402
 from jobs.plan import Shard  # noqa: E402
 from jobs.spec import JobSpec  # noqa: E402
+from jobs.status import profile_line, summed_timings  # noqa: E402
 from workers import speedups  # noqa: E402
 from workers.actor import RenderWorker  # noqa: E402
 from workers.rows import rows_from_table  # noqa: E402
@@ -286,7 +286,8 @@ def main() -> None:
         if peak:
             fraction = r["worker_img_s"] * r["flops_per_image"] / peak
             line += f"; worker at {100 * fraction:.1f}% of the measured bf16 matmul rate"
-        profile = f"{model} worker profile (share of device time in the timed runs, gaps between runs left out): {r['profile']}"
+        profile = (f"{model} worker profile (share of device time in the timed runs, gaps between runs left out): "
+                   f"{r['profile']}")  # fmt: skip
         print("\n".join([line, profile, *variant_lines(model, r)]), flush=True)
 
 

@@ -7,9 +7,10 @@ Runs alternate a, b, a, b, ... and the median ratio b/a is printed. CPU workers 
 pipeline call per row (bitwise determinism), so the bare loop uses batch size 1 too.
 
 Then the actor's profile, from the done markers' ``timings_s`` summed over the last run's
-shards: the share of shard time spent in pipeline calls (on a GPU: the device busy) and where
-the rest went (reading, waiting for the encode queue, the loop's own work, commit). Everything
-but "pipeline" is time the device would sit idle waiting for the CPU.
+shards (jobs/status.py): the share of device time spent in pipeline calls (on a GPU: the device
+busy) and where the rest went (idle between shards, waiting for the encode queue, the render
+loop's own work). "Inside the actor" counts device time: shards overlap (one commits while the
+next renders), so the sum of their totals would count time twice.
 
     .venv/bin/python benchmarks/overhead.py --rows 240 --runs 3
 """
@@ -33,8 +34,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from jobs.status import device_seconds, profile_line, summed_timings  # noqa: E402
 from jobs.render import main as render  # noqa: E402
+from jobs.status import device_seconds, profile_line, summed_timings  # noqa: E402
 from workers.tiny import tiny_model_path  # noqa: E402
 
 SIZE = 64
@@ -50,7 +51,7 @@ def bare_loop(pipe, prompts: list[str]) -> float:
 
 
 def system(data: Path, out: Path, shard_size: int) -> tuple[float, dict[str, float]]:
-    """End-to-end seconds, and the shards' timings summed (seconds inside actors: "total")."""
+    """End-to-end seconds, and the shards' timings summed."""
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     code = render([str(data), str(out), "--model", "tiny-sd-turbo", "--workers", "1", "--shard-size", str(shard_size),

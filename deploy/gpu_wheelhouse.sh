@@ -35,8 +35,9 @@ done
 rm -rf "$WORK"; mkdir -p "$WORK/stub" "$WORK/src"
 "$PY" -m venv "$WORK/venv"
 "$WORK/venv/bin/pip" install -q setuptools wheel "numpy>=2"   # built against numpy 2: runs on any 2.x
-printf '#include <cuda.h>\n#include <cudaProfiler.h>\n' | gcc -E -P -I "$CUDA_ROOT/include" - | grep -oE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' | tr -d ' (' \
-    | sort -u | sed 's/.*/void &(void) {}/' > "$WORK/stub/libcuda_stub.c"
+printf '#include <cuda.h>\n#include <cudaProfiler.h>\n' | gcc -E -P -I "$CUDA_ROOT/include" - \
+    | grep -oE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' | tr -d ' (' | sort -u \
+    | sed 's/.*/void &(void) {}/' > "$WORK/stub/libcuda_stub.c"
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$WORK/stub/libcuda.so" "$WORK/stub/libcuda_stub.c"
 tar xzf "$WH/pycuda-$PYCUDA.tar.gz" -C "$WORK/src" --strip-components=1
 stub=$(cd "$WORK/stub" && pwd)

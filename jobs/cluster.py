@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from jobs.errors import JobError, Terminated
+from jobs.errors import JobError
 from jobs.spec import JobSpec
 from workers.models import ModelInfo
 
@@ -42,7 +42,7 @@ def ray_session() -> Iterator[ClusterInfo]:
         else:
             ray.init(include_dashboard=False, logging_level=logging.WARNING)
     try:
-        with _sigterm_raises_terminated():
+        with _sigterm_interrupts():
             resources = ray.cluster_resources()
             yield ClusterInfo(gpus=int(resources.get("GPU", 0)), cpus=int(resources.get("CPU", 0)))
     finally:
@@ -50,21 +50,23 @@ def ray_session() -> Iterator[ClusterInfo]:
             ray.shutdown()
 
 
+# Set when SIGTERM (`ray job stop`, Kubernetes) interrupted the driver, so it can say so.
 SIGTERM_RECEIVED = threading.Event()
 
 
 @contextlib.contextmanager
-def _sigterm_raises_terminated() -> Iterator[None]:
-    """SIGTERM raises Terminated in the driver, as Ctrl-C raises KeyboardInterrupt. Set after
-    ``ray.init``, whose own handler would abort the process; main thread only (signals are
-    delivered there; tests also run the driver in other threads)."""
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops the driver as Ctrl-C does (KeyboardInterrupt: the scheduler kills its actors)
+    and sets SIGTERM_RECEIVED. Set after ``ray.init``, whose own handler would abort the process;
+    main thread only (signals are delivered there; tests also run the driver in other threads)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    SIGTERM_RECEIVED.clear()
 
     def terminate(signum: int, frame: object) -> None:
-        SIGTERM_RECEIVED.set()  # Ray's waits may re-raise it as a plain KeyboardInterrupt
-        raise Terminated()
+        SIGTERM_RECEIVED.set()
+        raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:

@@ -12,7 +12,7 @@ import sys
 from jobs import resume, schedule
 from jobs.cli import parse_render_args
 from jobs.cluster import SIGTERM_RECEIVED, ray_session, resolve_spec
-from jobs.errors import JobError, Terminated
+from jobs.errors import JobError
 from jobs.inputs import check_columns, scan_inputs
 from jobs.keys import check_unique_keys
 from jobs.plan import fingerprint, make_plan
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m jobs.render") -> 
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_JOB
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated) once Ray runs
-        terminated = isinstance(e, Terminated) or SIGTERM_RECEIVED.is_set()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM once Ray runs (jobs/cluster.py)
+        terminated = SIGTERM_RECEIVED.is_set()
         what = "terminated" if terminated else "interrupted"
         print(f"\n{what}: committed shards are kept; run the same command again to resume", file=sys.stderr)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED

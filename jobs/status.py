@@ -1,8 +1,8 @@
 """``python -m jobs.status OUTPUT [--json]``: where a job stands, from its output folder alone.
 
 Reads ``_job/`` (plan, spec), one listing each of ``_done/`` and ``_failed/``, and the done
-markers (counts, and timings: where the workers' time went). Needs no Ray, no model and no input: it works while a job runs, after it
-died, or from another machine.
+markers (counts, and timings: where the devices' time went). Needs no Ray, no model and no
+input: it works while a job runs, after it died, or from another machine.
 """
 
 from __future__ import annotations
@@ -79,9 +79,9 @@ def device_seconds(timings: dict[str, float]) -> float:
 
 def profile_line(timings: dict[str, float]) -> str | None:
     """Where the devices' time went, as shares; None without the timings (or time) to say it."""
-    if not _SHARE_KEYS <= timings.keys() or device_seconds(timings) <= 0:
+    span = device_seconds(timings) if _SHARE_KEYS <= timings.keys() else 0.0
+    if span <= 0:
         return None
-    span = device_seconds(timings)
     return ", ".join(f"{name} {100 * share(timings) / span:.1f}%" for name, share in _SHARES.items())
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
-import time
-import json
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np

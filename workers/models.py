@@ -104,7 +104,9 @@ def _model_info(name: str, location: str, pipeline_class: str, unet: dict, vae: 
 def _vae_scale_factor(vae: dict[str, Any]) -> int:
     """Image size over latent size: one 2x upsampling between consecutive decoder blocks (how
     diffusers' pipelines compute ``vae_scale_factor``, for AutoencoderKL and AutoencoderTiny)."""
-    blocks = vae.get("block_out_channels") or vae.get("decoder_block_out_channels") or (0,) * 4
+    blocks = vae.get("block_out_channels") or vae.get("decoder_block_out_channels")  # KL | Tiny
+    if not blocks:
+        raise JobError(f"a VAE config has neither block_out_channels nor decoder_block_out_channels: {sorted(vae)}")
     return vae.get("upsampling_scaling_factor", 2) ** (len(blocks) - 1)
 
 
@@ -120,7 +122,7 @@ def _random_model_info(name: str) -> ModelInfo:
 def resolve_controlnet(name: str, model: ModelInfo) -> ControlNetInfo:
     """Check the ControlNet loads and pairs with the model: SD 2.1 ControlNets with sd-turbo,
     SDXL ControlNets with sdxl-turbo (their cross-attention widths and conditioning differ)."""
-    location, config = _component_config("controlnet", name, "ControlNetModel")
+    location, config = _component_config("controlnet", name, ("ControlNetModel",))
     info = ControlNetInfo(name, location, config["cross_attention_dim"], config.get("addition_embed_type"))
     if (info.cross_attention_dim, info.addition_embed_type) != (model.cross_attention_dim, model.addition_embed_type):
         raise JobError(
@@ -146,9 +148,8 @@ def check_vae(name: str, model: ModelInfo) -> str:
     return vae_class
 
 
-def _component_config(flag: str, name: str, expected: str | tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+def _component_config(flag: str, name: str, expected: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
     """Location and config of a single model folder (not a pipeline), of an expected class."""
-    expected = (expected,) if isinstance(expected, str) else expected
     location = _location(name)
     try:
         config = _load_config(location, None)

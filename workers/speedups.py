@@ -4,7 +4,8 @@ Each takes the pipeline a ``RenderWorker`` holds (``worker.renderer.pipe``), cha
 and returns nothing. ``benchmarks/gpu.py --variants`` measures them side by side against the
 unchanged worker; only a change that measurably helps on a GPU, without changing images beyond
 numeric noise, should become part of the worker. Of them, only ``compile_unet`` is reachable by
-users, as the opt-in ``--compile MODE`` (its cost, compiling, pays off only on long jobs). A change may alter low bits of the output (other kernels, other summation order).
+users, as the opt-in ``--compile MODE`` (its cost, compiling, pays off only on long jobs). A
+change may alter low bits of the output (other kernels, other summation order).
 
 ``tiny_vae`` is different in kind: it changes pixels by design (a cheaper decoder, not the same
 computation done faster). Users get it as ``--vae madebyollin/taesd``; here it is timed with

@@ -176,8 +176,9 @@ def _build_taesd(folder: Path) -> None:
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(3)
-    AutoencoderTiny(encoder_block_out_channels=(16, 16), decoder_block_out_channels=(16, 16),
-                    num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4).save_pretrained(folder)  # fmt: skip
+    vae = AutoencoderTiny(encoder_block_out_channels=(16, 16), decoder_block_out_channels=(16, 16),
+                          num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4)  # fmt: skip
+    vae.save_pretrained(folder)
 
 
 # -- ControlNets, built from the matching tiny UNet -----------------------------------------

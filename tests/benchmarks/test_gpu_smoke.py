@@ -8,7 +8,6 @@ import pytest
 
 from tests.conftest import REPO
 
-
 # The lent GPU machine has no Ray, s3fs or boto (docs/GPU.md): the benchmark, and the worker it
 # drives, must run without them, so the smoke runs hide them.
 WITHOUT_CLUSTER_PACKAGES = """

@@ -3,9 +3,9 @@ broken float16 decodes decided from those stats, on the real tiny pipelines (CPU
 
 from __future__ import annotations
 
-import time
 import json
 import tarfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
