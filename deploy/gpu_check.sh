@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# make gpu-check: on a lent GPU machine with no package registry (docs/GPU.md).
+#
+# 1. installs what the machine lacks (pycuda and its pure-Python needs, diffusers, pytest) from
+#    the carried $WHEELHOUSE into $GPU_SITE with `pip --target`, put on PYTHONPATH. Not a venv:
+#    the machine's python3 is itself a venv, and a venv made from one does not see its torch
+#    even with --system-site-packages (that flag means the base interpreter's packages);
+# 2. the kernel steps: backend check, fatbin prebuild, `pytest -m gpu`, benchmarks/kernels.py;
+# 3. benchmarks/gpu.py (needs diffusers, not pycuda).
+# A failing step is reported and the independent steps after it still run (one lease, one
+# call); the exit status is 1 if any step failed.
+set -uo pipefail
+
+PY=${GPU_PYTHON:-python3}
+WHEELHOUSE=$(realpath "${WHEELHOUSE:-build/gpu-wheelhouse}")
+SITE=$(realpath -m "${GPU_SITE:-build/gpu-site}")
+OUT=$(realpath -m "${GPU_OUT:-build/gpu-check}")
+CUDA_ROOT=${CUDA_ROOT:-/usr/local/cuda}
+VARIANTS=${GPU_VARIANTS:-}
+BENCH_ARGS=${GPU_BENCH_ARGS:-}
+mkdir -p "$SITE" "$OUT"
+export PYTHONPATH="$SITE:$PWD" TURBOBATCH_CACHE=${TURBOBATCH_CACHE:-$PWD/build/gpu-cache}
+failed=()
+
+step() {  # step NAME COMMAND...: run, time, and remember a failure
+    local name=$1 started=$SECONDS
+    shift
+    echo "== $name"
+    if "$@"; then echo "== $name: ok ($((SECONDS - started)) s)"
+    else echo "== $name: FAILED ($((SECONDS - started)) s)"; failed+=("$name"); return 1; fi
+}
+
+missing() {  # the wheel names among "module=wheel" pairs whose module does not import
+    local pair
+    for pair in "$@"; do
+        "$PY" -c "import ${pair%%=*}" 2>/dev/null || echo "${pair#*=}"
+    done
+}
+
+wheel_files() {  # the newest file in the wheelhouse for each name, preferring this Python's tag
+    local name tag file
+    tag=$("$PY" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+    for name in "$@"; do
+        file=$(ls "$WHEELHOUSE/$name"-*-"$tag"-*.whl 2>/dev/null | tail -1)
+        [ -n "$file" ] || file=$(ls "$WHEELHOUSE/$name"-*-py3-none-any.whl 2>/dev/null | tail -1)
+        [ -n "$file" ] || { echo "no $name wheel for $tag in $WHEELHOUSE" >&2; return 1; }
+        echo "$file"
+    done
+}
+
+pip_target() { "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$@"; }
+
+build_pycuda_sdist() {  # no prebuilt wheel for this Python: compile pycuda here (about 5 minutes)
+    local src=build/pycuda-src lib
+    rm -rf "$src" build/libcuda && mkdir -p "$src" build/libcuda
+    tar xzf "$WHEELHOUSE"/pycuda-*.tar.gz -C "$src" --strip-components=1
+    lib=$(ldconfig -p | awk '/libcuda\.so\.1 /{print $NF; exit}')
+    [ -z "$lib" ] || ln -s "$lib" build/libcuda/libcuda.so  # containers often lack the bare name
+    (cd "$src" && "$PY" configure.py --cuda-root="$CUDA_ROOT" --no-cuda-enable-curand \
+        --cudadrv-lib-dir="$(realpath ../libcuda)","$CUDA_ROOT/lib64/stubs","$CUDA_ROOT/lib64" &&
+     "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" .)
+}
+
+install() {
+    local names pycuda
+    names=$(missing pytools=pytools platformdirs=platformdirs mako=mako siphash24=siphash24 \
+        typing_extensions=typing_extensions diffusers=diffusers importlib_metadata=importlib_metadata \
+        pytest=pytest pluggy=pluggy iniconfig=iniconfig pygments=pygments) || return 1
+    if [ -n "$names" ]; then
+        echo "installing into $SITE: $names"
+        pip_target $(wheel_files $names) || return 1
+    fi
+    "$PY" -c "import pycuda.driver" 2>/dev/null && return 0
+    if pycuda=$(wheel_files pycuda 2>/dev/null) && [[ $pycuda == *-cp3* ]]; then
+        pip_target "$pycuda"
+    else
+        build_pycuda_sdist
+    fi
+}
+
+backend() { "$PY" -c "import sys, kernels; print('kernels backend:', kernels.BACKEND, '-', kernels.BACKEND_REASON); sys.exit(kernels.BACKEND != 'pycuda')"; }
+
+echo "== machine"
+nvidia-smi -L 2>&1 | head -4
+"$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+
+if step install install; then
+    if step backend backend; then
+        step fatbins "$PY" -m kernels.build
+        step gpu-tests "$PY" -m pytest tests/kernels -m gpu --noconftest -p no:cacheprovider -q -rs
+        step kernel-bench "$PY" -m benchmarks.kernels --markdown "$OUT/benchmarks.md"
+    fi
+    step pipeline-bench bash -o pipefail -c "$PY benchmarks/gpu.py --variants '$VARIANTS' $BENCH_ARGS | tee '$OUT/gpu.txt'"
+fi
+if [ ${#failed[@]} -gt 0 ]; then echo "gpu-check: FAILED: ${failed[*]}"; exit 1; fi
+echo "gpu-check: all steps passed"
