@@ -37,6 +37,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.breakdown import breakdown_line, component_times  # noqa: E402
 from benchmarks.flops import flops_per_image  # noqa: E402
 from jobs.plan import Shard  # noqa: E402
 from jobs.spec import JobSpec  # noqa: E402
@@ -216,9 +217,12 @@ def bench(model: str, args: argparse.Namespace, work: Path) -> dict:
             v.markers.append(marker)
     flops = flops_per_image(pipe, size, size)
     base = variants[0]
+    with component_times(pipe, cuda=device == "cuda") as totals:  # one more baseline shard, hooked
+        rate, _ = worker_run(base.worker, data, rows, device)
     result = {"naive_img_s": statistics.median(naive), "worker_img_s": statistics.median(base.rates),
               "profile": profile_line({**summed_timings(base.markers), "device_idle_before": 0.0}),
               "flops_per_image": flops["total"], "skipped": skipped,
+              "breakdown": breakdown_line(totals, rows, rows / rate, flops),
               "variants": {v.name: variant_summary(v, base) for v in variants} if args.variants else {}}  # fmt: skip
     result["ratio"] = result["worker_img_s"] / result["naive_img_s"]
     for v in variants:
@@ -274,6 +278,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # the naive SDXL loop warns twice per call (VAE upcast to float32 and back)
     peak = None if args.smoke else matmul_rate("cuda")
     card = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name()
     measured = f"; bf16 matmul {peak / 1e12:.0f} TFLOP/s measured" if peak else ""
@@ -288,7 +295,8 @@ def main() -> None:
             line += f"; worker at {100 * fraction:.1f}% of the measured bf16 matmul rate"
         profile = (f"{model} worker profile (share of device time in the timed runs, gaps between runs left out): "
                    f"{r['profile']}")  # fmt: skip
-        print("\n".join([line, profile, *variant_lines(model, r)]), flush=True)
+        breakdown = f"{model} baseline worker, time per component (hooked shard; % of wall time): {r['breakdown']}"
+        print("\n".join([line, profile, breakdown, *variant_lines(model, r)]), flush=True)
 
 
 if __name__ == "__main__":
