@@ -32,6 +32,10 @@ def test_gpu_benchmark_code_path_runs_on_cpu():
     assert "[baseline]" not in result.stdout  # no --variants: today's output
     assert re.search(r"^tiny-sd-turbo worker profile .*: pipeline calls [\d.]+%, idle between shards 0.0%, "
                      r"waiting for encodes [\d.]+%, render loop [\d.]+%$", result.stdout, re.MULTILINE), result.stdout
+    component = r"[\d.]+ ms/image \(\d+%, [\d.]+ TFLOP/s\)"
+    assert re.search(rf"^tiny-sd-turbo baseline worker, time per component .*: [\d.]+ ms/image: text_encoders {component}, "
+                     rf"unet {component}, vae_decode {component}; everything else -?[\d.]+ ms/image \(-?\d+%\)$",
+                     result.stdout, re.MULTILINE), result.stdout  # fmt: skip
 
 
 @pytest.mark.slow
