@@ -13,6 +13,7 @@ included) and the largest pixel difference of its first images from the baseline
 
     python benchmarks/gpu.py                 # on a GPU machine (make gpu-check)
     python benchmarks/gpu.py --variants channels_last,fuse_qkv,compile_unet
+    python benchmarks/gpu.py --trace out/    # also a torch.profiler table of one shard per model
     python benchmarks/gpu.py --smoke         # CPU, tiny model: checks the code path only
 """
 
@@ -93,6 +94,23 @@ def worker_run(worker: RenderWorker, data: Path, rows: int, device: str) -> tupl
     if marker["ok"] != rows:  # a row the pipeline raised on would inflate images/s
         raise RuntimeError(f"only {marker['ok']} of {rows} rows rendered; see {worker.spec.output}/_done")
     return rate, marker
+
+
+def trace_shard(worker: RenderWorker, data: Path, rows: int, device: str, path: Path) -> None:
+    """One more shard under torch.profiler: the ops that took the most device time (CPU time on
+    CPU), to split what the component breakdown leaves as "everything else"."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    # By default the profiler records only the thread that starts it; pipeline calls run on the
+    # worker's device thread. profile_all_threads: torch >= 2.7 (pytorch/pytorch#143659).
+    every_thread = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
+    with profile(activities=activities, experimental_config=every_thread) as prof:
+        worker_run(worker, data, rows, device)
+    sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=60))
+    print(f"profile of one baseline shard: {path}", flush=True)
 
 
 class CompileTimeout(BaseException):
@@ -219,6 +237,8 @@ def bench(model: str, args: argparse.Namespace, work: Path) -> dict:
     base = variants[0]
     with component_times(pipe, cuda=device == "cuda") as totals:  # one more baseline shard, hooked
         rate, _ = worker_run(base.worker, data, rows, device)
+    if args.trace:
+        trace_shard(base.worker, data, rows, device, args.trace / f"profile-{model.split('/')[-1]}.txt")
     result = {"naive_img_s": statistics.median(naive), "worker_img_s": statistics.median(base.rates),
               "profile": profile_line({**summed_timings(base.markers), "device_idle_before": 0.0}),
               "flops_per_image": flops["total"], "skipped": skipped,
@@ -263,6 +283,8 @@ def parse_args() -> argparse.Namespace:
     names = ", ".join(speedups.SPEEDUPS)
     parser.add_argument("--variants", default="", metavar="NAME[,NAME...]",
                         help=f"also time workers changed by workers/speedups.py ({names}), side by side")  # fmt: skip
+    parser.add_argument("--trace", type=Path, metavar="DIR",
+                        help="also profile one baseline shard per model (torch.profiler) into DIR/profile-MODEL.txt")
     parser.add_argument("--smoke", action="store_true", help="CPU + tiny model: exercise the code, measure nothing")
     args = parser.parse_args()
     try:

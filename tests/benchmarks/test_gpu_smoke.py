@@ -25,8 +25,8 @@ def run_gpu_benchmark(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_gpu_benchmark_code_path_runs_on_cpu():
-    result = run_gpu_benchmark()
+def test_gpu_benchmark_code_path_runs_on_cpu(tmp_path):
+    result = run_gpu_benchmark("--trace", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "tiny-sd-turbo: naive loop" in result.stdout and "turbobatch worker" in result.stdout
     assert "[baseline]" not in result.stdout  # no --variants: today's output
@@ -36,6 +36,8 @@ def test_gpu_benchmark_code_path_runs_on_cpu():
     assert re.search(rf"^tiny-sd-turbo baseline worker, time per component .*: [\d.]+ ms/image: text_encoders {component}, "
                      rf"unet {component}, vae_decode {component}; everything else -?[\d.]+ ms/image \(-?\d+%\)$",
                      result.stdout, re.MULTILINE), result.stdout  # fmt: skip
+    profile = (tmp_path / "profile-tiny-sd-turbo.txt").read_text()  # ops of the worker's device thread
+    assert re.search(r"^ +aten::\w*conv\w* ", profile, re.MULTILINE), profile
 
 
 @pytest.mark.slow
