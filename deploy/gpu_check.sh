@@ -30,10 +30,10 @@ step() {  # step NAME COMMAND...: run, time, and remember a failure
     else echo "== $name: FAILED ($((SECONDS - started)) s)"; failed+=("$name"); return 1; fi
 }
 
-missing() {  # the wheel names among "module=wheel" pairs whose module does not import
-    local pair
-    for pair in "$@"; do
-        "$PY" -c "import ${pair%%=*}" 2>/dev/null || echo "${pair#*=}"
+missing() {  # the names that do not import (each package here imports under its wheel's name)
+    local name
+    for name in "$@"; do
+        "$PY" -c "import $name" 2>/dev/null || echo "$name"
     done
 }
 
@@ -63,15 +63,14 @@ build_pycuda_sdist() {  # no prebuilt wheel for this Python: compile pycuda here
 
 install() {
     local names pycuda
-    names=$(missing pytools=pytools platformdirs=platformdirs mako=mako siphash24=siphash24 \
-        typing_extensions=typing_extensions diffusers=diffusers importlib_metadata=importlib_metadata \
-        pytest=pytest pluggy=pluggy iniconfig=iniconfig pygments=pygments) || return 1
+    names=$(missing pytools platformdirs mako siphash24 typing_extensions diffusers importlib_metadata \
+        pytest pluggy iniconfig pygments)
     if [ -n "$names" ]; then
         echo "installing into $SITE: $names"
         pip_target $(wheel_files $names) || return 1
     fi
     "$PY" -c "import pycuda.driver" 2>/dev/null && return 0
-    if pycuda=$(wheel_files pycuda 2>/dev/null) && [[ $pycuda == *-cp3* ]]; then
+    if pycuda=$(wheel_files pycuda 2>/dev/null); then  # a wheel for this Python's tag
         pip_target "$pycuda"
     else
         build_pycuda_sdist
