@@ -6,6 +6,10 @@ CPU (no GPU) only the reference paths run, timed with perf_counter, as a smoke t
 The diffusers path is ``VaeImageProcessor.postprocess(output_type="np")`` then
 ``(x * 255).round().astype(uint8)``; where diffusers is not installed (the lent GPU machine) an
 inline copy of those exact steps runs and the table says so.
+GroupNorm rows: the group_norm and fused group_norm + SiLU kernels (NCHW and channels_last) against
+torch doing the same work, ``F.group_norm`` then ``F.silu``, on an NCHW tensor and on a
+channels_last one (what a channels_last VAE runs today: torch's CUDA GroupNorm converts it), at the
+SD VAE decoder's GroupNorm shapes for --batch images of --size (32 groups); on CPU a smoke size.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import kernels
 from kernels import reference
@@ -94,6 +99,35 @@ def cases(x: torch.Tensor, cuda: bool) -> list[Case]:
     return out
 
 
+def decoder_norm_shapes(batch: int, size: int) -> list[tuple[int, int, int, int]]:
+    """The VAE decoder's GroupNorm inputs for `batch` images of size x size (latent = size / 8)."""
+    return [(batch, 512, size // 8, size // 8), (batch, 512, size // 4, size // 4),
+            (batch, 256, size // 2, size // 2), (batch, 128, size, size)]  # fmt: skip
+
+
+def group_norm_cases(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, cuda: bool) -> list[Case]:
+    """Kernel (NCHW and channels_last, plain and fused with SiLU) vs torch's ops on the same tensor."""
+    g = torch.Generator(device).manual_seed(1)
+    x = torch.randn(shape, generator=g, device=device).to(dtype)
+    w = (torch.rand(shape[1], generator=g, device=device) + 0.5).to(dtype)
+    b = (torch.randn(shape[1], generator=g, device=device) * 0.1).to(dtype)
+    x_cl = x.to(memory_format=torch.channels_last)
+    tag = "x".join(map(str, shape))
+    out: list[Case] = []
+    for layout, t in (("NCHW", x), ("channels_last", x_cl)):
+        plain, fused = f"F.group_norm {layout} {tag}", f"F.silu(F.group_norm) {layout} {tag}"
+        if cuda:
+            out += [
+                (f"group_norm kernel {layout} {tag}",
+                 lambda t=t: kernels.group_norm(t, 32, w, b, 1e-6, backend="cuda"), plain),
+                (f"group_norm + silu kernel (fused) {layout} {tag}",
+                 lambda t=t: kernels.group_norm(t, 32, w, b, 1e-6, silu=True, backend="cuda"), fused),
+            ]  # fmt: skip
+        out += [(plain, lambda t=t: F.group_norm(t, 32, w, b, 1e-6), None),
+                (fused, lambda t=t: F.silu(F.group_norm(t, 32, w, b, 1e-6)), None)]  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
@@ -116,12 +150,18 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"batch {args.batch}x3x{args.size}x{args.size} {args.dtype}; "
         f"backend {kernels.BACKEND} ({kernels.BACKEND_REASON}); torch {torch.__version__}, "
-        f"CUDA {torch.version.cuda}; median of {runs} runs ({'CUDA events' if cuda else 'perf_counter'})",
+        f"CUDA {torch.version.cuda}; median of {runs} runs ({'CUDA events' if cuda else 'perf_counter'}); "
+        f"GroupNorm: 32 groups, {args.dtype}, shapes in the op names",
         "",
         "| op | ms / batch | compared with | speed-up |",
         "|---|---:|---|---:|",
     ]
-    timed = [(name, time_ms(fn, runs, args.warmup, cuda), ref) for name, fn, ref in cases(x, cuda)]
+    all_cases = cases(x, cuda)
+    # GroupNorm at the decoder's shapes; on CPU (a smoke run) 1 image of size / 8
+    norm_shapes = decoder_norm_shapes(args.batch, args.size) if cuda else decoder_norm_shapes(1, max(8, args.size // 8))
+    for shape in norm_shapes:
+        all_cases += group_norm_cases(shape, getattr(torch, args.dtype), device, cuda)
+    timed = [(name, time_ms(fn, runs, args.warmup, cuda), ref) for name, fn, ref in all_cases]
     ms_of = {name: ms for name, ms, _ in timed}
     for name, ms, ref in timed:
         lines.append(f"| {name} | {ms:.3f} | {ref} | {ms_of[ref] / ms:.2f}x |" if ref else f"| {name} | {ms:.3f} | | |")

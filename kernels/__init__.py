@@ -7,7 +7,7 @@ tensors get in this process and ``BACKEND_REASON`` why. Importing this package n
 pycuda, libcuda or nvcc.
 """
 
-from kernels.ops import canny, cuda_status, dhash64, image_stats, postprocess_uint8, postprocess_with_stats
+from kernels.ops import canny, cuda_status, dhash64, group_norm, image_stats, postprocess_uint8, postprocess_with_stats
 from kernels.reference import hamming64
 from kernels.stats import ImageStats
 
@@ -20,6 +20,7 @@ __all__ = [
     "ImageStats",
     "canny",
     "dhash64",
+    "group_norm",
     "hamming64",
     "image_stats",
     "postprocess_uint8",

@@ -29,6 +29,10 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "postprocess.cu": ("postprocess_f32", "postprocess_f16", "postprocess_bf16"),
     "dhash.cu": ("dhash_cells", "dhash_bits"),
     "canny.cu": ("gray_u8", "sobel_mag", "canny_classify", "canny_hysteresis"),
+    "groupnorm.cu": ("gn_stats_nchw_f32", "gn_stats_nchw_f16", "gn_stats_nchw_bf16",
+                     "gn_stats_nhwc_f32", "gn_stats_nhwc_f16", "gn_stats_nhwc_bf16", "gn_finalize",
+                     "gn_apply_nchw_f32", "gn_apply_nchw_f16", "gn_apply_nchw_bf16",
+                     "gn_apply_nhwc_f32", "gn_apply_nhwc_f16", "gn_apply_nhwc_bf16"),  # fmt: skip
 }
 
 # Ampere, Ada, Hopper as SASS, plus compute_90 PTX that newer cards JIT once (driver cache).

@@ -8,6 +8,8 @@ shim (tests/kernels/shim.py) on CPU tensors, so the CPU tests cover it too. A `L
 
 from __future__ import annotations
 
+import math
+import operator
 from typing import Protocol
 
 import numpy as np
@@ -23,6 +25,11 @@ MAX_BLOCKS_PER_IMAGE = 1024
 
 _POSTPROCESS = {torch.float32: "postprocess_f32", torch.float16: "postprocess_f16",
                 torch.bfloat16: "postprocess_bf16"}  # fmt: skip
+_DTYPE_SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+# groupnorm.cu: elements one stats block reduces, and one apply block writes (tuned on a GPU later).
+GN_STATS_ELEMS = 16384
+GN_APPLY_ELEMS = 8192
+GN_MAX_J = 8  # must equal TB_GN_MAXJ in kernels/groupnorm.cu: channels_last kernels take C <= GN_MAX_J * TB_BLOCK
 
 
 class Launch(Protocol):
@@ -106,3 +113,79 @@ def canny(images: torch.Tensor, low: float, high: float, launch: Launch) -> torc
         if int(changed.item()) == 0:
             break
     return (edge_map == 2).to(torch.uint8) * 255
+
+
+def _gn_param(p: torch.Tensor | None, name: str, x: torch.Tensor) -> torch.Tensor | None:
+    if p is None:
+        return None
+    if not isinstance(p, torch.Tensor):
+        raise TypeError(f"group_norm: {name} must be a tensor or None, got {type(p).__name__}")
+    if tuple(p.shape) != (x.shape[1],):
+        raise ValueError(f"group_norm: {name} must have shape ({x.shape[1]},) (one per channel), got {tuple(p.shape)}")
+    if p.dtype != x.dtype:
+        raise TypeError(f"group_norm: {name} dtype {p.dtype} differs from the input's {x.dtype}")
+    if p.device != x.device:
+        raise ValueError(f"group_norm: {name} is on {p.device}, the input on {x.device}")
+    return p.contiguous()
+
+
+def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+               eps: float, silu: bool, launch: Launch) -> torch.Tensor:
+    """GroupNorm (+ SiLU) of [N, C, *spatial] in x's memory format; see kernels/groupnorm.cu.
+
+    Contiguous -> the NCHW kernels; 4-D channels_last (or 5-D channels_last_3d) -> the NHWC
+    kernels on the same memory; anything else is made contiguous first (NCHW out, as torch)."""
+    if x.ndim < 3:
+        raise ValueError(f"group_norm: expected [N, C, *spatial], got shape {tuple(x.shape)}")
+    if x.dtype not in _DTYPE_SUFFIX:
+        raise TypeError(f"group_norm: dtype {x.dtype} not in {sorted(map(str, _DTYPE_SUFFIX))}")
+    groups = operator.index(num_groups)
+    n, c = x.shape[0], x.shape[1]
+    if groups < 1 or c % groups:
+        raise ValueError(f"group_norm: {c} channels do not split into {num_groups} groups")
+    w, b = _gn_param(weight, "weight", x), _gn_param(bias, "bias", x)
+    s = math.prod(x.shape[2:])
+    if n * (c // groups) * s == 1:  # as F.group_norm (torch's _verify_batch_size)
+        raise ValueError(f"group_norm: one value per group, got shape {tuple(x.shape)} with {groups} groups")
+    if c * s >= 2**31 or n > 65535 or c > 65535:
+        raise ValueError(f"group_norm: shape {tuple(x.shape)} too large (C*spatial < 2^31, N and C <= 65535)")
+    layout = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.ndim)
+    if layout is None or x.is_contiguous() or not x.is_contiguous(memory_format=layout):
+        layout = torch.contiguous_format
+    nhwc = layout != torch.contiguous_format and c <= GN_MAX_J * TB_BLOCK
+    if not nhwc:
+        x = x.contiguous()
+    out = torch.empty_like(x)  # same strides: NCHW or channels_last memory, as the kernels write
+    if x.numel() == 0:
+        return out.contiguous(memory_format=layout)
+    dev, suffix, cg = x.device, _DTYPE_SUFFIX[x.dtype], c // groups
+    block = (TB_BLOCK, 1, 1)
+    if nhwc:
+        per_step = max(1, TB_BLOCK // c)  # pixel rows per step of a block (kernels/groupnorm.cu)
+        rows = per_step * max(1, -(-GN_STATS_ELEMS // (c * per_step)))
+        chunks = -(-s // rows)
+        partials = torch.empty((n, groups, chunks, 3), dtype=torch.float32, device=dev)
+        launch("groupnorm.cu", f"gn_stats_nhwc_{suffix}", (chunks, n, 1), block,
+               [_ptr(x), _ptr(partials), np.int32(c), np.int32(s), np.int32(groups), np.int32(rows),
+                np.int32(chunks)], dev)  # fmt: skip
+    else:
+        group_len = cg * s
+        chunk_len = max(TB_BLOCK, min(group_len, GN_STATS_ELEMS))
+        chunks = -(-group_len // chunk_len)
+        partials = torch.empty((n, groups, chunks, 3), dtype=torch.float32, device=dev)
+        launch("groupnorm.cu", f"gn_stats_nchw_{suffix}", (chunks, groups, n), block,
+               [_ptr(x), _ptr(partials), np.int32(group_len), np.int32(chunk_len), np.int32(chunks)], dev)
+    stats = torch.empty((n, groups, 2), dtype=torch.float32, device=dev)
+    launch("groupnorm.cu", "gn_finalize", (n * groups, 1, 1), block,
+           [_ptr(partials), _ptr(stats), np.int32(chunks), np.float32(eps)], dev)  # fmt: skip
+    if nhwc:
+        rows = per_step * max(1, -(-GN_APPLY_ELEMS // (c * per_step)))
+        launch("groupnorm.cu", f"gn_apply_nhwc_{suffix}", (-(-s // rows), n, 1), block,
+               [_ptr(x), _ptr(out), _ptr(w), _ptr(b), _ptr(stats), np.int32(c), np.int32(s), np.int32(groups),
+                np.int32(rows), np.int32(bool(silu))], dev)  # fmt: skip
+    else:
+        span = max(TB_BLOCK, min(s, GN_APPLY_ELEMS))
+        launch("groupnorm.cu", f"gn_apply_nchw_{suffix}", (-(-s // span), c, n), block,
+               [_ptr(x), _ptr(out), _ptr(w), _ptr(b), _ptr(stats), np.int32(s), np.int32(groups), np.int32(span),
+                np.int32(bool(silu))], dev)  # fmt: skip
+    return out.contiguous(memory_format=layout)  # a no-op but where C > GN_MAX_J * TB_BLOCK ran as NCHW

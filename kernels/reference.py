@@ -28,6 +28,21 @@ def postprocess_uint8(x: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(scaled, nan=0.0).to(torch.uint8)
 
 
+def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+               eps: float, silu: bool = False) -> torch.Tensor:
+    """GroupNorm over [N, C, *spatial] (any memory format), then SiLU if ``silu``: exactly what
+    diffusers' ``nn.GroupNorm`` followed by ``nn.SiLU`` computes (each rounds to x's dtype).
+
+    The result keeps x's memory format (channels_last in, channels_last out), as torch's own op.
+    """
+    if x.ndim < 3:
+        raise ValueError(f"group_norm: expected [N, C, *spatial], got shape {tuple(x.shape)}")
+    if x.shape[1] % num_groups:
+        raise ValueError(f"group_norm: {x.shape[1]} channels do not split into {num_groups} groups")
+    out = F.group_norm(x, num_groups, weight, bias, eps)
+    return F.silu(out) if silu else out
+
+
 def image_stats(x: torch.Tensor, images: torch.Tensor | None = None) -> ImageStats:
     """NaN/inf counts of the float input; mean, population std, min, max of its uint8 image."""
     u8 = postprocess_uint8(x) if images is None else images
@@ -83,8 +98,9 @@ def dhash64(images: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"dhash64: images must be at least 8 rows x 9 columns, got {h}x{w}")
     # Box sums from an integral image (exact in int64): a few ops instead of 72 slices.
     integral = torch.nn.functional.pad(g.cumsum(1).cumsum(2), (1, 0, 1, 0))  # [N, H+1, W+1]
-    rows = torch.tensor([i * h // 8 for i in range(9)], device=g.device)
-    cols = torch.tensor([j * w // 9 for j in range(10)], device=g.device)
+    # Box edges made on the device (a list copied from the host would synchronise a CUDA stream).
+    rows = torch.arange(9, device=g.device) * h // 8
+    cols = torch.arange(10, device=g.device) * w // 9
     corner = integral[:, rows][:, :, cols]  # [N, 9, 10]
     sums = corner[:, 1:, 1:] - corner[:, :-1, 1:] - corner[:, 1:, :-1] + corner[:, :-1, :-1]  # [N, 8, 9]
     counts = (rows[1:] - rows[:-1]).unsqueeze(1) * (cols[1:] - cols[:-1]).unsqueeze(0)  # [8, 9]
