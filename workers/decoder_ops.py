@@ -1,0 +1,179 @@
+"""Cheaper ways to run a loaded VAE decoder that compute the same function (only rounding moves).
+
+Each rewrite is applied once to ``pipe.vae`` after loading, on its own or with the others, in any
+order, and applying one again changes nothing. ``vae.decode(z, return_dict=False)[0]`` keeps
+working as the pipeline calls it, on CPU and CUDA, in float32/float16/bfloat16 (see
+shared/PERF-NOTES.md, "The VAE decoder", for why each may pay off on a GPU):
+
+- ``fold_upsamplers``: nearest 2x upsample + 3x3 conv -> one 4x4 stride-2 transposed conv.
+- ``fuse_group_norms``: GroupNorm -> SiLU pairs -> one ``kernels.group_norm(..., silu=True)``.
+- ``to_channels_last``: NHWC weights and decoder input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+from diffusers.models.autoencoders.vae import Decoder
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.upsampling import Upsample2D
+from torch import nn
+
+import kernels
+
+
+def _fold_matrix(device: torch.device) -> torch.Tensor:
+    """M[k, d] = 1 where 3x3 tap d lands in 4x4 transposed-conv index k, per axis.
+
+    Output o = 2i + a (phase a) of conv3x3(nearest2x(x)) reads upsampled row o + d - 1, i.e.
+    source row i + s with s = floor((a + d - 1) / 2); the upsampled image's zero border is
+    exactly x's (row -1 or H is out). conv_transpose2d(stride 2, padding 1) sends source j
+    to o = 2j + k - 1, so k = a - 2s + 1: a=0 gets k=3 (d=0), k=1 (d=1, 2); a=1 gets k=2
+    (d=0, 1), k=0 (d=2). Each k belongs to one phase, so the phases never mix.
+    """
+    m = torch.zeros(4, 3, dtype=torch.float64, device=device)
+    for a in (0, 1):
+        for d in (0, 1, 2):
+            m[a - 2 * ((a + d - 1) // 2) + 1, d] = 1
+    return m
+
+
+class FoldedUpsampleConv(nn.Module):
+    """``conv(F.interpolate(x, scale_factor=2, mode="nearest"))`` as one transposed conv: 16
+    multiply-adds per input pixel and channel pair instead of 36, and no 4x-size intermediate."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        w = conv.weight.detach()
+        m = _fold_matrix(w.device)
+        folded = torch.einsum("kd,oide,le->iokl", m, w.double(), m)  # conv_transpose layout [in, out, 4, 4]
+        nhwc = w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        layout = torch.channels_last if nhwc else torch.contiguous_format
+        self.weight = nn.Parameter(folded.to(w.dtype).contiguous(memory_format=layout), requires_grad=False)
+        self.register_parameter("bias", conv.bias)  # shared with the original conv (or None)
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+
+    def forward(self, x: torch.Tensor, output_size: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # Upsample2D.forward's signature; its deprecated ``scale`` argument is ignored as it does.
+        if output_size is not None and tuple(output_size) != (2 * x.shape[-2], 2 * x.shape[-1]):
+            raise ValueError(f"FoldedUpsampleConv computes a 2x upsample only, not output_size={output_size}")
+        return F.conv_transpose2d(x, self.weight, self.bias, stride=2, padding=1)
+
+
+def _foldable_conv(conv: Any) -> bool:
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")  # fmt: skip
+
+
+def _upsample2d_conv(m: Any) -> nn.Conv2d | None:
+    """The conv of an Upsample2D whose forward is exactly nearest 2x then that conv, else None."""
+    if not isinstance(m, Upsample2D) or type(m).forward is not Upsample2D.forward:
+        return None
+    if not m.use_conv or m.use_conv_transpose or not m.interpolate or m.norm is not None:
+        return None
+    conv = m.conv if m.name == "conv" else m.Conv2d_0
+    return conv if _foldable_conv(conv) and conv.in_channels == m.channels else None
+
+
+def _is_nearest_2x(m: Any) -> bool:
+    if type(m) is not nn.Upsample or m.mode != "nearest" or m.size is not None:
+        return False
+    scale = m.scale_factor if isinstance(m.scale_factor, tuple) else (m.scale_factor, m.scale_factor)
+    return tuple(float(s) for s in scale) == (2.0, 2.0)
+
+
+def fold_upsamplers(module: nn.Module) -> int:
+    """Replace every eligible upsampler under ``module`` (a VAE or its decoder) with a
+    FoldedUpsampleConv: diffusers ``Upsample2D`` (AutoencoderKL), and ``nn.Upsample`` followed by a
+    3x3 conv in an ``nn.Sequential`` (AutoencoderTiny: the conv becomes ``nn.Identity``).
+    Anything configured otherwise is left alone. Returns how many were replaced."""
+    count = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if (conv := _upsample2d_conv(child)) is not None:
+                setattr(parent, name, FoldedUpsampleConv(conv))
+                count += 1
+        if type(parent) is nn.Sequential:
+            names = list(parent._modules)
+            for up, nxt in zip(names, names[1:]):
+                if _is_nearest_2x(parent._modules[up]) and _foldable_conv(parent._modules[nxt]):
+                    parent._modules[up] = FoldedUpsampleConv(parent._modules[nxt])
+                    parent._modules[nxt] = nn.Identity()
+                    count += 1
+    return count
+
+
+class FusedGroupNorm(nn.Module):
+    """An ``nn.GroupNorm`` (same Parameters, same state_dict keys) computed by
+    ``kernels.group_norm``, with the following SiLU fused in when ``silu``: one read and one
+    write of the activation instead of two of each, once the op has a CUDA kernel."""
+
+    def __init__(self, norm: nn.GroupNorm, silu: bool) -> None:
+        super().__init__()
+        self.num_groups, self.num_channels, self.eps = norm.num_groups, norm.num_channels, norm.eps
+        self.affine, self.silu = norm.affine, silu
+        self.register_parameter("weight", norm.weight)
+        self.register_parameter("bias", norm.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, silu=self.silu)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, silu={self.silu}"
+
+
+def _plain_resnet(m: Any) -> bool:
+    """A ResnetBlock2D whose ``nonlinearity`` is a SiLU used only right after norm1 and norm2:
+    no time embedding (that SiLU would act on temb; scale_shift would sit between norm2 and it),
+    no up/down sampling, stock forward. (The decoder's up blocks say "group": norm2 alone.)"""
+    return (isinstance(m, ResnetBlock2D) and type(m).forward is ResnetBlock2D.forward
+            and m.time_emb_proj is None and m.time_embedding_norm != "scale_shift"
+            and m.upsample is None and m.downsample is None and type(m.nonlinearity) is nn.SiLU
+            and type(m.norm1) is nn.GroupNorm and type(m.norm2) is nn.GroupNorm)  # fmt: skip
+
+
+def fuse_group_norms(vae: nn.Module) -> int:
+    """In ``vae.decoder``: each plain ResnetBlock2D's norm1/norm2 -> FusedGroupNorm(silu=True) and
+    its nonlinearity -> Identity; ``conv_norm_out`` + ``conv_act`` likewise; each attention's
+    ``group_norm`` (applied by the processor to a [B, C, HW] view) -> FusedGroupNorm(silu=False).
+    Returns how many GroupNorms were replaced (AutoencoderTiny has none: 0)."""
+    decoder = getattr(vae, "decoder", None)
+    if not isinstance(decoder, nn.Module):
+        return 0
+    count = 0
+    for m in list(decoder.modules()):
+        if _plain_resnet(m):
+            m.norm1, m.norm2 = FusedGroupNorm(m.norm1, silu=True), FusedGroupNorm(m.norm2, silu=True)
+            m.nonlinearity = nn.Identity()
+            count += 2
+        elif isinstance(m, Attention) and type(m.group_norm) is nn.GroupNorm:
+            m.group_norm = FusedGroupNorm(m.group_norm, silu=False)
+            count += 1
+    if (isinstance(decoder, Decoder) and type(decoder).forward is Decoder.forward
+            and type(decoder.conv_norm_out) is nn.GroupNorm and type(decoder.conv_act) is nn.SiLU):  # fmt: skip
+        decoder.conv_norm_out, decoder.conv_act = FusedGroupNorm(decoder.conv_norm_out, silu=True), nn.Identity()
+        count += 1
+    return count
+
+
+def _nhwc_input(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor) and x.ndim == 4:
+        return (x.contiguous(memory_format=torch.channels_last), *args[1:])
+    return None
+
+
+def to_channels_last(vae: nn.Module) -> None:
+    """Decoder and ``post_quant_conv`` weights to ``torch.channels_last``, and a pre-hook that
+    hands the decoder its input channels_last, so the whole decode runs NHWC (cuDNN's fast
+    fp16/bf16 convolutions are NHWC; whether it pays is for a GPU to measure)."""
+    for name in ("post_quant_conv", "decoder"):
+        if isinstance(part := getattr(vae, name, None), nn.Module):
+            part.to(memory_format=torch.channels_last)
+    decoder = getattr(vae, "decoder", None)
+    if isinstance(decoder, nn.Module) and _nhwc_input not in decoder._forward_pre_hooks.values():
+        decoder.register_forward_pre_hook(_nhwc_input)
