@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 from jobs.errors import JobError
-from jobs.spec import COMPILE_MODES, CONTROL_PREPROCESS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS, WEIGHTS, JobSpec
+from jobs.spec import (COMPILE_MODES, CONTROL_PREPROCESS, DEFAULT_SPEEDUPS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS,
+                       SPEEDUPS, WEIGHTS, JobSpec)
 
 
 def build_render_parser(prog: str = "python -m jobs.render") -> argparse.ArgumentParser:
@@ -35,8 +36,8 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
                    "as turbo models are trained)")
     p.add_argument("--height", type=int, help="image height, multiple of 8 (default: the model's native size)")
     p.add_argument("--width", type=int, help="image width, multiple of 8 (default: the model's native size)")
-    p.add_argument("--batch-size", type=int, help="rows per pipeline call on GPU (default 8; "
-                   "CPU renders one row per call so images are bitwise reproducible)")
+    p.add_argument("--batch-size", type=int, help="rows per batch on every device (default 8); an image is the "
+                   "same within 1 level of 255 at any batch size")
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default float16 on CUDA, float32 on CPU)")
     p.add_argument("--device", choices=DEVICES, help="where actors render (default: cuda when the Ray "
                    "cluster has GPUs, else cpu; say cuda for an autoscaling cluster whose GPU nodes start at 0)")
@@ -63,6 +64,9 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the UNet in each worker with this "
                    "mode (reduce-overhead adds CUDA graphs): faster calls after a first call that compiles for "
                    "minutes, and again for each new batch shape; worth it for long jobs (default off)")
+    p.add_argument("--speedups", metavar="LIST", help=f"the worker's speed changes, comma-separated from "
+                   f"{', '.join(SPEEDUPS)}; 'default' = {','.join(DEFAULT_SPEEDUPS)}; 'none' for plain eager "
+                   "models (docs/BENCHMARKS.md has each one's measured effect; default: default)")
     p.add_argument("--controlnet", help="ControlNet: Hugging Face id, local folder, tiny-sd-controlnet or "
                    "tiny-sdxl-controlnet; SD 2.1 ControlNets pair with sd-turbo, SDXL ones with sdxl-turbo")
     p.add_argument("--control-image-column", help="column of control images: a path or URL relative to the "

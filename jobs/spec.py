@@ -22,6 +22,11 @@ CONTROL_PREPROCESS = ("none", "canny")
 WEIGHTS = ("pretrained", "random")
 # torch.compile modes for the UNet (--compile); "off" compiles nothing.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+# The worker's speed changes (--speedups; implementations in workers/speedups.py), each measured
+# alone and together by benchmarks/gpu.py. Like --batch-size they may change low bits of images
+# (within 1 level), never what an image shows, so a resume may change them.
+SPEEDUPS = ("overlap", "fold_upsample", "fused_norms", "channels_last", "cudnn_benchmark", "compile_decoder")
+DEFAULT_SPEEDUPS = ("overlap", "fold_upsample")
 FORMATS = ("tar", "files")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 IMAGE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -56,6 +61,7 @@ class JobSpec:
     weights: str = "pretrained"  # "random": full-size architecture from bundled configs, for speed work
     vae: str | None = None  # swap the pipeline's VAE (e.g. an fp16-fixed SDXL VAE, or TAESD)
     compile: str = "off"  # torch.compile mode for the UNet; like batch_size, may change only low bits
+    speedups: str = "default"  # comma-separated SPEEDUPS, "default" or "none"; normalized by validate()
     controlnet: str | None = None
     control_image_column: str | None = None  # path/URL (relative to the dataset folder) or image bytes
     control_preprocess: str = "none"
@@ -115,6 +121,7 @@ class JobSpec:
         _require_choice("device", self.device, DEVICES, optional=True)
         _require_choice("weights", self.weights, WEIGHTS)
         _require_choice("compile", self.compile, COMPILE_MODES)
+        self.speedups = normalize_speedups(self.speedups)
         if self.weights == "random" and (self.controlnet or self.vae):
             raise JobError("--weights random: builds the whole pipeline from bundled configs; drop --controlnet and --vae")
         if self.workers is not None:
@@ -163,6 +170,10 @@ class JobSpec:
     def effective_quality(self) -> int | None:
         return self.quality if self.quality is not None else DEFAULT_QUALITY.get(self.image_format)
 
+    @property
+    def speedup_set(self) -> frozenset[str]:
+        return frozenset(normalize_speedups(self.speedups).split(",")) - {"none"}
+
     def input_options(self) -> dict[str, Any]:
         return {**self.storage_options, **self.input_storage_options}
 
@@ -189,6 +200,28 @@ class JobSpec:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> JobSpec:
         return cls(**values)
+
+
+def normalize_speedups(value: Any) -> str:
+    """``--speedups`` as given (comma list, YAML list, "default", "none") -> the canonical comma
+    list in SPEEDUPS order, or "none"; JobError naming an unknown change."""
+    if isinstance(value, str):
+        names = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        names = list(value)
+    else:
+        raise JobError(f"--speedups: {value!r} is not valid; expected a comma-separated list of {', '.join(SPEEDUPS)}")
+    chosen: set[str] = set()
+    for raw in names:
+        name = str(raw).strip().replace("-", "_")
+        if name == "default":
+            chosen.update(DEFAULT_SPEEDUPS)
+        elif name in SPEEDUPS:
+            chosen.add(name)
+        elif name not in ("none", ""):
+            raise JobError(f"--speedups: unknown change {raw!r}; choose from {', '.join(SPEEDUPS)}, "
+                           "or default, or none")  # fmt: skip
+    return ",".join(n for n in SPEEDUPS if n in chosen) or "none"
 
 
 _SECRET_KEY = re.compile(r"secret|token|password|passwd|credential|key|session|signature|sas|auth|cert", re.I)

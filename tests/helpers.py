@@ -47,6 +47,14 @@ def plain_diffusers_image(pipe, prompt: str, seed: int, height: int, width: int,
     return (out[0] * 255).round().astype(np.uint8)
 
 
+def assert_within_one_level(actual: np.ndarray, expected: np.ndarray, what: str = "") -> None:
+    """The determinism contract: an image is within 1 level (of 255) of a plain diffusers call at
+    any batch size (only the kernels' summation order depends on the batch)."""
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    diff = np.abs(actual.astype(np.int16) - expected.astype(np.int16))
+    assert diff.max() <= 1, f"{what}: {int((diff > 1).sum())} values differ by more than 1 (max {diff.max()})"
+
+
 def corrupt_parquet(path: Path, prompts: list[str]) -> Path:
     """A Parquet file whose footer is valid (planning succeeds) but whose data page is not
     (the worker's read raises): the shard fails, the job does not."""

@@ -32,15 +32,21 @@ ENCODE_THREADS = max(2, min(8, (os.cpu_count() or 2)))
 
 
 class RenderWorker:
-    def __init__(self, spec: JobSpec) -> None:
+    def __init__(self, spec: JobSpec, pipe: Any = None) -> None:
+        """``pipe``: an already loaded pipeline for ``spec`` (benchmarks share weights between
+        workers); by default the worker loads its own."""
         if spec.device is None or spec.dtype is None or spec.height is None or spec.width is None:
             raise ValueError("RenderWorker needs a spec resolved by the driver (device, dtype, size)")
         self.spec = spec
         self.out = Folder(spec.output, spec.output_options())
-        pipe = load_pipeline(spec)
+        pipe = load_pipeline(spec) if pipe is None else pipe
+        speedups.apply(pipe, spec.speedup_set)
         if spec.compile != "off":
             speedups.compile_unet(pipe, mode=spec.compile)  # compiles lazily, on the first call
-        self.renderer = PipelineRenderer(pipe, spec, spec.device)
+        # A compiled model compiles again for a new batch shape: pad short batches to the full size.
+        compiled = spec.compile != "off" or "compile_decoder" in spec.speedup_set
+        self.renderer = PipelineRenderer(pipe, spec, spec.device, overlap="overlap" in spec.speedup_set,
+                                         pad_batches=compiled)  # fmt: skip
         self.reader = ShardReader(spec, spec.input_options())
         self.controls = ControlImageLoader(spec, spec.input_options()) if spec.controlnet else None
         self.pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode")

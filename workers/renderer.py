@@ -1,20 +1,26 @@
-"""Run the pipeline on validated rows and return uint8 images.
+"""Render validated rows in batches: sample (workers/sampler.py), decode (workers/decode.py),
+copy the uint8 images out; a failing batch costs only its failing rows.
 
-Each row gets its own ``torch.Generator(device).manual_seed(seed)``, so its noise is what a
-plain diffusers call with that generator draws, whatever batch it lands in. On CPU the
-renderer makes one pipeline call per row: oneDNN's convolution and GEMM kernels give results
-that depend on the batch size (differences of ~1e-6 seen here), and one row per call keeps CPU
-images bitwise equal to a plain call. On CUDA rows are batched.
+Every device batches ``--batch-size`` rows per call. A row's image is within 1 level (of 255) of
+a plain diffusers call for its prompt and seed at any batch size (its noise comes from its own
+generator; only the kernels' summation order depends on the batch), and the same job rerun on
+the same machine gives the same bytes.
 
-A call that raises is not the shard's end: on GPU out-of-memory the batch is halved (down to
-one row, and the smaller size is kept), on any other exception the batch is retried row by
-row, so only the row that raises fails; it comes back as its ``Row`` with ``error`` set.
+On CUDA a batch is queued from prompt to uint8 image without a host synchronisation; with
+``overlap`` the next batch is queued (its tokenizing and kernel launches run on the host) while
+the device still works on the current one, whose results are then copied out. With
+``pad_batches`` (compiled models: a new shape would compile again) a short last batch is filled
+up to the batch size with copies of its last row, whose images are dropped.
+
+A batch that raises is not the shard's end: on GPU out-of-memory the batch is halved (down to
+one row, and the smaller size is kept), on any other exception it is rendered again row by row,
+so only the row that raises fails; it comes back as its ``Row`` with ``error`` set.
 """
 
 from __future__ import annotations
 
-import copy
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,9 +29,10 @@ import numpy as np
 import torch
 
 from jobs.spec import JobSpec
-from kernels import dhash64, postprocess_with_stats
 from workers import faults
+from workers.decode import Decoded, Decoder
 from workers.rows import Row
+from workers.sampler import TurboSampler
 
 
 @dataclass
@@ -42,137 +49,131 @@ class Rendered:
     dhash: str | None = None  # kernels.dhash64 of the uint8 image, 16 lowercase hex digits (None below 8x9)
 
 
+@dataclass
+class _Queued:
+    """A batch whose work is queued on the device; its results land in ``host`` once ``done``."""
+
+    rows: list[Row]
+    calls: int  # rows in the call (more than len(rows) when padded)
+    latents: torch.Tensor
+    truncated: list[bool]
+    host: list[np.ndarray]  # images, nonfinite, mean, std[, hashes]; valid after done.synchronize()
+    done: Any  # torch.cuda.Event, or None on CPU (results already there)
+    started: float
+
+
 class PipelineRenderer:
-    def __init__(self, pipe: Any, spec: JobSpec, device: str) -> None:
-        self.pipe = pipe
-        self.spec = spec
+    def __init__(self, pipe: Any, spec: JobSpec, device: str, overlap: bool = True, pad_batches: bool = False) -> None:
+        self.pipe, self.spec = pipe, spec
         self.device = torch.device(device)
-        self.rows_per_call = 1 if self.device.type == "cpu" else spec.batch_size
-        self._vae_fp32: Any = None  # made once, on first need (see _decode_images)
+        self.sampler = TurboSampler(pipe, spec, self.device)
+        self.decoder = Decoder(pipe)
+        self.rows_per_call = spec.batch_size
+        self.in_flight = 2 if overlap else 1
+        self.pad_batches = pad_batches
+        self._last_done = 0.0  # when the previous batch's results were in (per-batch time, overlap aside)
 
     def render(self, rows: list[Row]) -> Iterator[Rendered | Row]:
-        """Render valid rows, in order, ``rows_per_call`` at a time.
-
-        Yields a ``Rendered`` per row, or the ``Row`` itself with ``error`` set when the
-        pipeline raised on it.
-        """
+        """Render valid rows, in order; yields a ``Rendered`` per row, or the ``Row`` itself with
+        ``error`` set when the pipeline raised on it."""
+        queued: deque[_Queued] = deque()
         start = 0
         while start < len(rows):
             batch = rows[start : start + self.rows_per_call]
-            yield from self._render_resilient(batch)
             start += len(batch)
+            try:
+                queued.append(self._queue(batch))
+            except Exception as e:  # noqa: BLE001 - recovered below (or re-raised there)
+                while queued:
+                    yield from self._finish_or_recover(queued.popleft())
+                yield from self._recover(batch, e)
+                continue
+            if len(queued) >= self.in_flight:
+                yield from self._finish_or_recover(queued.popleft())
+        while queued:
+            yield from self._finish_or_recover(queued.popleft())
 
-    def _render_resilient(self, rows: list[Row]) -> list[Rendered | Row]:
-        try:
-            return self._render_call(rows)
-        except torch.OutOfMemoryError:
-            if len(rows) == 1:
-                raise  # nothing left to halve: the shard fails with the OOM
-            self._free_cached_memory()
-            size = self.rows_per_call
-            while size >= len(rows):  # halve (8 -> 4 -> 2 -> 1) until below the call that failed
-                size //= 2
-            self.rows_per_call = size  # keep the size that fits for the rest of the run
-            chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
-            return [result for chunk in chunks for result in self._render_resilient(chunk)]
-        except Exception as e:  # noqa: BLE001 - a row's failure is recorded, not raised
-            if len(rows) == 1:
-                rows[0].error = f"pipeline raised {type(e).__name__}: {e}"[:2000]
-                return [rows[0]]
-            return [result for row in rows for result in self._render_resilient([row])]
-
-    def _free_cached_memory(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
+    # -- one batch ---------------------------------------------------------------------
     @torch.inference_mode()
-    def _render_call(self, rows: list[Row]) -> list[Rendered]:
+    def _queue(self, rows: list[Row]) -> _Queued:
+        """Sample, decode and start the copy of the results to the host; nothing waits here."""
         started = time.perf_counter()
-        faults.before_pipeline_call([r.prompt for r in rows])  # test-only; a no-op unless configured
-        latents = self.pipe(
-            prompt=[r.prompt for r in rows],
-            negative_prompt=self._negative_prompts(rows),
-            num_inference_steps=self.spec.steps,
-            guidance_scale=self.spec.guidance_scale,
-            height=self.spec.height,
-            width=self.spec.width,
-            generator=[torch.Generator(self.device).manual_seed(r.seed) for r in rows],
-            output_type="latent",
-            **self._control_args(rows),
-        ).images
-        images, stats, redecoded = self._decode_images(latents)
-        hashable = images.shape[1] >= 8 and images.shape[2] >= 9  # dhash64's minimum size
-        hashes = [dhash64(images)] if hashable else []  # on the device: only uint8 and [N] values go to the host
-        images, nonfinite, mean, std, redecoded, *hashes = self._to_host([images, *stats, redecoded, *hashes])
-        hexes = [f"{int(h) & 0xFFFF_FFFF_FFFF_FFFF:016x}" for h in hashes[0]] if hashes else [None] * len(rows)
-        ms = (time.perf_counter() - started) * 1000 / len(rows)
+        padded = rows + [rows[-1]] * (self.rows_per_call - len(rows)) if self.pad_batches else rows
+        faults.before_pipeline_call([r.prompt for r in padded])  # test-only; a no-op unless configured
+        negatives = [r.negative_prompt or "" for r in padded] if self.spec.negative_prompt_column else None
+        controls = [r.control_image for r in padded] if self.spec.controlnet else None
+        latents, truncated = self.sampler.sample([r.prompt for r in padded], negatives, [r.seed for r in padded],
+                                                 controls)  # fmt: skip
+        host, done = self._copy_out(self.decoder.decode(latents))
+        return _Queued(rows, len(padded), latents, truncated, host, done, started)
+
+    def _finish(self, q: _Queued) -> list[Rendered]:
+        """Wait for a queued batch's results; decode again in float32 the images that need it."""
+        if q.done is not None:
+            q.done.synchronize()
+        images, nonfinite, mean, std, *hashes = q.host
+        redone = np.zeros(len(images), dtype=bool)
+        if self.decoder.may_need_fp32 and nonfinite[: len(q.rows)].any():
+            redone[: len(q.rows)] = nonfinite[: len(q.rows)] > 0
+            fixed = self._wait(self.decoder.redecode_fp32(q.latents[torch.from_numpy(redone).to(q.latents.device)]))
+            for mine, theirs in zip(q.host, fixed):  # images, nonfinite, mean, std[, hashes]
+                mine[redone] = theirs
+        now = time.perf_counter()
+        ms = (now - max(q.started, self._last_done)) * 1000 / len(q.rows)
+        self._last_done = now
+        hexes = [f"{int(h) & 0xFFFF_FFFF_FFFF_FFFF:016x}" for h in hashes[0]] if hashes else [None] * len(images)
         return [
-            Rendered(r, images[i], ms, self._is_truncated(r.prompt), bool(redecoded[i]), len(rows),
-                     nan_count=int(nonfinite[i]), mean=float(mean[i]), std=float(std[i]), dhash=hexes[i])
-            for i, r in enumerate(rows)
+            Rendered(r, images[i], ms, q.truncated[i], bool(redone[i]), q.calls, nan_count=int(nonfinite[i]),
+                     mean=float(mean[i]), std=float(std[i]), dhash=hexes[i])
+            for i, r in enumerate(q.rows)
         ]  # fmt: skip
 
-    def _control_args(self, rows: list[Row]) -> dict[str, Any]:
-        if not self.spec.controlnet:
-            return {}
-        return {"image": [r.control_image for r in rows], "controlnet_conditioning_scale": self.spec.controlnet_scale}
-
-    def _decode_images(self, latents: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
-        """VAE decode as the pipeline does it, then post-process and stats in one pass, on the device.
-
-        diffusers upcasts a float16 VAE that needs it (SDXL's, ``force_upcast``) to float32 and
-        back on every call. We decode in float16 and, from the NaN/Inf counts the fused
-        post-process gives anyway (no extra pass), decode again in float32 (with a float32 copy
-        of the VAE made once) only the images that hold NaN or Inf. Each image is post-processed
-        in its own decode's dtype, so its pixels do not depend on its batch-mates.
-
-        Returns uint8 NHWC images, (NaN+Inf count, mean, std) of the images finally used, and
-        which images were redone.
-        """
-        vae = self.pipe.vae
-        scaled = self._unscale(latents, vae.config)
-        decoded = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
-        images, stats = postprocess_with_stats(decoded)
-        nonfinite, mean, std = stats.nan + stats.inf, stats.mean, stats.std
-        broken = nonfinite > 0
-        if vae.dtype == torch.float16 and bool(broken.any()):  # syncs only for float16 VAEs
-            if self._vae_fp32 is None:
-                self._vae_fp32 = copy.deepcopy(vae).to(torch.float32)
-            again = self._vae_fp32.decode(scaled[broken].float(), return_dict=False)[0]
-            fixed, fixed_stats = postprocess_with_stats(again)
-            images[broken], nonfinite[broken] = fixed, fixed_stats.nan + fixed_stats.inf
-            mean[broken], std[broken] = fixed_stats.mean, fixed_stats.std
-        else:
-            broken = torch.zeros_like(broken)
-        return images, (nonfinite, mean, std), broken
-
-    def _to_host(self, tensors: list[torch.Tensor]) -> list[np.ndarray]:
-        """Device tensors as numpy. CUDA: async copies into pinned buffers, then one stream sync
-        (the arrays stay views of those buffers, so they live as long as the images)."""
+    def _copy_out(self, decoded: Decoded) -> tuple[list[np.ndarray], Any]:
+        """Results to host memory. CUDA: asynchronous copies into pinned buffers and an event to
+        wait on (the arrays are views of those buffers, so they live as long as the images)."""
+        tensors = decoded.tensors()
         if self.device.type != "cuda":
-            return [t.cpu().numpy() for t in tensors]
+            return [t.numpy() for t in tensors], None
         host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
         for dst, src in zip(host, tensors):
             dst.copy_(src, non_blocking=True)
-        torch.cuda.current_stream(self.device).synchronize()
-        return [h.numpy() for h in host]
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        return [h.numpy() for h in host], done
 
-    @staticmethod
-    def _unscale(latents: torch.Tensor, config: Any) -> torch.Tensor:
-        """Undo the VAE's latent scaling (and SDXL-style mean/std when the VAE config has them)."""
-        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-        if mean is not None and std is not None:
-            mean = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-            std = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-            return latents * std / config.scaling_factor + mean
-        return latents / config.scaling_factor
+    def _wait(self, decoded: Decoded) -> list[np.ndarray]:
+        host, done = self._copy_out(decoded)
+        if done is not None:
+            done.synchronize()
+        return host
 
-    def _negative_prompts(self, rows: list[Row]) -> list[str] | None:
-        if not self.spec.negative_prompt_column:
-            return None
-        return [r.negative_prompt or "" for r in rows]  # diffusers treats None as ""
+    # -- failures ----------------------------------------------------------------------
+    def _finish_or_recover(self, q: _Queued) -> list[Rendered | Row]:
+        try:
+            return self._finish(q)
+        except Exception as e:  # noqa: BLE001 - recovered (or re-raised) there
+            return self._recover(q.rows, e)
 
-    def _is_truncated(self, prompt: str) -> bool:
-        tokenizer = self.pipe.tokenizer
-        ids = tokenizer(prompt, truncation=False, verbose=False).input_ids
-        return len(ids) > tokenizer.model_max_length
+    def _render_now(self, rows: list[Row]) -> list[Rendered | Row]:
+        try:
+            return self._finish(self._queue(rows))
+        except Exception as e:  # noqa: BLE001
+            return self._recover(rows, e)
+
+    def _recover(self, rows: list[Row], e: Exception) -> list[Rendered | Row]:
+        """OOM: halve the batch (keeping the smaller size); otherwise row by row, so that only the
+        row that raises fails. OOM at one row re-raises: the shard fails."""
+        if isinstance(e, torch.OutOfMemoryError):
+            if len(rows) == 1:
+                raise e
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            size = self.rows_per_call
+            while size >= len(rows):  # halve (8 -> 4 -> 2 -> 1) until below the call that failed
+                size //= 2
+            self.rows_per_call = size
+            return [result for i in range(0, len(rows), size) for result in self._render_now(rows[i : i + size])]
+        if len(rows) == 1:
+            rows[0].error = f"pipeline raised {type(e).__name__}: {e}"[:2000]
+            return [rows[0]]
+        return [result for row in rows for result in self._render_now([row])]

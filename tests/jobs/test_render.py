@@ -16,7 +16,7 @@ import torch
 from jobs import layout, schedule
 from jobs.render import main
 from tests.conftest import REPO, write_parquet
-from tests.helpers import plain_diffusers_image, read_metadata, read_tar_images
+from tests.helpers import assert_within_one_level, plain_diffusers_image, read_metadata, read_tar_images
 
 pytestmark = pytest.mark.slow
 SIZE = ["--height", "48", "--width", "40"]
@@ -63,8 +63,8 @@ def test_every_row_once_resume_and_determinism(ray_cluster, dataset, tmp_path, t
     assert sorted(images) == sorted(r["key"] for r in rows if r["status"] == "ok")
     assert {img.shape for img in images.values()} == {(48, 40, 3)}
 
-    # A row's image is what a plain diffusers call with its generator gives: bitwise on CPU at
-    # the same torch thread count (each of the 2 actors on this 2-CPU Ray got num_cpus=1).
+    # A row's image is what a plain diffusers call with its generator gives, within 1 level
+    # (each of the 2 actors on this 2-CPU Ray got num_cpus=1; the plain call runs 1 thread too).
     from diffusers import AutoPipelineForText2Image
 
     pipe = AutoPipelineForText2Image.from_pretrained(tiny_model_dir)
@@ -74,7 +74,7 @@ def test_every_row_once_resume_and_determinism(ray_cluster, dataset, tmp_path, t
     try:
         for r in (rows[1], rows[2], rows[20]):
             expected = plain_diffusers_image(pipe, r["prompt"], r["seed"], 48, 40)
-            np.testing.assert_array_equal(images[r["key"]], expected)
+            assert_within_one_level(images[r["key"]], expected, r["key"])
     finally:
         torch.set_num_threads(threads)
 

@@ -26,13 +26,15 @@ def test_every_flag_reaches_the_spec():
                  "--seed", "7", "--prompt-column", "text", "--negative-prompt-column", "neg",
                  "--seed-column", "s", "--key-column", "id", "--overwrite", "--vae", "v", "--controlnet", "c",
                  "--control-image-column", "ctrl", "--control-preprocess", "canny", "--controlnet-scale", "0.5",
-                 "--max-retries", "5", "--max-failed-shards", "2", "--compile", "reduce-overhead")  # fmt: skip
+                 "--max-retries", "5", "--max-failed-shards", "2", "--compile", "reduce-overhead",
+                 "--speedups", "fused_norms,overlap")  # fmt: skip
     assert spec.to_dict() == {
         "input": "in.parquet", "output": "out", "model": "tiny-sd-turbo", "steps": 2, "guidance_scale": 1.5,
         "height": 64, "width": 128, "batch_size": 4, "dtype": "bfloat16", "workers": 3, "shard_size": 10,
         "format": "files", "image_format": "jpeg", "quality": 80, "seed": 7, "prompt_column": "text",
         "negative_prompt_column": "neg", "seed_column": "s", "key_column": "id", "overwrite": True,
-        "device": "cpu", "weights": "pretrained", "vae": "v", "compile": "reduce-overhead", "controlnet": "c",
+        "device": "cpu", "weights": "pretrained", "vae": "v", "compile": "reduce-overhead",
+        "speedups": "overlap,fused_norms", "controlnet": "c",
         "control_image_column": "ctrl",
         "control_preprocess": "canny", "controlnet_scale": 0.5, "max_retries": 5, "max_failed_shards": 2,
         "storage_options": {}, "input_storage_options": {}, "output_storage_options": {},
@@ -59,11 +61,22 @@ def test_every_flag_reaches_the_spec():
         (["--control-image-column", "c"], "--control-image-column: 'c' given but no --controlnet"),
         (["--controlnet", "x", "--control-image-column", "c", "--controlnet-scale", "-1"],
          "--controlnet-scale: -1.0 is out of range"),
+        (["--speedups", "overlap,turbo"], "--speedups: unknown change 'turbo'; choose from overlap, fold_upsample"),
     ],
 )
 def test_invalid_values_name_the_flag_and_the_range(argv, message):
     with pytest.raises(JobError, match=message.replace("(", r"\(")):
         parse(*argv)
+
+
+def test_speedups_are_normalized_from_any_spelling(tmp_path):
+    assert parse().speedups == "overlap,fold_upsample"  # "default"
+    assert parse("--speedups", "none").speedups == "none"
+    assert parse("--speedups", "default,fused-norms").speedups == "overlap,fold_upsample,fused_norms"
+    config = tmp_path / "job.yaml"
+    config.write_text("input: a\noutput: b\nspeedups: [channels_last, overlap]\n")
+    assert parse_render_args(["--config", str(config)]).speedups == "overlap,channels_last"
+    assert "speedups" not in JobSpec.OUTPUT_FIELDS  # like --batch-size: a resume may change it
 
 
 def test_argparse_rejects_unknown_choices(capsys):

@@ -13,7 +13,7 @@ from PIL import Image
 from jobs.plan import Shard
 from jobs.spec import JobSpec
 from tests.conftest import write_parquet
-from tests.helpers import read_metadata, read_tar_images
+from tests.helpers import assert_within_one_level, read_metadata, read_tar_images
 from workers.actor import RenderWorker
 from workers.control import CANNY_HIGH, CANNY_LOW
 from workers.tiny import tiny_model_path
@@ -69,7 +69,7 @@ def test_sdxl_turbo_matches_a_plain_diffusers_call(tmp_path):
         Shard(0, f"file://{data}", 0, 3, 0, 9))
     images, pipe = read_tar_images(tmp_path / "out"), plain_pipeline("tiny-sdxl-turbo")
     for row in read_metadata(tmp_path / "out"):
-        np.testing.assert_array_equal(images[row["key"]], plain_image(pipe, row["prompt"], row["seed"]))
+        assert_within_one_level(images[row["key"]], plain_image(pipe, row["prompt"], row["seed"]), row["key"])
         assert row["redecoded_fp32"] is False
 
 
@@ -102,7 +102,7 @@ def test_controlnet_rows_match_a_plain_call_and_bad_images_fail_alone(control_da
             assert edges.any()  # the control image really has edges
             control = Image.fromarray(np.stack([edges] * 3, axis=-1))
         expected = plain_image(pipe, row["prompt"], row["seed"], image=control, controlnet_conditioning_scale=0.8)
-        np.testing.assert_array_equal(images[row["key"]], expected)
+        assert_within_one_level(images[row["key"]], expected, row["key"])
 
 
 def test_raw_bytes_control_images(tmp_path):
@@ -115,18 +115,19 @@ def test_raw_bytes_control_images(tmp_path):
 
 
 def test_fp16_vae_overflow_is_decoded_again_in_float32(tmp_path):
-    """A real float16 overflow (huge latents) on CPU: only the broken image is redone in float32."""
-    from workers.renderer import PipelineRenderer
+    """A real float16 overflow (huge latents) on CPU: the stats flag it, a float32 decode fixes it."""
+    from workers.decode import Decoder
 
     pipe = plain_pipeline("tiny-sdxl-turbo")
     pipe.vae.to(torch.float16)
-    renderer = PipelineRenderer(pipe, spec_for(tmp_path, tmp_path), "cpu")
+    decoder = Decoder(pipe)
     latents = torch.randn(2, 4, 24, 20, generator=torch.Generator().manual_seed(0))
     latents[1] *= 3e4  # overflows float16 inside the decoder
-    _, (nonfinite, _, _), redecoded = renderer._decode_images(latents)
-    assert redecoded.tolist() == [False, True]
-    assert nonfinite.tolist() == [0, 0]  # the redone image is finite
-    assert renderer._vae_fp32 is not None and pipe.vae.dtype == torch.float16  # the fp16 VAE is left as it was
+    with torch.inference_mode():
+        first, again = decoder.decode(latents), decoder.redecode_fp32(latents[1:])
+    assert first.nonfinite[0] == 0 and first.nonfinite[1] > 0
+    assert again.nonfinite.tolist() == [0]  # the redone image is finite
+    assert decoder.fp32_copy is not None and pipe.vae.dtype == torch.float16  # the fp16 VAE is left as it was
 
 
 def test_vae_swap_loads_through_from_pretrained(tmp_path):
@@ -143,7 +144,7 @@ def test_vae_swap_loads_through_from_pretrained(tmp_path):
 @pytest.mark.parametrize("model", ["tiny-sd-turbo", "tiny-sdxl-turbo"])
 def test_tiny_autoencoder_renders_what_diffusers_gives_with_it(tmp_path, model):
     """--vae with an AutoencoderTiny (TAESD class): the images are a plain diffusers call's with
-    that VAE swapped in, bit for bit, and not the full VAE's."""
+    that VAE swapped in (within 1 level), and not the full VAE's."""
     data = write_parquet(tmp_path / "p.parquet", {"prompt": ["a red fox", "日本 🎨"]})
     spec = spec_for(tmp_path, data, model=model, shard_size=2, vae="tiny-taesd")
     RenderWorker(spec).render_shard(Shard(0, f"file://{data}", 0, 2, 0, 9))
@@ -151,5 +152,6 @@ def test_tiny_autoencoder_renders_what_diffusers_gives_with_it(tmp_path, model):
     tiny, full = plain_pipeline(model, tiny_vae="tiny-taesd"), plain_pipeline(model)
     assert [r["vae"] for r in rows] == ["tiny-taesd"] * 2
     for row in rows:
-        np.testing.assert_array_equal(images[row["key"]], plain_image(tiny, row["prompt"], row["seed"]))
-        assert not np.array_equal(images[row["key"]], plain_image(full, row["prompt"], row["seed"]))
+        assert_within_one_level(images[row["key"]], plain_image(tiny, row["prompt"], row["seed"]), row["key"])
+        full_diff = np.abs(images[row["key"]].astype(int) - plain_image(full, row["prompt"], row["seed"]).astype(int))
+        assert full_diff.max() > 1  # not the full VAE's image

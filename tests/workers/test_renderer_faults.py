@@ -31,7 +31,6 @@ def inject(monkeypatch):
 def render(tmp_path, prompts, batch_size=4, **spec):
     path = write_parquet(tmp_path / "in" / "p.parquet", {"prompt": prompts})
     worker = RenderWorker(resolved_spec(tmp_path / "out", shard_size=len(prompts), batch_size=batch_size, **spec))
-    worker.renderer.rows_per_call = batch_size  # CPU renders 1 row per call; batching is what is tested
     marker = worker.render_shard(Shard(0, f"file://{path}", 0, len(prompts), 0, 1))
     return worker, marker, read_metadata(tmp_path / "out")
 

@@ -20,7 +20,7 @@ from tests.conftest import write_parquet
 from tests.helpers import read_metadata, read_tar_images
 from tests.workers.test_actor import resolved_spec
 from tests.workers.test_control import plain_pipeline, spec_for
-from workers import renderer as renderer_module
+from workers import decode as decode_module
 from workers.actor import RenderWorker
 from workers.renderer import PipelineRenderer, Rendered
 from workers.rows import Row
@@ -77,33 +77,31 @@ def test_images_below_dhash_size_get_no_hash_but_render(tmp_path, tiny_model_dir
     assert row["status"] == "ok" and row["nan_count"] == 0 and row["dhash"] is None
 
 
-class Tampered:
-    """The real pipeline, with the latents of prompts holding a marker changed after sampling."""
+def tamper(renderer: PipelineRenderer, marker: str, change: Any) -> PipelineRenderer:
+    """The real renderer, with the latents of prompts holding ``marker`` changed after sampling."""
+    sample = renderer.sampler.sample
 
-    def __init__(self, pipe: Any, marker: str, change: Any) -> None:
-        self.pipe, self.marker, self.change = pipe, marker, change
+    def tampered(prompts: list[str], *args: Any) -> Any:
+        latents, truncated = sample(prompts, *args)
+        for i, prompt in enumerate(prompts):
+            if marker in prompt:
+                latents[i] = change(latents[i])
+        return latents, truncated
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.pipe, name)
-
-    def __call__(self, **kwargs: Any) -> Any:
-        out = self.pipe(**kwargs)
-        for i, prompt in enumerate(kwargs["prompt"]):
-            if self.marker in prompt:
-                out.images[i] = self.change(out.images[i])
-        return out
+    renderer.sampler.sample = tampered
+    return renderer
 
 
 def spy_stats(monkeypatch) -> list[tuple[torch.dtype, list[int]]]:
     """Record (input dtype, NaN+Inf per image) of every postprocess_with_stats call the renderer makes."""
-    seen, real = [], renderer_module.postprocess_with_stats
+    seen, real = [], decode_module.postprocess_with_stats
 
     def spy(x: torch.Tensor) -> Any:
         images, stats = real(x)
         seen.append((x.dtype, (stats.nan + stats.inf).tolist()))
         return images, stats
 
-    monkeypatch.setattr(renderer_module, "postprocess_with_stats", spy)
+    monkeypatch.setattr(decode_module, "postprocess_with_stats", spy)
     return seen
 
 
@@ -120,7 +118,7 @@ def test_fp16_overflow_is_redecoded_from_the_stats_and_recorded(tmp_path, monkey
     pipe = plain_pipeline("tiny-sdxl-turbo")
     pipe.vae.to(torch.float16)
     spec = spec_for(tmp_path, tmp_path, model="tiny-sdxl-turbo", shard_size=2)
-    renderer = PipelineRenderer(Tampered(pipe, "BREAK", lambda lat: lat * 3e4), spec, "cpu")
+    renderer = tamper(PipelineRenderer(pipe, spec, "cpu"), "BREAK", lambda lat: lat * 3e4)
     seen = spy_stats(monkeypatch)
     results = render_two(renderer)
 
@@ -132,7 +130,7 @@ def test_fp16_overflow_is_redecoded_from_the_stats_and_recorded(tmp_path, monkey
     assert [r.nan_count for r in results] == [0, 0]  # of the image finally used
 
     # The redone image is the post-process of a plain float32 decode of the same latents.
-    vae32 = renderer._vae_fp32
+    vae32 = renderer.decoder.fp32_copy
     latents = pipe(["a cat BREAK"], num_inference_steps=1, guidance_scale=0.0, height=48, width=40,
                    generator=[torch.Generator("cpu").manual_seed(2)], output_type="latent").images * 3e4  # fmt: skip
     with torch.no_grad():
@@ -156,7 +154,7 @@ def test_redecode_follows_the_stats_not_a_separate_check(tmp_path, monkeypatch):
     pipe = plain_pipeline("tiny-sdxl-turbo")
     pipe.vae.to(torch.float16)
     renderer = PipelineRenderer(pipe, spec_for(tmp_path, tmp_path, model="tiny-sdxl-turbo"), "cpu")
-    real = renderer_module.postprocess_with_stats
+    real = decode_module.postprocess_with_stats
 
     def says_row0_broken(x: torch.Tensor) -> Any:
         images, stats = real(x)
@@ -164,7 +162,7 @@ def test_redecode_follows_the_stats_not_a_separate_check(tmp_path, monkeypatch):
             stats.nan[0] += 1
         return images, stats
 
-    monkeypatch.setattr(renderer_module, "postprocess_with_stats", says_row0_broken)
+    monkeypatch.setattr(decode_module, "postprocess_with_stats", says_row0_broken)
     results = render_two(renderer)
     assert [r.redecoded_fp32 for r in results] == [True, False]
     assert [r.nan_count for r in results] == [0, 0]  # row 0's count is its float32 redo's
@@ -176,13 +174,13 @@ def test_float32_vae_nan_is_counted_not_redecoded(tmp_path, monkeypatch, tiny_mo
     spec = spec_for(tmp_path, tmp_path)
 
     def poison(lat: torch.Tensor) -> torch.Tensor:
-        lat[:, :2, :2] = float("nan")
+        lat[:2, :2] = float("nan")
         return lat
 
-    renderer = PipelineRenderer(Tampered(pipe, "BREAK", poison), spec, "cpu")
+    renderer = tamper(PipelineRenderer(pipe, spec, "cpu"), "BREAK", poison)
     seen = spy_stats(monkeypatch)
     results = render_two(renderer)
     assert len(seen) == 1 and seen[0][0] == torch.float32
     assert [r.redecoded_fp32 for r in results] == [False, False]
     assert results[0].nan_count == 0 and results[1].nan_count == seen[0][1][1] > 0
-    assert renderer._vae_fp32 is None
+    assert renderer.decoder.fp32_copy is None
