@@ -45,12 +45,12 @@ GPU_PYTHON ?= python3
 WHEELHOUSE ?= build/gpu-wheelhouse
 CUDA_ROOT  ?= /usr/local/cuda
 GPU_OUT    ?= build/gpu-check
-# Worker speed variants timed beside the unchanged worker (workers/speedups.py). compile_unet and
-# cuda_graphs compile for minutes: measure them in their own call,
-# `make gpu-check GPU_VARIANTS=compile_unet,cuda_graphs`.
-GPU_VARIANTS ?= channels_last,fuse_qkv,tiny_vae
-# More arguments for benchmarks/gpu.py, e.g. GPU_BENCH_ARGS="--images 128".
-GPU_BENCH_ARGS ?=
+# Workers timed side by side (benchmarks/gpu.py --variants; empty: previous, none, each speed change
+# alone, default, all). compile_decoder compiles for minutes: measure it in its own call,
+# `make gpu-check GPU_VARIANTS=default,compile_decoder GPU_BENCH_ARGS="--decoders vae"`.
+GPU_VARIANTS ?=
+# More arguments for benchmarks/gpu.py; 2 rounds keep the whole check inside one 10-minute call.
+GPU_BENCH_ARGS ?= --runs 2
 
 # On a machine with a registry (this one): everything gpu-check needs, to carry to the GPU machine.
 gpu-wheelhouse: setup

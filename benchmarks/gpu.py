@@ -1,35 +1,36 @@
-"""GPU benchmark: turbobatch's worker vs a naive diffusers loop, and vs the card's FLOP limit.
+"""GPU benchmark: the worker's speed changes, side by side, against a naive loop and the card's limit.
 
 sd-turbo and sdxl-turbo at 512x512, 1 step, random weights (``--weights random``), fp16, JPEG to a
-local folder. Side by side in one run, alternating: (a) the naive loop, ``pipe(prompts).images``
-then PIL save; (b) ``RenderWorker.render_shard`` (no Ray: the GPU machine has none). Prints
-images/s of each, their ratio, FLOPs per image (flops.py, meta device) and the fraction of the
-bf16 matrix-multiply rate measured on the same card in the same run.
+local folder, with the model's VAE and with a tiny autoencoder (TAESD architecture, random
+weights). Per model and decoder, alternating in every round: the naive diffusers loop
+(benchmarks/baselines.py), the previous worker (the pipeline's ``__call__``), and workers with
+``--speedups``: ``none``, each change alone, ``default`` and ``all`` (the non-compiling ones).
+All workers of a model share the UNet and text encoders; each has its own copy of the decoder
+(the changes rewrite it). Printed per worker: images/s, ratio to the naive loop and to the
+previous worker, share of the card's limit (FLOPs per image over the bf16 matmul rate measured
+in the same run), first-shard seconds, and the largest pixel difference from a plain diffusers
+call with the same seeds; then, for the default worker, time per component, the profile of its
+device time and (``--trace``) a torch.profiler table of one shard.
 
-``--variants`` adds workers changed by ``workers/speedups.py`` (one fresh worker per variant, so
-changes never stack), timed in the same rounds as the unchanged one (baseline, v1, v2, ...),
-with each variant's images/s, its ratio to the baseline, its first-shard time (compilation
-included) and the largest pixel difference of its first images from the baseline's.
-
-    python benchmarks/gpu.py                 # on a GPU machine (make gpu-check)
-    python benchmarks/gpu.py --variants channels_last,fuse_qkv,compile_unet
-    python benchmarks/gpu.py --trace out/    # also a torch.profiler table of one shard per model
-    python benchmarks/gpu.py --smoke         # CPU, tiny model: checks the code path only
+    python benchmarks/gpu.py                          # on a GPU machine (make gpu-check)
+    python benchmarks/gpu.py --variants previous,none,default --decoders vae
+    python benchmarks/gpu.py --variants default,compile_decoder   # compiles: its own call
+    python benchmarks/gpu.py --smoke                  # CPU, tiny model: checks the code path only
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import gc
-import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,23 +39,27 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.baselines import naive_loop, previous_worker, sync  # noqa: E402
 from benchmarks.breakdown import breakdown_line, component_times  # noqa: E402
 from benchmarks.flops import flops_per_image  # noqa: E402
 from jobs.plan import Shard  # noqa: E402
-from jobs.spec import JobSpec  # noqa: E402
+from jobs.spec import DEFAULT_SPEEDUPS, SPEEDUPS, JobSpec, normalize_speedups  # noqa: E402
 from jobs.status import profile_line, summed_timings  # noqa: E402
 from workers import speedups  # noqa: E402
 from workers.actor import RenderWorker  # noqa: E402
 from workers.rows import rows_from_table  # noqa: E402
 
-SMOKE_COMPILE_LIMIT_S = 240  # on CPU, torch.compile of even the tiny UNet takes ~70 s cold
-COMPARED_IMAGES = 4  # at least; on a GPU one full batch, so a compiled UNet sees no new shape
+COMPARED_IMAGES = 4  # at least; on a GPU one full batch, so a compiled model sees no new shape
+ALL = ",".join(n for n in SPEEDUPS if n not in speedups.COMPILING)
+# label -> --speedups of that worker ("previous" is the pipeline-call worker, no speedups)
+STANDARD = {"previous": "none", "none": "none", **{n: n for n in SPEEDUPS if n not in speedups.COMPILING},
+            "default": ",".join(DEFAULT_SPEEDUPS), "all": ALL}  # fmt: skip
 
 
-def matmul_rate(device: str, n: int = 8192, reps: int = 20) -> float:
+def matmul_rate(n: int = 8192, reps: int = 20) -> float:
     """Measured bf16 matrix-multiply FLOP/s (median of ``reps``, CUDA events)."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     for _ in range(3):
         a @ b
     times = []
@@ -68,229 +73,199 @@ def matmul_rate(device: str, n: int = 8192, reps: int = 20) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def naive_loop(pipe, prompts: list[str], batch: int, size: int, out: Path, device: str) -> float:
-    sync(device)
-    started = time.perf_counter()
-    for i in range(0, len(prompts), batch):
-        images = pipe(prompts[i : i + batch], num_inference_steps=1, guidance_scale=0.0, height=size, width=size).images
-        for j, image in enumerate(images):
-            image.save(out / f"{i + j:06d}.jpg", quality=95)
-    sync(device)
-    return len(prompts) / (time.perf_counter() - started)
-
-
-def worker_run(worker: RenderWorker, data: Path, rows: int, device: str) -> tuple[float, dict]:
-    """Images/s of one whole shard, and its done marker."""
-    sync(device)
-    started = time.perf_counter()
-    marker = worker.render_shard(Shard(0, f"file://{data}", 0, rows, 0, 9))
-    sync(device)
-    rate = rows / (time.perf_counter() - started)
-    if marker["ok"] != rows:  # a row the pipeline raised on would inflate images/s
-        raise RuntimeError(f"only {marker['ok']} of {rows} rows rendered; see {worker.spec.output}/_done")
-    return rate, marker
-
-
-def trace_shard(worker: RenderWorker, data: Path, rows: int, device: str, path: Path) -> None:
-    """One more shard under torch.profiler: the ops that took the most device time (CPU time on
-    CPU), to split what the component breakdown leaves as "everything else"."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    # By default the profiler records only the thread that starts it; pipeline calls run on the
-    # worker's device thread. profile_all_threads: torch >= 2.7 (pytorch/pytorch#143659).
-    every_thread = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
-    with profile(activities=activities, experimental_config=every_thread) as prof:
-        worker_run(worker, data, rows, device)
-    sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=60))
-    print(f"profile of one baseline shard: {path}", flush=True)
-
-
-class CompileTimeout(BaseException):
-    """Raised by the smoke time limit; a BaseException so the renderer's per-row catch lets it through."""
-
-
-@contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    if not seconds:
-        yield
-        return
-
-    def on_alarm(signum, frame):
-        raise CompileTimeout(f"took over {seconds:.0f} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 @dataclass
 class Variant:
-    name: str
+    label: str
     worker: RenderWorker
-    first_s: float  # the warm-up shard: compilation, autotuning, first-call allocations
-    images: list[np.ndarray]  # the first rows' uint8 images, for the pixel comparison
-    batch: int  # rows per pipeline call at the start; the renderer halves it after an out-of-memory
+    first_s: float = 0.0  # the warm-up shard: compilation, cuDNN autotuning, first-call allocations
+    images: list[np.ndarray] = field(default_factory=list)  # first rows' uint8 images
     rates: list[float] = field(default_factory=list)
-    markers: list[dict] = field(default_factory=list)  # of the timed runs: their timings_s profile the worker
+    markers: list[dict] = field(default_factory=list)
+
+    @property
+    def cudnn_benchmark(self) -> bool:  # process-wide in torch: set before each of this worker's runs
+        return "cudnn_benchmark" in self.worker.spec.speedup_set
 
 
-def first_images(worker: RenderWorker, data: Path) -> list[np.ndarray]:
-    """The renderer's uint8 images of the first rows (before encoding), one full pipeline call on a GPU."""
+def run_shard(v: Variant, data: Path, rows: int) -> float:
+    """Images/s of one whole shard (its done marker kept for the profile)."""
+    torch.backends.cudnn.benchmark = v.cudnn_benchmark
+    device = v.worker.spec.device
+    sync(device)
+    started = time.perf_counter()
+    marker = v.worker.render_shard(Shard(0, f"file://{data}", 0, rows, 0, 9))
+    sync(device)
+    if marker["ok"] != rows:  # a row the pipeline raised on would inflate images/s
+        raise RuntimeError(f"{v.label}: only {marker['ok']} of {rows} rows rendered")
+    v.markers.append(marker)
+    return rows / (time.perf_counter() - started)
+
+
+def first_images(v: Variant, data: Path) -> list[np.ndarray]:
+    """The renderer's uint8 images of the first rows (before encoding): one full batch on a GPU."""
+    worker = v.worker
     n = max(COMPARED_IMAGES, worker.renderer.rows_per_call)
     shard = Shard(0, f"file://{data}", 0, n, 0, 9)
+    torch.backends.cudnn.benchmark = v.cudnn_benchmark
     results = list(worker.renderer.render(rows_from_table(worker.reader.read(shard), shard, worker.spec)))
     failed = [r.error for r in results if not hasattr(r, "image")]
     if failed:
-        raise RuntimeError(f"{len(failed)} of {n} rows failed; first: {failed[0]}")
+        raise RuntimeError(f"{v.label}: {len(failed)} of {n} rows failed; first: {failed[0]}")
     return [r.image for r in results]
 
 
-def build_variant(name: str, spec: JobSpec, data: Path, rows: int) -> Variant:
-    """A fresh worker with speedup ``name`` applied ("baseline": none), warmed up on the shard."""
-    worker = RenderWorker(spec)
-    batch = worker.renderer.rows_per_call
-    if name != "baseline":
-        speedups.apply(worker.renderer.pipe, name)
+def plain_images(pipe: Any, spec: JobSpec, prompts: list[str], n: int) -> list[np.ndarray]:
+    """What plain diffusers calls give for the first rows' prompts and seeds (job seed + index)."""
+    gens = [torch.Generator(spec.device).manual_seed(spec.seed + i) for i in range(n)]
+    out = pipe(prompts[:n], num_inference_steps=spec.steps, guidance_scale=0.0, height=spec.height,
+               width=spec.width, generator=gens, output_type="np").images  # fmt: skip
+    return [(image * 255).round().astype(np.uint8) for image in out]
+
+
+def with_decoder(pipe: Any, vae: Any) -> Any:
+    """A pipeline sharing ``pipe``'s UNet and text encoders, with its own ``vae``."""
+    own = type(pipe)(**{**pipe.components, "vae": vae})
+    own.set_progress_bar_config(disable=True)
+    return own
+
+
+def build(label: str, changes: str, spec: JobSpec, pipe: Any, vae: Any, data: Path, rows: int) -> Variant:
+    worker_spec = dataclasses.replace(spec, speedups=changes, output=f"{spec.output}-{label}")
+    own = with_decoder(pipe, copy.deepcopy(vae))
+    worker = previous_worker(worker_spec, own) if label == "previous" else RenderWorker(worker_spec, own)
+    v = Variant(label, worker)
     started = time.perf_counter()
-    worker_run(worker, data, rows, spec.device)  # warm-up
-    first_s = time.perf_counter() - started
-    return Variant(name, worker, first_s, first_images(worker, data), batch)
+    run_shard(v, data, rows)  # warm-up
+    v.first_s, v.markers = time.perf_counter() - started, []
+    v.images = first_images(v, data)
+    return v
 
 
-def free(device: str) -> None:
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
-
-
-def try_variant(name: str, spec: JobSpec, data: Path, rows: int, smoke: bool) -> Variant | str:
-    """The warmed-up variant, or why it was skipped. On a GPU a failing variant is reported and
-    skipped (the others are still measured); in smoke only a compiling variant may fail or time out."""
-    compiling = name in speedups.COMPILING
-    try:
-        with time_limit(SMOKE_COMPILE_LIMIT_S if smoke and compiling else None):
-            return build_variant(name, spec, data, rows)
-    except (Exception, CompileTimeout) as e:
-        if smoke and not compiling:
-            raise
-        if compiling:
-            torch._dynamo.reset()  # drop half-built graphs
-        free(spec.device)
-        first_line = (str(e).strip().splitlines() or [""])[0]
-        return f"{'smoke, ' if smoke else ''}{type(e).__name__}: {first_line}"
+def diff_line(images: list[np.ndarray], plain: list[np.ndarray]) -> str:
+    diffs = [np.abs(a.astype(np.int16) - b.astype(np.int16)) for a, b in zip(images, plain)]
+    return f"vs plain diffusers over {len(diffs)} images: max abs diff {max(int(d.max()) for d in diffs)}, " \
+           f"mean {np.mean([d.mean() for d in diffs]):.4f}"  # fmt: skip
 
 
 def make_job(model: str, args: argparse.Namespace, work: Path) -> tuple[JobSpec, list[str], Path]:
-    smoke = args.smoke
-    device, dtype = ("cpu", "float32") if smoke else ("cuda", "float16")
-    size, rows = (64, args.images) if smoke else (512, args.images)
-    prompts = [f"a photo of object {i}, detailed, studio light" for i in range(rows)]
+    device, dtype, size = ("cpu", "float32", 64) if args.smoke else ("cuda", "float16", 512)
+    prompts = [f"a photo of object {i}, detailed, studio light" for i in range(args.images)]
     data = work / "prompts.parquet"
     pq.write_table(pa.table({"prompt": prompts}), data)
-    spec = JobSpec(input=str(data), output=str(work / "worker"), model=model,
-                   weights="pretrained" if smoke else "random", device=device, dtype=dtype, height=size, width=size,
-                   batch_size=args.batch_size, shard_size=rows, image_format="jpeg")  # fmt: skip
+    spec = JobSpec(input=str(data), output=str(work / "worker"), model=model, device=device, dtype=dtype,
+                   weights="pretrained" if args.smoke else "random", height=size, width=size,
+                   batch_size=args.batch_size, shard_size=len(prompts), image_format="jpeg")  # fmt: skip
     return spec, prompts, data
 
 
-def variant_summary(v: Variant, base: Variant) -> dict[str, float | int]:
-    diffs = [np.abs(a.astype(np.int16) - b.astype(np.int16)) for a, b in zip(v.images, base.images)]
-    return {"img_s": statistics.median(v.rates), "ratio": statistics.median(v.rates) / statistics.median(base.rates),
-            "first_s": v.first_s, "max_diff": int(max(d.max() for d in diffs)),
-            "mean_diff": float(np.mean([d.mean() for d in diffs])), "compared": len(diffs),
-            "batch": v.batch, "final_batch": v.worker.renderer.rows_per_call}  # fmt: skip
-
-
-def bench(model: str, args: argparse.Namespace, work: Path) -> dict:
+def bench(model: str, decoder: str, args: argparse.Namespace, work: Path, peak: float | None) -> list[str]:
+    """Every variant of one model with one decoder; returns the lines to print."""
     spec, prompts, data = make_job(model, args, work)
-    size, rows, device = spec.height, len(prompts), spec.device
-    variants, skipped = [build_variant("baseline", spec, data, rows)], {}
-    for name in args.variants:
-        v = try_variant(name, spec, data, rows, args.smoke)
-        if isinstance(v, Variant):
-            variants.append(v)
-        else:
-            skipped[name] = v
-    pipe = variants[0].worker.renderer.pipe  # the same weights for the naive loop
+    rows, device, name = len(prompts), spec.device, f"{model} {decoder}"
+    base = RenderWorker(dataclasses.replace(spec, speedups="none")).renderer.pipe  # loads the weights once
+    if decoder == "tiny":
+        speedups.tiny_vae(base)
+    vae = base.vae
+    n = max(COMPARED_IMAGES, spec.batch_size)
+    plain = plain_images(base, spec, prompts, n)
+    variants, lines = [], []
+    for label in args.variants:
+        if decoder == "tiny" and label == "fused_norms":  # a tiny autoencoder has no GroupNorm: it is "none"
+            continue
+        try:
+            variants.append(build(label, args.changes[label], spec, base, vae, data, rows))
+        except Exception as e:  # noqa: BLE001 - report it, measure the others
+            if args.smoke and label not in speedups.COMPILING:
+                raise
+            lines.append(f"{name} [{label}]: skipped ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})")
+            gc.collect()
     (work / "naive").mkdir(exist_ok=True)
-    naive_loop(pipe, prompts[: args.batch_size], args.batch_size, size, work / "naive", device)  # warm-up
+    naive_loop(base, prompts[: spec.batch_size], spec.batch_size, spec.height, work / "naive", device)  # warm-up
     naive = []
-    for _ in range(args.runs):  # interleaved: naive, baseline, v1, v2, ...
-        naive.append(naive_loop(pipe, prompts, args.batch_size, size, work / "naive", device))
+    for _ in range(args.runs):  # interleaved: naive, v1, v2, ...
+        torch.backends.cudnn.benchmark = False
+        naive.append(naive_loop(base, prompts, spec.batch_size, spec.height, work / "naive", device))
         for v in variants:
-            rate, marker = worker_run(v.worker, data, rows, device)
-            v.rates.append(rate)
-            v.markers.append(marker)
-    flops = flops_per_image(pipe, size, size)
-    base = variants[0]
-    with component_times(pipe, cuda=device == "cuda") as totals:  # one more baseline shard, hooked
-        rate, _ = worker_run(base.worker, data, rows, device)
-    if args.trace:
-        trace_shard(base.worker, data, rows, device, args.trace / f"profile-{model.split('/')[-1]}.txt")
-    result = {"naive_img_s": statistics.median(naive), "worker_img_s": statistics.median(base.rates),
-              "profile": profile_line({**summed_timings(base.markers), "device_idle_before": 0.0}),
-              "flops_per_image": flops["total"], "skipped": skipped,
-              "breakdown": breakdown_line(totals, rows, rows / rate, flops),
-              "variants": {v.name: variant_summary(v, base) for v in variants} if args.variants else {}}  # fmt: skip
-    result["ratio"] = result["worker_img_s"] / result["naive_img_s"]
+            v.rates.append(run_shard(v, data, rows))
+    per_part = flops_per_image(base, spec.height, spec.width)
+    flops = per_part["total"]
+    naive_rate = statistics.median(naive)
+    lines.insert(0, f"{name}: naive loop {naive_rate:.1f} img/s; {flops / 1e12:.2f} TFLOP/image")
+    by_label = {v.label: v for v in variants}
+    previous = statistics.median(by_label["previous"].rates) if "previous" in by_label else None
+    for v in variants:
+        rate = statistics.median(v.rates)
+        line = f"{name} [{v.label}]: {rate:.1f} img/s, {rate / naive_rate:.2f}x naive"
+        line += f", {rate / previous:.2f}x previous" if previous else ""
+        line += f", {100 * rate * flops / peak:.1f}% of the bf16 matmul rate" if peak else ""
+        line += f"; first shard {v.first_s:.1f} s; {diff_line(v.images, plain)}"
+        if v.worker.renderer.rows_per_call != spec.batch_size:  # they share the GPU: one may have run short
+            line += f"; NOT COMPARABLE: batch halved to {v.worker.renderer.rows_per_call} after out-of-memory"
+        lines.append(line)
+    chosen = by_label.get("default") or variants[-1]
+    lines += profile_lines(name, chosen, data, rows, args, per_part)
     for v in variants:
         v.worker.pool.shutdown()
-    del variants, base, pipe
-    free(device)
-    return result
+    return lines
 
 
-def variant_lines(model: str, r: dict) -> list[str]:
-    lines = []
-    for name, s in r["variants"].items():
-        line = f"{model} [{name}]: {s['img_s']:.1f} img/s, {s['ratio']:.3f}x baseline; first shard {s['first_s']:.1f} s"
-        if name != "baseline":
-            line += (f"; pixels vs baseline over {s['compared']} images: max abs diff {s['max_diff']}, "
-                     f"mean {s['mean_diff']:.4f}")  # fmt: skip
-            if name in speedups.CHANGES_PIXELS:
-                line += " (different images by design)"
-        if s["final_batch"] != s["batch"]:  # all workers share the GPU: one may have run short of memory
-            line += f"; NOT COMPARABLE: batch halved {s['batch']} -> {s['final_batch']} after out-of-memory"
-        lines.append(line)
-    return lines + [f"{model} [{name}]: skipped ({why})" for name, why in r["skipped"].items()]
+def profile_lines(name: str, v: Variant, data: Path, rows: int, args: argparse.Namespace,
+                  flops: dict[str, float]) -> list[str]:  # fmt: skip
+    """Where the chosen worker's time goes: per component (hooked shard), device-time profile,
+    and with --trace a torch.profiler table of one more shard."""
+    device = v.worker.spec.device
+    timed = summed_timings(v.markers)
+    with component_times(v.worker.renderer.pipe, cuda=device == "cuda") as totals:
+        rate = run_shard(v, data, rows)
+    lines = [f"{name} [{v.label}] time per component (hooked shard; % of wall time): "
+             f"{breakdown_line(totals, rows, rows / rate, flops)}",
+             f"{name} [{v.label}] profile (share of device time in the timed runs): "
+             f"{profile_line({**timed, 'device_idle_before': 0.0})}"]  # fmt: skip
+    if args.trace:
+        path = args.trace / f"profile-{name.replace('/', '-').replace(' ', '-')}.txt"
+        trace_shard(v, data, rows, path)
+        lines.append(f"{name} [{v.label}] torch.profiler table of one shard: {path}")
+    return lines
 
 
-def parse_variants(text: str) -> list[str]:
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    for name in names:
-        speedups.get(name)  # ValueError naming the valid ones
-    return names
+def trace_shard(v: Variant, data: Path, rows: int, path: Path) -> None:
+    """One more shard under torch.profiler, every thread (pipeline calls run on the device thread;
+    profile_all_threads: torch >= 2.7): the ops that took the most device time (CPU time on CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = v.worker.spec.device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    every_thread = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
+    with profile(activities=activities, experimental_config=every_thread) as prof:
+        run_shard(v, data, rows)
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=60))
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["stabilityai/sd-turbo", "stabilityai/sdxl-turbo"])
-    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--decoders", default="vae,tiny", help="vae (the model's), tiny (TAESD architecture), or both")
+    parser.add_argument("--images", type=int, default=128, help="rows per shard (one shard per timed run)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--runs", type=int, default=3)
-    names = ", ".join(speedups.SPEEDUPS)
-    parser.add_argument("--variants", default="", metavar="NAME[,NAME...]",
-                        help=f"also time workers changed by workers/speedups.py ({names}), side by side")  # fmt: skip
-    parser.add_argument("--trace", type=Path, metavar="DIR",
-                        help="also profile one baseline shard per model (torch.profiler) into DIR/profile-MODEL.txt")
+    parser.add_argument("--variants", default=",".join(STANDARD), metavar="LABEL[,LABEL...]",
+                        help=f"workers to time: {', '.join(STANDARD)}, or any --speedups list written with '+' "
+                             "(e.g. fold_upsample+fused_norms); compile_decoder compiles for minutes")  # fmt: skip
+    parser.add_argument("--trace", type=Path, metavar="DIR", help="also a torch.profiler table of one shard")
     parser.add_argument("--smoke", action="store_true", help="CPU + tiny model: exercise the code, measure nothing")
-    args = parser.parse_args()
-    try:
-        args.variants = parse_variants(args.variants)
-    except ValueError as e:
-        parser.error(str(e))
+    args = parser.parse_args(argv)
+    args.changes = {}
+    for label in dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()):
+        try:
+            args.changes[label] = STANDARD.get(label) or normalize_speedups(label.replace("+", ","))
+        except Exception as e:  # noqa: BLE001 - JobError: names the valid changes
+            parser.error(f"--variants: {e}")
+    args.variants = list(args.changes)
+    args.decoders = [d.strip() for d in args.decoders.split(",") if d.strip()]
+    if not set(args.decoders) <= {"vae", "tiny"}:
+        parser.error(f"--decoders: {args.decoders} is not valid; choose from vae, tiny")
     if args.smoke:
         args.models, args.images, args.batch_size, args.runs = ["tiny-sd-turbo"], 8, 4, 1
     elif not torch.cuda.is_available():
@@ -302,23 +277,18 @@ def main() -> None:
     args = parse_args()
     from diffusers.utils import logging as diffusers_logging
 
-    diffusers_logging.set_verbosity_error()  # the naive SDXL loop warns twice per call (VAE upcast to float32 and back)
-    peak = None if args.smoke else matmul_rate("cuda")
+    diffusers_logging.set_verbosity_error()  # the naive SDXL loop warns twice per call (VAE upcast)
+    peak = None if args.smoke else matmul_rate()
     card = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name()
     measured = f"; bf16 matmul {peak / 1e12:.0f} TFLOP/s measured" if peak else ""
-    print(f"card: {card}; torch {torch.__version__}{measured}")
+    print(f"card: {card}; torch {torch.__version__}{measured}", flush=True)
     for model in args.models:
-        with tempfile.TemporaryDirectory(prefix="tb-gpu-") as tmp:
-            r = bench(model, args, Path(tmp))
-        line = (f"{model}: naive loop {r['naive_img_s']:.1f} img/s, turbobatch worker {r['worker_img_s']:.1f} img/s, "
-                f"ratio {r['ratio']:.2f}; {r['flops_per_image'] / 1e12:.2f} TFLOP/image")  # fmt: skip
-        if peak:
-            fraction = r["worker_img_s"] * r["flops_per_image"] / peak
-            line += f"; worker at {100 * fraction:.1f}% of the measured bf16 matmul rate"
-        profile = (f"{model} worker profile (share of device time in the timed runs, gaps between runs left out): "
-                   f"{r['profile']}")  # fmt: skip
-        breakdown = f"{model} baseline worker, time per component (hooked shard; % of wall time): {r['breakdown']}"
-        print("\n".join([line, profile, breakdown, *variant_lines(model, r)]), flush=True)
+        for decoder in args.decoders:
+            with tempfile.TemporaryDirectory(prefix="tb-gpu-") as tmp:
+                print("\n".join(bench(model, decoder, args, Path(tmp), peak)), flush=True)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

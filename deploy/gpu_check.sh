@@ -6,7 +6,8 @@
 #    the machine's python3 is itself a venv, and a venv made from one does not see its torch
 #    even with --system-site-packages (that flag means the base interpreter's packages);
 # 2. the kernel steps: backend check, fatbin prebuild, `pytest -m gpu`, benchmarks/kernels.py;
-# 3. benchmarks/gpu.py (needs diffusers, not pycuda).
+# 3. benchmarks/gpu.py (needs diffusers, not pycuda): every worker variant side by side, plus a
+#    torch.profiler table of one shard per model and decoder in $GPU_OUT.
 # A failing step is reported and the independent steps after it still run (one lease, one
 # call); the exit status is 1 if any step failed.
 set -uo pipefail
@@ -86,10 +87,12 @@ nvidia-smi -L 2>&1 | head -4
 if step install install; then
     if step backend backend; then
         step fatbins "$PY" -m kernels.build
-        step gpu-tests "$PY" -m pytest tests/kernels -m gpu --noconftest -p no:cacheprovider -q -rs
+        step gpu-tests "$PY" -m pytest tests/kernels tests/workers/test_renderer_gpu.py -m gpu --noconftest \
+            -p no:cacheprovider -q -rs
         step kernel-bench "$PY" -m benchmarks.kernels --markdown "$OUT/benchmarks.md"
     fi
-    step pipeline-bench bash -o pipefail -c "$PY benchmarks/gpu.py --variants '$VARIANTS' $BENCH_ARGS | tee '$OUT/gpu.txt'"
+    step pipeline-bench bash -o pipefail -c "$PY benchmarks/gpu.py ${VARIANTS:+--variants '$VARIANTS'} $BENCH_ARGS \
+        --trace '$OUT' | tee '$OUT/gpu.txt'"
 fi
 if [ ${#failed[@]} -gt 0 ]; then echo "gpu-check: FAILED: ${failed[*]}"; exit 1; fi
 echo "gpu-check: all steps passed"

@@ -1,0 +1,63 @@
+"""What the worker is measured against, side by side in one run (benchmarks/gpu.py):
+
+- ``naive_loop``: what a user writes first: ``pipe(prompts).images`` per batch, then PIL saves;
+- ``previous_worker``: the turbobatch worker as it was before the direct sampler: the
+  pipeline's own ``__call__`` (``output_type="latent"``) per batch, one batch at a time, then the
+  worker's decode, kernels and writer. Its ``__call__`` synchronises the host in every step
+  (SD's scheduler looks its step index up with ``.nonzero().item()``; host tensors are copied
+  from pageable memory), which is what the direct sampler removes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jobs.spec import JobSpec
+from workers.actor import RenderWorker
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def naive_loop(pipe: Any, prompts: list[str], batch: int, size: int, out: Path, device: str) -> float:
+    """Images/s of the plain loop, JPEG saves included."""
+    sync(device)
+    started = time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        images = pipe(prompts[i : i + batch], num_inference_steps=1, guidance_scale=0.0, height=size, width=size).images
+        for j, image in enumerate(images):
+            image.save(out / f"{i + j:06d}.jpg", quality=95)
+    sync(device)
+    return len(prompts) / (time.perf_counter() - started)
+
+
+class PipelineCallSampler:
+    """The previous worker's sampling: ``pipe(..., output_type="latent")`` with per-row generators."""
+
+    def __init__(self, pipe: Any, spec: JobSpec, device: str) -> None:
+        self.pipe, self.spec, self.device = pipe, spec, device
+
+    def sample(self, prompts: list[str], negatives: list[str] | None, seeds: list[int],
+               control_images: list[Any] | None = None) -> tuple[torch.Tensor, list[bool]]:  # fmt: skip
+        spec, tokenizer = self.spec, self.pipe.tokenizer
+        extra = {"image": control_images, "controlnet_conditioning_scale": spec.controlnet_scale} if control_images else {}
+        latents = self.pipe(prompt=prompts, negative_prompt=negatives, num_inference_steps=spec.steps,
+                            guidance_scale=spec.guidance_scale, height=spec.height, width=spec.width,
+                            generator=[torch.Generator(self.device).manual_seed(s) for s in seeds],
+                            output_type="latent", **extra).images  # fmt: skip
+        truncated = [len(ids) > tokenizer.model_max_length for ids in tokenizer(prompts, truncation=False).input_ids]
+        return latents, truncated
+
+
+def previous_worker(spec: JobSpec, pipe: Any) -> RenderWorker:
+    """A worker that samples through the pipeline's ``__call__``, one batch at a time, no speedups."""
+    worker = RenderWorker(spec, pipe)
+    worker.renderer.sampler = PipelineCallSampler(pipe, spec, spec.device)
+    worker.renderer.in_flight = 1
+    return worker
