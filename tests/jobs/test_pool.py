@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.pool import CRASH_LOOP_STARTS, INFLIGHT_PER_ACTOR
+from jobs.pool import CRASH_LOOP_STARTS, DRAIN_MARGIN_S, INFLIGHT_PER_ACTOR, ActorPool, Worker
 from jobs.render import main
 from tests.conftest import REPO, write_parquet
 from tests.helpers import (
@@ -32,7 +32,6 @@ from tests.helpers import (
 from tests.raycluster import BIN, Head, started_head, started_worker_node
 from workers import faults
 
-pytestmark = pytest.mark.slow
 SMALL = ["--model", "tiny-sd-turbo", "--height", "32", "--width", "32", "--shard-size", "4"]
 PROMPTS = [f"prompt {i} 🎨" if i % 5 else "" for i in range(48)]  # 12 shards
 SLOW_ROWS = {faults.ENV: json.dumps({"delay_s": 0.5})}  # 2 s of pipeline per shard: nodes come and go mid-run
@@ -90,6 +89,7 @@ def resource_request(head: Head) -> list[dict]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_rendering_starts_with_one_actor_and_a_joined_node_gets_one(prompts, reference, tmp_path):
     """--workers 3 on a head with room for one: rendering starts with one actor; a raylet joined
     mid-run gets a second that commits shards (its node id in their markers); the third never fits."""
@@ -124,6 +124,7 @@ def _drain(head: Head, node_id: str, deadline_s: int) -> str:
     return sent
 
 
+@pytest.mark.slow
 def test_a_preempted_node_gets_no_new_shards_and_its_shards_cost_no_retry(prompts, reference, tmp_path):
     """Drain (5 s deadline) the node of a busy actor, SIGKILL it after the deadline: the job ends
     0 with every row once, no failed shard and no retry used (--max-retries 0 would fail it)."""
@@ -149,6 +150,7 @@ def test_a_preempted_node_gets_no_new_shards_and_its_shards_cost_no_retry(prompt
     assert image_digests(out) == reference
 
 
+@pytest.mark.slow
 def test_in_flight_shards_of_a_draining_node_finish_before_a_long_deadline(prompts, reference, tmp_path):
     """With time left before the deadline, the draining node's in-flight shards commit there
     (nothing requeued); then its actor is released and the rest goes to the head."""
@@ -171,6 +173,7 @@ def test_in_flight_shards_of_a_draining_node_finish_before_a_long_deadline(promp
     assert image_digests(out) == reference
 
 
+@pytest.mark.slow
 def test_actors_that_can_never_be_placed_stop_the_job_within_the_stall_timeout(prompts, tmp_path):
     out = tmp_path / "out"
     with started_head(num_cpus=1) as head:
@@ -186,6 +189,7 @@ def test_actors_that_can_never_be_placed_stop_the_job_within_the_stall_timeout(p
     assert done_count(out) == 0
 
 
+@pytest.mark.slow
 def test_a_crash_loop_at_start_up_stops_the_replacements_with_its_cause(ray_cluster, prompts, tmp_path, monkeypatch,
                                                                         capsys):  # fmt: skip
     """Every actor's process is SIGKILLed while it loads (as the OOM killer does): after
@@ -199,6 +203,18 @@ def test_a_crash_loop_at_start_up_stops_the_replacements_with_its_cause(ray_clus
     assert done_count(tmp_path / "out") == 0
 
 
+def test_in_flight_shards_may_finish_only_when_the_deadline_leaves_time_for_them():
+    def worker(busy: int, seconds_left: float | None) -> Worker:
+        return Worker(None, "n" * 56, "h", busy=busy, draining=True,
+                      deadline=None if seconds_left is None else time.time() + seconds_left)  # fmt: skip
+
+    assert ActorPool._can_finish(worker(2, 100.0), shard_seconds=10.0)
+    assert not ActorPool._can_finish(worker(2, 20.0 + DRAIN_MARGIN_S - 1), shard_seconds=10.0)
+    assert not ActorPool._can_finish(worker(1, None), shard_seconds=1.0)  # no deadline given: requeue now
+    assert not ActorPool._can_finish(worker(1, 100.0), shard_seconds=None)  # no shard finished yet: unknown
+
+
+@pytest.mark.slow
 def test_the_ray_cli_used_here_exists():
     """`ray drain-node` is hidden from `ray --help`: fail clearly if a Ray upgrade drops it."""
     result = subprocess.run([str(BIN / "ray"), "drain-node", "--help"], capture_output=True, text=True, check=False)
