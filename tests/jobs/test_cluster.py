@@ -52,3 +52,42 @@ def test_a_request_no_node_type_can_hold_fails_at_once():
 def test_worker_fields_that_depend_on_the_cluster_are_checked_before_any_actor(fields, message):
     with pytest.raises(JobError, match=message.replace("(", r"\(").replace(")", r"\)")):
         resolve(ClusterInfo(gpus=0, cpus=2, nodes=(CPU_NODE,)), **fields)
+
+
+PUBLISH_NODE_TYPES = """
+import ray, ray._raylet as r
+from ray.core.generated import autoscaler_pb2
+from ray.experimental.internal_kv import _internal_kv_put
+ray.init(logging_level="ERROR")
+config = autoscaler_pb2.ClusterConfig()
+group = config.node_group_configs.add(name="cpu-small", max_count=4)
+group.resources["CPU"] = 1
+_internal_kv_put(r.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode(), config.SerializeToString(), overwrite=True,
+                 namespace=r.GCS_AUTOSCALER_STATE_NAMESPACE.encode())
+"""
+
+
+@pytest.mark.slow
+def test_an_autoscaler_whose_node_types_cannot_hold_an_actor_fails_the_job_at_once(tmp_path):
+    """Where Ray publishes the node types (the autoscaler v2 writes them to the GCS, as done here
+    by hand), an actor no node type holds fails the job before any actor starts, not at the stall
+    timeout."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, write_parquet
+    from tests.raycluster import started_head
+
+    data = write_parquet(tmp_path / "p.parquet", {"prompt": ["a", "b"]})
+    with started_head(num_cpus=1) as head:
+        env = {**head.env, "RAY_ADDRESS": head.gcs_address, "TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"],
+               "HF_HUB_OFFLINE": "1"}  # fmt: skip
+        subprocess.run([sys.executable, "-c", PUBLISH_NODE_TYPES], env=env, timeout=120, check=True)
+        result = subprocess.run([sys.executable, "-m", "jobs.render", str(data), str(tmp_path / "out"), "--model",
+                                 "tiny-sd-turbo", "--worker-cpus", "2", "--stall-timeout", "3600"], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert ("error: --worker-gpus / --worker-cpus: one actor needs {'CPU': 2}; no node type of this cluster has "
+            "that (its node types: {'CPU': 1})") in result.stderr
+    assert not (tmp_path / "out" / "_done").exists()
