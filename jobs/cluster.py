@@ -109,7 +109,8 @@ def resolve_spec(spec: JobSpec, model: ModelInfo, cluster: ClusterInfo) -> JobSp
     if device == "cpu" and dtype == "float16":
         raise JobError("--dtype: float16 needs CUDA and the job renders on CPU; use float32 or bfloat16")
     if device == "cpu" and spec.worker_gpus:
-        raise JobError(f"--worker-gpus: {spec.worker_gpus} given but the job renders on CPU; drop it or use --device cuda")
+        raise JobError(f"--worker-gpus: {spec.worker_gpus} given but the job renders on CPU; "
+                       "drop it or use --device cuda")
     gpus = _whole(spec.worker_gpus if spec.worker_gpus is not None else (1 if device == "cuda" else 0))
     workers = spec.workers or max(1, int(cluster.gpus / gpus + 1e-9) if gpus else 1)  # the GPUs there are now
     if spec.min_workers > workers:

@@ -107,7 +107,8 @@ class ShardScheduler:
             ready = "" if self.started else f"{pool.usable_count} of {self.min_ready} (--min-workers) actors ready; "
             raise JobStalled(f"{waited}: no render actor ready; {ready}{pool.describe_waiting()}")
         actors = len({actor for actor, _ in self.running.values()})
-        raise JobStalled(f"{waited}: no shard finished while {len(self.running)} were in flight on {actors} render actor(s)")
+        raise JobStalled(f"{waited}: no shard finished while {len(self.running)} were in flight on "
+                         f"{actors} render actor(s)")
 
     # -- queues --------------------------------------------------------------------------
     def _release_waiting(self) -> None:

@@ -60,7 +60,8 @@ def per_node(markers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry = by_node.setdefault(key, {"node_id": node_id, "host": marker.get("worker"), "shards": 0, "images": 0})
         entry["shards"] += 1
         entry["images"] += marker.get("ok", 0)
-    return sorted(by_node.values(), key=lambda e: (-e["shards"], e["node_id"] is None, str(e["node_id"]), str(e["host"])))
+    return sorted(by_node.values(),
+                  key=lambda e: (-e["shards"], e["node_id"] is None, str(e["node_id"]), str(e["host"])))
 
 
 # Where the devices' time went, from the done markers' timings_s (docs/OUTPUT.md). A worker's

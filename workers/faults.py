@@ -10,8 +10,9 @@ The variable holds JSON with any of:
 - ``kill_on_start``: SIGKILL the worker's own process while it starts, as the kernel's OOM killer
   does to a worker loading weights too big for its node (a crash loop at start-up).
 
-Unset (always, outside tests), :func:`before_pipeline_call` and :func:`on_worker_start` do nothing. The driver forwards the
-variable to actors (jobs/cluster.py) so end-to-end tests reach workers in other processes.
+Unset (always, outside tests), :func:`before_pipeline_call` and :func:`on_worker_start` do nothing.
+The driver forwards the variable to actors (jobs/cluster.py) so end-to-end tests reach workers in
+other processes.
 """
 
 from __future__ import annotations

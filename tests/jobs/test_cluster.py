@@ -28,8 +28,9 @@ def test_more_workers_than_fit_now_waits_on_a_cluster_that_can_grow():
     cluster = ClusterInfo(gpus=0, cpus=1, nodes=({"CPU": 1.0},), local=False)
     spec = resolve(cluster, workers=3, worker_cpus=1)
     assert spec.workers == 3
-    assert capacity_note(spec, cluster) == ("turbobatch: the cluster has room for 1 of 3 render actors of "
-                                            "{'CPU': 1} now; the others start as nodes join (autoscaler or `ray start`)")
+    assert capacity_note(spec, cluster) == (
+        "turbobatch: the cluster has room for 1 of 3 render actors of {'CPU': 1} now; the others start as "
+        "nodes join (autoscaler or `ray start`)")
 
 
 def test_a_ray_started_by_the_job_cannot_grow():

@@ -80,8 +80,9 @@ def markers(out: Path) -> list[dict]:
 
 def resource_request(head: Head) -> list[dict]:
     """The autoscaler resource request the cluster holds (Ray's v1 format: a JSON list of bundles)."""
-    probe = ("import json, ray; from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL as K; "
-             "from ray.experimental.internal_kv import _internal_kv_get; ray.init(logging_level='ERROR'); "
+    probe = ("import json, ray; from ray.experimental.internal_kv import _internal_kv_get; "
+             "from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL as K; "
+             "ray.init(logging_level='ERROR'); "
              "print(json.dumps(json.loads(_internal_kv_get(K) or b'[]')))")  # fmt: skip
     env = {**head.env, "RAY_ADDRESS": head.gcs_address}
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
@@ -165,7 +166,8 @@ def test_in_flight_shards_of_a_draining_node_finish_before_a_long_deadline(promp
         drained_at = _drain(head, victim, deadline_s=300)
         rc, stdout, stderr = driver.finish()
     assert rc == 0, stderr[-3000:]
-    assert "is draining (deadline in" in stderr and f"released the render worker on draining node {victim[:12]}" in stderr
+    assert "is draining (deadline in" in stderr, stderr[-3000:]
+    assert f"released the render worker on draining node {victim[:12]}: its shards are done" in stderr
     assert "requeued" not in stderr, stderr[-3000:]
     late = [m for m in markers(out) if m["node_id"] == victim and m["committed_at"] > drained_at]
     assert len(late) <= INFLIGHT_PER_ACTOR, late
@@ -184,7 +186,8 @@ def test_actors_that_can_never_be_placed_stop_the_job_within_the_stall_timeout(p
     assert rc == 1, stderr[-3000:]
     assert "the cluster has room for 0 of 2 render actors of {'CPU': 4} now" in stderr
     assert ("error: stalled for 15 s (--stall-timeout 15): no render actor ready; 0 of 1 (--min-workers) actors "
-            "ready; 2 render actors pending: no node of the cluster has {'CPU': 4} (its nodes have {'CPU': 1})") in stderr
+            "ready; 2 render actors pending: no node of the cluster has {'CPU': 4} (its nodes have {'CPU': 1})"
+            ) in stderr
     assert "committed shards are kept; run the same command again to resume" in stderr
     assert done_count(out) == 0
 
