@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import socket
 import tarfile
 import time
@@ -83,8 +84,11 @@ class _HashingWriter:
 class ShardWriter:
     """Use as a context manager: leaving it by an exception discards the shard's temp objects."""
 
-    def __init__(self, out: Folder, shard: Shard, spec: JobSpec, pool: ThreadPoolExecutor, max_pending: int) -> None:
+    def __init__(self, out: Folder, shard: Shard, spec: JobSpec, pool: ThreadPoolExecutor, max_pending: int,
+                 origin: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.out, self.shard, self.spec, self.pool = out, shard, spec, pool
+        # Who renders the shard, for its done marker: host ("worker"), Ray node id, process id.
+        self.origin = origin or {"worker": socket.gethostname(), "node_id": None, "pid": os.getpid()}
         self.max_pending = max_pending
         self.records: list[dict[str, Any]] = []
         self.pending: deque[tuple[dict[str, Any], Future[bytes]]] = deque()
@@ -207,7 +211,7 @@ class ShardWriter:
             "image_bytes": sum(r["bytes"] or 0 for r in self.records),
             "files": self.files, "spec_hash": self.spec.output_hash(),
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
-            "worker": socket.gethostname(),
+            **{k: self.origin.get(k) for k in ("worker", "node_id", "pid")},
             "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }  # fmt: skip
         if marker["rows"] != self.shard.num_rows:
