@@ -9,7 +9,7 @@ All workers of a model share the UNet and text encoders; each has its own copy o
 (the changes rewrite it). Printed per worker: images/s, ratio to the naive loop and to the
 previous worker, share of the card's limit (FLOPs per image over the bf16 matmul rate measured
 in the same run), first-shard seconds, and the largest pixel difference from a plain diffusers
-call with the same seeds; then, for the default worker, time per component, the profile of its
+call with the same seeds; then, for the fastest worker, time per component, the profile of its
 device time and (``--trace``) a torch.profiler table of one shard.
 
     python benchmarks/gpu.py                          # on a GPU machine (make gpu-check)
@@ -202,7 +202,7 @@ def bench(model: str, decoder: str, args: argparse.Namespace, work: Path, peak: 
         if v.worker.renderer.rows_per_call != spec.batch_size:  # they share the GPU: one may have run short
             line += f"; NOT COMPARABLE: batch halved to {v.worker.renderer.rows_per_call} after out-of-memory"
         lines.append(line)
-    chosen = by_label.get("default") or variants[-1]
+    chosen = max(variants, key=lambda v: statistics.median(v.rates))  # the fastest: its time, in detail
     lines += profile_lines(name, chosen, data, rows, args, per_part)
     for v in variants:
         v.worker.pool.shutdown()

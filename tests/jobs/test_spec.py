@@ -79,9 +79,9 @@ def test_invalid_values_name_the_flag_and_the_range(argv, message):
 
 
 def test_speedups_are_normalized_from_any_spelling(tmp_path):
-    assert parse().speedups == "overlap,fold_upsample"  # "default"
+    assert parse().speedups == "overlap"  # "default"
     assert parse("--speedups", "none").speedups == "none"
-    assert parse("--speedups", "default,fused-norms").speedups == "overlap,fold_upsample,fused_norms"
+    assert parse("--speedups", "default,fused-norms").speedups == "overlap,fused_norms"
     config = tmp_path / "job.yaml"
     config.write_text("input: a\noutput: b\nspeedups: [channels_last, overlap]\n")
     assert parse_render_args(["--config", str(config)]).speedups == "overlap,channels_last"
