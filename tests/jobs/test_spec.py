@@ -27,12 +27,13 @@ def test_every_flag_reaches_the_spec():
                  "--seed-column", "s", "--key-column", "id", "--overwrite", "--vae", "v", "--controlnet", "c",
                  "--control-image-column", "ctrl", "--control-preprocess", "canny", "--controlnet-scale", "0.5",
                  "--max-retries", "5", "--max-failed-shards", "2", "--compile", "reduce-overhead",
-                 "--speedups", "fused_norms,overlap")  # fmt: skip
+                 "--speedups", "fused_norms,overlap", "--keep-columns", "label, id,label")  # fmt: skip
     assert spec.to_dict() == {
         "input": "in.parquet", "output": "out", "model": "tiny-sd-turbo", "steps": 2, "guidance_scale": 1.5,
         "height": 64, "width": 128, "batch_size": 4, "dtype": "bfloat16", "workers": 3, "shard_size": 10,
         "format": "files", "image_format": "jpeg", "quality": 80, "seed": 7, "prompt_column": "text",
         "negative_prompt_column": "neg", "seed_column": "s", "key_column": "id", "overwrite": True,
+        "keep_columns": "label,id", "kept_schema": None,
         "device": "cpu", "weights": "pretrained", "vae": "v", "compile": "reduce-overhead",
         "speedups": "overlap,fused_norms", "controlnet": "c",
         "control_image_column": "ctrl",
@@ -45,6 +46,8 @@ def test_every_flag_reaches_the_spec():
     "argv, message",
     [
         (["--steps", "0"], "--steps: 0 is out of range"),
+        (["--keep-columns", "*,label"], "--keep-columns: '.,label': '.' .every input column. stands alone"),
+        (["--keep-columns", "a,,b"], "--keep-columns: 'a,,b' has an empty column name"),
         (["--height", "100"], "--height: 100 is not a multiple of 8"),
         (["--width", "0"], "--width: 0 is out of range"),
         (["--shard-size", "0"], "--shard-size: 0 is out of range"),
