@@ -95,7 +95,7 @@ def _summary(spec: JobSpec) -> str:
     extra = f" with the VAE `{spec.vae}`" if spec.vae else ""
     if spec.controlnet:
         extra += f" and the ControlNet `{spec.controlnet}`"
-    return (f"Synthetic images rendered from text prompts by `{spec.model}`{extra}, one per input row, "
+    return (f"Synthetic images rendered from text prompts by `{spec.model}`{extra}, one per input row that rendered, "
             "by turbobatch (a Ray + diffusers batch renderer).")  # fmt: skip
 
 
@@ -174,10 +174,10 @@ def command_line(spec: JobSpec) -> str:
 
 
 def _license(spec: JobSpec, license: str | None) -> str:
-    terms = (f"the model's card states the license **{license}**" if license
-             else "its model card's license could not be read here: check it before you use or share the images")  # fmt: skip
+    terms = (f"its model card states the license **{license}**" if license
+             else "its model card could not be read here, so check the license there before you use or share them")  # fmt: skip
     return (f"## License\n\nThe images were generated with `{spec.model}` and inherit the terms of that model's "
-            f"license: {terms}. The prompts and kept columns come from the input dataset and keep its terms.")  # fmt: skip
+            f"license; {terms}. The prompts and kept columns come from the input dataset and keep its terms.")  # fmt: skip
 
 
 def _spec_section(spec: JobSpec) -> str:

@@ -56,7 +56,7 @@ def test_the_text_says_what_how_and_when_without_secrets():
     assert "| kept input columns | `label` (int64) |" in text
     assert "| VAE | `tiny-taesd` |" in text and "1 step(s), guidance scale 0.0, 40x48, float32 on cpu" in text
     assert "planned 2026-01-02T03:04:05+00:00; shards committed 2026-01-02T03:05:00+00:00 to 2026-01-02T03:06:00" in text
-    assert "the model's card states the license **other (sai-nc-community, https://example.org/LICENSE)**" in text
+    assert "inherit the terms of that model's license; its model card states the license **other (sai-nc-community, https://example.org/LICENSE)**" in text
     assert "turbobatch render s3://in/prompts/ /data/out/run-1 --model tiny-sd-turbo" in text
     assert "--keep-columns label" in text and "--vae tiny-taesd" in text
     assert SECRET not in text and '"secret": "***"' in text and "kept_schema" not in text
@@ -66,7 +66,7 @@ def test_the_text_says_what_how_and_when_without_secrets():
 def test_no_committed_shard_means_no_config_and_an_unknown_license_is_said():
     text = card.card_text(spec(), PLAN, [], None, "/data/out/run-1")
     assert "configs:" not in text and "dataset_info:" in text
-    assert "its model card's license could not be read here" in text
+    assert "its model card could not be read here, so check the license there" in text
 
 
 def test_the_model_license_comes_from_its_own_card(tmp_path, tiny_model_dir):
