@@ -95,14 +95,18 @@ def resolve_kept_schema(files: list[InputFile], spec: JobSpec) -> pa.Schema:
     return pa.schema([pa.field(name, _unified_type(name, files)) for name in names])
 
 
+def _used_columns(spec: JobSpec) -> set[str]:
+    """Input columns the job reads for rendering ('*' leaves them out)."""
+    return {spec.prompt_column, spec.negative_prompt_column, spec.seed_column, spec.key_column,
+            spec.control_image_column} - {None}  # fmt: skip
+
+
 def _requested_names(files: list[InputFile], spec: JobSpec) -> list[str]:
     if not spec.keep_columns:
         return []
-    used = {spec.prompt_column, spec.negative_prompt_column, spec.seed_column, spec.key_column,
-            spec.control_image_column} - {None}  # fmt: skip
     if spec.keep_columns == KEEP_ALL:
         every = dict.fromkeys(name for f in files for name in f.columns)
-        requested = [name for name in every if name not in used]
+        requested = [name for name in every if name not in _used_columns(spec)]
     else:
         carried = {getattr(spec, role) for role, out in _SAME_NAME_ROLES.items() if getattr(spec, role) == out}
         requested = [name for name in spec.keep_columns.split(",") if name not in carried]
@@ -110,12 +114,10 @@ def _requested_names(files: list[InputFile], spec: JobSpec) -> list[str]:
 
 
 def _check_no_clash(names: list[str], files: list[InputFile], spec: JobSpec) -> None:
-    used = {spec.prompt_column, spec.negative_prompt_column, spec.seed_column, spec.key_column,
-            spec.control_image_column}  # fmt: skip
     for name in names:
         if name in WRITTEN_COLUMNS:
             where = next(f.url for f in files if name in f.columns)
-            allowed = [n for n in files[0].columns if n not in WRITTEN_COLUMNS and n not in used]
+            allowed = [n for n in files[0].columns if n not in WRITTEN_COLUMNS and n not in _used_columns(spec)]
             raise JobError(
                 f"--keep-columns: column {name!r} of {where} has the name of a column turbobatch writes; "
                 f"rename it in the input, or keep other columns (columns that can be kept: "

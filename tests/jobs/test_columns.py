@@ -138,3 +138,13 @@ def test_bad_kept_columns_stop_the_job_before_any_actor(tmp_path, monkeypatch, c
     assert render([str(data), str(tmp_path / "out"), "--model", "tiny-sd-turbo", "--keep-columns", "image"]) == 2
     assert "--keep-columns: column 'image' of file://" in capsys.readouterr().err
     assert not (tmp_path / "out" / "_done").exists()
+
+
+def test_a_resume_with_other_kept_columns_is_a_changed_job(two_files):
+    from jobs.plan import describe_changes, fingerprint
+
+    files = scan_inputs(str(two_files))
+    first, again = resolve(two_files, keep_columns="*"), resolve(two_files, keep_columns="label,category,tags,box,extra,flag")
+    assert describe_changes(fingerprint(files, first), fingerprint(files, again)) == []  # '*' means those names
+    assert describe_changes(fingerprint(files, first), fingerprint(files, resolve(two_files, keep_columns="label"))) == [
+        "--keep-columns: 'label,category,tags,box,extra,flag' -> 'label'"]
