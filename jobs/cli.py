@@ -41,7 +41,16 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default float16 on CUDA, float32 on CPU)")
     p.add_argument("--device", choices=DEVICES, help="where actors render (default: cuda when the Ray "
                    "cluster has GPUs, else cpu; say cuda for an autoscaling cluster whose GPU nodes start at 0)")
-    p.add_argument("--workers", type=int, help="render actors (default: GPUs in the Ray cluster, else 1)")
+    p.add_argument("--workers", type=int, help="the most render actors the job uses; more than the cluster has "
+                   "now start as nodes join (default: GPUs in the Ray cluster / --worker-gpus, else 1)")
+    p.add_argument("--min-workers", type=int, help="render actors that must be ready before rendering starts; "
+                   "the others join as they start (default 1)")
+    p.add_argument("--worker-gpus", type=float, help="GPUs per render actor; a fraction such as 0.5 puts two "
+                   "actors on one GPU (default 1 on CUDA)")
+    p.add_argument("--worker-cpus", type=float, help="CPUs per render actor; on CPU also torch's threads "
+                   "(default: 1 on CUDA; on CPU the cluster's CPUs divided by --workers at start)")
+    p.add_argument("--stall-timeout", type=float, help="stop with exit code 1 when no render actor is ready, "
+                   "or no shard committed while shards are in flight, for this many seconds (default 1800)")
     p.add_argument("--shard-size", type=int, help="rows per shard, the unit of commit and resume (default 1000)")
     p.add_argument("--format", choices=FORMATS, help="tar: WebDataset shards/SSSSSS.tar; "
                    "files: images/SSSSSS/<key>.<ext>; parquet: data/SSSSSS.parquet, images and fields in one "

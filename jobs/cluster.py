@@ -1,4 +1,4 @@
-"""Join (or start) Ray and resolve what depends on the cluster: device, dtype, worker count."""
+"""Join (or start) Ray and resolve what depends on the cluster: device, dtype, workers and their resources."""
 
 from __future__ import annotations
 
@@ -24,10 +24,34 @@ FORWARDED_ENV = ("TURBOBATCH_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TURBOBATCH_TE
 class ClusterInfo:
     gpus: int
     cpus: int
+    nodes: tuple[dict[str, float], ...] = ()  # alive nodes' total resources, at start
+    local: bool = False  # a Ray this process started: no node joins it, so it never grows
+    node_types: tuple[dict[str, float], ...] | None = None  # what the autoscaler may add; None: unknown
 
     @property
     def device(self) -> str:
         return "cuda" if self.gpus else "cpu"
+
+
+def cluster_info() -> ClusterInfo:
+    """The cluster as it is now (call after ``ray.init``)."""
+    import ray
+
+    from jobs import nodes
+
+    resources = ray.cluster_resources()
+    types = nodes.node_types()
+    return ClusterInfo(gpus=int(resources.get("GPU", 0)), cpus=int(resources.get("CPU", 0)),
+                       nodes=tuple(nodes.alive_nodes().values()), local=_started_here(),
+                       node_types=None if types is None else tuple(types))  # fmt: skip
+
+
+def _started_here() -> bool:
+    """Whether this process started the Ray it runs on (``ray.init()`` without an address)."""
+    import ray._private.worker
+
+    node = ray._private.worker._global_node
+    return node is not None and node.is_head()
 
 
 @contextlib.contextmanager
@@ -43,8 +67,7 @@ def ray_session() -> Iterator[ClusterInfo]:
             ray.init(include_dashboard=False, logging_level=logging.WARNING)
     try:
         with _sigterm_interrupts():
-            resources = ray.cluster_resources()
-            yield ClusterInfo(gpus=int(resources.get("GPU", 0)), cpus=int(resources.get("CPU", 0)))
+            yield cluster_info()
     finally:
         if started:
             ray.shutdown()
@@ -85,17 +108,58 @@ def resolve_spec(spec: JobSpec, model: ModelInfo, cluster: ClusterInfo) -> JobSp
     dtype = spec.dtype or ("float16" if device == "cuda" else "float32")
     if device == "cpu" and dtype == "float16":
         raise JobError("--dtype: float16 needs CUDA and the job renders on CPU; use float32 or bfloat16")
-    workers = spec.workers or max(1, cluster.gpus)
-    capacity = cluster.gpus if device == "cuda" else cluster.cpus
-    # An explicit --device cuda may wait for an autoscaler to add GPU nodes; auto must fit now.
-    if workers > capacity and not (spec.device == "cuda"):
-        unit = "GPU" if device == "cuda" else "CPU"
-        raise JobError(f"--workers: {workers} actors need {workers} {unit}s; the Ray cluster has {capacity}")
-    return dataclasses.replace(
-        spec,
-        device=device,
-        dtype=dtype,
-        workers=workers,
-        height=spec.height or model.native_height,
-        width=spec.width or model.native_width,
-    )
+    if device == "cpu" and spec.worker_gpus:
+        raise JobError(f"--worker-gpus: {spec.worker_gpus} given but the job renders on CPU; "
+                       "drop it or use --device cuda")
+    gpus = _whole(spec.worker_gpus if spec.worker_gpus is not None else (1 if device == "cuda" else 0))
+    workers = spec.workers or max(1, int(cluster.gpus / gpus + 1e-9) if gpus else 1)  # the GPUs there are now
+    if spec.min_workers > workers:
+        raise JobError(f"--min-workers: {spec.min_workers} is more than the {workers} worker(s) of the job; "
+                       "expected at most --workers")  # fmt: skip
+    default_cpus = 1 if device == "cuda" else max(1, cluster.cpus // workers)  # torch uses what it asks for
+    cpus = _whole(spec.worker_cpus if spec.worker_cpus is not None else default_cpus)
+    resolved = dataclasses.replace(spec, device=device, dtype=dtype, workers=workers, worker_gpus=gpus,
+                                   worker_cpus=cpus, height=spec.height or model.native_height,
+                                   width=spec.width or model.native_width)  # fmt: skip
+    _check_fits(resolved, cluster)
+    return resolved
+
+
+def _whole(amount: float) -> float | int:
+    return int(amount) if float(amount).is_integer() else amount
+
+
+def actor_resources(spec: JobSpec) -> dict[str, float]:
+    """What one render actor asks Ray for (a resolved spec: worker_cpus and worker_gpus are set)."""
+    return {name: amount for name, amount in (("CPU", spec.worker_cpus), ("GPU", spec.worker_gpus)) if amount}
+
+
+def _check_fits(spec: JobSpec, cluster: ClusterInfo) -> None:
+    """A job whose actors can never be placed fails here, naming the flag: a local Ray that cannot
+    grow, or an autoscaler none of whose node types holds one actor. Otherwise more workers than
+    fit now is fine: they start as nodes join."""
+    from jobs import nodes
+
+    bundle, flags = actor_resources(spec), "--worker-gpus / --worker-cpus"
+    if cluster.node_types is not None and not any(nodes.slots(t, bundle) for t in cluster.node_types):
+        shapes = ", ".join(sorted({nodes.describe(t) for t in cluster.node_types}))
+        raise JobError(f"{flags}: one actor needs {nodes.describe(bundle)}; no node type of this cluster has "
+                       f"that (its node types: {shapes})")  # fmt: skip
+    room = nodes.room(cluster.nodes, bundle)
+    if cluster.local and room < spec.workers:
+        unit, have = ("GPU", cluster.gpus) if spec.device == "cuda" else ("CPU", cluster.cpus)
+        need = spec.workers * bundle.get(unit, 0)
+        raise JobError(f"--workers: {spec.workers} actors need {_whole(need)} {unit}s; the Ray cluster has {have} "
+                       f"(a Ray started by the job cannot grow: lower --workers or {flags}, or join a cluster "
+                       "with RAY_ADDRESS)")  # fmt: skip
+
+
+def capacity_note(spec: JobSpec, cluster: ClusterInfo) -> str | None:
+    """One line when the job starts with fewer actors than --workers and waits for the rest."""
+    from jobs import nodes
+
+    room = nodes.room(cluster.nodes, actor_resources(spec))
+    if room >= spec.workers:
+        return None
+    return (f"turbobatch: the cluster has room for {room} of {spec.workers} render actors of "
+            f"{nodes.describe(actor_resources(spec))} now; the others start as nodes join (autoscaler or `ray start`)")

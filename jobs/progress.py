@@ -1,4 +1,4 @@
-"""Progress bar (shards, images/s, ETA) and the end-of-run summary."""
+"""Progress bar (shards, images/s, ETA, workers ready / starting) and the end-of-run summary."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class Progress:
     pending_rows: int
     outcomes: list[ShardOutcome] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    workers: tuple[int, int] = (0, 0)  # render actors (ready, starting)
 
     def __post_init__(self) -> None:
         # In a log (ray job logs, CI) redraws become lines: print one every 30 s there.
@@ -38,6 +39,12 @@ class Progress:
         self.bar.update(outcome.num_rows)
         self._postfix()
 
+    def set_workers(self, ready: int, starting: int) -> None:
+        """Render actors ready to take shards and still starting, for the progress line."""
+        if (ready, starting) != self.workers:
+            self.workers = (ready, starting)
+            self._postfix()
+
     def note(self, message: str) -> None:
         """A line for the user (retries, replaced workers) that does not break the bar."""
         self.bar.write(message, file=sys.stderr)
@@ -45,7 +52,9 @@ class Progress:
     def _postfix(self) -> None:
         done = self.already_done + sum(o.marker is not None for o in self.outcomes)
         failed = sum(o.error is not None for o in self.outcomes)
-        self.bar.set_postfix_str(f"shards {done}/{self.total_shards}" + (f", {failed} failed" if failed else ""))
+        ready, starting = self.workers
+        self.bar.set_postfix_str(f"shards {done}/{self.total_shards}" + (f", {failed} failed" if failed else "")
+                                 + f", workers {ready} ready / {starting} starting")  # fmt: skip
 
     def close(self) -> None:
         self.bar.close()

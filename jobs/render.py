@@ -12,9 +12,9 @@ import sys
 from jobs import resume, schedule
 from jobs.card import write_card
 from jobs.cli import parse_render_args
-from jobs.cluster import SIGTERM_RECEIVED, ray_session, resolve_spec
+from jobs.cluster import SIGTERM_RECEIVED, capacity_note, ray_session, resolve_spec
 from jobs.columns import with_kept_columns
-from jobs.errors import JobError
+from jobs.errors import JobError, JobStalled
 from jobs.inputs import check_columns, scan_inputs
 from jobs.keys import check_unique_keys
 from jobs.plan import fingerprint, make_plan
@@ -58,21 +58,29 @@ def run(spec: JobSpec) -> int:
         retried = f" ({len(failed_before)} failed before, retried now)" if failed_before else ""
         print(
             f"turbobatch: {total_rows} rows in {len(files)} file(s) -> {len(plan)} shards; "
-            f"{len(done)} already committed, {len(pending)} to render{retried} on {spec.workers} "
-            f"{spec.device} worker(s)",
+            f"{len(done)} already committed, {len(pending)} to render{retried} on up to {spec.workers} "
+            f"{spec.device} worker(s) (rendering starts with {spec.min_workers})",
             file=sys.stderr,
         )
-        # 6. Render: actors commit shards; failures are retried or recorded under _failed/.
+        if pending and (note := capacity_note(spec, cluster)):
+            print(note, file=sys.stderr)
+        # 6. Render: actors join as they start; failures are retried or recorded under _failed/.
         progress = Progress(len(plan), len(done), sum(s.num_rows for s in pending))
+        stalled = None
         try:
             schedule.render_shards(pending, spec, out, progress, failed_before)
+        except JobStalled as e:
+            stalled = e
         finally:
             progress.close()
         resume.remove_temp_leftovers(out)
     # 7. The dataset card for what is committed now; summary; the exit code tells whether too
-    #    many shards failed.
+    #    many shards failed, or the job stalled.
     write_card(out, spec, model.location)
     print(progress.summary(out.display()))
+    if stalled is not None:
+        print(f"error: {stalled}\ncommitted shards are kept; run the same command again to resume", file=sys.stderr)
+        return EXIT_FAILED_SHARDS
     return EXIT_FAILED_SHARDS if len(progress.failed) > spec.max_failed_shards else EXIT_OK
 
 

@@ -1,67 +1,38 @@
-"""Feed shards to long-lived RenderWorker actors, pull-style, and outlive their failures.
+"""Feed shards to the render actors, pull-style, and outlive their failures.
 
-Each actor holds one pipeline and keeps ``INFLIGHT_PER_ACTOR`` shards in flight, run as threads
-(one renders while the other reads or commits, see workers/actor.py), so the device never waits
-for the driver, for Parquet or for an upload between shards; a finished shard frees a slot that
-the next shard fills.
+The actors come and go (jobs/pool.py); this module owns the shard queue. Rendering starts once
+``--min-workers`` actors are ready, and each ready actor keeps ``INFLIGHT_PER_ACTOR`` shards in flight.
 
-When an attempt fails on infrastructure (its actor or node died, storage timed out or answered
-5xx), the shard goes back in the queue after a backoff, up to ``--max-retries`` times, and a dead
-actor is replaced by a new one. A shard that fails otherwise (bad data, a bug), or runs out of
-retries, gets a ``_failed/`` marker and the job goes on with the others.
+A shard whose actor left with its node (drained, preempted, lost) goes back to the front of the queue
+and the attempt is not counted. Any other infrastructure failure (its actor died on a live node,
+storage timed out or answered 5xx) puts it back after a backoff, up to ``--max-retries`` times. A shard
+that fails otherwise (bad data, a bug), or runs out of retries, gets a ``_failed/`` marker and the job
+goes on with the others. When nothing can progress for ``--stall-timeout`` seconds the job stops
+(JobStalled) naming what it waited for.
 """
 
 from __future__ import annotations
 
 import heapq
 import re
+import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs import resume
-from jobs.cluster import actor_env
-from jobs.errors import JobError
+from jobs import nodes, resume
+from jobs.errors import JobError, JobStalled, error_text
 from jobs.plan import Shard
+from jobs.pool import ActorPool
 from jobs.progress import Progress, ShardOutcome
 from jobs.retry import backoff_s, is_retryable
 from jobs.spec import JobSpec
+from jobs.stall import NO_ACTOR, StallWatch
 from jobs.storage import Folder
 
-INFLIGHT_PER_ACTOR = 2
+POLL_S = 1.0  # the loop wakes at least this often (drains, stall clock, progress)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the remote traceback
-
-
-def actor_class(spec: JobSpec, count: int) -> Any:
-    """RenderWorker as a Ray actor class with the resources one actor needs."""
-    import ray
-
-    from workers.actor import RenderWorker
-
-    if spec.device == "cuda":
-        resources = {"num_gpus": 1, "num_cpus": 1}
-    else:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        resources = {"num_gpus": 0, "num_cpus": max(1, cpus // count)}  # torch uses what it asks for
-    # Its in-flight shards run as threads: one renders while the other reads or commits.
-    return ray.remote(RenderWorker).options(**resources, max_concurrency=INFLIGHT_PER_ACTOR,
-                                            runtime_env={"env_vars": actor_env()})  # fmt: skip
-
-
-def start_workers(spec: JobSpec, count: int) -> list[Any]:
-    """Create ``count`` RenderWorker actors and wait until each has loaded its pipeline."""
-    import ray
-
-    cls = actor_class(spec, count)
-    actors = [cls.remote(spec) for _ in range(count)]
-    try:
-        ray.get([a.ready.remote() for a in actors])
-    except ray.exceptions.RayError as e:  # e.g. weights that pass the config check but do not load
-        for actor in actors:
-            ray.kill(actor)
-        raise JobError(f"workers: the render actors could not start ({error_text(e)})") from None
-    return actors
 
 
 @dataclass(order=True)
@@ -71,91 +42,122 @@ class _Waiting:
 
 
 class ShardScheduler:
-    """One run's scheduling state: queues, attempts per shard, live and starting actors."""
+    """One run's scheduling state: queues, counted attempts per shard, shards in flight."""
 
     def __init__(self, spec: JobSpec, out: Folder, progress: Progress, previously_failed: set[int]) -> None:
         self.spec, self.out, self.progress = spec, out, progress
         self.previously_failed = previously_failed
         self.ready: deque[Shard] = deque()
         self.waiting: list[_Waiting] = []  # heap: shards waiting out a retry backoff
-        self.attempts: dict[int, int] = {}
-        self.actors: dict[Any, Any] = {}  # actor id -> handle, for live actors
-        self.busy: dict[Any, int] = {}  # actor id -> shards in flight
+        self.attempts: dict[int, int] = {}  # counted attempts (a drained or lost node's do not count)
         self.running: dict[Any, tuple[Any, Shard]] = {}  # task ref -> (actor id, shard)
-        self.starting: dict[Any, Any] = {}  # ready() ref -> replacement actor handle
-        self.replacements_left = 0
-        self.cls: Any = None
+        self.shard_seconds: deque[float] = deque(maxlen=20)  # recent shards' time on their actor
+        self.stall = StallWatch(spec.stall_timeout)
+        self.pool: ActorPool | None = None
+        self.min_ready = 1
+        self.started = False  # latched once min_ready actors were ready
 
     def run(self, pending: list[Shard]) -> None:
         """Render every pending shard; each outcome goes to ``progress`` (and _failed/ if failed)."""
-        import ray
-
         if not pending:
             return
-        count = min(self.spec.workers or 1, len(pending))
-        self.cls = actor_class(self.spec, count)
-        self.replacements_left = count * (self.spec.max_retries + 1)
-        for actor in start_workers(self.spec, count):
-            self._add_actor(actor)
+        target = min(self.spec.workers or 1, len(pending))
+        self.min_ready = min(self.spec.min_workers, target)
+        self.pool = ActorPool(self.spec, target, self._note)
         self.ready.extend(pending)
         try:
-            while self.ready or self.waiting or self.running:  # a replacement still starting is not work
-                if not (self.actors or self.starting or self.running):
-                    self._fail_unstarted("no render worker is left (replacements could not start)")
-                    break
-                self._release_waiting()
-                self._submit_ready()
-                refs = [*self.running, *self.starting]
-                timeout = self._seconds_to_next_retry()
-                done, _ = ray.wait(refs, num_returns=1, timeout=timeout) if refs else ([], time.sleep(timeout or 0))
-                for ref in done:
-                    if ref in self.starting:
-                        self._on_replacement(ref)
-                    else:
-                        self._on_shard(ref)
+            self.pool.start()
+            while self.ready or self.waiting or self.running:  # an actor still starting is not work
+                self._step()
         finally:
-            for actor in [*self.actors.values(), *self.starting.values()]:
-                ray.kill(actor)
+            self.pool.shutdown()
 
-    # -- queues ------------------------------------------------------------------------
+    def _step(self) -> None:
+        import ray
+
+        pool = self.pool
+        pool.watch_drains(statistics.median(self.shard_seconds) if self.shard_seconds else None)
+        self._check_progress()
+        self._release_waiting()
+        self._submit_ready()
+        self.progress.set_workers(pool.usable_count, len(pool.starting))
+        refs = [*self.running, *pool.starting]
+        timeout = min(POLL_S, self._seconds_to_next_retry())
+        done, _ = ray.wait(refs, num_returns=1, timeout=timeout) if refs else ([], time.sleep(timeout))
+        for ref in done:
+            if ref in pool.starting:
+                pool.on_started(ref)
+            else:
+                self._on_shard(ref)
+
+    # -- stalls --------------------------------------------------------------------------
+    def _check_progress(self) -> None:
+        pool = self.pool
+        if pool.gave_up:
+            if not pool.ever_ready:  # as a bad model would: nothing was ever rendered
+                raise JobError(f"workers: the render actors could not start ({pool.crash_cause})")
+            raise JobStalled(f"no render worker is left: {pool.describe_waiting()}")
+        self.started = self.started or pool.usable_count >= self.min_ready
+        stalled = self.stall.check(time.monotonic(), self.started and pool.usable_count > 0, len(self.running))
+        if stalled is None:
+            return
+        what, seconds = stalled
+        waited = f"stalled for {seconds:.0f} s (--stall-timeout {self.spec.stall_timeout:g})"
+        if what == NO_ACTOR:
+            ready = "" if self.started else f"{pool.usable_count} of {self.min_ready} (--min-workers) actors ready; "
+            raise JobStalled(f"{waited}: no render actor ready; {ready}{pool.describe_waiting()}")
+        actors = len({actor for actor, _ in self.running.values()})
+        raise JobStalled(f"{waited}: no shard finished while {len(self.running)} were in flight on "
+                         f"{actors} render actor(s)")
+
+    # -- queues --------------------------------------------------------------------------
     def _release_waiting(self) -> None:
         now = time.monotonic()
         while self.waiting and self.waiting[0].not_before <= now:
             self.ready.appendleft(heapq.heappop(self.waiting).shard)  # retries go first
 
-    def _seconds_to_next_retry(self) -> float | None:
+    def _seconds_to_next_retry(self) -> float:
         if not self.waiting:
-            return None
+            return POLL_S
         return max(0.0, self.waiting[0].not_before - time.monotonic())
 
     def _submit_ready(self) -> None:
-        while self.ready:
-            free = [a for a, n in self.busy.items() if n < INFLIGHT_PER_ACTOR]
-            if not free:
+        while self.ready and self.started:
+            sent = self.pool.submit(self.ready[0])
+            if sent is None:
                 return
-            actor_id = min(free, key=lambda a: self.busy[a])
             shard = self.ready.popleft()
             self.attempts[shard.shard_id] = self.attempts.get(shard.shard_id, 0) + 1
-            self.running[self.actors[actor_id].render_shard.remote(shard)] = (actor_id, shard)
-            self.busy[actor_id] += 1
+            actor_id, ref = sent
+            self.running[ref] = (actor_id, shard)
 
-    # -- outcomes ----------------------------------------------------------------------
+    # -- outcomes ------------------------------------------------------------------------
     def _on_shard(self, ref: Any) -> None:
         import ray
 
         actor_id, shard = self.running.pop(ref)
-        if actor_id in self.busy:
-            self.busy[actor_id] -= 1
+        self.pool.finished(actor_id)
         try:
             marker = ray.get(ref)
         except ray.exceptions.RayError as e:
-            if isinstance(e, ray.exceptions.RayActorError):
-                self._replace(actor_id)
-            self._on_failure(shard, e)
+            cause = self.pool.lost(actor_id, e) if isinstance(e, ray.exceptions.RayActorError) else nodes.DIED
+            if cause == nodes.DIED:
+                self._on_failure(shard, e)
+            else:
+                self._requeue_uncounted(shard, cause)
             return
+        self.stall.shard_finished(time.monotonic())
+        self.shard_seconds.append(marker.get("timings_s", {}).get("total", 0.0))
         self.progress.record(ShardOutcome(shard.shard_id, shard.num_rows, marker=marker))
         if shard.shard_id in self.previously_failed:
             resume.clear_failure(self.out, shard.shard_id)
+
+    def _requeue_uncounted(self, shard: Shard, cause: str) -> None:
+        """Its node was drained or lost: back to the front of the queue, the attempt not counted."""
+        self.attempts[shard.shard_id] -= 1
+        self.ready.appendleft(shard)
+        self._note(f"shard {shard.shard_id} requeued: its node was {'lost' if cause == nodes.NODE_LOST else cause} "
+                   "(not counted as a retry)")  # fmt: skip
 
     def _on_failure(self, shard: Shard, e: Exception) -> None:
         attempts, retryable = self.attempts[shard.shard_id], is_retryable(e)
@@ -164,6 +166,7 @@ class ShardScheduler:
             self._note(f"shard {shard.shard_id}: {error_text(e)}; retry {attempts}/{self.spec.max_retries} in {delay:.0f} s")
             heapq.heappush(self.waiting, _Waiting(time.monotonic() + delay, shard))
             return
+        self.stall.shard_finished(time.monotonic())
         self._record_failed(shard, error_text(e), _ANSI.sub("", str(e)), retryable)
 
     def _record_failed(self, shard: Shard, error: str, detail: str, retryable: bool) -> None:
@@ -174,69 +177,11 @@ class ShardScheduler:
             self._note(f"shard {shard.shard_id}: could not write its failed marker ({error_text(e)})")
         self.progress.record(ShardOutcome(shard.shard_id, shard.num_rows, error=error, attempts=attempts))
 
-    def _fail_unstarted(self, reason: str) -> None:
-        """No actor can take work: every shard not yet rendered fails (a rerun retries them)."""
-        for shard in [*self.ready, *(w.shard for w in self.waiting)]:
-            self._record_failed(shard, reason, reason, retryable=True)
-        self.ready.clear()
-        self.waiting.clear()
-
-    # -- actors ------------------------------------------------------------------------
-    def _add_actor(self, actor: Any) -> None:
-        self.actors[actor._actor_id] = actor
-        self.busy[actor._actor_id] = 0
-
-    def _replace(self, actor_id: Any) -> None:
-        """A dead actor (process killed, node lost) is dropped and a new one started, once."""
-        import ray
-
-        dead = self.actors.pop(actor_id, None)
-        if dead is None:
-            return  # its other in-flight shard already reported the death
-        self.busy.pop(actor_id, None)
-        ray.kill(dead)
-        if self._start_replacement():
-            self._note("a render worker died; starting a replacement")
-
-    def _start_replacement(self) -> bool:
-        """Start a new actor if the replacement budget allows; False when it is spent."""
-        if self.replacements_left <= 0:
-            return False
-        self.replacements_left -= 1
-        actor = self.cls.remote(self.spec)
-        self.starting[actor.ready.remote()] = actor
-        return True
-
-    def _on_replacement(self, ref: Any) -> None:
-        import ray
-
-        actor = self.starting.pop(ref)
-        try:
-            ray.get(ref)
-        except ray.exceptions.RayError as e:
-            self._note(f"a replacement render worker could not start: {error_text(e)}")
-            ray.kill(actor)
-            if is_retryable(e):
-                self._start_replacement()
-            return
-        self._add_actor(actor)
-
     def _note(self, message: str) -> None:
         self.progress.note(f"turbobatch: {message}")
-
-
-def error_text(e: BaseException) -> str:
-    """One line naming the failure: the remote exception's type and message for task errors."""
-    cause = getattr(e, "cause", None)
-    if cause is not None:
-        return f"{type(cause).__name__}: {cause}".strip().splitlines()[0][:500]
-    text = str(e).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(e).__name__}: {first}"[:500] if first else type(e).__name__
 
 
 def render_shards(pending: list[Shard], spec: JobSpec, out: Folder, progress: Progress,
                   previously_failed: set[int] = frozenset()) -> None:  # fmt: skip
     """Render every pending shard on RenderWorker actors (see ShardScheduler)."""
     ShardScheduler(spec, out, progress, set(previously_failed)).run(pending)
-

@@ -47,7 +47,11 @@ class JobSpec:
     width: int | None = None
     batch_size: int = 8
     dtype: str | None = None  # None: float16 on CUDA, float32 on CPU
-    workers: int | None = None  # None: GPUs in the Ray cluster, else 1
+    workers: int | None = None  # the most render actors; None: GPUs in the Ray cluster / worker_gpus, else 1
+    min_workers: int = 1  # actors ready before rendering starts; the others join as they start
+    worker_gpus: float | None = None  # per actor; None: 1 on CUDA (0.5: two actors share a GPU)
+    worker_cpus: float | None = None  # per actor; None: 1 on CUDA, the cluster's CPUs / workers on CPU
+    stall_timeout: float = 1800.0  # seconds with no ready actor, or no commit while shards run: exit 1
     shard_size: int = 1000
     format: str = "tar"
     image_format: str = "png"
@@ -132,8 +136,7 @@ class JobSpec:
         self.speedups = normalize_speedups(self.speedups)
         if self.weights == "random" and (self.controlnet or self.vae):
             raise JobError("--weights random: builds the whole pipeline from bundled configs; drop --controlnet and --vae")
-        if self.workers is not None:
-            _require_int("workers", self.workers, 1, 100_000)
+        self._validate_workers()
         _require_int("shard-size", self.shard_size, 1, 1_000_000)
         _require_choice("format", self.format, FORMATS)
         _require_choice("image-format", self.image_format, IMAGE_FORMATS)
@@ -157,6 +160,22 @@ class JobSpec:
         for name in ("storage_options", "input_storage_options", "output_storage_options"):
             if not isinstance(getattr(self, name), dict):
                 raise JobError(f"--{name.replace('_', '-')}: expected a mapping of option: value (a JSON object)")
+
+    def _validate_workers(self) -> None:
+        if self.workers is not None:
+            _require_int("workers", self.workers, 1, 100_000)
+        _require_int("min-workers", self.min_workers, 1, 100_000)
+        if self.workers is not None and self.min_workers > self.workers:
+            raise JobError(f"--min-workers: {self.min_workers} is more than --workers {self.workers}; "
+                           "expected at most the number of workers")  # fmt: skip
+        if self.worker_gpus is not None:
+            _require_number("worker-gpus", self.worker_gpus, 0.0001, 64)
+            if self.worker_gpus > 1 and not float(self.worker_gpus).is_integer():
+                raise JobError(f"--worker-gpus: {self.worker_gpus} is not valid; expected a fraction below 1 "
+                               "(actors share a GPU) or a whole number of GPUs")  # fmt: skip
+        if self.worker_cpus is not None:
+            _require_number("worker-cpus", self.worker_cpus, 0.0001, 1024)
+        _require_number("stall-timeout", self.stall_timeout, 1, 7 * 24 * 3600)
 
     def _validate_controlnet(self) -> None:
         for name in ("vae", "controlnet", "control_image_column"):

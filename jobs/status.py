@@ -1,7 +1,7 @@
 """``python -m jobs.status OUTPUT [--json]``: where a job stands, from its output folder alone.
 
 Reads ``_job/`` (plan, spec), one listing each of ``_done/`` and ``_failed/``, and the done
-markers (counts, and timings: where the devices' time went). Needs no Ray, no model and no
+markers (counts, timings: where the devices' time went, and which node rendered each shard). Needs no Ray, no model and no
 input: it works while a job runs, after it died, or from another machine.
 """
 
@@ -46,7 +46,22 @@ def job_status(out: Folder) -> dict[str, Any]:
         "image_bytes": sum(m.get("image_bytes", 0) for m in markers),
         "failed": [{k: f.get(k) for k in ("shard", "error", "attempts", "infrastructure", "failed_at")} for f in failures],
         "timings_s": summed_timings(markers),
+        "nodes": per_node(markers),
     }
+
+
+def per_node(markers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Committed shards and images per Ray node (markers' ``node_id``; older markers and shards
+    rendered without Ray have none and count under their host), most shards first."""
+    by_node: dict[tuple[str | None, str | None], dict[str, Any]] = {}
+    for marker in markers:
+        node_id = marker.get("node_id")
+        key = (node_id, None if node_id else marker.get("worker"))
+        entry = by_node.setdefault(key, {"node_id": node_id, "host": marker.get("worker"), "shards": 0, "images": 0})
+        entry["shards"] += 1
+        entry["images"] += marker.get("ok", 0)
+    return sorted(by_node.values(),
+                  key=lambda e: (-e["shards"], e["node_id"] is None, str(e["node_id"]), str(e["host"])))
 
 
 # Where the devices' time went, from the done markers' timings_s (docs/OUTPUT.md). A worker's
@@ -100,6 +115,11 @@ def format_status(status: dict[str, Any]) -> str:
     if profile:
         seconds = device_seconds(status["timings_s"])
         lines.append(f"device:  {profile} (of {seconds:,.0f} device-seconds in committed shards)")
+    for node in status["nodes"][:10]:
+        name = f"node {node['node_id'][:12]}" if node["node_id"] else "no Ray node"
+        lines.append(f"node:    {name} ({node['host']}): {node['shards']} shards, {node['images']:,} images")
+    if len(status["nodes"]) > 10:
+        lines.append(f"... and {len(status['nodes']) - 10} more nodes (see --json)")
     for f in status["failed"][:20]:
         lines.append(f"failed shard {f['shard']} (after {f['attempts']} attempt(s)): {f['error']}")
     if len(status["failed"]) > 20:

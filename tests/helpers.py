@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -133,3 +134,39 @@ def session_members(session_id: int) -> list[int]:
             if int(fields[3]) == session_id and fields[0] != "Z":  # field 6 of stat: the session id
                 pids.append(int(stat.parent.name))
     return pids
+
+
+# -- a committed output, checked whole ------------------------------------------------------
+def image_digests(out: Path) -> dict[str, str]:
+    """key -> sha256 of its image bytes, from every committed shard's metadata."""
+    rows = read_metadata(out)
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)), "a key was written twice"
+    return {r["key"]: r["sha256"] for r in rows}
+
+
+def metadata_without_timings(out: Path) -> list[dict]:
+    """Metadata rows minus render_ms, the one field that differs between two runs."""
+    return [{k: v for k, v in row.items() if k != "render_ms"} for row in read_metadata(out)]
+
+
+def assert_complete_and_clean(out: Path, shards: int, rows: int) -> None:
+    """Every shard committed, every row once, every object whole and marked, nothing left over."""
+    from jobs.storage import TEMP_MARK
+
+    done = sorted(p.name for p in (out / "_done").iterdir())
+    assert done == [f"{i:06d}.json" for i in range(shards)]
+    assert sorted(r["global_index"] for r in read_metadata(out)) == list(range(rows))
+    # Every data object is whole: the bytes its done marker recorded, and nothing unmarked.
+    for marker_path in (out / "_done").iterdir():
+        for rel, expected in json.loads(marker_path.read_text())["files"].items():
+            assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == expected["sha256"], rel
+    data_files = {f"{p.parent.name}/{p.name}" for folder in ("shards", "metadata") for p in (out / folder).iterdir()}
+    assert data_files == {rel for p in (out / "_done").iterdir() for rel in json.loads(p.read_text())["files"]}
+    leftovers = [str(p) for p in out.rglob("*") if TEMP_MARK in p.name]
+    assert leftovers == []
+    assert not (out / "_failed").exists() or not any((out / "_failed").iterdir())
+
+
+def done_count(out: Path) -> int:
+    return len(list((out / "_done").glob("*.json"))) if (out / "_done").exists() else 0

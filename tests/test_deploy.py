@@ -1,31 +1,20 @@
 """Deployment: `ray job submit` to a real `ray start --head`, and the cluster configs.
 
-The head runs in its own process group, temp dir, token file and ports, so it never touches the
-in-process Ray of other tests (or anyone else's): teardown stops that process group, never
-`ray stop` (which kills every Ray process on the machine).
+The head (tests/raycluster.py) runs in its own process group, temp dir, token file and ports, so
+it never touches the in-process Ray of other tests (or anyone else's).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
-import random
 import re
-import secrets
 import shlex
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,162 +24,12 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, write_parquet
-from tests.helpers import corrupt_parquet, kill_session, processes_titled, read_metadata, wait_for
+from tests.helpers import corrupt_parquet, processes_titled, read_metadata, wait_for
+from tests.raycluster import Head, started_head, started_worker_node
 from workers import faults
 
-BIN = Path(sys.executable).parent  # the venv's bin: its `ray`, and the jobs' `python`
 MAX_UPLOAD_BYTES = 5 * 2**20
 SIZE = ["--height", "32", "--width", "32"]
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
-# --------------------------------------------------------------------------- a real Ray head
-
-
-def free_port_block(n: int) -> int:
-    """First port of ``n`` consecutive free ports, below the kernel's ephemeral range and above
-    Ray's default worker ports (10002-19999), so neither Ray nor the OS hands them out."""
-    for _ in range(100):
-        base = random.randrange(20000, 32000 - n)
-        try:
-            for port in range(base, base + n):
-                with socket.socket() as s:
-                    s.bind(("", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError(f"no {n} consecutive free ports in 20000-32000")
-
-
-def parse_status(out: str, job_id: str) -> str:
-    """The status `ray job status` prints: "Job 'ID' succeeded|failed|was stopped" at the end,
-    "Status for job 'ID': RUNNING" before."""
-    if match := re.search(rf"Job '{job_id}' (succeeded|failed|was stopped)", out):
-        return {"succeeded": "SUCCEEDED", "failed": "FAILED", "was stopped": "STOPPED"}[match.group(1)]
-    match = re.search(rf"Status for job '{job_id}': (?:JobStatus\.)?(\w+)", out)
-    assert match, f"cannot read the status of {job_id} in:\n{out}"
-    return match.group(1)
-
-
-@dataclass
-class Head:
-    address: str  # the dashboard / job-submission URL
-    env: dict[str, str]
-    temp_dir: Path
-    gcs_address: str  # host:port, what `ray start --address` and RAY_ADDRESS take
-
-    def ray(self, *args: str, timeout: float = 120) -> str:
-        """Run a `ray` CLI command against this head; returns stdout + stderr."""
-        result = subprocess.run([str(BIN / "ray"), *args], check=False, cwd=REPO, env=self.env, timeout=timeout,
-                                capture_output=True, text=True)  # fmt: skip
-        assert result.returncode == 0, f"ray {shlex.join(args)} -> {result.returncode}\n{result.stdout}{result.stderr}"
-        return result.stdout + result.stderr
-
-    def run_job(self, *render_args: str, timeout_s: float = 300) -> tuple[str, str, str]:
-        """Submit `python -m jobs.render ...` with the repo as working dir, follow `ray job status`
-        to the end; returns (status, status output, job logs)."""
-        return self.follow(self.submit(*render_args), timeout_s)
-
-    def submit(self, *render_args: str, env: dict[str, str] | None = None) -> str:
-        """`ray job submit --no-wait` of `python -m jobs.render ...`; returns the job id."""
-        job_id = f"turbobatch-{secrets.token_hex(4)}"
-        env_vars = {"TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"], "HF_HUB_OFFLINE": "1", **(env or {})}
-        self.ray("job", "submit", "--address", self.address, "--submission-id", job_id, "--no-wait",
-                 "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": env_vars}),
-                 "--", "python", "-m", "jobs.render", *render_args)  # fmt: skip
-        return job_id
-
-    def follow(self, job_id: str, timeout_s: float = 300) -> tuple[str, str, str]:
-        """Poll `ray job status` until the job ends; returns (status, status output, job logs)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            out = self.ray("job", "status", "--address", self.address, job_id)
-            status = parse_status(out, job_id)
-            if status in TERMINAL:
-                break
-            assert time.monotonic() < deadline, f"job {job_id} still {status} after {timeout_s} s:\n{out}"
-            time.sleep(2)
-        return status, out, self.ray("job", "logs", "--address", self.address, job_id)
-
-    def last_uploaded_working_dir(self) -> Path:
-        """The last working dir the cluster received (unpacked from the uploaded package)."""
-        found = self.temp_dir.glob("session_latest/runtime_resources/working_dir_files/_ray_pkg_*")
-        return max((p for p in found if p.is_dir()), key=lambda p: p.stat().st_mtime)
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            urllib.request.urlopen(f"{url}/api/version", timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return  # the dashboard answers (maybe 401 without a token): it is up
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"Ray head not up after {timeout_s} s:\n{log.read_text(errors='replace')[-3000:]}")
-
-
-def stop_head(proc: subprocess.Popen, grace_s: float = 20) -> None:
-    """SIGTERM `ray start --block` (it stops the processes it started), then SIGKILL whatever is
-    left in its process group: raylet, GCS, dashboard, job drivers, workers."""
-    pgid = proc.pid  # start_new_session: the group is ours alone
-    if proc.poll() is None:
-        proc.terminate()
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-        time.sleep(0.25)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
-
-
-HEAD_PORT_FLAGS = ["--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port",
-                   "--object-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                   "--runtime-env-agent-port", "--metrics-export-port"]  # fmt: skip
-NODE_PORT_FLAGS = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-                   "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port"]  # fmt: skip
-
-
-def port_args(flags: list[str]) -> tuple[list[str], int]:
-    """Free ports for ``flags`` and a worker-port range after them; returns (args, base)."""
-    base = free_port_block(64)
-    args = [arg for i, flag in enumerate(flags) for arg in (flag, str(base + i))]
-    return [*args, "--min-worker-port", str(base + 16), "--max-worker-port", str(base + 63)], base
-
-
-@contextlib.contextmanager
-def started_head(num_cpus: int) -> Iterator[Head]:
-    """`ray start --head` on free ports with no usage stats; stopped even on failure."""
-    # A short temp dir: Ray's Unix socket paths under it must stay below 108 bytes.
-    temp_dir = Path(tempfile.mkdtemp(prefix="tb-head-", dir="/tmp"))
-    token = temp_dir / "auth_token"  # our own token: ~/.ray/auth_token stays untouched
-    token.write_text(secrets.token_hex(32))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
-    ports, base = port_args(HEAD_PORT_FLAGS)
-    command = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", str(num_cpus), "--num-gpus", "0",
-               "--disable-usage-stats", "--temp-dir", str(temp_dir), "--dashboard-host", "127.0.0.1", *ports]  # fmt: skip
-    log_path = temp_dir / "head.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        address = f"http://127.0.0.1:{base + 1}"
-        wait_until_up(address, proc, log_path)
-        yield Head(address, env, temp_dir, gcs_address=f"127.0.0.1:{base}")
-    finally:
-        stop_head(proc)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -265,27 +104,11 @@ def test_job_stop_ends_the_driver_cleanly_and_resubmitting_finishes(ray_head: He
     assert f"{committed} already committed" in logs
     assert [r["global_index"] for r in read_metadata(out)] == list(range(50))
 
-
-@contextlib.contextmanager
-def started_worker_node(head: Head, num_cpus: int) -> Iterator[subprocess.Popen]:
-    """A second raylet joining ``head`` (`ray start --address`), in a session of its own."""
-    ports, _ = port_args(NODE_PORT_FLAGS)
-    command = [str(BIN / "ray"), "start", "--address", head.gcs_address, "--block", "--num-cpus", str(num_cpus),
-               "--num-gpus", "0", *ports]  # fmt: skip
-    log_path = head.temp_dir / "node.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, env=head.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        kill_session(proc.pid)
-        proc.wait(timeout=10)
-
-
 @pytest.mark.slow
 def test_a_lost_node_costs_only_its_in_flight_shards(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Two nodes of one CPU each, one actor on each; the worker node is SIGKILLed whole
-    (raylet and actor) mid-shard. Its shards are requeued to the survivor; the job succeeds."""
+    (raylet and actor) mid-shard. Its shards are requeued to the survivor without using up a
+    retry (--max-retries 0); the job succeeds."""
     data = write_parquet(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(24)]})
     out = tmp_path / "out"
     with started_head(num_cpus=1) as head, started_worker_node(head, num_cpus=1) as node:
@@ -293,18 +116,21 @@ def test_a_lost_node_costs_only_its_in_flight_shards(tiny_model_dir: Path, tmp_p
         env = {**head.env, "RAY_ADDRESS": head.gcs_address, "TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"],
                "HF_HUB_OFFLINE": "1", faults.ENV: json.dumps({"delay_s": 0.4})}  # fmt: skip
         driver = subprocess.Popen([sys.executable, "-m", "jobs.render", str(data), str(out), "--model", "tiny-sd-turbo",
-                                   "--shard-size", "4", "--workers", "2", *SIZE], cwd=REPO, env=env,
+                                   "--shard-size", "4", "--workers", "2", "--max-retries", "0", *SIZE],
+                                  cwd=REPO, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
         try:
             wait_for(lambda: processes_titled("ray::RenderWorker.render_shard", session=node.pid), 120,
                      "an actor on the worker node inside render_shard")  # fmt: skip
-            kill_session(node.pid)  # the node is gone: raylet, object store, its actor
+            node.kill()  # the node is gone: raylet, object store, its actor
             stdout, stderr = driver.communicate(timeout=300)
         finally:
             if driver.poll() is None:
                 driver.kill()
     assert driver.returncode == 0, stderr[-3000:]
-    assert "a render worker died" in stderr and "retry 1/3" in stderr, stderr[-3000:]
+    assert "a render worker was lost with its node; starting a replacement" in stderr, stderr[-3000:]
+    assert "requeued: its node was lost (not counted as a retry)" in stderr, stderr[-3000:]
+    assert "retry" not in stderr.replace("not counted as a retry", ""), stderr[-3000:]
     assert "shards: 6/6 committed" in stdout
     rows = read_metadata(out)
     assert sorted(r["global_index"] for r in rows) == list(range(24))

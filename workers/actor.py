@@ -12,6 +12,8 @@ about 40% slower here (each thread gets its own OpenMP team).
 from __future__ import annotations
 
 import os
+import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +23,7 @@ from jobs.plan import Shard
 from jobs.retry import InfrastructureError, is_retryable
 from jobs.spec import JobSpec
 from jobs.storage import Folder
-from workers import speedups
+from workers import faults, speedups
 from workers.control import ControlImageError, ControlImageLoader
 from workers.models import load_pipeline
 from workers.renderer import PipelineRenderer
@@ -37,6 +39,7 @@ class RenderWorker:
         workers); by default the worker loads its own."""
         if spec.device is None or spec.dtype is None or spec.height is None or spec.width is None:
             raise ValueError("RenderWorker needs a spec resolved by the driver (device, dtype, size)")
+        faults.on_worker_start()
         self.spec = spec
         self.out = Folder(spec.output, spec.output_options())
         pipe = load_pipeline(spec) if pipe is None else pipe
@@ -53,10 +56,13 @@ class RenderWorker:
         self._device = ThreadPoolExecutor(1, thread_name_prefix="device")  # every pipeline call, in turn
         self._reading = threading.Lock()  # ShardReader keeps a row-group cache
         self._device_free_since: float | None = None  # when the last shard's rendering ended
+        # Who renders, for done markers and the driver (draining nodes): host, Ray node, process.
+        self.origin = {"worker": socket.gethostname(), "node_id": ray_node_id(), "pid": os.getpid()}
 
-    def ready(self) -> str:
-        """Returns once the pipeline is loaded; the driver waits on it before feeding shards."""
-        return f"{os.uname().nodename} pid {os.getpid()} {self.spec.device}"
+    def ready(self) -> dict[str, Any]:
+        """Returns once the pipeline is loaded (the actor then takes shards): where it runs."""
+        return {"host": self.origin["worker"], "node_id": self.origin["node_id"], "pid": self.origin["pid"],
+                "device": self.spec.device}  # fmt: skip
 
     def _load_control(self, row: Row) -> None:
         try:
@@ -87,7 +93,8 @@ class RenderWorker:
             list(self.pool.map(self._load_control, [r for r in rows if r.error is None]))
         valid = [r for r in rows if r.error is None]
         timings = {"read": time.perf_counter() - started}
-        with ShardWriter(self.out, shard, self.spec, self.pool, max_pending=4 * ENCODE_THREADS) as writer:
+        with ShardWriter(self.out, shard, self.spec, self.pool, max_pending=4 * ENCODE_THREADS,
+                         origin=self.origin) as writer:  # fmt: skip
             for row in rows:
                 if row.error is not None:
                     writer.add_error(row)
@@ -123,6 +130,15 @@ class RenderWorker:
             self._device_free_since = time.perf_counter()
             timings.update(render=self._device_free_since - got, pipeline=pipeline_s, writer_wait=writer.wait_s)
         return failed
+
+
+def ray_node_id() -> str | None:
+    """This process's Ray node id (hex) when it runs under Ray, else None: the class is also used
+    without Ray, and never imports it."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
 
 
 class PipelineFailedEveryRow(RuntimeError):

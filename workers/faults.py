@@ -6,10 +6,13 @@ The variable holds JSON with any of:
 
 - ``delay_s``: sleep this long per row before each pipeline call (so a kill lands mid-shard);
 - ``raise_on_prompt``: raise RuntimeError in a call whose prompts contain this text;
-- ``oom_above_batch``: raise ``torch.OutOfMemoryError`` in a call with more rows than this.
+- ``oom_above_batch``: raise ``torch.OutOfMemoryError`` in a call with more rows than this;
+- ``kill_on_start``: SIGKILL the worker's own process while it starts, as the kernel's OOM killer
+  does to a worker loading weights too big for its node (a crash loop at start-up).
 
-Unset (always, outside tests), :func:`before_pipeline_call` does nothing. The driver forwards the
-variable to actors (jobs/cluster.py) so end-to-end tests reach workers in other processes.
+Unset (always, outside tests), :func:`before_pipeline_call` and :func:`on_worker_start` do nothing.
+The driver forwards the variable to actors (jobs/cluster.py) so end-to-end tests reach workers in
+other processes.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import time
 from typing import Any
 
 ENV = "TURBOBATCH_TEST_FAULTS"
-KNOWN = {"delay_s", "raise_on_prompt", "oom_above_batch"}
+KNOWN = {"delay_s", "raise_on_prompt", "oom_above_batch", "kill_on_start"}
 
 
 @functools.cache
@@ -51,3 +55,9 @@ def before_pipeline_call(prompts: list[str]) -> None:
     needle = faults.get("raise_on_prompt")
     if needle and any(needle in p for p in prompts):
         raise RuntimeError(f"injected: the pipeline raised on a prompt containing {needle!r}")
+
+
+def on_worker_start() -> None:
+    """Inject the configured start-up faults (RenderWorker.__init__, before loading the pipeline)."""
+    if _faults().get("kill_on_start"):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import socket
 import time
 from collections import deque
@@ -31,8 +32,11 @@ from workers.sinks import ImageSink, open_sink
 class ShardWriter:
     """Use as a context manager: leaving it by an exception discards the shard's temp objects."""
 
-    def __init__(self, out: Folder, shard: Shard, spec: JobSpec, pool: ThreadPoolExecutor, max_pending: int) -> None:
+    def __init__(self, out: Folder, shard: Shard, spec: JobSpec, pool: ThreadPoolExecutor, max_pending: int,
+                 origin: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.out, self.shard, self.spec, self.pool = out, shard, spec, pool
+        # Who renders the shard, for its done marker: host ("worker"), Ray node id, process id.
+        self.origin = origin or {"worker": socket.gethostname(), "node_id": None, "pid": os.getpid()}
         self.max_pending = max_pending
         self.records: list[dict[str, Any]] = []
         self.pending: deque[tuple[dict[str, Any], Future[bytes]]] = deque()
@@ -97,7 +101,7 @@ class ShardWriter:
             "image_bytes": sum(r["bytes"] or 0 for r in self.records),
             "files": self.files, "spec_hash": self.spec.output_hash(),
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
-            "worker": socket.gethostname(),
+            **{k: self.origin.get(k) for k in ("worker", "node_id", "pid")},
             "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }  # fmt: skip
         if marker["rows"] != self.shard.num_rows:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from jobs import schedule
+from jobs import render as render_module
 from jobs.columns import (METADATA_SCHEMA, data_schema, kept_schema, kept_values, metadata_schema,
                           with_kept_columns)  # fmt: skip
 from jobs.errors import JobError
@@ -131,9 +131,9 @@ def test_keep_columns_is_an_output_field():
 
 def test_bad_kept_columns_stop_the_job_before_any_actor(tmp_path, monkeypatch, capsys):
     def forbidden(*args, **kwargs):
-        raise AssertionError("an actor was started for a bad job")
+        raise AssertionError("Ray was joined for a bad job")
 
-    monkeypatch.setattr(schedule, "start_workers", forbidden)
+    monkeypatch.setattr(render_module, "ray_session", forbidden)  # before Ray: before any actor
     data = write_parquet(tmp_path / "p.parquet", {"prompt": ["x"], "image": ["a.png"]})
     assert render([str(data), str(tmp_path / "out"), "--model", "tiny-sd-turbo", "--keep-columns", "image"]) == 2
     assert "--keep-columns: column 'image' of file://" in capsys.readouterr().err

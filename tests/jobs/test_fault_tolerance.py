@@ -7,7 +7,6 @@ the committed output must equal an uninterrupted run's, byte for byte, every row
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -23,9 +22,18 @@ import pytest
 
 from jobs import retry
 from jobs.render import main
-from jobs.storage import TEMP_MARK
 from tests.conftest import REPO, write_parquet
-from tests.helpers import corrupt_parquet, kill_session, processes_titled, read_metadata, wait_for
+from tests.helpers import (
+    assert_complete_and_clean,
+    corrupt_parquet,
+    done_count,
+    image_digests,
+    kill_session,
+    metadata_without_timings,
+    processes_titled,
+    read_metadata,
+    wait_for,
+)
 from workers import faults
 
 pytestmark = pytest.mark.slow
@@ -41,38 +49,6 @@ def prompts(tmp_path: Path) -> Path:
 @pytest.fixture
 def fast_retries(monkeypatch):
     monkeypatch.setattr(retry, "RETRY_BASE_S", 0.2)
-
-
-def image_digests(out: Path) -> dict[str, str]:
-    """key -> sha256 of its image bytes, from every committed shard's metadata."""
-    rows = read_metadata(out)
-    keys = [r["key"] for r in rows]
-    assert len(keys) == len(set(keys)), "a key was written twice"
-    return {r["key"]: r["sha256"] for r in rows}
-
-
-def metadata_without_timings(out: Path) -> list[dict]:
-    """Metadata rows minus render_ms, the one field that differs between two runs."""
-    return [{k: v for k, v in row.items() if k != "render_ms"} for row in read_metadata(out)]
-
-
-def assert_complete_and_clean(out: Path, shards: int) -> None:
-    done = sorted(p.name for p in (out / "_done").iterdir())
-    assert done == [f"{i:06d}.json" for i in range(shards)]
-    assert sorted(r["global_index"] for r in read_metadata(out)) == list(range(len(PROMPTS)))
-    # Every data object is whole: the bytes its done marker recorded, and nothing unmarked.
-    for marker_path in (out / "_done").iterdir():
-        for rel, expected in json.loads(marker_path.read_text())["files"].items():
-            assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == expected["sha256"], rel
-    data_files = {f"{p.parent.name}/{p.name}" for folder in ("shards", "metadata") for p in (out / folder).iterdir()}
-    assert data_files == {rel for p in (out / "_done").iterdir() for rel in json.loads(p.read_text())["files"]}
-    leftovers = [str(p) for p in out.rglob("*") if TEMP_MARK in p.name]
-    assert leftovers == []
-    assert not (out / "_failed").exists() or not any((out / "_failed").iterdir())
-
-
-def done_count(out: Path) -> int:
-    return len(list((out / "_done").glob("*.json"))) if (out / "_done").exists() else 0
 
 
 def test_an_actor_killed_mid_shard_has_its_shards_requeued(ray_cluster, prompts, tmp_path, fast_retries,
@@ -99,7 +75,7 @@ def test_an_actor_killed_mid_shard_has_its_shards_requeued(ray_cluster, prompts,
     err = capsys.readouterr().err
     assert "a render worker died; starting a replacement" in err
     assert "retry 1/3" in err
-    assert_complete_and_clean(out, 6)
+    assert_complete_and_clean(out, 6, len(PROMPTS))
     assert image_digests(out) == image_digests(reference)
     assert metadata_without_timings(out) == metadata_without_timings(reference)
 
@@ -132,7 +108,7 @@ def test_a_killed_driver_is_finished_by_the_same_command(prompts, tmp_path):
     again = subprocess.run(command(out), env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{committed_before} already committed" in again.stderr
-    assert_complete_and_clean(out, 6)
+    assert_complete_and_clean(out, 6, len(PROMPTS))
     assert image_digests(out) == image_digests(reference)
     assert metadata_without_timings(out) == metadata_without_timings(reference)
 
@@ -161,7 +137,7 @@ def test_sigterm_stops_the_driver_cleanly_and_the_same_command_resumes(prompts, 
     again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{committed} already committed" in again.stderr
-    assert_complete_and_clean(out, 6)
+    assert_complete_and_clean(out, 6, len(PROMPTS))
 
 
 def test_bad_data_fails_its_shard_once_and_a_rerun_retries_it(ray_cluster, tmp_path, capsys):

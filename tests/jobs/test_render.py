@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from jobs import layout, schedule
+from jobs import layout, pool
 from jobs.render import main
 from tests.conftest import REPO, write_parquet
 from tests.helpers import assert_within_one_level, plain_diffusers_image, read_metadata, read_tar_images
@@ -129,7 +129,7 @@ def no_actors(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("an actor was started for a bad job")
 
-    monkeypatch.setattr(schedule, "start_workers", forbidden)
+    monkeypatch.setattr(pool.ActorPool, "start", forbidden)
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, Path]:

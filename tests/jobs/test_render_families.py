@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import schedule
+from jobs import pool
 from jobs.render import main
 from tests.conftest import write_parquet
 from tests.helpers import read_metadata, read_tar_images
@@ -46,7 +46,7 @@ def no_actors(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("an actor was started for a bad job")
 
-    monkeypatch.setattr(schedule, "start_workers", forbidden)
+    monkeypatch.setattr(pool.ActorPool, "start", forbidden)
 
 
 @pytest.mark.parametrize("extra, message", [

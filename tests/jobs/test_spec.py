@@ -27,10 +27,12 @@ def test_every_flag_reaches_the_spec():
                  "--seed-column", "s", "--key-column", "id", "--overwrite", "--vae", "v", "--controlnet", "c",
                  "--control-image-column", "ctrl", "--control-preprocess", "canny", "--controlnet-scale", "0.5",
                  "--max-retries", "5", "--max-failed-shards", "2", "--compile", "reduce-overhead",
-                 "--speedups", "fused_norms,overlap", "--keep-columns", "label, id,label")  # fmt: skip
+                 "--speedups", "fused_norms,overlap", "--keep-columns", "label, id,label",
+                 "--min-workers", "2", "--worker-gpus", "0.5", "--worker-cpus", "4", "--stall-timeout", "60")  # fmt: skip
     assert spec.to_dict() == {
         "input": "in.parquet", "output": "out", "model": "tiny-sd-turbo", "steps": 2, "guidance_scale": 1.5,
-        "height": 64, "width": 128, "batch_size": 4, "dtype": "bfloat16", "workers": 3, "shard_size": 10,
+        "height": 64, "width": 128, "batch_size": 4, "dtype": "bfloat16", "workers": 3, "min_workers": 2,
+        "worker_gpus": 0.5, "worker_cpus": 4.0, "stall_timeout": 60.0, "shard_size": 10,
         "format": "files", "image_format": "jpeg", "quality": 80, "seed": 7, "prompt_column": "text",
         "negative_prompt_column": "neg", "seed_column": "s", "key_column": "id", "overwrite": True,
         "keep_columns": "label,id", "kept_schema": None,
@@ -65,6 +67,13 @@ def test_every_flag_reaches_the_spec():
         (["--controlnet", "x", "--control-image-column", "c", "--controlnet-scale", "-1"],
          "--controlnet-scale: -1.0 is out of range"),
         (["--speedups", "overlap,turbo"], "--speedups: unknown change 'turbo'; choose from overlap, fold_upsample"),
+        (["--min-workers", "0"], "--min-workers: 0 is out of range; expected an integer"),
+        (["--workers", "2", "--min-workers", "3"], "--min-workers: 3 is more than --workers 2"),
+        (["--worker-gpus", "0"], "--worker-gpus: 0.0 is out of range; expected a number"),
+        (["--worker-gpus", "1.5"], "--worker-gpus: 1.5 is not valid; expected a fraction below 1"),
+        (["--worker-cpus", "-1"], "--worker-cpus: -1.0 is out of range"),
+        (["--stall-timeout", "0"], "--stall-timeout: 0.0 is out of range; expected a number"),
+        (["--stall-timeout", "inf"], "--stall-timeout: inf is not a finite number"),
     ],
 )
 def test_invalid_values_name_the_flag_and_the_range(argv, message):
@@ -118,6 +127,9 @@ def test_missing_input_and_output_are_errors():
 def test_output_hash_changes_only_with_output_fields():
     base = parse()
     assert parse("--workers", "4", "--batch-size", "2").output_hash() == base.output_hash()
+    elastic = parse("--workers", "4", "--min-workers", "2", "--worker-gpus", "0.5", "--worker-cpus", "2",
+                    "--stall-timeout", "10")  # fmt: skip
+    assert elastic.output_hash() == base.output_hash()  # a resume may change them
     assert parse("--steps", "2").output_hash() != base.output_hash()
 
 

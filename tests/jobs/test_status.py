@@ -8,7 +8,7 @@ import re
 from jobs.cli import main as turbobatch
 from jobs.render import main as render
 from jobs.status import main as status
-from jobs.status import profile_line, summed_timings
+from jobs.status import per_node, profile_line, summed_timings
 from tests.conftest import write_parquet
 from tests.helpers import corrupt_parquet
 
@@ -42,6 +42,19 @@ def test_status_counts_committed_failed_and_pending(ray_cluster, tmp_path, capsy
     assert re.search(r"^device:  pipeline calls [\d.]+%, idle between shards [\d.]+%, waiting for encodes [\d.]+%, "
                      r"render loop [\d.]+% \(of [\d,]+ device-seconds in committed shards\)$", text, re.MULTILINE), text
     assert {"pipeline", "device_idle_before", "device_wait", "commit", "total"} <= set(report["timings_s"])
+    [node] = report["nodes"]  # one node rendered the committed shard: the local Ray's
+    assert re.fullmatch(r"[0-9a-f]{56}", node["node_id"]) and (node["shards"], node["images"]) == (1, 3)
+    assert f"node:    node {node['node_id'][:12]} ({node['host']}): 1 shards, 3 images" in text
+
+
+def test_shards_and_images_per_node_and_markers_without_a_node():
+    markers = [{"node_id": "a" * 56, "worker": "h1", "ok": 4}, {"node_id": "b" * 56, "worker": "h1", "ok": 3},
+               {"node_id": "a" * 56, "worker": "h1", "ok": 2}, {"worker": "old-host", "ok": 1}]  # fmt: skip
+    assert per_node(markers) == [
+        {"node_id": "a" * 56, "host": "h1", "shards": 2, "images": 6},
+        {"node_id": "b" * 56, "host": "h1", "shards": 1, "images": 3},
+        {"node_id": None, "host": "old-host", "shards": 1, "images": 1},
+    ]
 
 
 def test_device_shares_add_up_and_old_markers_without_timings_are_skipped():

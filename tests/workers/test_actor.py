@@ -142,3 +142,26 @@ def test_two_shards_at_once_take_turns_on_the_device_and_overlap_commit(tmp_path
     alone.render_shard(shard_of(prompts_file, 3, 6, 1))
     digests = [{r["key"]: r["sha256"] for r in read_metadata(tmp_path / d)} for d in ("together", "alone")]
     assert digests[0] == digests[1]
+
+
+def test_without_ray_the_marker_has_no_node_id_and_this_process(tmp_path, prompts_file, tiny_model_dir):
+    """RenderWorker is also used without Ray (tests, the GPU machine): it must not need Ray to
+    fill its done marker. In a fresh process with no Ray imported: node_id None, its own pid."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = (f"import json, os, sys; from jobs.plan import Shard; from tests.workers.test_actor import resolved_spec; "
+            f"from workers.actor import RenderWorker; w = RenderWorker(resolved_spec({str(tmp_path)!r})); "
+            f"m = w.render_shard(Shard(0, 'file://{prompts_file}', 0, 2, 0, 9)); "
+            f"print(json.dumps([m['worker'], m['node_id'], m['pid'], os.getpid(), w.ready(), 'ray' in sys.modules]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    host, node_id, pid, own_pid, ready, ray_imported = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (host, node_id, pid) == (socket.gethostname(), None, own_pid) and not ray_imported
+    assert ready == {"host": host, "node_id": None, "pid": own_pid, "device": "cpu"}

@@ -1,5 +1,8 @@
 """ShardWriter on its own: every image queued before commit is in the shard, in row order."""
 
+import json
+import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,3 +40,17 @@ def test_commit_waits_for_every_slow_encode(tmp_path, monkeypatch):
     assert writer.wait_s >= 0.05 and set(marker["timings_s"]) == {"commit", "total"}
     assert sorted(read_tar_images(tmp_path)) == [str(i) for i in range(6)]
     assert all(r["sha256"] for r in read_metadata(tmp_path))
+    # Without an origin (no actor around it): this host and process, no Ray node.
+    assert (marker["worker"], marker["node_id"], marker["pid"]) == (socket.gethostname(), None, os.getpid())
+
+
+def test_the_done_marker_records_who_rendered_the_shard(tmp_path):
+    spec = resolved_spec(tmp_path, shard_size=1)
+    origin = {"worker": "gpu-node-7", "node_id": "ab" * 28, "pid": 4242}
+    with ThreadPoolExecutor(1) as pool:
+        with writer_module.ShardWriter(Folder(str(tmp_path)), Shard(3, "unused", 0, 1, 0, 1), spec, pool,
+                                       max_pending=4, origin=origin) as writer:  # fmt: skip
+            writer.add_image(Rendered(Row(0, "k", "p", None, 0), np.zeros((8, 8, 3), np.uint8), 1.0, False))
+            marker = writer.commit({}, time.perf_counter())
+    assert {k: marker[k] for k in origin} == origin
+    assert json.loads((tmp_path / "_done" / "000003.json").read_text())["node_id"] == "ab" * 28
