@@ -1,4 +1,4 @@
-"""Command line: ``turbobatch render|status`` and the flag set of ``python -m jobs.render``.
+"""Command line: ``turbobatch render|status|verify`` and the flag set of ``python -m jobs.render``.
 
 Option names are a contract other tools and docs rely on; each flag's ``dest`` is the
 JobSpec field of the same name, so YAML files and flags share one vocabulary.
@@ -53,7 +53,8 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
                    "or no shard committed while shards are in flight, for this many seconds (default 1800)")
     p.add_argument("--shard-size", type=int, help="rows per shard, the unit of commit and resume (default 1000)")
     p.add_argument("--format", choices=FORMATS, help="tar: WebDataset shards/SSSSSS.tar; "
-                   "files: images/SSSSSS/<key>.<ext> (default tar)")
+                   "files: images/SSSSSS/<key>.<ext>; parquet: data/SSSSSS.parquet, images and fields in one "
+                   "Hugging Face table (default tar)")
     p.add_argument("--image-format", choices=IMAGE_FORMATS, help="image encoding (default png)")
     p.add_argument("--quality", type=int, help="jpeg/webp quality 1-100 (default jpeg 95, webp 90)")
     p.add_argument("--seed", type=int, help="job seed: a row without its own seed uses seed + "
@@ -63,6 +64,9 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("--seed-column", help="column of per-row seeds, used when present (default seed)")
     p.add_argument("--key-column", help="column of unique row keys used to name images "
                    "(default: the row's global index, zero-padded)")
+    p.add_argument("--keep-columns", metavar="LIST", help="input columns to copy into every metadata row, tar "
+                   "json and data row, comma-separated, with their types; '*' for every column the job does not "
+                   "use otherwise (default none)")
     p.add_argument("--weights", choices=WEIGHTS, help="random: build stabilityai/sd-turbo or sdxl-turbo at full "
                    "size from bundled configs with random weights (real FLOPs, meaningless pixels) for speed "
                    "work without a download (default pretrained)")
@@ -141,17 +145,17 @@ def _read_yaml(path: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """``turbobatch`` entry point: dispatch to a subcommand."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("render", "status"):
-        print("usage: turbobatch {render,status} ...   (turbobatch render --help, turbobatch status --help)",
-              file=sys.stderr)  # fmt: skip
+    commands = ("render", "status", "verify")
+    if not argv or argv[0] not in commands:
+        print(f"usage: turbobatch {{{','.join(commands)}}} ...   (turbobatch COMMAND --help)", file=sys.stderr)
         return 2
     if argv[0] == "render":
-        from jobs.render import main as render_main
-
-        return render_main(argv[1:], prog="turbobatch render")
-    from jobs.status import main as status_main
-
-    return status_main(argv[1:], prog="turbobatch status")
+        from jobs.render import main as command
+    elif argv[0] == "status":
+        from jobs.status import main as command
+    else:
+        from jobs.verify import main as command
+    return command(argv[1:], prog=f"turbobatch {argv[0]}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import glob as globlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -22,6 +22,7 @@ class InputFile:
     size: int
     num_rows: int
     columns: dict[str, str]  # column name -> Arrow type, as text
+    schema: pa.Schema | None = field(default=None, compare=False, repr=False)  # the footer's Arrow schema
 
     def fingerprint(self) -> dict[str, Any]:
         return {"url": self.url, "size": self.size, "num_rows": self.num_rows}
@@ -96,7 +97,8 @@ def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> InputFile:
         url=url,
         size=int(fs.size(path)),
         num_rows=meta.num_rows,
-        columns={field.name: str(field.type) for field in schema},
+        columns={f.name: str(f.type) for f in schema},
+        schema=schema,
     )
 
 

@@ -9,9 +9,12 @@ SPEC = "_job/spec.json"
 PLAN = "_job/plan.json"
 DONE_DIR = "_done"
 FAILED_DIR = "_failed"
-OUTPUT_DIRS = ("_job", "_done", "_failed", "shards", "images", "metadata")
+CARD = "README.md"  # the dataset card (jobs/card.py), rewritten at the end of every run
+OUTPUT_DIRS = ("_job", "_done", "_failed", "shards", "images", "data", "metadata")
+# Folders of a shard's data objects (what verify checks and looks for orphans in).
+DATA_DIRS = ("shards", "images", "data", "metadata")
 # Flat folders where a killed writer can leave a temp file (storage.TEMP_MARK in its name).
-TEMP_LEFTOVER_DIRS = ("_job", "_done", "_failed", "shards", "metadata")
+TEMP_LEFTOVER_DIRS = ("_job", "_done", "_failed", "shards", "data", "metadata")
 
 
 def shard_name(shard_id: int) -> str:
@@ -24,6 +27,11 @@ def tar_path(shard_id: int) -> str:
 
 def image_path(shard_id: int, key: str, ext: str) -> str:
     return f"{image_dir(shard_id)}/{key}.{ext}"
+
+
+def data_path(shard_id: int) -> str:
+    """--format parquet: the shard's images and their fields, one Hugging Face table."""
+    return f"data/{shard_name(shard_id)}.parquet"
 
 
 def metadata_path(shard_id: int) -> str:
@@ -40,6 +48,12 @@ def failed_path(shard_id: int) -> str:
 
 def image_dir(shard_id: int) -> str:
     return f"images/{shard_name(shard_id)}"
+
+
+def shard_id_from_name(name: str) -> int | None:
+    """``000123.tar`` / ``000123.parquet`` / ``000123`` (an image folder) -> 123; else None."""
+    stem, _, ext = name.rsplit("/", 1)[-1].partition(".")
+    return int(stem) if stem.isdigit() and len(stem) >= 6 and ext in ("", "tar", "parquet") else None
 
 
 def shard_id_from_marker_name(name: str) -> int | None:

@@ -10,8 +10,10 @@ import dataclasses
 import sys
 
 from jobs import resume, schedule
+from jobs.card import write_card
 from jobs.cli import parse_render_args
 from jobs.cluster import SIGTERM_RECEIVED, capacity_note, ray_session, resolve_spec
+from jobs.columns import with_kept_columns
 from jobs.errors import JobError, JobStalled
 from jobs.inputs import check_columns, scan_inputs
 from jobs.keys import check_unique_keys
@@ -29,9 +31,11 @@ def run(spec: JobSpec) -> int:
     out = Folder(spec.output, spec.output_options())
     resume.check_writable(out)
     spec = dataclasses.replace(spec, output=out.absolute_url)  # actors may run in another cwd
-    # 2. Inputs: list the files, read their footers, check the columns (and keys if named).
+    # 2. Inputs: list the files, read their footers, check the columns (and keys if named);
+    #    the kept columns and their types become the job's one schema.
     files = scan_inputs(spec.input, spec.input_options())
     check_columns(files, spec)
+    spec = with_kept_columns(files, spec)
     if spec.key_column:
         check_unique_keys(files, spec.key_column, spec.input_options())
     total_rows = sum(f.num_rows for f in files)
@@ -70,7 +74,9 @@ def run(spec: JobSpec) -> int:
         finally:
             progress.close()
         resume.remove_temp_leftovers(out)
-    # 7. Summary; the exit code tells whether too many shards failed, or the job stalled.
+    # 7. The dataset card for what is committed now; summary; the exit code tells whether too
+    #    many shards failed, or the job stalled.
+    write_card(out, spec, model.location)
     print(progress.summary(out.display()))
     if stalled is not None:
         print(f"error: {stalled}\ncommitted shards are kept; run the same command again to resume", file=sys.stderr)

@@ -86,10 +86,10 @@ def remove_temp_leftovers(out: Folder) -> int:
     finished, so no live writer is cut off.
     """
     removed = 0
-    for folder in layout.TEMP_LEFTOVER_DIRS if out.is_local else ():
+    for folder in ("", *layout.TEMP_LEFTOVER_DIRS) if out.is_local else ():
         for name in out.list_names(folder):
-            if TEMP_MARK in name:
-                out.remove_file(f"{folder}/{name}")
+            if TEMP_MARK in name and (folder or name.startswith(layout.CARD)):  # in OUT itself: only the card's
+                out.remove_file(f"{folder}/{name}" if folder else name)
                 removed += 1
     try:
         removed += out.abort_incomplete_uploads(layout.OUTPUT_DIRS)

@@ -29,7 +29,7 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # slower than its convolution) and the GPU-only ones await a GPU measurement (docs/BENCHMARKS.md).
 SPEEDUPS = ("overlap", "fold_upsample", "fused_norms", "channels_last", "cudnn_benchmark", "compile_decoder")
 DEFAULT_SPEEDUPS = ("overlap",)
-FORMATS = ("tar", "files")
+FORMATS = ("tar", "files", "parquet")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 IMAGE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 DEFAULT_QUALITY = {"jpeg": 95, "webp": 90}
@@ -63,6 +63,11 @@ class JobSpec:
     negative_prompt_column: str | None = None
     seed_column: str = "seed"
     key_column: str | None = None
+    # Input columns copied into every output row: "a,b", or "*" for every column the job does not
+    # use otherwise. The driver resolves it (jobs/columns.py) to the column names, and sets
+    # kept_schema to their Arrow types, the same for every shard.
+    keep_columns: str | None = None
+    kept_schema: str | None = None  # resolved by the driver, never by the user: base64 Arrow IPC schema
     device: str | None = None  # None: cuda when the Ray cluster has GPUs, else cpu
     weights: str = "pretrained"  # "random": full-size architecture from bundled configs, for speed work
     vae: str | None = None  # swap the pipeline's VAE (e.g. an fp16-fixed SDXL VAE, or TAESD)
@@ -84,14 +89,17 @@ class JobSpec:
     # Fields that change what is written (pixels, names, layout): a resume must not mix them.
     OUTPUT_FIELDS = (
         "model", "steps", "guidance_scale", "height", "width", "dtype", "device", "seed", "prompt_column",
-        "negative_prompt_column", "seed_column", "key_column", "shard_size", "format",
+        "negative_prompt_column", "seed_column", "key_column", "keep_columns", "shard_size", "format",
         "image_format", "quality", "weights", "vae", "controlnet", "control_image_column", "control_preprocess",
         "controlnet_scale",
     )  # fmt: skip
 
+    # Filled in by the driver from the inputs; a YAML file or flag cannot set them.
+    RESOLVED_FIELDS = ("kept_schema",)
+
     @classmethod
     def user_fields(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        return [f.name for f in dataclasses.fields(cls) if f.name not in cls.RESOLVED_FIELDS]
 
     @classmethod
     def from_sources(cls, yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> JobSpec:
@@ -146,6 +154,7 @@ class JobSpec:
             value = getattr(self, name)
             if value is not None:
                 _require_text(name.replace("_", "-"), value)
+        self.keep_columns = normalize_keep_columns(self.keep_columns)
         _require_int("max-retries", self.max_retries, 0, 100)
         _require_int("max-failed-shards", self.max_failed_shards, 0, 10_000_000)
         if not isinstance(self.overwrite, bool):
@@ -221,6 +230,29 @@ class JobSpec:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> JobSpec:
         return cls(**values)
+
+
+KEEP_ALL = "*"
+
+
+def normalize_keep_columns(value: Any) -> str | None:
+    """``--keep-columns`` as given (comma list, YAML list, "*") -> "a,b" without repeats, "*", or
+    None for none; JobError for an empty name or "*" mixed with names."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        names = [n.strip() for n in value.split(",")]
+    elif isinstance(value, (list, tuple)) and all(isinstance(n, str) for n in value):
+        names = [n.strip() for n in value]
+        if any("," in n for n in names):
+            raise JobError(f"--keep-columns: {value!r}: column names with a comma cannot be kept")
+    else:
+        raise JobError(f"--keep-columns: {value!r} is not valid; expected column names, comma-separated, or '*'")
+    if "" in names:
+        raise JobError(f"--keep-columns: {value!r} has an empty column name")
+    if KEEP_ALL in names and len(names) > 1:
+        raise JobError(f"--keep-columns: {value!r}: '*' (every input column) stands alone")
+    return ",".join(dict.fromkeys(names))
 
 
 def normalize_speedups(value: Any) -> str:

@@ -27,8 +27,8 @@ def job_status(out: Folder) -> dict[str, Any]:
     rows_of = {s["shard_id"]: s["row_end"] - s["row_start"] for s in plan["shards"]}
     done = resume.committed_shards(out) & rows_of.keys()
     failed = (resume.failed_shards(out) & rows_of.keys()) - done
-    markers = _read_all(out, [layout.done_path(i) for i in sorted(done)])
-    failures = _read_all(out, [layout.failed_path(i) for i in sorted(failed)])
+    markers = out.read_json_many([layout.done_path(i) for i in sorted(done)])
+    failures = out.read_json_many([layout.failed_path(i) for i in sorted(failed)])
     pending = rows_of.keys() - done - failed
     return {
         "output": out.display(),
@@ -98,14 +98,6 @@ def profile_line(timings: dict[str, float]) -> str | None:
     if span <= 0:
         return None
     return ", ".join(f"{name} {100 * share(timings) / span:.1f}%" for name, share in _SHARES.items())
-
-
-def _read_all(out: Folder, rels: list[str]) -> list[dict[str, Any]]:
-    """Read many small JSON files; one batched call (concurrent on object stores)."""
-    if not rels:
-        return []
-    contents = out.fs.cat([out.path(rel) for rel in rels])
-    return [json.loads(contents[out.path(rel)]) for rel in rels]
 
 
 def format_status(status: dict[str, Any]) -> str:

@@ -119,6 +119,13 @@ class Folder:
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
 
+    def read_json_many(self, rels: list[str]) -> list[Any]:
+        """Many small JSON files in one batched call (concurrent on object stores)."""
+        if not rels:
+            return []
+        contents = self.fs.cat([self.path(rel) for rel in rels])
+        return [json.loads(contents[self.path(rel)]) for rel in rels]
+
     def list_names(self, rel: str) -> list[str]:
         """Names (not paths) directly under ``rel``; empty if it does not exist. One listing."""
         self.fs.invalidate_cache(self.path(rel))  # listings are cached per process; resume needs fresh ones
@@ -127,6 +134,22 @@ class Folder:
         except FileNotFoundError:
             return []
         return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def list_sizes(self, rel: str) -> dict[str, int | None]:
+        """Name -> size in bytes of each entry directly under ``rel`` (None for a folder); empty
+        if ``rel`` does not exist. One listing."""
+        self.fs.invalidate_cache(self.path(rel))
+        try:
+            entries = self.fs.ls(self.path(rel), detail=True)
+        except FileNotFoundError:
+            return {}
+        itself = self.path(rel).rstrip("/")  # an object store's folder marker object, if any
+        return {e["name"].rstrip("/").rsplit("/", 1)[-1]: None if e.get("type") == "directory" else int(e["size"])
+                for e in entries if e["name"].rstrip("/") != itself}  # fmt: skip
+
+    def open(self, rel: str) -> IO[bytes]:
+        """A binary file to read (streamed: large objects are not loaded whole)."""
+        return self.fs.open(self.path(rel), "rb")
 
     # -- writes ------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -7,12 +7,13 @@ is written to metadata like any other row; it never stops the shard.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.columns import kept_schema, kept_values
 from jobs.keys import index_key, sanitize_key
 from jobs.plan import Shard
 from jobs.spec import MAX_SEED, JobSpec
@@ -29,6 +30,7 @@ class Row:
     error: str | None = None
     control: Any = None  # the control image column's value (path, URL or bytes)
     control_image: Any = None  # the loaded, preprocessed control image (PIL)
+    kept: dict[str, Any] = field(default_factory=dict)  # --keep-columns values, typed as the job's schema
 
 
 class ShardReader:
@@ -46,7 +48,7 @@ class ShardReader:
     def read(self, shard: Shard) -> pa.Table:
         spec = self.spec
         wanted = [spec.prompt_column, spec.negative_prompt_column, spec.seed_column, spec.key_column,
-                  spec.control_image_column]  # fmt: skip
+                  spec.control_image_column, *kept_schema(spec).names]  # fmt: skip
         fs, path = open_fs(shard.file, self.storage_options)
         with fs.open(path, "rb") as handle:
             pf = pq.ParquetFile(handle)
@@ -79,12 +81,13 @@ def rows_from_table(table: pa.Table, shard: Shard, spec: JobSpec) -> list[Row]:
     seeds = columns.get(spec.seed_column, [None] * n)
     raw_keys = columns.get(spec.key_column or "", [None] * n)
     controls = columns.get(spec.control_image_column or "", [None] * n)
+    kept = kept_values(table, kept_schema(spec))
     rows = []
     for i in range(n):
         index = shard.first_index + i
         key = sanitize_key(raw_keys[i]) if spec.key_column else index_key(index, shard.key_width)
         row = Row(index, key or index_key(index, shard.key_width), prompts[i], negatives[i], None,
-                  control=controls[i])  # fmt: skip
+                  control=controls[i], kept=kept[i])  # fmt: skip
         row.seed, seed_error = _row_seed(seeds[i], spec.seed + index)
         row.error = "prompt is null" if row.prompt is None else seed_error
         rows.append(row)

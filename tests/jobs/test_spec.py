@@ -27,7 +27,7 @@ def test_every_flag_reaches_the_spec():
                  "--seed-column", "s", "--key-column", "id", "--overwrite", "--vae", "v", "--controlnet", "c",
                  "--control-image-column", "ctrl", "--control-preprocess", "canny", "--controlnet-scale", "0.5",
                  "--max-retries", "5", "--max-failed-shards", "2", "--compile", "reduce-overhead",
-                 "--speedups", "fused_norms,overlap",
+                 "--speedups", "fused_norms,overlap", "--keep-columns", "label, id,label",
                  "--min-workers", "2", "--worker-gpus", "0.5", "--worker-cpus", "4", "--stall-timeout", "60")  # fmt: skip
     assert spec.to_dict() == {
         "input": "in.parquet", "output": "out", "model": "tiny-sd-turbo", "steps": 2, "guidance_scale": 1.5,
@@ -35,6 +35,7 @@ def test_every_flag_reaches_the_spec():
         "worker_gpus": 0.5, "worker_cpus": 4.0, "stall_timeout": 60.0, "shard_size": 10,
         "format": "files", "image_format": "jpeg", "quality": 80, "seed": 7, "prompt_column": "text",
         "negative_prompt_column": "neg", "seed_column": "s", "key_column": "id", "overwrite": True,
+        "keep_columns": "label,id", "kept_schema": None,
         "device": "cpu", "weights": "pretrained", "vae": "v", "compile": "reduce-overhead",
         "speedups": "overlap,fused_norms", "controlnet": "c",
         "control_image_column": "ctrl",
@@ -47,6 +48,8 @@ def test_every_flag_reaches_the_spec():
     "argv, message",
     [
         (["--steps", "0"], "--steps: 0 is out of range"),
+        (["--keep-columns", "*,label"], "--keep-columns: '.,label': '.' .every input column. stands alone"),
+        (["--keep-columns", "a,,b"], "--keep-columns: 'a,,b' has an empty column name"),
         (["--height", "100"], "--height: 100 is not a multiple of 8"),
         (["--width", "0"], "--width: 0 is out of range"),
         (["--shard-size", "0"], "--shard-size: 0 is out of range"),

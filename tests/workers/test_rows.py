@@ -59,3 +59,19 @@ def test_key_column_and_negative_prompts(tmp_path):
     path = write_parquet(tmp_path / "a.parquet", {"prompt": ["a", "b"], "id": ["x/1", "y"], "neg": ["blurry", None]})
     rows = rows_from_table(read_shard_table(shard(path, 0, 2), spec), shard(path, 0, 2), spec)
     assert [(r.key, r.negative_prompt) for r in rows] == [("x_1", "blurry"), ("y", None)]
+
+
+def test_rows_carry_their_kept_columns_cast_to_the_job_types(tmp_path):
+    from jobs.columns import encode_schema
+
+    path = write_parquet(tmp_path / "a.parquet", {"prompt": ["x", "y", None],
+                                                  "cat": pa.array(["u", None, "v"]).dictionary_encode(),
+                                                  "n": pa.array([None, None, None], pa.null())})  # fmt: skip
+    kept = pa.schema([("cat", pa.string()), ("n", pa.int64())])
+    spec = JobSpec(input="i", output="o", keep_columns="cat,n", kept_schema=encode_schema(kept))
+    s = shard(path, 0, 3)
+    table = ShardReader(spec).read(s)
+    assert table.column_names == ["prompt", "cat", "n"]
+    rows = rows_from_table(table, s, spec)
+    assert [r.kept for r in rows] == [{"cat": "u", "n": None}, {"cat": None, "n": None}, {"cat": "v", "n": None}]
+    assert rows[2].error == "prompt is null" and rows[2].kept == {"cat": "v", "n": None}  # error rows keep theirs

@@ -12,19 +12,20 @@ from jobs.plan import Shard
 from jobs.storage import Folder
 from tests.helpers import read_metadata, read_tar_images
 from tests.workers.test_actor import resolved_spec
+from workers import sinks
 from workers import writer as writer_module
 from workers.renderer import Rendered
 from workers.rows import Row
 
 
 def test_commit_waits_for_every_slow_encode(tmp_path, monkeypatch):
-    real_encode = writer_module.encode_image
+    real_encode = sinks.encode_image
 
     def slow_encode(*args):
         time.sleep(0.05)
         return real_encode(*args)
 
-    monkeypatch.setattr(writer_module, "encode_image", slow_encode)
+    monkeypatch.setattr(sinks, "encode_image", slow_encode)
     spec = resolved_spec(tmp_path, shard_size=6)
     shard = Shard(0, "unused", 0, 6, 0, 1)
     rows = [Row(i, str(i), f"p{i}", None, i) for i in range(6)]

@@ -1,0 +1,229 @@
+"""OUT/README.md, the dataset card: what `datasets`, the Hub and people read first.
+
+Written (or refreshed) at the end of every run from the output folder's own records: the plan,
+the done markers and the resolved spec. Its YAML front matter has ``configs`` naming the
+committed data files of the job's format (tars for ``tar``, ``data/*.parquet`` for ``parquet``,
+the metadata files for ``files``), so ``datasets.load_dataset(OUT)`` reads exactly the
+committed shards, and ``dataset_info`` declaring their features (the job's one schema,
+jobs/columns.py) and the number of examples, so no reader has to infer types. The text says
+what is in it, how and when it was made (model, VAE, ControlNet, sampling, the spec without
+secrets) and that the images inherit the model's license terms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import pyarrow as pa
+import yaml
+
+from jobs import layout
+from jobs.columns import IMAGE_TYPE, data_schema, kept_schema, metadata_schema
+from jobs.features import features_yaml
+from jobs.resume import committed_shards
+from jobs.spec import JobSpec
+from jobs.storage import Folder
+
+MARK = "<!-- Written by turbobatch at the end of every run (jobs/card.py): edits are overwritten. -->"
+
+
+def write_card(out: Folder, spec: JobSpec, model_location: str | None = None) -> str:
+    """Write OUT/README.md for the shards committed now; returns its text."""
+    plan = out.read_json(layout.PLAN)
+    planned = {s["shard_id"] for s in plan["shards"]}
+    done = sorted(committed_shards(out) & planned)
+    markers = out.read_json_many([layout.done_path(i) for i in done])
+    text = card_text(spec, plan, markers, model_license(model_location), out.display())
+    out.write_bytes(layout.CARD, text.encode())
+    return text
+
+
+# -- the YAML front matter ---------------------------------------------------------------------
+def declared_schema(spec: JobSpec) -> tuple[pa.Schema, tuple[str, ...]]:
+    """The columns a `datasets` reader gets from the config's files, and which of them are images."""
+    kept = kept_schema(spec)
+    if spec.format == "tar":  # the webdataset builder: one column per member extension, plus its own two
+        ext = spec.image_extension
+        columns = [(ext, IMAGE_TYPE), ("json", pa.struct(list(metadata_schema(kept)))),
+                   ("__key__", pa.string()), ("__url__", pa.string())]  # fmt: skip
+        return pa.schema(columns), (ext,)
+    if spec.format == "parquet":
+        return data_schema(kept), ("image",)
+    return metadata_schema(kept), ()
+
+
+def data_files(spec: JobSpec, shard_ids: list[int]) -> list[str]:
+    path = {"tar": layout.tar_path, "parquet": layout.data_path}.get(spec.format, layout.metadata_path)
+    return [path(i) for i in shard_ids]
+
+
+def front_matter(spec: JobSpec, markers: list[dict[str, Any]]) -> dict[str, Any]:
+    schema, images = declared_schema(spec)
+    examples = sum(m["ok"] if spec.format in ("tar", "parquet") else m["rows"] for m in markers)
+    info: dict[str, Any] = {"features": features_yaml(schema, images)}
+    card: dict[str, Any] = {"tags": ["synthetic", "turbobatch"], "task_categories": ["text-to-image"]}
+    if markers:  # without a committed file there is nothing a config could name
+        files = data_files(spec, [m["shard"] for m in markers])
+        card["configs"] = [{"config_name": "default", "data_files": [{"split": "train", "path": files}]}]
+        info["splits"] = [{"name": "train", "num_examples": examples}]
+    card["dataset_info"] = info
+    return card
+
+
+# -- the text ----------------------------------------------------------------------------------
+def card_text(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]], license: str | None,
+              where: str, now: datetime | None = None) -> str:  # fmt: skip
+    now = now or datetime.now(timezone.utc)
+    head = yaml.safe_dump(front_matter(spec, markers), sort_keys=False, allow_unicode=True, width=1000)
+    sections = [f"---\n{head}---", MARK, f"# {_title(where)}", _summary(spec), _contents(spec, plan, markers),
+                _loading(spec, where), _how_made(spec, plan, markers, now), _license(spec, license),
+                _spec_section(spec)]  # fmt: skip
+    return "\n\n".join(sections) + "\n"
+
+
+def _title(where: str) -> str:
+    return where.rstrip("/").rsplit("/", 1)[-1] or where
+
+
+def _summary(spec: JobSpec) -> str:
+    extra = f" with the VAE `{spec.vae}`" if spec.vae else ""
+    if spec.controlnet:
+        extra += f" and the ControlNet `{spec.controlnet}`"
+    return (f"Synthetic images rendered from text prompts by `{spec.model}`{extra}, one per input row that rendered, "
+            "by turbobatch (a Ray + diffusers batch renderer).")  # fmt: skip
+
+
+_LAYOUT = {
+    "tar": "WebDataset tars `shards/SSSSSS.tar`: per ok row `<key>.{ext}` (the image) and `<key>.json` (its "
+           "metadata row, every field, null where empty)",
+    "parquet": "Parquet tables `data/SSSSSS.parquet`: per ok row the image (a `datasets` Image: bytes and "
+               "path), key, prompt, seed, the kept columns and the other metadata fields",
+    "files": "one file per image, `images/SSSSSS/<key>.{ext}`; the configs read the metadata (`image` is the "
+             "file's path in this folder)",
+}  # fmt: skip
+
+
+def _contents(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]]) -> str:
+    ok, error = sum(m["ok"] for m in markers), sum(m["error"] for m in markers)
+    size = sum(m.get("image_bytes", 0) for m in markers)
+    total = plan["num_shards"]
+    complete = "" if len(markers) == total else " (incomplete: run the same render command again to finish)"
+    kept = kept_schema(spec)
+    rows = [
+        ("shards", f"{len(markers)} of {total} committed{complete}"),
+        ("rows", f"{ok + error:,}: {ok:,} ok (one image each), {error:,} error (no image; reason in metadata)"),
+        ("images", f"{ok:,} {spec.image_format.upper()}, {spec.width}x{spec.height}, {size / 2**20:,.1f} MiB"),
+        ("layout", _LAYOUT[spec.format].format(ext=spec.image_extension)),
+        ("metadata", "`metadata/SSSSSS.parquet`: one row per input row, ok or error"),
+        ("kept input columns", ", ".join(f"`{f.name}` ({f.type})" for f in kept) or "none"),
+    ]
+    return "## Contents\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def _loading(spec: JobSpec, where: str) -> str:
+    lines = ["## Loading", "", "```python", "from datasets import load_dataset", "",
+             f'ds = load_dataset("{where}", split="train")  # this folder (a local path or a Hub id)']  # fmt: skip
+    if spec.format == "tar":
+        lines += ["", "import glob", "import webdataset as wds", "",
+                  f'tars = sorted(glob.glob("{where}/shards/*.tar"))  # local; any list of tar URLs works',
+                  'images = wds.WebDataset(tars, shardshuffle=False).decode("pil")  # sample["' + spec.image_extension
+                  + '"], sample["json"]']  # fmt: skip
+    if spec.format == "files":
+        lines += [f'images = load_dataset("imagefolder", data_dir="{where}/images", split="train")  # images only']
+    lines += ["```", "", "Only shards with a done marker (`_done/SSSSSS.json`) are complete; the configs above list "
+              "exactly those. `turbobatch verify` checks the files against their markers."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _how_made(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]], now: datetime) -> str:
+    committed = sorted(m.get("committed_at", "") for m in markers)
+    version = _version()
+    rows = [
+        ("model", f"`{spec.model}`" + (" (random weights)" if spec.weights == "random" else "")),
+        ("VAE", f"`{spec.vae}`" if spec.vae else "the model's own"),
+        ("ControlNet", f"`{spec.controlnet}`, scale {spec.controlnet_scale}, preprocess {spec.control_preprocess}, "
+                       f"control images from column `{spec.control_image_column}`" if spec.controlnet else "none"),
+        ("sampling", f"{spec.steps} step(s), guidance scale {spec.guidance_scale}, {spec.width}x{spec.height}, "
+                     f"{spec.dtype} on {spec.device}"),
+        ("seeds", f"column `{spec.seed_column}` where present and valid, else {spec.seed} + the row's global index"),
+        ("prompts", f"column `{spec.prompt_column}`" + (f", negative prompts from `{spec.negative_prompt_column}`"
+                                                        if spec.negative_prompt_column else "")),
+        ("made with", f"turbobatch {version}; planned {plan.get('planned_at', '?')}; shards committed "
+                      f"{committed[0] if committed else '-'} to {committed[-1] if committed else '-'}; "
+                      f"card written {now.isoformat(timespec='seconds')}"),
+    ]  # fmt: skip
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return f"## How it was made\n\n| | |\n|---|---|\n{table}\n\nThe command (rerun it to resume):\n\n```\n{command_line(spec)}\n```"
+
+
+def command_line(spec: JobSpec) -> str:
+    """``turbobatch render`` with the options that shape the output, where they differ from the defaults."""
+    defaults = JobSpec()
+    parts = ["turbobatch", "render", shlex.quote(spec.input), shlex.quote(spec.output)]
+    for name in spec.OUTPUT_FIELDS:
+        value = getattr(spec, name)
+        if value != getattr(defaults, name) and value is not None:
+            parts += [f"--{name.replace('_', '-')}", shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+def _license(spec: JobSpec, license: str | None) -> str:
+    terms = (f"its model card states the license **{license}**" if license
+             else "its model card could not be read here, so check the license there before you use or share them")  # fmt: skip
+    return (f"## License\n\nThe images were generated with `{spec.model}` and inherit the terms of that model's "
+            f"license; {terms}. The prompts and kept columns come from the input dataset and keep its terms.")  # fmt: skip
+
+
+def _spec_section(spec: JobSpec) -> str:
+    public = {k: v for k, v in spec.to_public_dict().items() if k not in spec.RESOLVED_FIELDS}
+    return "## Job spec\n\nSecrets in storage options are shown as `***`.\n\n```json\n" + json.dumps(public, indent=1) + "\n```"
+
+
+def _version() -> str:
+    try:
+        return importlib_metadata.version("turbobatch")
+    except importlib_metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+# -- the model's license ------------------------------------------------------------------------
+_FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.DOTALL)
+
+
+def model_license(location: str | None) -> str | None:
+    """The license a model's own card (README.md front matter) states, from a local folder or
+    the Hugging Face cache; never the network. ``other`` licenses are named with their
+    ``license_name`` and ``license_link``."""
+    text = _model_card(location) if location else None
+    match = _FRONT_MATTER.match(text or "")
+    try:
+        front = yaml.safe_load(match.group(1)) if match else None
+    except yaml.YAMLError:
+        return None
+    if not isinstance(front, dict) or not front.get("license"):
+        return None
+    named = [str(front[k]) for k in ("license_name", "license_link") if front.get(k)]
+    return f"{front['license']} ({', '.join(named)})" if named else str(front["license"])
+
+
+def _model_card(location: str) -> str | None:
+    path = os.path.join(location, "README.md")
+    if not os.path.isdir(location):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(location, "README.md")
+        except Exception:  # noqa: BLE001 - not a repo id (bundled:...), no cache: no card here
+            return None
+        path = cached if isinstance(cached, str) else ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None

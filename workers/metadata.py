@@ -1,0 +1,55 @@
+"""metadata/SSSSSS.parquet: one row per input row of a shard, ok or error, in the job's schema.
+
+Each row starts as a record (a dict of every field, None where empty, plus the kept input
+columns); the same record is a tar member's json and a data Parquet row. The file is written
+with the job's one metadata schema (jobs/columns.metadata_schema), never with types inferred
+from the values, so every shard's file has the same columns and types.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs import layout
+from jobs.columns import kept_schema, metadata_schema
+from jobs.plan import Shard
+from jobs.spec import JobSpec
+from jobs.storage import Folder
+from workers.control import control_reference
+from workers.rows import Row
+from workers.sinks import file_entry
+
+
+def new_record(row: Row, shard: Shard, spec: JobSpec, status: str, **extra: Any) -> dict[str, Any]:
+    """Every metadata field of ``row`` (None where empty), its kept columns, then ``extra``."""
+    record = {
+        "key": row.key, "global_index": row.global_index, "shard": shard.shard_id,
+        "prompt": row.prompt, "negative_prompt": row.negative_prompt, "seed": row.seed,
+        "model": spec.model, "steps": spec.steps, "guidance_scale": spec.guidance_scale,
+        "width": spec.width, "height": spec.height, "dtype": spec.dtype,
+        "status": status, "error": None, "image": None, "sha256": None, "bytes": None,
+        "render_ms": None, "truncated": None, "redecoded_fp32": None, "batch_size": None,
+        "nan_count": None, "mean": None, "std": None, "dhash": None, "vae": spec.vae,
+        "controlnet": spec.controlnet,
+        "controlnet_scale": spec.controlnet_scale if spec.controlnet else None,
+        "control_preprocess": spec.control_preprocess if spec.controlnet else None,
+        "control_image": control_reference(row.control) if spec.controlnet else None,
+    }  # fmt: skip
+    record.update(row.kept)
+    record.update(extra)
+    return record
+
+
+def write_metadata(out: Folder, shard: Shard, spec: JobSpec, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Write the shard's records sorted by global index; returns the marker's entry for the file."""
+    rows = sorted(records, key=lambda r: r["global_index"])
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=metadata_schema(kept_schema(spec))), buf)
+    data = buf.getvalue()
+    rel = layout.metadata_path(shard.shard_id)
+    out.write_bytes(rel, data)
+    return {rel: file_entry(data)}
