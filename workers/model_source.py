@@ -87,9 +87,10 @@ def open_source(flag: str, name: str, storage_options: dict[str, Any] | None = N
         return _remote(flag, name, dict(storage_options or {}))
     if name.lower().startswith("file://"):
         return _local(flag, name, name[len("file://") :])
-    if os.path.isdir(name):
-        return _local(flag, name, os.path.abspath(name))
-    if name.startswith((".", "/", "~")) or os.path.exists(name):
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        return _local(flag, name, os.path.abspath(path))
+    if name.startswith((".", "/", "~")) or os.path.exists(path):
         raise JobError(f"--{flag}: {name!r} is not a folder; expected a diffusers folder (local or an fsspec URL) "
                        "or a Hugging Face id")  # fmt: skip
     return _hub(flag, name)
@@ -115,20 +116,32 @@ def _remote(flag: str, name: str, options: dict[str, Any]) -> ModelSource:
 
 def _hub(flag: str, name: str) -> ModelSource:
     """Pin the revision and list it; offline (or with the Hub unreachable), this machine's cache."""
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import OfflineModeIsEnabled
+    from huggingface_hub import HfApi
 
     try:
         info = HfApi().model_info(name, files_metadata=True)
-    except (OfflineModeIsEnabled, ConnectionError, TimeoutError, OSError) as online_error:
-        try:
-            snapshot = snapshot_download(name, local_files_only=True)
-        except Exception:  # noqa: BLE001 - not cached either: the online error says more
+    except Exception as online_error:  # noqa: BLE001 - offline, unreachable, not found, gated, bad id
+        snapshot = _cached_snapshot(name)
+        if snapshot is None:  # not cached either: the online error says more
             raise cannot_load(flag, name, online_error) from None
         return ModelSource(flag, name, HUB, name, Folder(snapshot).list_files(), revision=Path(snapshot).name,
                            root=snapshot)  # fmt: skip
-    except Exception as e:  # noqa: BLE001 - not found, gated, bad id
-        raise cannot_load(flag, name, e) from None
     files = {s.rfilename: {"size": int(s.lfs.size if s.lfs else s.size or 0),
                            "etag": s.lfs.sha256 if s.lfs else s.blob_id} for s in info.siblings or []}  # fmt: skip
     return ModelSource(flag, name, HUB, name, files, revision=info.sha)
+
+
+def _cached_snapshot(repo_id: str) -> str | None:
+    """The folder of this machine's Hugging Face cache holding the repo's cached files (main's
+    snapshot), found by its config; None when not cached. (snapshot_download(local_files_only=True)
+    would refuse a snapshot that diffusers downloaded only in part, which is every one of them.)"""
+    from huggingface_hub import try_to_load_from_cache
+
+    for config in ("model_index.json", "config.json"):
+        try:
+            path = try_to_load_from_cache(repo_id, config)
+        except Exception:  # noqa: BLE001 - not a valid repo id
+            return None
+        if isinstance(path, str):
+            return str(Path(path).parent)
+    return None

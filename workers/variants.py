@@ -20,8 +20,8 @@ import re
 from collections.abc import Iterable, Mapping
 
 from jobs.errors import JobError
+from jobs.spec import VARIANTS
 
-VARIANTS = ("auto", "fp16", "none")
 LOW_PRECISION = ("float16", "bfloat16")
 
 _PREFIX = r"(?:diffusion_pytorch_model|model|pytorch_model)"  # diffusers' and transformers' weight names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -52,3 +53,34 @@ def test_an_unknown_hub_id_offline_cannot_load():
     with pytest.raises(JobError, match=r"--model: cannot load 'nobody/no-such-model' \(.*\); expected a Hugging Face id"):
         open_source("model", "nobody/no-such-model")
     assert HUB == "hub"
+
+
+def test_offline_a_hub_id_is_listed_from_this_machines_hugging_face_cache(tmp_path, monkeypatch, tiny_model_dir):
+    """As diffusers leaves a download there: refs/main names the commit, snapshots/<commit> holds
+    the files it fetched (only some of the repository's)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from workers.models import resolve_model
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--someone--tiny-sd-turbo"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("a" * 40)
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / ("a" * 40))
+    # The commit's full listing, cached by the download: it has a checkpoint diffusers never fetched.
+    listing = {"sd_turbo.safetensors": {"size": 5_000_000_000, "blob_id": "b" * 40}}
+    listing.update({str(p.relative_to(tiny_model_dir)): {"size": p.stat().st_size, "blob_id": "c" * 40}
+                    for p in tiny_model_dir.rglob("*") if p.is_file()})  # fmt: skip
+    (repo / "trees").mkdir()
+    (repo / "trees" / f"{'a' * 40}.json").write_text(json.dumps({"format_version": 1, "files": listing}))
+    from huggingface_hub import snapshot_download
+
+    with pytest.raises(Exception, match="missing"):  # noqa: B017 - why the cache is read by hand
+        snapshot_download("someone/tiny-sd-turbo", local_files_only=True)
+    source = open_source("model", "someone/tiny-sd-turbo")
+    assert (source.kind, source.offline, source.revision) == (HUB, True, "a" * 40)
+    assert "unet/diffusion_pytorch_model.safetensors" in source.files
+    assert resolve_model("someone/tiny-sd-turbo").native_height == 64
+    assert source.to_spec("none", ["model_index.json"])["offline"] is True  # each node loads from its own cache
