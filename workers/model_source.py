@@ -91,8 +91,7 @@ def open_source(flag: str, name: str, storage_options: dict[str, Any] | None = N
     if os.path.isdir(path):
         return _local(flag, name, os.path.abspath(path))
     if name.startswith((".", "/", "~")) or os.path.exists(path):
-        raise JobError(f"--{flag}: {name!r} is not a folder; expected a diffusers folder (local or an fsspec URL) "
-                       "or a Hugging Face id")  # fmt: skip
+        raise cannot_load(flag, name, FileNotFoundError(f"no folder {path}"))
     return _hub(flag, name)
 
 

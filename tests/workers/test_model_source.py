@@ -21,7 +21,7 @@ def test_kinds_of_names(tiny_model_dir):
     assert "unet/diffusion_pytorch_model.safetensors" in by_url.files
     assert by_url.files["model_index.json"]["size"] == (tiny_model_dir / "model_index.json").stat().st_size
     assert is_remote_url("s3://b/m") and is_remote_url("gs://b/m") and not is_remote_url("file:///m")
-    with pytest.raises(JobError, match=r"--vae: '/no/such/folder' is not a folder"):
+    with pytest.raises(JobError, match=r"--vae: cannot load '/no/such/folder' \(FileNotFoundError: no folder /no/such"):
         open_source("vae", "/no/such/folder")
 
 
