@@ -63,7 +63,9 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         return old_spec[name] if name in old_spec else JobSpec.legacy_value(name, old_spec)
 
     changes = [
-        f"{_option(name)}: {before(name)!r} -> {value!r}" for name, value in new["spec"].items() if before(name) != value
+        f"{_option(name)}: {before(name)!r} -> {value!r}"
+        for name, value in new["spec"].items()
+        if before(name) != value
     ]
     old_files = {f["url"]: f for f in old.get("inputs", [])}
     new_files = {f["url"]: f for f in new["inputs"]}

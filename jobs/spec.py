@@ -108,7 +108,8 @@ class JobSpec:
         """The value an output fingerprinted before field ``name`` existed was made with: weights
         loaded without a variant (plain files) for each component the job used."""
         used = {"model_variant": old_spec.get("weights", "pretrained") == "pretrained",
-                "vae_variant": bool(old_spec.get("vae")), "controlnet_variant": bool(old_spec.get("controlnet"))}  # fmt: skip
+                "vae_variant": bool(old_spec.get("vae")),
+                "controlnet_variant": bool(old_spec.get("controlnet"))}  # fmt: skip
         return "none" if used.get(name) else None
 
     @classmethod
@@ -126,9 +127,8 @@ class JobSpec:
                 raise JobError(f"--config: field {raw_key!r} is set by the job itself (from --variant and the "
                                "model's files); use variant: auto, fp16 or none")  # fmt: skip
             if key not in known:
-                raise JobError(
-                    f"--config: unknown field {raw_key!r}; valid fields: {', '.join(sorted(known - set(cls.DRIVER_FIELDS)))}"
-                )
+                valid = ", ".join(sorted(known - set(cls.DRIVER_FIELDS)))
+                raise JobError(f"--config: unknown field {raw_key!r}; valid fields: {valid}")
             values[key] = value
         values.update(flag_values)
         spec = cls(**values)

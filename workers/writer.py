@@ -185,7 +185,8 @@ class ShardWriter:
         return record
 
     # -- commit ------------------------------------------------------------------------
-    def commit(self, timings: dict[str, float], started: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def commit(self, timings: dict[str, float], started: float,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
         """Flush images, write metadata, then the done marker. Returns the marker.
 
         ``timings`` gain "commit" (this call up to the marker) and "total" (since ``started``,

@@ -50,7 +50,7 @@ def test_missing_or_unreachable_model_urls_are_job_errors_naming_flag_and_url(s3
 
 
 def test_an_unknown_hub_id_offline_cannot_load():
-    with pytest.raises(JobError, match=r"--model: cannot load 'nobody/no-such-model' \(.*\); expected a Hugging Face id"):
+    with pytest.raises(JobError, match=r"--model: cannot load 'nobody/no-such-model' \(.*\); expected a Hugging Face"):
         open_source("model", "nobody/no-such-model")
     assert HUB == "hub"
 

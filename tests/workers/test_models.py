@@ -65,7 +65,8 @@ def test_a_vae_and_a_controlnet_from_a_bucket_load_from_the_nodes_copies(s3_endp
     model = resolve_model(str(tiny_model_path("tiny-sd-turbo")))
     spec = JobSpec(input="i", output=str(tmp_path / "out"), model=model.name, vae=vae_url, controlnet=cn_url,
                    control_image_column="c", device="cpu", dtype="float32", input_storage_options=options)  # fmt: skip
-    spec = resolve_weights(spec, model, resolve_vae(vae_url, model, options), resolve_controlnet(cn_url, model, options))
+    vae, controlnet = resolve_vae(vae_url, model, options), resolve_controlnet(cn_url, model, options)
+    spec = resolve_weights(spec, model, vae, controlnet)
     assert (spec.model_variant, spec.vae_variant, spec.controlnet_variant) == ("none", "none", "none")
     model_files = spec.sources["model"]["files"]
     assert "vae/config.json" in model_files and "vae/diffusion_pytorch_model.safetensors" not in model_files  # replaced

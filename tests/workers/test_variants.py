@@ -107,6 +107,7 @@ def test_hub_patterns_select_exactly_the_needed_files():
 
     needed = needed_files(SD_TURBO, "fp16", COMPONENTS)
     assert sorted(filter_repo_objects(SD_TURBO, allow_patterns=hub_allow_patterns(needed))) == needed
-    odd = ["unet/w[1].safetensors", "unet/w1.safetensors", "unet/a*b.json", "unet/axb.json", "unet/c?.txt", "unet/cd.txt"]
+    odd = ["unet/w[1].safetensors", "unet/w1.safetensors", "unet/a*b.json", "unet/axb.json", "unet/c?.txt",
+           "unet/cd.txt"]  # fmt: skip
     wanted = ["unet/a*b.json", "unet/c?.txt", "unet/w[1].safetensors"]
     assert sorted(filter_repo_objects(odd, allow_patterns=hub_allow_patterns(wanted))) == wanted
