@@ -15,7 +15,7 @@ import yaml
 
 from jobs.errors import JobError
 from jobs.spec import (COMPILE_MODES, CONTROL_PREPROCESS, DEFAULT_SPEEDUPS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS,
-                       SPEEDUPS, WEIGHTS, JobSpec)
+                       SPEEDUPS, VARIANTS, WEIGHTS, JobSpec)
 
 
 def build_render_parser(prog: str = "python -m jobs.render") -> argparse.ArgumentParser:
@@ -30,7 +30,13 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("output", nargs="?", help="output folder URL (local path, s3://, gs://, ...)")
     p.add_argument("--config", help="job YAML file with the same fields (flags override it)")
     p.add_argument("--model", help="Hugging Face id (stabilityai/sd-turbo, stabilityai/sdxl-turbo), local "
-                   "diffusers folder, or tiny-sd-turbo / tiny-sdxl-turbo (default stabilityai/sd-turbo)")
+                   "diffusers folder, fsspec URL of one (s3://bucket/models/sd-turbo/, read with the input storage "
+                   "options; each node copies it once), or tiny-sd-turbo / tiny-sdxl-turbo "
+                   "(default stabilityai/sd-turbo)")
+    p.add_argument("--variant", choices=VARIANTS, help="weight files of --model, --vae and --controlnet: auto loads "
+                   "the fp16 files (*.fp16.safetensors, half the download) when the job renders in float16 or "
+                   "bfloat16 and the model has them, else the plain ones; fp16 requires them; none never uses "
+                   "them (default auto)")
     p.add_argument("--steps", type=int, help="denoising steps (default 1; turbo models use 1-4)")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (default 0.0, "
                    "as turbo models are trained)")
@@ -70,7 +76,7 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("--weights", choices=WEIGHTS, help="random: build stabilityai/sd-turbo or sdxl-turbo at full "
                    "size from bundled configs with random weights (real FLOPs, meaningless pixels) for speed "
                    "work without a download (default pretrained)")
-    p.add_argument("--vae", help="VAE to use instead of the pipeline's: Hugging Face id, local folder or "
+    p.add_argument("--vae", help="VAE to use instead of the pipeline's: Hugging Face id, local folder, fsspec URL or "
                    "tiny-taesd; an AutoencoderKL (e.g. an fp16-fixed SDXL VAE) or an AutoencoderTiny "
                    "(madebyollin/taesd for sd-turbo, madebyollin/taesdxl for sdxl-turbo: a much cheaper decode, "
                    "slightly softer images)")
@@ -80,7 +86,7 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("--speedups", metavar="LIST", help=f"the worker's speed changes, comma-separated from "
                    f"{', '.join(SPEEDUPS)}; 'default' = {','.join(DEFAULT_SPEEDUPS)}; 'none' for plain eager "
                    "models (docs/BENCHMARKS.md has each one's measured effect; default: default)")
-    p.add_argument("--controlnet", help="ControlNet: Hugging Face id, local folder, tiny-sd-controlnet or "
+    p.add_argument("--controlnet", help="ControlNet: Hugging Face id, local folder, fsspec URL, tiny-sd-controlnet or "
                    "tiny-sdxl-controlnet; SD 2.1 ControlNets pair with sd-turbo, SDXL ones with sdxl-turbo")
     p.add_argument("--control-image-column", help="column of control images: a path or URL relative to the "
                    "dataset folder, an absolute fsspec URL, or raw image bytes")
@@ -92,7 +98,8 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
                    '{"endpoint_url": "http://127.0.0.1:9000"}}\' (default: the standard environment, '
                    "AWS_ENDPOINT_URL, AWS_PROFILE, ...); secrets never reach spec.json or logs")
     p.add_argument("--input-storage-options", type=json_object("--input-storage-options"),
-                   help="fsspec options for the input only, as JSON, on top of --storage-options")
+                   help="fsspec options for the input only, as JSON, on top of --storage-options; also used "
+                   "to read --model, --vae and --controlnet given as fsspec URLs")
     p.add_argument("--output-storage-options", type=json_object("--output-storage-options"),
                    help="fsspec options for the output only, as JSON, on top of --storage-options")
     p.add_argument("--max-retries", type=int, help="retries per shard after an infrastructure failure "

@@ -48,12 +48,24 @@ def fingerprint(files: list[InputFile], spec: JobSpec) -> dict[str, Any]:
     return {"inputs": [f.fingerprint() for f in files], "spec": spec.output_fields()}
 
 
+def _option(name: str) -> str:
+    """The option behind a fingerprint field: ``--steps``; the variants resolved from ``--variant``."""
+    if name.endswith("_variant"):
+        return f"--variant ({name.removesuffix('_variant')} weights)"
+    return f"--{name.replace('_', '-')}"
+
+
 def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable differences between two fingerprints."""
+    old_spec = old.get("spec", {})
+
+    def before(name: str) -> Any:  # a field added since the output was made: the value it was made with
+        return old_spec[name] if name in old_spec else JobSpec.legacy_value(name, old_spec)
+
     changes = [
-        f"--{name.replace('_', '-')}: {old['spec'].get(name)!r} -> {value!r}"
+        f"{_option(name)}: {before(name)!r} -> {value!r}"
         for name, value in new["spec"].items()
-        if old.get("spec", {}).get(name) != value
+        if before(name) != value
     ]
     old_files = {f["url"]: f for f in old.get("inputs", [])}
     new_files = {f["url"]: f for f in new["inputs"]}

@@ -9,6 +9,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from jobs.startup import startup_line, startup_report
+
 
 @dataclass
 class ShardOutcome:
@@ -75,6 +77,9 @@ class Progress:
             f"speed: {ok / elapsed if elapsed > 0 else 0.0:.2f} images/s over {elapsed:.1f} s",
             f"output: {output}",
         ]
+        startup = startup_line(startup_report(markers))  # the actors that committed a shard this run
+        if startup:
+            lines.append(startup)
         failed = sorted(self.failed, key=lambda o: o.shard_id)
         lines += [f"failed shard {o.shard_id} (after {o.attempts} attempt(s)): {o.error}" for o in failed[:20]]
         if len(failed) > 20:

@@ -21,7 +21,7 @@ from jobs.plan import fingerprint, make_plan
 from jobs.progress import Progress
 from jobs.spec import MAX_SEED, JobSpec
 from jobs.storage import Folder
-from workers.models import check_vae, resolve_controlnet, resolve_model
+from workers.models import describe_weights, resolve_controlnet, resolve_model, resolve_vae, resolve_weights
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_BAD_JOB, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -41,15 +41,16 @@ def run(spec: JobSpec) -> int:
     total_rows = sum(f.num_rows for f in files)
     if spec.seed + total_rows > MAX_SEED:
         raise JobError(f"--seed: {spec.seed} + {total_rows} rows would pass 2**63; use a smaller job seed")
-    # 3. Model, VAE and ControlNet: read their configs only (loadable? supported? a pair?).
-    model = resolve_model(spec.model, spec.weights)
-    if spec.vae:
-        check_vae(spec.vae, model)
-    if spec.controlnet:
-        resolve_controlnet(spec.controlnet, model)
+    # 3. Model, VAE and ControlNet: list their folders and read their configs only (loadable?
+    #    supported? a pair?); a URL is read with the input side's storage options.
+    model = resolve_model(spec.model, spec.weights, spec.input_options())
+    vae = resolve_vae(spec.vae, model, spec.input_options()) if spec.vae else None
+    controlnet = resolve_controlnet(spec.controlnet, model, spec.input_options()) if spec.controlnet else None
     with ray_session() as cluster:
-        # 4. Fill in what depends on the cluster: device, dtype, size, worker count.
+        # 4. Fill in what depends on the cluster: device, dtype, size, worker count; then each
+        #    model's variant (auto: by dtype) and the files every node fetches once.
         spec = resolve_spec(spec, model, cluster)
+        spec = resolve_weights(spec, model, vae, controlnet)
         # 5. Plan the shards and claim (or resume) the output; clear what dead runs left.
         plan = make_plan(files, spec.shard_size)
         done = resume.prepare(out, spec, plan, fingerprint(files, spec))
@@ -62,6 +63,8 @@ def run(spec: JobSpec) -> int:
             f"{spec.device} worker(s) (rendering starts with {spec.min_workers})",
             file=sys.stderr,
         )
+        if pending and (weights := describe_weights(spec)):
+            print(weights, file=sys.stderr)
         if pending and (note := capacity_note(spec, cluster)):
             print(note, file=sys.stderr)
         # 6. Render: actors join as they start; failures are retried or recorded under _failed/.

@@ -20,6 +20,10 @@ DTYPES = ("float16", "bfloat16", "float32")
 DEVICES = ("cuda", "cpu")
 CONTROL_PREPROCESS = ("none", "canny")
 WEIGHTS = ("pretrained", "random")
+# Which weight files load (--variant): "auto" picks fp16 files (half the bytes to fetch) when the
+# job renders in float16 or bfloat16 and the model has them; workers/variants.py decides.
+VARIANTS = ("auto", "fp16", "none")
+RESOLVED_VARIANTS = ("fp16", "none")
 # torch.compile modes for the UNet (--compile); "off" compiles nothing.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # The worker's speed changes (--speedups; implementations in workers/speedups.py), each measured
@@ -77,6 +81,14 @@ class JobSpec:
     control_image_column: str | None = None  # path/URL (relative to the dataset folder) or image bytes
     control_preprocess: str = "none"
     controlnet_scale: float = 1.0
+    variant: str = "auto"  # weight files of --model, --vae and --controlnet: auto, fp16 or none
+    # Set by the driver from --variant, the dtype and each model's listing (never by the user):
+    # the variant each component loads ("fp16" or "none"; None when not used), and per component
+    # where its files are and which of them a node fetches (workers/model_source.py, to_spec).
+    model_variant: str | None = None
+    vae_variant: str | None = None
+    controlnet_variant: str | None = None
+    sources: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
     max_retries: int = 3  # infrastructure failures (worker death, storage timeouts) retried per shard
     max_failed_shards: int = 0  # more failed shards than this: exit code 1
@@ -91,8 +103,19 @@ class JobSpec:
         "model", "steps", "guidance_scale", "height", "width", "dtype", "device", "seed", "prompt_column",
         "negative_prompt_column", "seed_column", "key_column", "keep_columns", "shard_size", "format",
         "image_format", "quality", "weights", "vae", "controlnet", "control_image_column", "control_preprocess",
-        "controlnet_scale",
+        "controlnet_scale", "model_variant", "vae_variant", "controlnet_variant",
     )  # fmt: skip
+    # Filled in by the driver; a YAML file naming them is an error.
+    DRIVER_FIELDS = ("model_variant", "vae_variant", "controlnet_variant", "sources")
+
+    @staticmethod
+    def legacy_value(name: str, old_spec: dict[str, Any]) -> Any:
+        """The value an output fingerprinted before field ``name`` existed was made with: weights
+        loaded without a variant (plain files) for each component the job used."""
+        used = {"model_variant": old_spec.get("weights", "pretrained") == "pretrained",
+                "vae_variant": bool(old_spec.get("vae")),
+                "controlnet_variant": bool(old_spec.get("controlnet"))}  # fmt: skip
+        return "none" if used.get(name) else None
 
     # Filled in by the driver from the inputs; a YAML file or flag cannot set them.
     RESOLVED_FIELDS = ("kept_schema",)
@@ -108,10 +131,12 @@ class JobSpec:
         values: dict[str, Any] = {}
         for raw_key, value in yaml_values.items():
             key = str(raw_key).replace("-", "_")
+            if key in cls.DRIVER_FIELDS:
+                raise JobError(f"--config: field {raw_key!r} is set by the job itself (from --variant and the "
+                               "model's files); use variant: auto, fp16 or none")  # fmt: skip
             if key not in known:
-                raise JobError(
-                    f"--config: unknown field {raw_key!r}; valid fields: {', '.join(sorted(known))}"
-                )
+                valid = ", ".join(sorted(known - set(cls.DRIVER_FIELDS)))
+                raise JobError(f"--config: unknown field {raw_key!r}; valid fields: {valid}")
             values[key] = value
         values.update(flag_values)
         spec = cls(**values)
@@ -150,6 +175,9 @@ class JobSpec:
         _require_text("prompt-column", self.prompt_column)
         _require_text("seed-column", self.seed_column)
         self._validate_controlnet()
+        _require_choice("variant", self.variant, VARIANTS)
+        for name in ("model_variant", "vae_variant", "controlnet_variant"):
+            _require_choice(name.replace("_", "-"), getattr(self, name), RESOLVED_VARIANTS, optional=True)
         for name in ("negative_prompt_column", "key_column"):
             value = getattr(self, name)
             if value is not None:

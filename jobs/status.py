@@ -15,6 +15,7 @@ from typing import Any
 from jobs import layout, resume
 from jobs.cli import json_object
 from jobs.errors import JobError
+from jobs.startup import startup_line, startup_report
 from jobs.storage import Folder, describe_error
 
 
@@ -47,6 +48,8 @@ def job_status(out: Folder) -> dict[str, Any]:
         "failed": [{k: f.get(k) for k in ("shard", "error", "attempts", "infrastructure", "failed_at")} for f in failures],
         "timings_s": summed_timings(markers),
         "nodes": per_node(markers),
+        "startup": startup_report(markers),
+        "variants": {c: spec.get(f"{c}_variant") for c in ("model", "vae", "controlnet") if spec.get(f"{c}_variant")},
     }
 
 
@@ -104,8 +107,9 @@ def format_status(status: dict[str, Any]) -> str:
     shards, rows = status["shards"], status["rows"]
     lines = [
         f"output:  {status['output']}",
-        f"plan:    {shards['total']} shards, {rows['total']:,} rows, model {status['model']}, "
-        f"planned {status['planned_at'] or 'at an unknown time'}",
+        f"plan:    {shards['total']} shards, {rows['total']:,} rows, model {status['model']}"
+        + "".join(f", {c} weights {v}" for c, v in status.get("variants", {}).items())
+        + f", planned {status['planned_at'] or 'at an unknown time'}",
         f"shards:  {shards['committed']} committed, {shards['failed']} failed, {shards['pending']} pending",
         f"rows:    {rows['ok']:,} ok, {rows['error']:,} error (committed); {rows['in_failed_shards']:,} in failed "
         f"shards, {rows['pending']:,} pending",
@@ -115,6 +119,9 @@ def format_status(status: dict[str, Any]) -> str:
     if profile:
         seconds = device_seconds(status["timings_s"])
         lines.append(f"device:  {profile} (of {seconds:,.0f} device-seconds in committed shards)")
+    startup = startup_line(status.get("startup"))
+    if startup:
+        lines.append(f"{startup} (actors that committed a shard, all runs)")
     for node in status["nodes"][:10]:
         name = f"node {node['node_id'][:12]}" if node["node_id"] else "no Ray node"
         lines.append(f"node:    {name} ({node['host']}): {node['shards']} shards, {node['images']:,} images")

@@ -151,6 +151,28 @@ class Folder:
         """A binary file to read (streamed: large objects are not loaded whole)."""
         return self.fs.open(self.path(rel), "rb")
 
+    def list_files(self, rel: str = "") -> dict[str, dict[str, Any]]:
+        """Every file below ``rel``, recursively (one listing call; paged on object stores): name
+        relative to ``rel`` -> {"size", "etag"}. ``etag`` is whatever the store says changes with the
+        content (S3 ETag, GCS md5, local mtime), or None; a missing folder lists empty."""
+        base = self.path(rel).rstrip("/")
+        self.fs.invalidate_cache(base)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        files: dict[str, dict[str, Any]] = {}
+        for path, info in found.items():
+            name = path[len(base) + 1 :] if path.startswith(base + "/") else ""
+            if name and info.get("type", "file") != "directory":
+                tag = next((info[k] for k in ("ETag", "etag", "md5Hash", "mtime", "LastModified") if info.get(k)), None)
+                files[name] = {"size": int(info.get("size") or 0), "etag": None if tag is None else str(tag).strip('"')}
+        return files
+
+    def download(self, rel: str, local_path: str) -> None:
+        """Copy one file to a local path (one GET on object stores)."""
+        self.fs.get_file(self.path(rel), local_path)
+
     # -- writes ------------------------------------------------------------------------
     @contextlib.contextmanager
     def atomic_writer(self, rel: str) -> Iterator[IO[bytes]]:

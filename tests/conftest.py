@@ -36,6 +36,19 @@ def tiny_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_fp16_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-sd-turbo with both plain and fp16 weight files (``*.fp16.safetensors``)."""
+    import shutil
+
+    from tests.helpers import add_fp16_files
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-sd-turbo-fp16"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "READY").unlink()
+    return add_fp16_files(folder)
+
+
+@pytest.fixture(scope="session")
 def ray_cluster(tiny_model_dir: Path):
     """One local Ray for the whole session (starting one costs ~4 s)."""
     import ray

@@ -57,6 +57,7 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # forwarded, by S3 operation
+        self.paths: Counter[tuple[str, str]] = Counter()  # forwarded, by (S3 operation, path without query)
         self.faults: Counter[str] = Counter()  # injected, by kind
         self.hold_operation = ""
         self._released = threading.Event()
@@ -83,6 +84,11 @@ class FaultProxy:
     def _count(self, counter: Counter[str], key: str) -> None:
         with self._lock:
             counter[key] += 1
+
+    def gets_of(self, path_part: str) -> dict[str, int]:
+        """Forwarded GETs of objects whose path contains ``path_part``: path -> count."""
+        with self._lock:
+            return {path: n for (op, path), n in self.paths.items() if op == "GET" and path_part in path}
 
     def arm_outage(self, path_part: str, count: int) -> None:
         """The next ``count`` requests whose path contains ``path_part`` get 503 ServiceUnavailable."""
@@ -148,6 +154,7 @@ class FaultProxy:
                     self._answer(503, SLOW_DOWN)
                     return
                 proxy._count(proxy.requests, operation)
+                proxy._count(proxy.paths, (operation, urlsplit(self.path).path))
                 self._forward(body)
 
             def _answer(self, status: int, body: bytes) -> None:

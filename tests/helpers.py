@@ -170,3 +170,45 @@ def assert_complete_and_clean(out: Path, shards: int, rows: int) -> None:
 
 def done_count(out: Path) -> int:
     return len(list((out / "_done").glob("*.json"))) if (out / "_done").exists() else 0
+
+
+# -- models with fp16 weight files -------------------------------------------------------------
+def add_fp16_files(folder: Path) -> Path:
+    """Save an fp16 twin of every weight file of a pipeline folder next to the plain one
+    (``unet/diffusion_pytorch_model.fp16.safetensors``, ``text_encoder/model.fp16.safetensors``), as
+    ``save_pretrained(variant="fp16")`` names them; configs and tokenizers stay as they are."""
+    import shutil
+    import tempfile
+
+    from diffusers import AutoPipelineForText2Image
+
+    pipe = AutoPipelineForText2Image.from_pretrained(folder)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            module.to(torch.float16).save_pretrained(tmp, variant="fp16")
+            for weights in Path(tmp).glob("*.fp16.safetensors"):
+                shutil.copy(weights, folder / name / weights.name)
+    return folder
+
+
+def garble(paths: list[Path]) -> list[Path]:
+    """Overwrite files with random bytes of the same size: whoever loads them fails."""
+    for path in paths:
+        path.write_bytes(os.urandom(path.stat().st_size))
+    return paths
+
+
+def weight_files(folder: Path, fp16: bool) -> list[Path]:
+    """The fp16 (or the plain) safetensors files below ``folder``."""
+    return sorted(p for p in folder.rglob("*.safetensors") if (".fp16." in p.name) == fp16)
+
+
+def upload_folder(fs, folder: Path, url: str) -> str:
+    """Put a local folder's files under ``url`` (s3fs); returns the URL."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            fs.pipe(f"{url.removeprefix('s3://').rstrip('/')}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+    return url

@@ -23,7 +23,7 @@ from jobs.plan import Shard
 from jobs.retry import InfrastructureError, is_retryable
 from jobs.spec import JobSpec
 from jobs.storage import Folder
-from workers import faults, speedups
+from workers import faults, model_cache, speedups
 from workers.control import ControlImageError, ControlImageLoader
 from workers.models import load_pipeline
 from workers.renderer import PipelineRenderer
@@ -42,10 +42,21 @@ class RenderWorker:
         faults.on_worker_start()
         self.spec = spec
         self.out = Folder(spec.output, spec.output_options())
-        pipe = load_pipeline(spec) if pipe is None else pipe
+        # Start-up, timed for the first done marker: the weights reach this node (copied once per
+        # node, or found in its cache), then load; "first_batch" is added by the first render.
+        started = time.perf_counter()
+        fetched = model_cache.fetch_all(spec) if pipe is None else []
+        loading = time.perf_counter()
+        pipe = load_pipeline(spec, {f.component: f.path for f in fetched}) if pipe is None else pipe
         speedups.apply(pipe, spec.speedup_set)
         if spec.compile != "off":
             speedups.compile_unet(pipe, mode=spec.compile)  # compiles lazily, on the first call
+        self.startup: dict[str, Any] | None = {
+            "startup_s": {"fetch": round(loading - started, 3), "load": round(time.perf_counter() - loading, 3),
+                          "first_batch": None},
+            "model_fetch": [f.to_marker() for f in fetched],
+        }  # fmt: skip
+        self._startup_lock = threading.Lock()
         # A compiled model compiles again for a new batch shape: pad short batches to the full size.
         compiled = spec.compile != "off" or "compile_decoder" in spec.speedup_set
         self.renderer = PipelineRenderer(pipe, spec, spec.device, overlap="overlap" in spec.speedup_set,
@@ -60,9 +71,16 @@ class RenderWorker:
         self.origin = {"worker": socket.gethostname(), "node_id": ray_node_id(), "pid": os.getpid()}
 
     def ready(self) -> dict[str, Any]:
-        """Returns once the pipeline is loaded (the actor then takes shards): where it runs."""
+        """Returns once the pipeline is loaded (the actor then takes shards): where it runs. (How
+        long the start took goes into the worker's first done marker, with its first batch.)"""
         return {"host": self.origin["worker"], "node_id": self.origin["node_id"], "pid": self.origin["pid"],
                 "device": self.spec.device}  # fmt: skip
+
+    def _take_startup(self) -> dict[str, Any]:
+        """The start-up record, for the first shard this worker commits only."""
+        with self._startup_lock:
+            record, self.startup = self.startup, None
+        return record or {}
 
     def _load_control(self, row: Row) -> None:
         try:
@@ -104,7 +122,7 @@ class RenderWorker:
             _check_not_all_failed(valid, rendering.result())
             # 3. Off the device (the next shard renders meanwhile): flush images, write metadata,
             #    then the done marker.
-            return writer.commit(timings, started)
+            return writer.commit(timings, started, extra=self._take_startup())
 
     def _render_rows(self, valid: list[Row], writer: ShardWriter, timings: dict[str, float], asked: float) -> list[Row]:
         """Runs on the device thread: renders ``valid`` into ``writer``; returns the rows the
@@ -120,6 +138,7 @@ class RenderWorker:
         pipeline_s = 0.0
         try:
             for result in self.renderer.render(valid):
+                self._note_first_batch(got)
                 if isinstance(result, Row):
                     failed.append(result)
                     writer.add_error(result)
@@ -130,6 +149,13 @@ class RenderWorker:
             self._device_free_since = time.perf_counter()
             timings.update(render=self._device_free_since - got, pipeline=pipeline_s, writer_wait=writer.wait_s)
         return failed
+
+    def _note_first_batch(self, render_started: float) -> None:
+        """The worker's first rendered batch: how long its first result took (warm-up, kernel
+        selection, compiling) goes into the start-up record."""
+        startup = self.startup
+        if startup is not None and startup["startup_s"]["first_batch"] is None:
+            startup["startup_s"]["first_batch"] = round(time.perf_counter() - render_started, 3)
 
 
 def ray_node_id() -> str | None:

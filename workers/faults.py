@@ -8,7 +8,9 @@ The variable holds JSON with any of:
 - ``raise_on_prompt``: raise RuntimeError in a call whose prompts contain this text;
 - ``oom_above_batch``: raise ``torch.OutOfMemoryError`` in a call with more rows than this;
 - ``kill_on_start``: SIGKILL the worker's own process while it starts, as the kernel's OOM killer
-  does to a worker loading weights too big for its node (a crash loop at start-up).
+  does to a worker loading weights too big for its node (a crash loop at start-up);
+- ``copy_delay_s``: sleep this long before fetching each file of a node's model copy (so a kill
+  lands mid-copy).
 
 Unset (always, outside tests), :func:`before_pipeline_call` and :func:`on_worker_start` do nothing.
 The driver forwards the variable to actors (jobs/cluster.py) so end-to-end tests reach workers in
@@ -25,7 +27,7 @@ import time
 from typing import Any
 
 ENV = "TURBOBATCH_TEST_FAULTS"
-KNOWN = {"delay_s", "raise_on_prompt", "oom_above_batch", "kill_on_start"}
+KNOWN = {"delay_s", "raise_on_prompt", "oom_above_batch", "kill_on_start", "copy_delay_s"}
 
 
 @functools.cache
@@ -61,3 +63,10 @@ def on_worker_start() -> None:
     """Inject the configured start-up faults (RenderWorker.__init__, before loading the pipeline)."""
     if _faults().get("kill_on_start"):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def before_model_file_copy() -> None:
+    """Inject the configured delay before one file of a model copy (workers/model_cache.py)."""
+    delay = _faults().get("copy_delay_s")
+    if delay:
+        time.sleep(float(delay))

@@ -1,21 +1,27 @@
 """Resolve a model name and load its pipeline through diffusers' ``from_pretrained``.
 
-``resolve_model``, ``resolve_controlnet`` and ``check_vae`` read only configs, so the driver can
-reject a model that cannot load, or a ControlNet or VAE that does not fit, and learn the native
-size, before any actor starts.
+``resolve_model``, ``resolve_controlnet`` and ``resolve_vae`` read only a listing and configs
+(workers/model_source.py: local folder, fsspec URL or Hub id), so the driver can reject a model
+that cannot load, or a ControlNet or VAE that does not fit, and learn the native size, before any
+actor starts; ``resolve_weights`` then picks each one's variant (once the dtype is known) and the
+files a node fetches. ``load_pipeline`` runs in each actor, on the node's copies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from jobs.errors import JobError
 from jobs.spec import JobSpec
+from workers.model_source import ModelSource, cannot_load, open_source
 from workers.random_weights import RANDOM_MODELS, build_random_pipeline
 from workers.random_weights import config as random_config
 from workers.tiny import TINY_MODELS, tiny_model_path
+from workers.variants import choose_variant, needed_files
 
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 # AutoencoderTiny: TAESD-class decoders (madebyollin/taesd, taesdxl), far cheaper than the full VAE.
@@ -51,6 +57,8 @@ class ModelInfo:
     addition_embed_type: str | None  # "text_time" for SDXL
     latent_channels: int  # what the UNet makes and a VAE must decode
     vae_scale_factor: int  # image size / latent size
+    components: tuple[str, ...] = ()  # model_index.json's component folders
+    source: ModelSource | None = None  # None for --weights random
 
 
 @dataclass(frozen=True)
@@ -59,46 +67,50 @@ class ControlNetInfo:
     location: str
     cross_attention_dim: int
     addition_embed_type: str | None
+    source: ModelSource | None = None
+
+
+@dataclass(frozen=True)
+class VaeInfo:
+    name: str
+    vae_class: str  # AutoencoderKL or AutoencoderTiny
+    source: ModelSource
 
 
 def _location(name: str) -> str:
     return str(tiny_model_path(name)) if name in TINY_MODELS else name
 
 
-def _cannot_load(flag: str, name: str, e: Exception) -> JobError:
-    return JobError(
-        f"--{flag}: cannot load {name!r} ({type(e).__name__}: {_first_line(e)}); expected a Hugging Face "
-        f"id reachable from here, a local diffusers folder, or one of {', '.join(TINY_MODELS)}"
-    )
-
-
-def resolve_model(name: str, weights: str = "pretrained") -> ModelInfo:
-    """Check that ``name`` is a loadable, supported pipeline and read its native size."""
-    from diffusers import DiffusionPipeline
-
+def resolve_model(name: str, weights: str = "pretrained", storage_options: dict[str, Any] | None = None) -> ModelInfo:
+    """Check that ``name`` is a loadable, supported pipeline and read its native size.
+    ``storage_options``: the input side's, for a model at an fsspec URL."""
     if weights == "random":
         return _random_model_info(name)
-    location = _location(name)
+    source = open_source("model", name, storage_options)
     try:
-        index = DiffusionPipeline.load_config(location)
-        unet = _load_config(location, "unet")
-        vae = _load_config(location, "vae")
+        index = source.read_json("model_index.json")
+        unet = source.read_json("unet/config.json")
+        vae = source.read_json("vae/config.json")
     except Exception as e:  # noqa: BLE001 - hub, file system and parse errors all mean "cannot load"
-        raise _cannot_load("model", name, e) from None
+        raise cannot_load("model", name, e) from None
     pipeline_class = index.get("_class_name", "?")
     if pipeline_class not in SUPPORTED_PIPELINES:
         raise JobError(
             f"--model: {name!r} is a {pipeline_class}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}"
         )
-    return _model_info(name, location, pipeline_class, unet, vae)
+    components = tuple(k for k, v in index.items()
+                       if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and all(v))  # fmt: skip
+    return _model_info(name, source.location, pipeline_class, unet, vae, components, source)
 
 
-def _model_info(name: str, location: str, pipeline_class: str, unet: dict, vae: dict) -> ModelInfo:
+def _model_info(name: str, location: str, pipeline_class: str, unet: dict, vae: dict,
+                components: tuple[str, ...] = (), source: ModelSource | None = None) -> ModelInfo:  # fmt: skip
     scale = _vae_scale_factor(vae)
     size = unet["sample_size"]
     height, width = (size, size) if isinstance(size, int) else size
     return ModelInfo(name, location, pipeline_class, height * scale, width * scale, unet["cross_attention_dim"],
-                     unet.get("addition_embed_type"), unet.get("out_channels", 4), scale)  # fmt: skip
+                     unet.get("addition_embed_type"), unet.get("out_channels", 4), scale, components,
+                     source)  # fmt: skip
 
 
 def _vae_scale_factor(vae: dict[str, Any]) -> int:
@@ -119,11 +131,12 @@ def _random_model_info(name: str) -> ModelInfo:
     return _model_info(name, f"bundled:{RANDOM_MODELS[name]}", pipeline_class, unet, vae)
 
 
-def resolve_controlnet(name: str, model: ModelInfo) -> ControlNetInfo:
+def resolve_controlnet(name: str, model: ModelInfo, storage_options: dict[str, Any] | None = None) -> ControlNetInfo:
     """Check the ControlNet loads and pairs with the model: SD 2.1 ControlNets with sd-turbo,
     SDXL ControlNets with sdxl-turbo (their cross-attention widths and conditioning differ)."""
-    location, config = _component_config("controlnet", name, ("ControlNetModel",))
-    info = ControlNetInfo(name, location, config["cross_attention_dim"], config.get("addition_embed_type"))
+    source, config = _component_config("controlnet", name, ("ControlNetModel",), storage_options)
+    info = ControlNetInfo(name, source.location, config["cross_attention_dim"], config.get("addition_embed_type"),
+                          source)  # fmt: skip
     if (info.cross_attention_dim, info.addition_embed_type) != (model.cross_attention_dim, model.addition_embed_type):
         raise JobError(
             f"--controlnet: {name!r} was made for {_family(info.addition_embed_type)} models (cross-attention "
@@ -133,10 +146,15 @@ def resolve_controlnet(name: str, model: ModelInfo) -> ControlNetInfo:
     return info
 
 
-def check_vae(name: str, model: ModelInfo) -> str:
+def check_vae(name: str, model: ModelInfo, storage_options: dict[str, Any] | None = None) -> str:
     """A --vae must be an AutoencoderKL or AutoencoderTiny that decodes the model's latents
     (same channel count, same upscaling); returns its class name."""
-    _, config = _component_config("vae", name, VAE_CLASSES)
+    return resolve_vae(name, model, storage_options).vae_class
+
+
+def resolve_vae(name: str, model: ModelInfo, storage_options: dict[str, Any] | None = None) -> VaeInfo:
+    """check_vae, keeping the VAE's listing for resolve_weights."""
+    source, config = _component_config("vae", name, VAE_CLASSES, storage_options)
     vae_class = config["_class_name"]
     channels, scale = config.get("latent_channels", 4), _vae_scale_factor(config)
     if (channels, scale) != (model.latent_channels, model.vae_scale_factor):
@@ -145,30 +163,66 @@ def check_vae(name: str, model: ModelInfo) -> str:
             f"makes {model.latent_channels}-channel latents upscaled {model.vae_scale_factor}x; use a VAE made "
             "for this model family"
         )
-    return vae_class
+    return VaeInfo(name, vae_class, source)
 
 
-def _component_config(flag: str, name: str, expected: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
-    """Location and config of a single model folder (not a pipeline), of an expected class."""
-    location = _location(name)
+def _component_config(flag: str, name: str, expected: tuple[str, ...],
+                      storage_options: dict[str, Any] | None = None) -> tuple[ModelSource, dict[str, Any]]:  # fmt: skip
+    """Listing and config of a single model folder (not a pipeline), of an expected class."""
+    source = open_source(flag, name, storage_options)
     try:
-        config = _load_config(location, None)
+        config = source.read_json("config.json")
     except Exception as e:  # noqa: BLE001
-        raise _cannot_load(flag, name, e) from None
+        raise cannot_load(flag, name, e) from None
     if config.get("_class_name") not in expected:
         raise JobError(
             f"--{flag}: {name!r} is a {config.get('_class_name')}; expected a folder of {' or '.join(expected)}"
         )
-    return location, config
+    return source, config
+
+
+def resolve_weights(spec: JobSpec, model: ModelInfo, vae: VaeInfo | None = None,
+                    controlnet: ControlNetInfo | None = None) -> JobSpec:  # fmt: skip
+    """The variant of each component and the files each node fetches for it, decided once here from
+    the listings, after resolve_spec chose the dtype (``--variant auto`` depends on it)."""
+    if spec.weights == "random" or model.source is None:
+        return spec
+    sources: dict[str, Any] = {}
+    variants: dict[str, str] = {}
+    skip = ("vae",) if vae is not None else ()  # the pipeline's own VAE is replaced, not loaded
+    for component, source, components, skipped in (("model", model.source, model.components, skip),
+                                                   ("vae", vae and vae.source, None, ()),
+                                                   ("controlnet", controlnet and controlnet.source, None, ())):
+        if source is None:
+            continue
+        variant = choose_variant(spec.variant, spec.dtype, source.files, components, component, source.name)
+        sources[component] = source.to_spec(variant, needed_files(source.files, variant, components, skipped))
+        variants[f"{component}_variant"] = variant
+    return dataclasses.replace(spec, sources=sources, **variants)
+
+
+def describe_weights(spec: JobSpec) -> str | None:
+    """One line: each component's variant and what a node fetches for it."""
+    parts = []
+    for component, source in spec.sources.items():
+        size = sum(f["size"] for f in source["files"].values())
+        how = ("loaded in place" if source["kind"] == "local" or source["offline"]
+               else "copied once per node" if source["kind"] == "remote" else "fetched from the Hub once per node")
+        parts.append(f"{component} {source['variant']} ({len(source['files'])} files, {size / 2**20:,.1f} MiB, {how})")
+    return f"turbobatch: weights: {'; '.join(parts)}" if parts else None
 
 
 def _family(addition_embed_type: str | None) -> str:
     return "SDXL" if addition_embed_type == "text_time" else "SD 1.x/2.x"
 
 
-def load_pipeline(spec: JobSpec) -> Any:
+def load_pipeline(spec: JobSpec, locations: Mapping[str, str] | None = None) -> Any:
     """The real loading path, the same for tiny and full models: pipeline, optional VAE swap,
-    optional ControlNet (AutoPipeline then picks the matching ControlNet pipeline class)."""
+    optional ControlNet (AutoPipeline then picks the matching ControlNet pipeline class).
+
+    ``locations``: component -> the folder to load it from (this node's copies,
+    workers/model_cache.py); a component not in it loads from its name. Each loads the variant the
+    driver chose (``spec.model_variant``, ...: "fp16" passes ``variant="fp16"``)."""
     import diffusers
     import torch
     from diffusers import AutoPipelineForText2Image, ControlNetModel
@@ -181,14 +235,22 @@ def load_pipeline(spec: JobSpec) -> Any:
     if spec.weights == "random":
         pipe = build_random_pipeline(spec.model, spec.device, dtype)
         return _ready(pipe)
+    where = dict(locations or {})
+
+    def load_args(component: str, name: str) -> tuple[str, dict[str, Any]]:
+        variant = "fp16" if getattr(spec, f"{component}_variant") == "fp16" else None
+        return where.get(component) or _location(name), {"dtype": dtype, "variant": variant}
+
     components: dict[str, Any] = {}
     if spec.vae:
-        location, config = _component_config("vae", spec.vae, VAE_CLASSES)
-        vae_class = getattr(diffusers, config["_class_name"])  # AutoencoderKL or AutoencoderTiny
-        components["vae"] = vae_class.from_pretrained(location, dtype=dtype)
+        location, kwargs = load_args("vae", spec.vae)
+        vae_class = getattr(diffusers, _load_config(location, None)["_class_name"])  # AutoencoderKL or AutoencoderTiny
+        components["vae"] = vae_class.from_pretrained(location, **kwargs)
     if spec.controlnet:
-        components["controlnet"] = ControlNetModel.from_pretrained(_location(spec.controlnet), dtype=dtype)
-    pipe = AutoPipelineForText2Image.from_pretrained(_location(spec.model), dtype=dtype, **components)
+        location, kwargs = load_args("controlnet", spec.controlnet)
+        components["controlnet"] = ControlNetModel.from_pretrained(location, **kwargs)
+    location, kwargs = load_args("model", spec.model)
+    pipe = AutoPipelineForText2Image.from_pretrained(location, **kwargs, **components)
     return _ready(pipe.to(spec.device))
 
 
@@ -207,7 +269,3 @@ def _load_config(location: str, subfolder: str | None) -> dict[str, Any]:
 
     return _Reader.load_config(location, subfolder=subfolder)
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""

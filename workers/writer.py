@@ -82,11 +82,12 @@ class ShardWriter:
             self._sink.add(record, data)
 
     # -- commit ------------------------------------------------------------------------
-    def commit(self, timings: dict[str, float], started: float) -> dict[str, Any]:
+    def commit(self, timings: dict[str, float], started: float,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
         """Flush images, write metadata, then the done marker. Returns the marker.
 
         ``timings`` gain "commit" (this call up to the marker) and "total" (since ``started``,
-        a ``time.perf_counter()`` value).
+        a ``time.perf_counter()`` value). ``extra``: more marker fields (the worker's start-up record).
         """
         commit_started = time.perf_counter()
         self._drain(keep=0)
@@ -103,6 +104,7 @@ class ShardWriter:
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
             **{k: self.origin.get(k) for k in ("worker", "node_id", "pid")},
             "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **(extra or {}),
         }  # fmt: skip
         if marker["rows"] != self.shard.num_rows:
             raise RuntimeError(f"shard {sid}: {marker['rows']} metadata rows for {self.shard.num_rows} input rows")

@@ -35,3 +35,13 @@ def test_describe_changes_names_each_difference():
         "input added: file:///d/new.parquet",
     ]
     assert describe_changes(old, fingerprint(files(7, 3), JobSpec(input="i", output="o", workers=9))) == []
+
+
+def test_an_output_made_before_variants_existed_resumes_with_plain_files_only():
+    """Its fingerprint lacks the variant fields: it was made from plain files."""
+    fields = JobSpec(input="a", output="b", vae="v").output_fields()
+    old = {"spec": {k: v for k, v in fields.items() if not k.endswith("_variant")}, "inputs": []}
+    same = {**fields, "model_variant": "none", "vae_variant": "none"}
+    assert describe_changes(old, {"spec": same, "inputs": []}) == []
+    fp16 = {**same, "model_variant": "fp16"}
+    assert describe_changes(old, {"spec": fp16, "inputs": []}) == ["--variant (model weights): 'none' -> 'fp16'"]

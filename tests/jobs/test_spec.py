@@ -28,7 +28,8 @@ def test_every_flag_reaches_the_spec():
                  "--control-image-column", "ctrl", "--control-preprocess", "canny", "--controlnet-scale", "0.5",
                  "--max-retries", "5", "--max-failed-shards", "2", "--compile", "reduce-overhead",
                  "--speedups", "fused_norms,overlap", "--keep-columns", "label, id,label",
-                 "--min-workers", "2", "--worker-gpus", "0.5", "--worker-cpus", "4", "--stall-timeout", "60")  # fmt: skip
+                 "--min-workers", "2", "--worker-gpus", "0.5", "--worker-cpus", "4", "--stall-timeout", "60",
+                 "--variant", "fp16")  # fmt: skip
     assert spec.to_dict() == {
         "input": "in.parquet", "output": "out", "model": "tiny-sd-turbo", "steps": 2, "guidance_scale": 1.5,
         "height": 64, "width": 128, "batch_size": 4, "dtype": "bfloat16", "workers": 3, "min_workers": 2,
@@ -41,6 +42,8 @@ def test_every_flag_reaches_the_spec():
         "control_image_column": "ctrl",
         "control_preprocess": "canny", "controlnet_scale": 0.5, "max_retries": 5, "max_failed_shards": 2,
         "storage_options": {}, "input_storage_options": {}, "output_storage_options": {},
+        # --variant as asked; the driver resolves it per component (None until then) with the files to fetch
+        "variant": "fp16", "model_variant": None, "vae_variant": None, "controlnet_variant": None, "sources": {},
     }  # fmt: skip
 
 
@@ -161,3 +164,16 @@ def test_the_example_job_yaml_is_a_valid_job():
     assert spec.output_options()["config_kwargs"]["retries"]["max_attempts"] == 8
     overridden = parse_render_args(["--config", str(REPO / "examples" / "job.yaml"), "--steps", "2"])
     assert overridden.steps == 2  # flags win over the file
+
+
+def test_variant_is_chosen_by_the_user_and_resolved_by_the_driver(tmp_path):
+    assert parse().variant == "auto" and "variant" not in JobSpec.OUTPUT_FIELDS  # what it resolves to is
+    assert {"model_variant", "vae_variant", "controlnet_variant"} <= set(JobSpec.OUTPUT_FIELDS)
+    config = tmp_path / "job.yaml"
+    config.write_text("input: a\noutput: b\nvariant: fp32\n")
+    with pytest.raises(JobError, match="--variant: 'fp32' is not valid; choose one of auto, fp16, none"):
+        parse_render_args(["--config", str(config)])
+    config.write_text("input: a\noutput: b\nmodel_variant: fp16\n")
+    with pytest.raises(JobError, match="--config: field 'model_variant' is set by the job itself"):
+        parse_render_args(["--config", str(config)])
+

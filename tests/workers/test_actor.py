@@ -121,10 +121,10 @@ def test_two_shards_at_once_take_turns_on_the_device_and_overlap_commit(tmp_path
         finally:
             inside.release()
 
-    def slow_commit(self, timings, started):
+    def slow_commit(self, timings, started, **extra):
         events.append(("commit starts", self.shard.shard_id))
         time.sleep(1.0)  # an upload: the other shard must not wait for it to render
-        marker = real_commit(self, timings, started)
+        marker = real_commit(self, timings, started, **extra)
         events.append(("commit ends", self.shard.shard_id))
         return marker
 
@@ -165,3 +165,13 @@ def test_without_ray_the_marker_has_no_node_id_and_this_process(tmp_path, prompt
     host, node_id, pid, own_pid, ready, ray_imported = json.loads(result.stdout.strip().splitlines()[-1])
     assert (host, node_id, pid) == (socket.gethostname(), None, own_pid) and not ray_imported
     assert ready == {"host": host, "node_id": None, "pid": own_pid, "device": "cpu"}
+
+
+def test_the_first_marker_records_how_long_the_worker_took_to_start(tmp_path, prompts_file, tiny_model_dir):
+    worker = RenderWorker(resolved_spec(tmp_path, shard_size=3))
+    first = worker.render_shard(shard_of(prompts_file, 0, 3, 0))
+    second = worker.render_shard(shard_of(prompts_file, 3, 6, 1))
+    assert set(first["startup_s"]) == {"fetch", "load", "first_batch"}
+    assert first["startup_s"]["load"] > 0 and first["startup_s"]["first_batch"] > 0
+    assert first["model_fetch"] == []  # a spec the driver did not resolve: the tiny model loads by name
+    assert "startup_s" not in second and "model_fetch" not in second  # the worker's first shard only

@@ -45,3 +45,32 @@ def test_vaes_of_both_classes_must_decode_the_models_latents(tmp_path):
     with pytest.raises(JobError, match=r"--vae: '.*' decodes 16-channel latents upscaled 8x, but --model "
                                        r"'tiny-sd-turbo' makes 4-channel latents upscaled 2x"):
         check_vae(str(tmp_path), sd)
+
+
+def test_a_vae_and_a_controlnet_from_a_bucket_load_from_the_nodes_copies(s3_endpoint, s3_bucket, tmp_path, monkeypatch):
+    """resolve_weights on the driver, then what an actor does: fetch each component, load the copies."""
+    import s3fs
+
+    from jobs.spec import JobSpec
+    from tests.conftest import s3_options
+    from tests.helpers import upload_folder
+    from workers import model_cache
+    from workers.models import load_pipeline, resolve_vae, resolve_weights
+
+    monkeypatch.setenv("TURBOBATCH_CACHE", str(tmp_path / "cache"))
+    options = s3_options(s3_endpoint)
+    fs = s3fs.S3FileSystem(**options)
+    vae_url = upload_folder(fs, tiny_model_path("tiny-taesd"), f"s3://{s3_bucket}/models/taesd")
+    cn_url = upload_folder(fs, tiny_model_path("tiny-sd-controlnet"), f"s3://{s3_bucket}/models/cn")
+    model = resolve_model(str(tiny_model_path("tiny-sd-turbo")))
+    spec = JobSpec(input="i", output=str(tmp_path / "out"), model=model.name, vae=vae_url, controlnet=cn_url,
+                   control_image_column="c", device="cpu", dtype="float32", input_storage_options=options)  # fmt: skip
+    vae, controlnet = resolve_vae(vae_url, model, options), resolve_controlnet(cn_url, model, options)
+    spec = resolve_weights(spec, model, vae, controlnet)
+    assert (spec.model_variant, spec.vae_variant, spec.controlnet_variant) == ("none", "none", "none")
+    model_files = spec.sources["model"]["files"]
+    assert "vae/config.json" in model_files and "vae/diffusion_pytorch_model.safetensors" not in model_files  # replaced
+    fetched = {f.component: f for f in model_cache.fetch_all(spec)}
+    assert {c: f.action for c, f in fetched.items()} == {"model": "in_place", "vae": "copied", "controlnet": "copied"}
+    pipe = load_pipeline(spec, {c: f.path for c, f in fetched.items()})
+    assert type(pipe.vae).__name__ == "AutoencoderTiny" and type(pipe).__name__ == "StableDiffusionControlNetPipeline"
