@@ -28,7 +28,10 @@ def test_every_flag_reaches_the_spec():
                  "--control-image-column", "ctrl", "--control-preprocess", "canny", "--controlnet-scale", "0.5",
                  "--max-retries", "5", "--max-failed-shards", "2", "--compile", "reduce-overhead",
                  "--speedups", "fused_norms,overlap", "--keep-columns", "label, id,label",
-                 "--min-workers", "2", "--worker-gpus", "0.5", "--worker-cpus", "4", "--stall-timeout", "60")  # fmt: skip
+                 "--min-workers", "2", "--worker-gpus", "0.5", "--worker-cpus", "4", "--stall-timeout", "60",
+                 "--images-per-prompt", "3", "--prompt-template", "{style} {prompt}", "--sweep", "style=ink, oil",
+                 "--steps-column", "st", "--guidance-scale-column", "g", "--width-column", "w",
+                 "--height-column", "h")  # fmt: skip
     assert spec.to_dict() == {
         "input": "in.parquet", "output": "out", "model": "tiny-sd-turbo", "steps": 2, "guidance_scale": 1.5,
         "height": 64, "width": 128, "batch_size": 4, "dtype": "bfloat16", "workers": 3, "min_workers": 2,
@@ -41,6 +44,8 @@ def test_every_flag_reaches_the_spec():
         "control_image_column": "ctrl",
         "control_preprocess": "canny", "controlnet_scale": 0.5, "max_retries": 5, "max_failed_shards": 2,
         "storage_options": {}, "input_storage_options": {}, "output_storage_options": {},
+        "images_per_prompt": 3, "prompt_template": "{style} {prompt}", "sweep": [["style", ["ink", "oil"]]],
+        "steps_column": "st", "guidance_scale_column": "g", "width_column": "w", "height_column": "h",
     }  # fmt: skip
 
 
