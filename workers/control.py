@@ -38,10 +38,6 @@ class ControlImageLoader:
         self.storage_options = storage_options or {}
         self.root = dataset_root(spec.input, self.storage_options)
 
-    def load(self, value: Any) -> Image.Image:
-        """The control image for one row, preprocessed and (for canny) at the job's render size."""
-        return self.at_size(self.decode(value), self.spec.height, self.spec.width)
-
     def decode(self, value: Any) -> Image.Image:
         """A row's control image, read and decoded (RGB), not yet preprocessed."""
         if value is None or value == "" or value == b"":
