@@ -36,7 +36,7 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
                    "as turbo models are trained)")
     p.add_argument("--height", type=int, help="image height, multiple of 8 (default: the model's native size)")
     p.add_argument("--width", type=int, help="image width, multiple of 8 (default: the model's native size)")
-    p.add_argument("--batch-size", type=int, help="rows per batch on every device (default 8); an image is the "
+    p.add_argument("--batch-size", type=int, help="images per batch on every device (default 8); an image is the "
                    "same within 1 level of 255 at any batch size")
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default float16 on CUDA, float32 on CPU)")
     p.add_argument("--device", choices=DEVICES, help="where actors render (default: cuda when the Ray "
@@ -59,7 +59,7 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("--image-format", choices=IMAGE_FORMATS, help="image encoding (default png)")
     p.add_argument("--quality", type=int, help="jpeg/webp quality 1-100 (default jpeg 95, webp 90)")
     p.add_argument("--seed", type=int, help="job seed: a row without its own seed uses seed + "
-                   "its global index (default 0)")
+                   "its global index (image j of N per prompt: seed + global index * N + j) (default 0)")
     p.add_argument("--prompt-column", help="column holding the prompt (default prompt)")
     p.add_argument("--negative-prompt-column", help="column holding the negative prompt (default none)")
     p.add_argument("--seed-column", help="column of per-row seeds, used when present (default seed)")

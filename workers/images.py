@@ -2,7 +2,8 @@
 
 For each image index of the shard, in order, find its row, combination ``c`` and ``j``, then:
 
-1. key and seed: ``<row key>[_<c>]_<j>`` and the row's first seed + j (jobs/expand.py);
+1. key and seed: ``<row key>``, ``<row key>_<j>`` or ``<row key>_<c>_<j>``, and the row's first
+   seed + j (jobs/expand.py);
 2. sampling parameters: the job's, then what the row's columns set (--steps-column, ...), then
    the combination's swept values (a parameter is never both swept and set by a column);
 3. prompt: the row's, or the template filled with the row's columns and the swept values;

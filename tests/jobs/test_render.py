@@ -176,7 +176,8 @@ def test_cli_entry_points_document_every_option():
         for flag in ("--model", "--steps", "--guidance-scale", "--height", "--width", "--batch-size", "--dtype",
                      "--workers", "--shard-size", "--format", "--image-format", "--quality", "--seed",
                      "--prompt-column", "--negative-prompt-column", "--seed-column", "--key-column", "--config", "--device",
-                     "--overwrite", "--max-retries", "--max-failed-shards"):  # fmt: skip
+                     "--overwrite", "--max-retries", "--max-failed-shards", "--images-per-prompt", "--prompt-template",
+                     "--sweep", "--steps-column", "--guidance-scale-column", "--width-column", "--height-column"):  # fmt: skip
             assert flag in text, (cmd, flag)
 
 
