@@ -7,8 +7,9 @@ For each image index of the shard, in order, find its row, combination ``c`` and
 2. sampling parameters: the job's, then what the row's columns set (--steps-column, ...), then
    the combination's swept values (a parameter is never both swept and set by a column);
 3. prompt: the row's, or the template filled with the row's columns and the swept values;
-4. errors: the row's (null prompt, bad seed, bad column value) fail every image it would make,
-   one error row each; an image's own (a null template field, a seed past 2**63) fail it alone.
+4. errors: the row's (null prompt, bad seed, bad column value, a null template column) fail
+   every image it would make, one error row each; an image's own (a seed past 2**63, a swept
+   value the template's format spec refuses) fail it alone.
 
 The shard holds a few thousand images at most; the job's images are never listed anywhere.
 """
