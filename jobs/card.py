@@ -24,7 +24,9 @@ import pyarrow as pa
 import yaml
 
 from jobs import layout
-from jobs.columns import IMAGE_TYPE, data_schema, kept_schema, metadata_schema
+from jobs import sampling
+from jobs.columns import IMAGE_TYPE, job_data_schema, job_metadata_schema, kept_schema
+from jobs.expand import Expansion
 from jobs.features import features_yaml
 from jobs.resume import committed_shards
 from jobs.spec import JobSpec
@@ -47,15 +49,14 @@ def write_card(out: Folder, spec: JobSpec, model_location: str | None = None) ->
 # -- the YAML front matter ---------------------------------------------------------------------
 def declared_schema(spec: JobSpec) -> tuple[pa.Schema, tuple[str, ...]]:
     """The columns a `datasets` reader gets from the config's files, and which of them are images."""
-    kept = kept_schema(spec)
     if spec.format == "tar":  # the webdataset builder: one column per member extension, plus its own two
         ext = spec.image_extension
-        columns = [(ext, IMAGE_TYPE), ("json", pa.struct(list(metadata_schema(kept)))),
+        columns = [(ext, IMAGE_TYPE), ("json", pa.struct(list(job_metadata_schema(spec)))),
                    ("__key__", pa.string()), ("__url__", pa.string())]  # fmt: skip
         return pa.schema(columns), (ext,)
     if spec.format == "parquet":
-        return data_schema(kept), ("image",)
-    return metadata_schema(kept), ()
+        return job_data_schema(spec), ("image",)
+    return job_metadata_schema(spec), ()
 
 
 def data_files(spec: JobSpec, shard_ids: list[int]) -> list[str]:
@@ -95,8 +96,18 @@ def _summary(spec: JobSpec) -> str:
     extra = f" with the VAE `{spec.vae}`" if spec.vae else ""
     if spec.controlnet:
         extra += f" and the ControlNet `{spec.controlnet}`"
-    return (f"Synthetic images rendered from text prompts by `{spec.model}`{extra}, one per input row that rendered, "
+    per_row = Expansion.of(spec).per_row
+    each = "one per input row" if per_row == 1 else f"{per_row} per input row ({_expansion_words(spec)})"
+    return (f"Synthetic images rendered from text prompts by `{spec.model}`{extra}, {each} that rendered, "
             "by turbobatch (a Ray + diffusers batch renderer).")  # fmt: skip
+
+
+def _expansion_words(spec: JobSpec) -> str:
+    expansion = Expansion.of(spec)
+    parts = [f"{expansion.images_per_prompt} images per prompt"] if expansion.images_per_prompt > 1 else []
+    if expansion.sweep:
+        parts.append(f"{expansion.combinations} sweep combinations of " + ", ".join(expansion.names))
+    return " x ".join(parts)
 
 
 _LAYOUT = {
@@ -115,12 +126,16 @@ def _contents(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]]
     total = plan["num_shards"]
     complete = "" if len(markers) == total else " (incomplete: run the same render command again to finish)"
     kept = kept_schema(spec)
+    per_row = Expansion.of(spec).per_row
+    counted = (f"{ok + error:,}: {ok:,} ok (one image each), {error:,} error (no image; reason in metadata)"
+               if per_row == 1 else f"{ok + error:,} metadata rows, one per image ({per_row} per input row: "
+               f"{_expansion_words(spec)}): {ok:,} ok, {error:,} error (no image; reason in metadata)")  # fmt: skip
     rows = [
         ("shards", f"{len(markers)} of {total} committed{complete}"),
-        ("rows", f"{ok + error:,}: {ok:,} ok (one image each), {error:,} error (no image; reason in metadata)"),
-        ("images", f"{ok:,} {spec.image_format.upper()}, {spec.width}x{spec.height}, {size / 2**20:,.1f} MiB"),
+        ("rows", counted),
+        ("images", f"{ok:,} {spec.image_format.upper()}, {_sizes(spec)}, {size / 2**20:,.1f} MiB"),
         ("layout", _LAYOUT[spec.format].format(ext=spec.image_extension)),
-        ("metadata", "`metadata/SSSSSS.parquet`: one row per input row, ok or error"),
+        ("metadata", "`metadata/SSSSSS.parquet`: one row per image, ok or error"),
         ("kept input columns", ", ".join(f"`{f.name}` ({f.type})" for f in kept) or "none"),
     ]
     return "## Contents\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
@@ -150,10 +165,11 @@ def _how_made(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]]
         ("ControlNet", f"`{spec.controlnet}`, scale {spec.controlnet_scale}, preprocess {spec.control_preprocess}, "
                        f"control images from column `{spec.control_image_column}`" if spec.controlnet else "none"),
         ("sampling", f"{spec.steps} step(s), guidance scale {spec.guidance_scale}, {spec.width}x{spec.height}, "
-                     f"{spec.dtype} on {spec.device}"),
-        ("seeds", f"column `{spec.seed_column}` where present and valid, else {spec.seed} + the row's global index"),
-        ("prompts", f"column `{spec.prompt_column}`" + (f", negative prompts from `{spec.negative_prompt_column}`"
-                                                        if spec.negative_prompt_column else "")),
+                     f"{spec.dtype} on {spec.device}" + _varied(spec)),
+        ("seeds", _seeds(spec)),
+        ("prompts", (f"template `{spec.prompt_template}`" if spec.prompt_template else f"column `{spec.prompt_column}`")
+                    + (f", negative prompts from `{spec.negative_prompt_column}`" if spec.negative_prompt_column
+                       else "")),
         ("made with", f"turbobatch {version}; planned {plan.get('planned_at', '?')}; shards committed "
                       f"{committed[0] if committed else '-'} to {committed[-1] if committed else '-'}; "
                       f"card written {now.isoformat(timespec='seconds')}"),
@@ -162,13 +178,39 @@ def _how_made(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]]
     return f"## How it was made\n\n| | |\n|---|---|\n{table}\n\nThe command (rerun it to resume):\n\n```\n{command_line(spec)}\n```"
 
 
+def _sizes(spec: JobSpec) -> str:
+    varied = {name for name, _ in spec.sweep or []} | spec.sampling_columns.keys()
+    size = f"{spec.width}x{spec.height}"
+    return size + (" unless swept or set per row (see metadata)" if varied & set(sampling.SIZE_NAMES) else "")
+
+
+def _varied(spec: JobSpec) -> str:
+    """What varies per image: the sweep's values, the per-row columns (metadata has each image's)."""
+    parts = [f"swept {name}: {', '.join(map(str, values))}" for name, values in spec.sweep or []]
+    parts += [f"{name} from column `{column}`" for name, column in spec.sampling_columns.items()]
+    return ("; " + "; ".join(parts) + " (each image's values are in its metadata)") if parts else ""
+
+
+def _seeds(spec: JobSpec) -> str:
+    n = spec.images_per_prompt
+    if n == 1:
+        seeds = f"column `{spec.seed_column}` where present and valid, else {spec.seed} + the row's global index"
+    else:
+        seeds = (f"image j of a row: column `{spec.seed_column}` + j where present and valid, else {spec.seed} + the "
+                 f"row's global index x {n} + j")  # fmt: skip
+    return seeds + ("; every sweep combination of a row and j shares its seed" if spec.sweep else "")
+
+
 def command_line(spec: JobSpec) -> str:
     """``turbobatch render`` with the options that shape the output, where they differ from the defaults."""
     defaults = JobSpec()
     parts = ["turbobatch", "render", shlex.quote(spec.input), shlex.quote(spec.output)]
     for name in spec.OUTPUT_FIELDS:
         value = getattr(spec, name)
-        if value != getattr(defaults, name) and value is not None:
+        if name == "sweep":
+            for swept, values in value or []:  # values holding a comma need the YAML file's list form
+                parts += ["--sweep", shlex.quote(f"{swept}={','.join(map(str, values))}")]
+        elif value != getattr(defaults, name) and value is not None:
             parts += [f"--{name.replace('_', '-')}", shlex.quote(str(value))]
     return " ".join(parts)
 

@@ -42,7 +42,7 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
                    "as turbo models are trained)")
     p.add_argument("--height", type=int, help="image height, multiple of 8 (default: the model's native size)")
     p.add_argument("--width", type=int, help="image width, multiple of 8 (default: the model's native size)")
-    p.add_argument("--batch-size", type=int, help="rows per batch on every device (default 8); an image is the "
+    p.add_argument("--batch-size", type=int, help="images per batch on every device (default 8); an image is the "
                    "same within 1 level of 255 at any batch size")
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default float16 on CUDA, float32 on CPU)")
     p.add_argument("--device", choices=DEVICES, help="where actors render (default: cuda when the Ray "
@@ -57,19 +57,34 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
                    "(default: 1 on CUDA; on CPU the cluster's CPUs divided by --workers at start)")
     p.add_argument("--stall-timeout", type=float, help="stop with exit code 1 when no render actor is ready, "
                    "or no shard committed while shards are in flight, for this many seconds (default 1800)")
-    p.add_argument("--shard-size", type=int, help="rows per shard, the unit of commit and resume (default 1000)")
+    p.add_argument("--shard-size", type=int, help="images per shard, the unit of commit and resume; a shard is a "
+                   "range of the job's images and may cut a row's images in two (default 1000)")
     p.add_argument("--format", choices=FORMATS, help="tar: WebDataset shards/SSSSSS.tar; "
                    "files: images/SSSSSS/<key>.<ext>; parquet: data/SSSSSS.parquet, images and fields in one "
                    "Hugging Face table (default tar)")
     p.add_argument("--image-format", choices=IMAGE_FORMATS, help="image encoding (default png)")
     p.add_argument("--quality", type=int, help="jpeg/webp quality 1-100 (default jpeg 95, webp 90)")
     p.add_argument("--seed", type=int, help="job seed: a row without its own seed uses seed + "
-                   "its global index (default 0)")
+                   "its global index (image j of N per prompt: seed + global index * N + j) (default 0)")
     p.add_argument("--prompt-column", help="column holding the prompt (default prompt)")
     p.add_argument("--negative-prompt-column", help="column holding the negative prompt (default none)")
     p.add_argument("--seed-column", help="column of per-row seeds, used when present (default seed)")
     p.add_argument("--key-column", help="column of unique row keys used to name images "
                    "(default: the row's global index, zero-padded)")
+    p.add_argument("--images-per-prompt", type=int, metavar="N", help="images per input row (per sweep "
+                   "combination): image j takes seed s + j (s: the row's seed), else seed + global_index * N + j; "
+                   "key <key>_<j> (default 1)")
+    p.add_argument("--prompt-template", metavar="TEXT", help="build each row's prompt from its columns, e.g. "
+                   "'a {style} photo of a {subject}': fields name input columns ({prompt} is the prompt column) or "
+                   "swept names; a null field is that row's error (default: the prompt column as it is)")
+    p.add_argument("--sweep", action="append", metavar="NAME=V1,V2", help="render every combination of these "
+                   "values per row (repeat the flag per name; the last name varies fastest): steps, guidance_scale, "
+                   "width, height, or a template field, e.g. --sweep steps=1,2,4 --sweep style=ink,oil; a name given "
+                   "here replaces the --config file's values for it (default: no sweep)")
+    for name, what in (("steps", "denoising steps"), ("guidance-scale", "guidance scale"), ("width", "image width"),
+                       ("height", "image height")):  # fmt: skip
+        p.add_argument(f"--{name}-column", metavar="COLUMN", help=f"column of per-row {what}, checked as --{name} "
+                       f"is (a bad value is that row's error); null: --{name}; not with --sweep {name}")
     p.add_argument("--keep-columns", metavar="LIST", help="input columns to copy into every metadata row, tar "
                    "json and data row, comma-separated, with their types; '*' for every column the job does not "
                    "use otherwise (default none)")

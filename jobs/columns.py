@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from jobs.errors import JobError
+from jobs.expand import sweep_schema
 from jobs.inputs import InputFile
 from jobs.spec import KEEP_ALL, JobSpec
 
@@ -31,9 +32,12 @@ METADATA_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
         ("global_index", pa.int64()),
+        ("image_index", pa.int32()),
+        ("combination", pa.int32()),
         ("shard", pa.int64()),
         ("prompt", pa.string()),
         ("negative_prompt", pa.string()),
+        ("template", pa.string()),
         ("seed", pa.int64()),
         ("model", pa.string()),
         ("steps", pa.int32()),
@@ -69,7 +73,9 @@ WRITTEN_COLUMNS = frozenset(METADATA_SCHEMA.names) | frozenset(READER_COLUMNS)
 # Input columns the job uses that turbobatch writes under their own name: keeping one of these
 # is no clash, the output carries it already (the key sanitized, the seed as used).
 _SAME_NAME_ROLES = {"prompt_column": "prompt", "negative_prompt_column": "negative_prompt",
-                    "seed_column": "seed", "key_column": "key"}  # fmt: skip
+                    "seed_column": "seed", "key_column": "key", "steps_column": "steps",
+                    "guidance_scale_column": "guidance_scale", "width_column": "width",
+                    "height_column": "height"}  # fmt: skip
 _VALID_TYPES = "integers, floats, strings, bools or nulls, or lists or structs of them"
 
 
@@ -96,9 +102,10 @@ def resolve_kept_schema(files: list[InputFile], spec: JobSpec) -> pa.Schema:
 
 
 def _used_columns(spec: JobSpec) -> set[str]:
-    """Input columns the job reads for rendering ('*' leaves them out)."""
+    """Input columns the job reads for rendering ('*' leaves them out; a template's columns stay in:
+    they are the row's labels, and the prompt made from them is another column)."""
     return {spec.prompt_column, spec.negative_prompt_column, spec.seed_column, spec.key_column,
-            spec.control_image_column} - {None}  # fmt: skip
+            spec.control_image_column, *spec.sampling_columns.values()} - {None}  # fmt: skip
 
 
 def _requested_names(files: list[InputFile], spec: JobSpec) -> list[str]:
@@ -114,14 +121,15 @@ def _requested_names(files: list[InputFile], spec: JobSpec) -> list[str]:
 
 
 def _check_no_clash(names: list[str], files: list[InputFile], spec: JobSpec) -> None:
+    written = WRITTEN_COLUMNS | frozenset(sweep_schema(spec).names)
     for name in names:
-        if name in WRITTEN_COLUMNS:
+        if name in written:
             where = next(f.url for f in files if name in f.columns)
             allowed = [n for n in files[0].columns if n not in WRITTEN_COLUMNS and n not in _used_columns(spec)]
             raise JobError(
                 f"--keep-columns: column {name!r} of {where} has the name of a column turbobatch writes; "
                 f"rename it in the input, or keep other columns (columns that can be kept: "
-                f"{', '.join(allowed) or '(none)'}; turbobatch writes: {', '.join(sorted(WRITTEN_COLUMNS))})"
+                f"{', '.join(allowed) or '(none)'}; turbobatch writes: {', '.join(sorted(written))})"
             )
 
 
@@ -198,18 +206,29 @@ def kept_schema(spec: JobSpec) -> pa.Schema:
     return _decode_schema(spec.kept_schema) if spec.kept_schema else pa.schema([])
 
 
-def metadata_schema(kept: pa.Schema) -> pa.Schema:
-    """metadata/SSSSSS.parquet and the tar json members: every written field, then the kept ones."""
-    return pa.schema([*METADATA_SCHEMA, *kept])
+def metadata_schema(kept: pa.Schema, swept: pa.Schema = pa.schema([])) -> pa.Schema:
+    """metadata/SSSSSS.parquet and the tar json members: every written field, the sweep's values
+    (``sweep_<name>``, jobs/expand.py), then the kept columns."""
+    return pa.schema([*METADATA_SCHEMA, *swept, *kept])
 
 
-def data_schema(kept: pa.Schema) -> pa.Schema:
+def data_schema(kept: pa.Schema, swept: pa.Schema = pa.schema([])) -> pa.Schema:
     """data/SSSSSS.parquet (--format parquet), one row per ok image: the image as a `datasets`
-    Image value (its ``path`` is the tar member name), key, prompt, seed, the kept columns, then
-    the other metadata fields."""
+    Image value (its ``path`` is the tar member name), key, prompt, seed, the sweep's values, the
+    kept columns, then the other metadata fields."""
     first = ("key", "prompt", "seed")
     rest = [f for f in METADATA_SCHEMA if f.name not in first and f.name != "image"]
-    return pa.schema([pa.field("image", IMAGE_TYPE), *(METADATA_SCHEMA.field(n) for n in first), *kept, *rest])
+    return pa.schema([pa.field("image", IMAGE_TYPE), *(METADATA_SCHEMA.field(n) for n in first), *swept, *kept,
+                      *rest])  # fmt: skip
+
+
+def job_metadata_schema(spec: JobSpec) -> pa.Schema:
+    """The job's one metadata schema (kept columns and sweep resolved from the spec)."""
+    return metadata_schema(kept_schema(spec), sweep_schema(spec))
+
+
+def job_data_schema(spec: JobSpec) -> pa.Schema:
+    return data_schema(kept_schema(spec), sweep_schema(spec))
 
 
 def kept_values(table: pa.Table, kept: pa.Schema) -> list[dict[str, Any]]:

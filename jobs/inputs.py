@@ -14,6 +14,8 @@ from fsspec.implementations.local import LocalFileSystem
 from jobs.errors import JobError
 from jobs.spec import JobSpec
 from jobs.storage import bucket_of, check_endpoint, describe_error, open_fs
+from jobs.template import PROMPT_FIELD, template_of
+from jobs.template import check_columns as check_template_columns
 
 
 @dataclass(frozen=True)
@@ -110,19 +112,26 @@ _SEED_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "
 
 def check_columns(files: list[InputFile], spec: JobSpec) -> None:
     """Every column the spec names must exist in every file, with a usable type."""
-    required = [("prompt-column", spec.prompt_column, _TEXT_TYPES)]
+    template = template_of(spec)
+    swept = {name for name, _ in spec.sweep or []}
+    required = []
+    if template is None or PROMPT_FIELD in template.columns(spec, swept):  # a template may not use {prompt}
+        required.append(("prompt-column", spec.prompt_column, _TEXT_TYPES))
     if spec.negative_prompt_column:
         required.append(("negative-prompt-column", spec.negative_prompt_column, _TEXT_TYPES))
     if spec.key_column:
         required.append(("key-column", spec.key_column, None))
     if spec.control_image_column:
         required.append(("control-image-column", spec.control_image_column, _CONTROL_TYPES))
+    for name, column in spec.sampling_columns.items():  # numbers, or text holding them ("4")
+        required.append((f"{name.replace('_', '-')}-column", column, _SEED_TYPES + _TEXT_TYPES))
     for f in files:
         for flag, column, types in required:
             _check_column(f, flag, column, types, required=True)
         # The default seed column is used where present; one the user named must exist.
         _check_column(f, "seed-column", spec.seed_column, _SEED_TYPES,
                       required=spec.seed_column != JobSpec.seed_column)  # fmt: skip
+    check_template_columns(files, spec, swept)
 
 
 def _check_column(f: InputFile, flag: str, column: str, types: tuple[str, ...] | None, required: bool) -> None:

@@ -1,11 +1,16 @@
-"""Cut the input rows into shards in a fixed order, and fingerprint what the output depends on.
+"""Cut the job's images into shards in a fixed order, and fingerprint what the output depends on.
 
-Order: sorted file URLs, then row order within a file. A shard never spans two files, so a
-worker reads one contiguous row range. Every row gets a stable global index.
+Order: sorted file URLs, then row order within a file; every row gets a stable global index, and
+each row's images (jobs/expand.py: images per prompt x sweep combinations) follow in the image
+index order. A shard is a contiguous range of image indices, ``shard_size`` long, so shards cost
+the same however many images a row makes; it may cut a row's images in two, and it never spans
+two files, so a worker reads one contiguous row range. The plan comes from the footers' row
+counts alone: one entry per shard, never one per image.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,24 +26,44 @@ class Shard:
     row_end: int  # last row in the file (exclusive)
     first_index: int  # global index of row_start
     key_width: int  # digits of zero-padded index keys, the same for the whole job
+    # The job's image indices the shard renders, [image_start, image_end); None: one image per row
+    # (image index = global index), every image of rows row_start..row_end.
+    image_start: int | None = None
+    image_end: int | None = None
 
     @property
     def num_rows(self) -> int:
+        """Input rows the shard reads (a row whose images span two shards is read by both)."""
         return self.row_end - self.row_start
+
+    @property
+    def images(self) -> range:
+        if self.image_start is None or self.image_end is None:
+            return range(self.first_index, self.first_index + self.num_rows)
+        return range(self.image_start, self.image_end)
+
+    @property
+    def num_images(self) -> int:
+        """Images the shard makes: its metadata rows (ok or error)."""
+        return len(self.images)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def make_plan(files: list[InputFile], shard_size: int) -> list[Shard]:
+def make_plan(files: list[InputFile], shard_size: int, images_per_row: int = 1) -> list[Shard]:
+    """Shards of ``shard_size`` images, file by file; each names the rows its images come from."""
     total = sum(f.num_rows for f in files)
     key_width = max(9, len(str(total - 1)))
     shards: list[Shard] = []
     global_index = 0
     for f in files:
-        for start in range(0, f.num_rows, shard_size):
-            end = min(start + shard_size, f.num_rows)
-            shards.append(Shard(len(shards), f.url, start, end, global_index + start, key_width))
+        first_image = global_index * images_per_row
+        for start in range(0, f.num_rows * images_per_row, shard_size):  # image offsets within the file
+            end = min(start + shard_size, f.num_rows * images_per_row)
+            row_start, row_end = start // images_per_row, (end - 1) // images_per_row + 1
+            shards.append(Shard(len(shards), f.url, row_start, row_end, global_index + row_start, key_width,
+                                first_image + start, first_image + end))  # fmt: skip
         global_index += f.num_rows
     return shards
 

@@ -15,7 +15,7 @@ from jobs.startup import startup_line, startup_report
 @dataclass
 class ShardOutcome:
     shard_id: int
-    num_rows: int
+    num_images: int  # the shard's planned images (metadata rows, ok or error)
     marker: dict[str, Any] | None = None  # the done marker when committed
     error: str | None = None  # why the shard failed
     attempts: int = 1
@@ -25,7 +25,7 @@ class ShardOutcome:
 class Progress:
     total_shards: int
     already_done: int
-    pending_rows: int
+    pending_images: int
     outcomes: list[ShardOutcome] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     workers: tuple[int, int] = (0, 0)  # render actors (ready, starting)
@@ -33,12 +33,12 @@ class Progress:
     def __post_init__(self) -> None:
         # In a log (ray job logs, CI) redraws become lines: print one every 30 s there.
         interval = 1.0 if sys.stderr.isatty() else 30.0
-        self.bar = tqdm(total=self.pending_rows, unit="img", desc="render", dynamic_ncols=True, mininterval=interval)
+        self.bar = tqdm(total=self.pending_images, unit="img", desc="render", dynamic_ncols=True, mininterval=interval)
         self._postfix()
 
     def record(self, outcome: ShardOutcome) -> None:
         self.outcomes.append(outcome)
-        self.bar.update(outcome.num_rows)
+        self.bar.update(outcome.num_images)
         self._postfix()
 
     def set_workers(self, ready: int, starting: int) -> None:
@@ -73,7 +73,7 @@ class Progress:
         lines = [
             f"shards: {self.already_done + len(markers)}/{self.total_shards} committed "
             f"({len(markers)} this run, {self.already_done} before, {len(self.failed)} failed)",
-            f"rows this run: {ok} ok, {errors} error",
+            f"images this run: {ok} ok, {errors} error",
             f"speed: {ok / elapsed if elapsed > 0 else 0.0:.2f} images/s over {elapsed:.1f} s",
             f"output: {output}",
         ]

@@ -15,6 +15,7 @@ from jobs.cli import parse_render_args
 from jobs.cluster import SIGTERM_RECEIVED, capacity_note, ray_session, resolve_spec
 from jobs.columns import with_kept_columns
 from jobs.errors import JobError, JobStalled
+from jobs.expand import images_per_row
 from jobs.inputs import check_columns, scan_inputs
 from jobs.keys import check_unique_keys
 from jobs.plan import fingerprint, make_plan
@@ -31,16 +32,18 @@ def run(spec: JobSpec) -> int:
     out = Folder(spec.output, spec.output_options())
     resume.check_writable(out)
     spec = dataclasses.replace(spec, output=out.absolute_url)  # actors may run in another cwd
-    # 2. Inputs: list the files, read their footers, check the columns (and keys if named);
-    #    the kept columns and their types become the job's one schema.
+    # 2. Inputs: list the files, read their footers, check the columns (and keys if named, and the
+    #    template's fields); the kept columns and their types become the job's one schema.
     files = scan_inputs(spec.input, spec.input_options())
     check_columns(files, spec)
     spec = with_kept_columns(files, spec)
     if spec.key_column:
         check_unique_keys(files, spec.key_column, spec.input_options())
     total_rows = sum(f.num_rows for f in files)
-    if spec.seed + total_rows > MAX_SEED:
-        raise JobError(f"--seed: {spec.seed} + {total_rows} rows would pass 2**63; use a smaller job seed")
+    per_row = images_per_row(spec)  # images per prompt x sweep combinations
+    if spec.seed + total_rows * spec.images_per_prompt > MAX_SEED:
+        raise JobError(f"--seed: {spec.seed} + {total_rows} rows x {spec.images_per_prompt} images per prompt would "
+                       "pass 2**63; use a smaller job seed")  # fmt: skip
     # 3. Model, VAE and ControlNet: list their folders and read their configs only (loadable?
     #    supported? a pair?); a URL is read with the input side's storage options.
     model = resolve_model(spec.model, spec.weights, spec.input_options())
@@ -51,14 +54,16 @@ def run(spec: JobSpec) -> int:
         #    model's variant (auto: by dtype) and the files every node fetches once.
         spec = resolve_spec(spec, model, cluster)
         spec = resolve_weights(spec, model, vae, controlnet)
-        # 5. Plan the shards and claim (or resume) the output; clear what dead runs left.
-        plan = make_plan(files, spec.shard_size)
+        # 5. Plan the shards (ranges of the job's images) and claim (or resume) the output; clear
+        #    what dead runs left.
+        plan = make_plan(files, spec.shard_size, per_row)
         done = resume.prepare(out, spec, plan, fingerprint(files, spec))
         failed_before = resume.tidy(out, done)
         pending = [s for s in plan if s.shard_id not in done]
         retried = f" ({len(failed_before)} failed before, retried now)" if failed_before else ""
+        images = f" x {per_row} images per row = {total_rows * per_row} images" if per_row > 1 else ""
         print(
-            f"turbobatch: {total_rows} rows in {len(files)} file(s) -> {len(plan)} shards; "
+            f"turbobatch: {total_rows} rows in {len(files)} file(s){images} -> {len(plan)} shards; "
             f"{len(done)} already committed, {len(pending)} to render{retried} on up to {spec.workers} "
             f"{spec.device} worker(s) (rendering starts with {spec.min_workers})",
             file=sys.stderr,
@@ -68,7 +73,7 @@ def run(spec: JobSpec) -> int:
         if pending and (note := capacity_note(spec, cluster)):
             print(note, file=sys.stderr)
         # 6. Render: actors join as they start; failures are retried or recorded under _failed/.
-        progress = Progress(len(plan), len(done), sum(s.num_rows for s in pending))
+        progress = Progress(len(plan), len(done), sum(s.num_images for s in pending))
         stalled = None
         try:
             schedule.render_shards(pending, spec, out, progress, failed_before)

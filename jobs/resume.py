@@ -15,6 +15,7 @@ from typing import Any
 
 from jobs import layout
 from jobs.errors import JobError
+from jobs.expand import images_per_row
 from jobs.plan import Shard, describe_changes
 from jobs.spec import JobSpec
 from jobs.storage import TEMP_MARK, Folder, check_endpoint, describe_error
@@ -51,7 +52,7 @@ def record_failure(out: Folder, shard: Shard, error: str, detail: str, attempts:
     """Write ``_failed/SSSSSS.json``: why the shard failed (one line, and the full remote
     traceback as ``detail``); the next run retries it."""
     out.write_json(layout.failed_path(shard.shard_id), {
-        "shard": shard.shard_id, "rows": shard.num_rows, "error": error, "detail": detail[-20_000:],
+        "shard": shard.shard_id, "rows": shard.num_images, "error": error, "detail": detail[-20_000:],
         "attempts": attempts,
         "infrastructure": retryable, "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })  # fmt: skip
@@ -121,8 +122,11 @@ def prepare(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str
         _clear(out)
     if previous is None or changes:  # claim the output for this job
         planned_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        out.write_json(layout.PLAN, {"num_shards": len(plan), "planned_at": planned_at,
-                                     "shards": [s.to_dict() for s in plan]})  # fmt: skip
+        out.write_json(layout.PLAN, {
+            "num_shards": len(plan), "planned_at": planned_at,
+            "input_rows": sum(f["num_rows"] for f in fingerprint["inputs"]), "images_per_row": images_per_row(spec),
+            "num_images": sum(s.num_images for s in plan), "shards": [s.to_dict() for s in plan],
+        })  # fmt: skip
         out.write_json(layout.SPEC, {"spec": spec.to_public_dict(), "fingerprint": fingerprint})
     done = committed_shards(out)
     unknown = sorted(done - {s.shard_id for s in plan})

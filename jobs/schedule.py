@@ -148,7 +148,7 @@ class ShardScheduler:
             return
         self.stall.shard_finished(time.monotonic())
         self.shard_seconds.append(marker.get("timings_s", {}).get("total", 0.0))
-        self.progress.record(ShardOutcome(shard.shard_id, shard.num_rows, marker=marker))
+        self.progress.record(ShardOutcome(shard.shard_id, shard.num_images, marker=marker))
         if shard.shard_id in self.previously_failed:
             resume.clear_failure(self.out, shard.shard_id)
 
@@ -175,7 +175,7 @@ class ShardScheduler:
             resume.record_failure(self.out, shard, error, detail, attempts, retryable)
         except Exception as e:  # noqa: BLE001 - the shard stays pending without its marker
             self._note(f"shard {shard.shard_id}: could not write its failed marker ({error_text(e)})")
-        self.progress.record(ShardOutcome(shard.shard_id, shard.num_rows, error=error, attempts=attempts))
+        self.progress.record(ShardOutcome(shard.shard_id, shard.num_images, error=error, attempts=attempts))
 
     def _note(self, message: str) -> None:
         self.progress.note(f"turbobatch: {message}")

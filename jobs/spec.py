@@ -14,7 +14,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs import sampling
 from jobs.errors import JobError
+from jobs.expand import MAX_IMAGES_PER_PROMPT, check_sweep_names, merge_sweeps, normalize_sweep
+from jobs.sampling import SamplingParams
+from jobs.template import Template
 
 DTYPES = ("float16", "bfloat16", "float32")
 DEVICES = ("cuda", "cpu")
@@ -71,6 +75,17 @@ class JobSpec:
     # use otherwise. The driver resolves it (jobs/columns.py) to the column names, and sets
     # kept_schema to their Arrow types, the same for every shard.
     keep_columns: str | None = None
+    # Several images per row (jobs/expand.py): N per prompt, times the sweep's combinations.
+    images_per_prompt: int = 1
+    prompt_template: str | None = None  # "a {style} photo of a {subject}": fields name columns (jobs/template.py)
+    # {name: [values]} as given; validate() makes it [[name, [values]], ...] in declared order (the
+    # order is part of the job: it numbers the combinations). Names: sampling parameters, template fields.
+    sweep: Any = None
+    # Per-row sampling parameters: a column's value (null: the job's) overrides the flag for its row.
+    steps_column: str | None = None
+    guidance_scale_column: str | None = None
+    width_column: str | None = None
+    height_column: str | None = None
     kept_schema: str | None = None  # resolved by the driver, never by the user: base64 Arrow IPC schema
     device: str | None = None  # None: cuda when the Ray cluster has GPUs, else cpu
     weights: str = "pretrained"  # "random": full-size architecture from bundled configs, for speed work
@@ -104,6 +119,8 @@ class JobSpec:
         "negative_prompt_column", "seed_column", "key_column", "keep_columns", "shard_size", "format",
         "image_format", "quality", "weights", "vae", "controlnet", "control_image_column", "control_preprocess",
         "controlnet_scale", "model_variant", "vae_variant", "controlnet_variant",
+        "images_per_prompt", "prompt_template", "sweep", "steps_column", "guidance_scale_column",
+        "width_column", "height_column",
     )  # fmt: skip
     # Filled in by the driver; a YAML file naming them is an error.
     DRIVER_FIELDS = ("model_variant", "vae_variant", "controlnet_variant", "sources")
@@ -111,11 +128,15 @@ class JobSpec:
     @staticmethod
     def legacy_value(name: str, old_spec: dict[str, Any]) -> Any:
         """The value an output fingerprinted before field ``name`` existed was made with: weights
-        loaded without a variant (plain files) for each component the job used."""
-        used = {"model_variant": old_spec.get("weights", "pretrained") == "pretrained",
-                "vae_variant": bool(old_spec.get("vae")),
-                "controlnet_variant": bool(old_spec.get("controlnet"))}  # fmt: skip
-        return "none" if used.get(name) else None
+        loaded without a variant (plain files) for each component the job used; for any other
+        field its default (the option did not exist yet)."""
+        if name.endswith("_variant"):
+            used = {"model_variant": old_spec.get("weights", "pretrained") == "pretrained",
+                    "vae_variant": bool(old_spec.get("vae")),
+                    "controlnet_variant": bool(old_spec.get("controlnet"))}  # fmt: skip
+            return "none" if used.get(name) else None
+        defaults = {f.name: f.default for f in dataclasses.fields(JobSpec) if f.default is not dataclasses.MISSING}
+        return defaults.get(name)
 
     # Filled in by the driver from the inputs; a YAML file or flag cannot set them.
     RESOLVED_FIELDS = ("kept_schema",)
@@ -138,6 +159,8 @@ class JobSpec:
                 valid = ", ".join(sorted(known - set(cls.DRIVER_FIELDS)))
                 raise JobError(f"--config: unknown field {raw_key!r}; valid fields: {valid}")
             values[key] = value
+        if "sweep" in values and "sweep" in flag_values:  # --sweep flags on top of the file's sweep, per name
+            flag_values = {**flag_values, "sweep": merge_sweeps(values["sweep"], flag_values["sweep"])}
         values.update(flag_values)
         spec = cls(**values)
         spec.validate()
@@ -148,13 +171,10 @@ class JobSpec:
         _require_text("input", self.input)
         _require_text("output", self.output)
         _require_text("model", self.model)
-        _require_int("steps", self.steps, 1, 100)
-        _require_number("guidance-scale", self.guidance_scale, 0.0, 100.0)
-        for name, size in (("height", self.height), ("width", self.width)):
-            if size is not None:
-                _require_int(name, size, 8, 4096)
-                if size % 8:
-                    raise JobError(f"--{name}: {size} is not a multiple of 8 (the VAE needs it)")
+        for name in sampling.NAMES:
+            value = getattr(self, name)
+            if value is not None or name not in sampling.SIZE_NAMES:  # no size: the model's native one
+                _require_sampling(name, value)
         _require_int("batch-size", self.batch_size, 1, 4096)
         _require_choice("dtype", self.dtype, DTYPES, optional=True)
         _require_choice("device", self.device, DEVICES, optional=True)
@@ -183,6 +203,7 @@ class JobSpec:
             if value is not None:
                 _require_text(name.replace("_", "-"), value)
         self.keep_columns = normalize_keep_columns(self.keep_columns)
+        self._validate_expansion()
         _require_int("max-retries", self.max_retries, 0, 100)
         _require_int("max-failed-shards", self.max_failed_shards, 0, 10_000_000)
         if not isinstance(self.overwrite, bool):
@@ -207,6 +228,19 @@ class JobSpec:
             _require_number("worker-cpus", self.worker_cpus, 0.0001, 1024)
         _require_number("stall-timeout", self.stall_timeout, 1, 7 * 24 * 3600)
 
+    def _validate_expansion(self) -> None:
+        _require_int("images-per-prompt", self.images_per_prompt, 1, MAX_IMAGES_PER_PROMPT)
+        template = Template.parse(self.prompt_template) if self.prompt_template is not None else None
+        self.sweep = normalize_sweep(self.sweep)
+        check_sweep_names(self.sweep, template.fields if template else ())
+        swept = {name for name, _ in self.sweep or []}
+        for name, column in self.sampling_columns.items():
+            flag = f"{name.replace('_', '-')}-column"
+            _require_text(flag, column)
+            if name in swept:
+                raise JobError(f"--{flag}: {column!r} and --sweep {name} both set {name}; a row's value and the "
+                               f"sweep's cannot both apply: drop one")  # fmt: skip
+
     def _validate_controlnet(self) -> None:
         for name in ("vae", "controlnet", "control_image_column"):
             value = getattr(self, name)
@@ -220,6 +254,16 @@ class JobSpec:
             raise JobError(f"--control-image-column: {self.control_image_column!r} given but no --controlnet to use it")
 
     # -- derived values ----------------------------------------------------------------
+    def sampling(self) -> SamplingParams:
+        """The job's sampling parameters (a resolved spec: height and width set)."""
+        return SamplingParams(self.steps, self.guidance_scale, self.height, self.width)
+
+    @property
+    def sampling_columns(self) -> dict[str, str]:
+        """Sampling parameter -> the input column that sets it per row (--steps-column, ...)."""
+        columns = {name: getattr(self, f"{name}_column") for name in sampling.NAMES}
+        return {name: column for name, column in columns.items() if column is not None}
+
     @property
     def image_extension(self) -> str:
         return IMAGE_EXTENSIONS[self.image_format]
@@ -325,6 +369,11 @@ def _require_text(flag: str, value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
         label = flag if flag in ("input", "output") else f"--{flag}"
         raise JobError(f"{label}: {value!r} is not valid; expected a non-empty string")
+
+
+def _require_sampling(name: str, value: Any) -> None:
+    if (why := sampling.problem(name, value)) is not None:
+        raise JobError(f"--{name.replace('_', '-')}: {why}")
 
 
 def _require_int(flag: str, value: Any, low: int, high: int) -> None:

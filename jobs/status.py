@@ -24,8 +24,9 @@ def job_status(out: Folder) -> dict[str, Any]:
     if not out.exists(layout.PLAN) or not out.exists(layout.SPEC):
         raise JobError(f"output: {out.display()} has no {layout.PLAN}; it is not a turbobatch output (yet)")
     plan = out.read_json(layout.PLAN)
-    spec = out.read_json(layout.SPEC)["spec"]
-    rows_of = {s["shard_id"]: s["row_end"] - s["row_start"] for s in plan["shards"]}
+    job = out.read_json(layout.SPEC)
+    spec = job["spec"]
+    rows_of = {s["shard_id"]: planned_images(s) for s in plan["shards"]}  # metadata rows: one per image
     done = resume.committed_shards(out) & rows_of.keys()
     failed = (resume.failed_shards(out) & rows_of.keys()) - done
     markers = out.read_json_many([layout.done_path(i) for i in sorted(done)])
@@ -35,8 +36,10 @@ def job_status(out: Folder) -> dict[str, Any]:
         "output": out.display(),
         "model": spec.get("model"),
         "planned_at": plan.get("planned_at"),
+        "input_rows": sum(f["num_rows"] for f in job["fingerprint"]["inputs"]),
+        "images_per_row": plan.get("images_per_row", 1),  # images per prompt x sweep combinations
         "shards": {"total": len(rows_of), "committed": len(done), "failed": len(failed), "pending": len(pending)},
-        "rows": {
+        "rows": {  # metadata rows, one per image (ok or error), as the done markers count them
             "total": sum(rows_of.values()),
             "ok": sum(m["ok"] for m in markers),
             "error": sum(m["error"] for m in markers),
@@ -51,6 +54,13 @@ def job_status(out: Folder) -> dict[str, Any]:
         "startup": startup_report(markers),
         "variants": {c: spec.get(f"{c}_variant") for c in ("model", "vae", "controlnet") if spec.get(f"{c}_variant")},
     }
+
+
+def planned_images(shard: dict[str, Any]) -> int:
+    """A plan.json shard's images (plans made before images had their own range: one per row)."""
+    if shard.get("image_start") is None:
+        return shard["row_end"] - shard["row_start"]
+    return shard["image_end"] - shard["image_start"]
 
 
 def per_node(markers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -105,15 +115,16 @@ def profile_line(timings: dict[str, float]) -> str | None:
 
 def format_status(status: dict[str, Any]) -> str:
     shards, rows = status["shards"], status["rows"]
+    per_row = status["images_per_row"]
     lines = [
         f"output:  {status['output']}",
-        f"plan:    {shards['total']} shards, {rows['total']:,} rows, model {status['model']}"
+        f"plan:    {shards['total']} shards, {status['input_rows']:,} input rows -> {rows['total']:,} images "
+        f"({per_row} per row), model {status['model']}"
         + "".join(f", {c} weights {v}" for c, v in status.get("variants", {}).items())
         + f", planned {status['planned_at'] or 'at an unknown time'}",
         f"shards:  {shards['committed']} committed, {shards['failed']} failed, {shards['pending']} pending",
-        f"rows:    {rows['ok']:,} ok, {rows['error']:,} error (committed); {rows['in_failed_shards']:,} in failed "
-        f"shards, {rows['pending']:,} pending",
-        f"images:  {status['images']:,} ({status['image_bytes'] / 2**20:,.1f} MiB)",
+        f"images:  {rows['ok']:,} ok, {rows['error']:,} error (committed); {rows['in_failed_shards']:,} in failed "
+        f"shards, {rows['pending']:,} pending; {status['image_bytes'] / 2**20:,.1f} MiB written",
     ]
     profile = profile_line(status["timings_s"])
     if profile:

@@ -150,13 +150,15 @@ def metadata_without_timings(out: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "render_ms"} for row in read_metadata(out)]
 
 
-def assert_complete_and_clean(out: Path, shards: int, rows: int) -> None:
-    """Every shard committed, every row once, every object whole and marked, nothing left over."""
+def assert_complete_and_clean(out: Path, shards: int, rows: int, images_per_row: int = 1) -> None:
+    """Every shard committed, every row's images once, every object whole and marked, nothing left over."""
     from jobs.storage import TEMP_MARK
 
     done = sorted(p.name for p in (out / "_done").iterdir())
     assert done == [f"{i:06d}.json" for i in range(shards)]
-    assert sorted(r["global_index"] for r in read_metadata(out)) == list(range(rows))
+    metadata = read_metadata(out)
+    assert sorted(r["global_index"] for r in metadata) == [g for g in range(rows) for _ in range(images_per_row)]
+    assert len({(r["global_index"], r["combination"], r["image_index"]) for r in metadata}) == rows * images_per_row
     # Every data object is whole: the bytes its done marker recorded, and nothing unmarked.
     for marker_path in (out / "_done").iterdir():
         for rel, expected in json.loads(marker_path.read_text())["files"].items():

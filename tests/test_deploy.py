@@ -44,7 +44,7 @@ def test_job_submit_succeeds_and_uploads_a_small_working_dir(ray_head: Head, tmp
     status, status_out, logs = ray_head.run_job("examples/prompts.parquet", str(out), "--model", "tiny-sd-turbo",
                                                 "--shard-size", "10", *SIZE)  # fmt: skip
     assert status == "SUCCEEDED", f"{status_out}\n{logs}"
-    assert "shards: 5/5 committed" in logs and "rows this run: 49 ok, 1 error" in logs, logs
+    assert "shards: 5/5 committed" in logs and "images this run: 49 ok, 1 error" in logs, logs
 
     # The output, as a reader sees it: 5 committed shards, every row once, the null prompt an error.
     assert sorted(p.name for p in (out / "_done").iterdir()) == [f"{i:06d}.json" for i in range(5)]

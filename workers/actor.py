@@ -25,6 +25,7 @@ from jobs.spec import JobSpec
 from jobs.storage import Folder
 from workers import faults, model_cache, speedups
 from workers.control import ControlImageError, ControlImageLoader
+from workers.images import image_rows
 from workers.models import load_pipeline
 from workers.renderer import PipelineRenderer
 from workers.rows import Row, ShardReader, rows_from_table
@@ -84,9 +85,19 @@ class RenderWorker:
 
     def _load_control(self, row: Row) -> None:
         try:
-            row.control_image = self.controls.load(row.control)
+            row.control_image = self.controls.decode(row.control)
         except ControlImageError as e:
             row.error = str(e)
+
+    def _control_at_size(self, images: list[Row]) -> None:
+        """Each image's control input at its own size (canny per size), made once per row and size."""
+        made: dict[tuple[int, int, int], Any] = {}
+        for image in images:
+            p = image.params
+            key = (image.global_index, p.height, p.width)
+            if key not in made:
+                made[key] = self.controls.at_size(image.control_image, p.height, p.width)
+            image.control_image = made[key]
 
     def render_shard(self, shard: Shard) -> dict[str, Any]:
         """Render and commit one shard; returns its done marker.
@@ -103,24 +114,29 @@ class RenderWorker:
 
     def _render_shard(self, shard: Shard) -> dict[str, Any]:
         started = time.perf_counter()
-        # 1. Read this shard's rows; invalid ones become error records.
+        # 1. Read the input rows this shard's images come from; invalid ones become error records.
         with self._reading:
             table = self.reader.read(shard)
         rows = rows_from_table(table, shard, self.spec)
         if self.controls is not None:
             list(self.pool.map(self._load_control, [r for r in rows if r.error is None]))
-        valid = [r for r in rows if r.error is None]
+        # 2. Each row's images (images per prompt x sweep combinations) in the shard's range; a bad
+        #    row gives one error record per image it would have made.
+        images = image_rows(rows, shard, self.spec)
+        valid = [r for r in images if r.error is None]
+        if self.controls is not None:
+            self._control_at_size(valid)
         timings = {"read": time.perf_counter() - started}
         with ShardWriter(self.out, shard, self.spec, self.pool, max_pending=4 * ENCODE_THREADS,
                          origin=self.origin) as writer:  # fmt: skip
-            for row in rows:
-                if row.error is not None:
-                    writer.add_error(row)
-            # 2. Render valid rows on the device thread; encodes overlap the next pipeline call.
-            #    A row the pipeline raised on comes back as a Row with its error.
+            for image in images:
+                if image.error is not None:
+                    writer.add_error(image)
+            # 3. Render valid images on the device thread, batched by shape and step count; encodes
+            #    overlap the next pipeline call. An image the pipeline raised on comes back with its error.
             rendering = self._device.submit(self._render_rows, valid, writer, timings, time.perf_counter())
             _check_not_all_failed(valid, rendering.result())
-            # 3. Off the device (the next shard renders meanwhile): flush images, write metadata,
+            # 4. Off the device (the next shard renders meanwhile): flush images, write metadata,
             #    then the done marker.
             return writer.commit(timings, started, extra=self._take_startup())
 

@@ -38,8 +38,8 @@ class ControlImageLoader:
         self.storage_options = storage_options or {}
         self.root = dataset_root(spec.input, self.storage_options)
 
-    def load(self, value: Any) -> Image.Image:
-        """The control image for one row, preprocessed and (for canny) at the render size."""
+    def decode(self, value: Any) -> Image.Image:
+        """A row's control image, read and decoded (RGB), not yet preprocessed."""
         if value is None or value == "" or value == b"":
             raise ControlImageError("control image is null")
         data = value if isinstance(value, (bytes, bytearray)) else self._read(str(value))
@@ -48,10 +48,12 @@ class ControlImageLoader:
             image.load()
         except Exception as e:  # noqa: BLE001 - any decode failure is this row's problem
             raise ControlImageError(f"control image {control_reference(value)!r} cannot be decoded: {e}") from None
-        image = image.convert("RGB")
-        if self.spec.control_preprocess == "canny":
-            image = self._canny(image)
-        return image  # "none": the pipeline resizes it to the render size itself
+        return image.convert("RGB")
+
+    def at_size(self, image: Image.Image, height: int, width: int) -> Image.Image:
+        """The decoded image preprocessed for an image of this size: canny edges at that size, or
+        the image as it is ("none": the pipeline resizes it to the render size itself)."""
+        return self._canny(image, height, width) if self.spec.control_preprocess == "canny" else image
 
     def _read(self, ref: str) -> bytes:
         # Absolute URLs and paths as they are; anything else relative to the dataset folder.
@@ -64,11 +66,11 @@ class ControlImageLoader:
         except Exception as e:  # noqa: BLE001
             raise ControlImageError(f"control image {ref!r} cannot be read: {type(e).__name__}: {e}") from None
 
-    def _canny(self, image: Image.Image) -> Image.Image:
+    def _canny(self, image: Image.Image, height: int, width: int) -> Image.Image:
         """Resize to the render size as diffusers' control image processor does, then edges."""
         import kernels
 
-        resized = image.resize((self.spec.width, self.spec.height), resample=Image.LANCZOS)
+        resized = image.resize((width, height), resample=Image.LANCZOS)
         pixels = torch.from_numpy(np.array(resized)).unsqueeze(0)
         edges = kernels.canny(pixels, CANNY_LOW, CANNY_HIGH)[0].numpy()
         return Image.fromarray(np.stack([edges] * 3, axis=-1))

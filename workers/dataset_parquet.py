@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import layout
-from jobs.columns import data_schema, kept_schema
+from jobs.columns import job_data_schema
 from jobs.features import with_features_metadata
 from jobs.plan import Shard
 from jobs.spec import JobSpec
@@ -32,7 +32,7 @@ ROW_GROUP_ROWS = 100  # images per row group: ~40 MB of 512x512 PNGs, what the H
 class DataParquetSink:
     def __init__(self, out: Folder, shard: Shard, spec: JobSpec, stack: contextlib.ExitStack) -> None:
         self.spec, self.stack, self.rel = spec, stack, layout.data_path(shard.shard_id)
-        self.schema = with_features_metadata(data_schema(kept_schema(spec)), images=("image",))
+        self.schema = with_features_metadata(job_data_schema(spec), images=("image",))
         self.stream = HashingWriter(stack.enter_context(out.atomic_writer(self.rel)))
         # Image bytes are compressed already and their min/max statistics would only bloat the footer.
         self.writer = pq.ParquetWriter(self.stream, self.schema, compression="snappy",

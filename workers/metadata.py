@@ -1,4 +1,4 @@
-"""metadata/SSSSSS.parquet: one row per input row of a shard, ok or error, in the job's schema.
+"""metadata/SSSSSS.parquet: one row per image of a shard, ok or error, in the job's schema.
 
 Each row starts as a record (a dict of every field, None where empty, plus the kept input
 columns); the same record is a tar member's json and a data Parquet row. The file is written
@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import layout
-from jobs.columns import kept_schema, metadata_schema
+from jobs.columns import job_metadata_schema
+from jobs.expand import SWEEP_PREFIX
 from jobs.plan import Shard
 from jobs.spec import JobSpec
 from jobs.storage import Folder
@@ -25,12 +26,15 @@ from workers.sinks import file_entry
 
 
 def new_record(row: Row, shard: Shard, spec: JobSpec, status: str, **extra: Any) -> dict[str, Any]:
-    """Every metadata field of ``row`` (None where empty), its kept columns, then ``extra``."""
+    """Every metadata field of ``row`` (one image; None where empty), its sweep values and kept
+    columns, then ``extra``."""
+    params = row.params or spec.sampling()
     record = {
-        "key": row.key, "global_index": row.global_index, "shard": shard.shard_id,
-        "prompt": row.prompt, "negative_prompt": row.negative_prompt, "seed": row.seed,
-        "model": spec.model, "steps": spec.steps, "guidance_scale": spec.guidance_scale,
-        "width": spec.width, "height": spec.height, "dtype": spec.dtype,
+        "key": row.key, "global_index": row.global_index, "image_index": row.image_index,
+        "combination": row.combination, "shard": shard.shard_id,
+        "prompt": row.prompt, "negative_prompt": row.negative_prompt, "template": spec.prompt_template,
+        "seed": row.seed, "model": spec.model, "steps": params.steps, "guidance_scale": params.guidance_scale,
+        "width": params.width, "height": params.height, "dtype": spec.dtype,
         "status": status, "error": None, "image": None, "sha256": None, "bytes": None,
         "render_ms": None, "truncated": None, "redecoded_fp32": None, "batch_size": None,
         "nan_count": None, "mean": None, "std": None, "dhash": None, "vae": spec.vae,
@@ -39,16 +43,18 @@ def new_record(row: Row, shard: Shard, spec: JobSpec, status: str, **extra: Any)
         "control_preprocess": spec.control_preprocess if spec.controlnet else None,
         "control_image": control_reference(row.control) if spec.controlnet else None,
     }  # fmt: skip
+    record.update({SWEEP_PREFIX + name: value for name, value in row.swept.items()})
     record.update(row.kept)
     record.update(extra)
     return record
 
 
 def write_metadata(out: Folder, shard: Shard, spec: JobSpec, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Write the shard's records sorted by global index; returns the marker's entry for the file."""
-    rows = sorted(records, key=lambda r: r["global_index"])
+    """Write the shard's records in image-index order (row, combination, j); returns the marker's
+    entry for the file."""
+    rows = sorted(records, key=lambda r: (r["global_index"], r["combination"], r["image_index"]))
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=metadata_schema(kept_schema(spec))), buf)
+    pq.write_table(pa.Table.from_pylist(rows, schema=job_metadata_schema(spec)), buf)
     data = buf.getvalue()
     rel = layout.metadata_path(shard.shard_id)
     out.write_bytes(rel, data)

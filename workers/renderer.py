@@ -1,10 +1,13 @@
 """Render validated rows in batches: sample (workers/sampler.py), decode (workers/decode.py),
 copy the uint8 images out; a failing batch costs only its failing rows.
 
-Every device batches ``--batch-size`` rows per call. A row's image is within 1 level (of 255) of
-a plain diffusers call for its prompt and seed at any batch size (its noise comes from its own
-generator; only the kernels' summation order depends on the batch), and the same job rerun on
-the same machine gives the same bytes.
+Every device batches ``--batch-size`` rows (images) per call. A call never mixes sampling
+parameters: rows are grouped by (height, width, steps, guidance scale), groups in order of their
+first row, rows in their given order within a group, so the grouping (and with it every batch)
+is the same on a rerun. A row's image is within 1 level (of 255) of a plain diffusers call for
+its prompt, seed and parameters at any batch size (its noise comes from its own generator; only
+the kernels' summation order depends on the batch), and the same job rerun on the same machine
+gives the same bytes.
 
 On CUDA a batch is queued from prompt to uint8 image without a host synchronisation; with
 ``overlap`` the next batch is queued (its tokenizing and kernel launches run on the host) while
@@ -32,6 +35,7 @@ from jobs.spec import JobSpec
 from workers import faults
 from workers.decode import Decoded, Decoder
 from workers.rows import Row
+from jobs.sampling import SamplingParams
 from workers.sampler import TurboSampler
 
 
@@ -74,13 +78,10 @@ class PipelineRenderer:
         self._last_done = 0.0  # when the previous batch's results were in (per-batch time, overlap aside)
 
     def render(self, rows: list[Row]) -> Iterator[Rendered | Row]:
-        """Render valid rows, in order; yields a ``Rendered`` per row, or the ``Row`` itself with
-        ``error`` set when the pipeline raised on it."""
+        """Render valid rows, group by group (``groups``); yields a ``Rendered`` per row, or the
+        ``Row`` itself with ``error`` set when the pipeline raised on it."""
         queued: deque[_Queued] = deque()
-        start = 0
-        while start < len(rows):
-            batch = rows[start : start + self.rows_per_call]
-            start += len(batch)
+        for batch in self._batches(rows):
             try:
                 queued.append(self._queue(batch))
             except Exception as e:  # noqa: BLE001 - recovered below (or re-raised there)
@@ -93,6 +94,16 @@ class PipelineRenderer:
         while queued:
             yield from self._finish_or_recover(queued.popleft())
 
+    def _batches(self, rows: list[Row]) -> Iterator[list[Row]]:
+        """Calls of at most ``rows_per_call`` rows (read as it goes: an OOM may lower it), one
+        parameter group at a time."""
+        for group in groups(rows, self.sampler.params).values():
+            start = 0
+            while start < len(group):
+                batch = group[start : start + self.rows_per_call]
+                start += len(batch)
+                yield batch
+
     # -- one batch ---------------------------------------------------------------------
     @torch.inference_mode()
     def _queue(self, rows: list[Row]) -> _Queued:
@@ -102,8 +113,9 @@ class PipelineRenderer:
         faults.before_pipeline_call([r.prompt for r in padded])  # test-only; a no-op unless configured
         negatives = [r.negative_prompt or "" for r in padded] if self.spec.negative_prompt_column else None
         controls = [r.control_image for r in padded] if self.spec.controlnet else None
+        params = rows[0].params or self.sampler.params  # one group per call (_batches, _recover keep it so)
         latents, truncated = self.sampler.sample([r.prompt for r in padded], negatives, [r.seed for r in padded],
-                                                 controls)  # fmt: skip
+                                                 controls, params)  # fmt: skip
         host, done = self._copy_out(self.decoder.decode(latents))
         return _Queued(rows, len(padded), latents, truncated, host, done, started)
 
@@ -177,3 +189,12 @@ class PipelineRenderer:
             rows[0].error = f"pipeline raised {type(e).__name__}: {e}"[:2000]
             return [rows[0]]
         return [result for row in rows for result in self._render_now([row])]
+
+
+def groups(rows: list[Row], default: SamplingParams) -> dict[SamplingParams, list[Row]]:
+    """Rows by the parameters they sample with (None: ``default``), in order of each group's first
+    row, each group in the rows' order: what may share a pipeline call."""
+    grouped: dict[SamplingParams, list[Row]] = {}
+    for row in rows:
+        grouped.setdefault(row.params or default, []).append(row)
+    return grouped

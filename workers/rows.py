@@ -1,7 +1,9 @@
 """Read a shard's rows and turn each into a render task or an error record.
 
-A bad row (null prompt, seed out of range) fails alone: it becomes a Row with ``error`` set and
-is written to metadata like any other row; it never stops the shard.
+A bad row (null prompt, seed out of range, a bad per-row sampling value) fails alone: it becomes
+a Row with ``error`` set and is written to metadata like any other row; it never stops the shard.
+Each input row then becomes its images (workers/images.py), also Rows: the renderer and the
+writer see one Row per image.
 """
 
 from __future__ import annotations
@@ -13,24 +15,38 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs import sampling
 from jobs.columns import kept_schema, kept_values
 from jobs.keys import index_key, sanitize_key
 from jobs.plan import Shard
+from jobs.sampling import SamplingParams
 from jobs.spec import MAX_SEED, JobSpec
 from jobs.storage import open_fs
+from jobs.template import template_of
 
 
 @dataclass
 class Row:
+    """An input row as read (``rows_from_table``), or one of its images (workers/images.py):
+    one metadata row, rendered or an error."""
+
     global_index: int
     key: str
     prompt: str | None
     negative_prompt: str | None
-    seed: int | None
+    seed: int | None  # an input row: its image 0's seed (its own s, or job seed + g * N); an image: its seed
     error: str | None = None
     control: Any = None  # the control image column's value (path, URL or bytes)
-    control_image: Any = None  # the loaded, preprocessed control image (PIL)
+    control_image: Any = None  # the loaded control image (PIL); preprocessed at its size for an image
     kept: dict[str, Any] = field(default_factory=dict)  # --keep-columns values, typed as the job's schema
+    fields: dict[str, Any] = field(default_factory=dict)  # an input row: its template columns' values
+    overrides: dict[str, Any] = field(default_factory=dict)  # an input row: sampling values its columns set
+    # An image: which of its row's images it is, what it samples with (None: the job's parameters)
+    # and the sweep's values for it.
+    image_index: int = 0
+    combination: int = 0
+    params: SamplingParams | None = None
+    swept: dict[str, Any] = field(default_factory=dict)
 
 
 class ShardReader:
@@ -48,7 +64,8 @@ class ShardReader:
     def read(self, shard: Shard) -> pa.Table:
         spec = self.spec
         wanted = [spec.prompt_column, spec.negative_prompt_column, spec.seed_column, spec.key_column,
-                  spec.control_image_column, *kept_schema(spec).names]  # fmt: skip
+                  spec.control_image_column, *template_columns(spec).values(), *spec.sampling_columns.values(),
+                  *kept_schema(spec).names]  # fmt: skip
         fs, path = open_fs(shard.file, self.storage_options)
         with fs.open(path, "rb") as handle:
             pf = pq.ParquetFile(handle)
@@ -73,6 +90,12 @@ def _row_groups_covering(meta: pq.FileMetaData, start: int, end: int) -> tuple[l
     return groups, first_row or 0
 
 
+def template_columns(spec: JobSpec) -> dict[str, str]:
+    """Template field -> the input column it reads (swept fields read none)."""
+    template = template_of(spec)
+    return template.columns(spec, {name for name, _ in spec.sweep or []}) if template else {}
+
+
 def rows_from_table(table: pa.Table, shard: Shard, spec: JobSpec) -> list[Row]:
     columns = table.to_pydict()
     n = table.num_rows
@@ -82,16 +105,37 @@ def rows_from_table(table: pa.Table, shard: Shard, spec: JobSpec) -> list[Row]:
     raw_keys = columns.get(spec.key_column or "", [None] * n)
     controls = columns.get(spec.control_image_column or "", [None] * n)
     kept = kept_values(table, kept_schema(spec))
+    fields = template_columns(spec)
+    templated = bool(spec.prompt_template)
     rows = []
     for i in range(n):
         index = shard.first_index + i
         key = sanitize_key(raw_keys[i]) if spec.key_column else index_key(index, shard.key_width)
         row = Row(index, key or index_key(index, shard.key_width), prompts[i], negatives[i], None,
-                  control=controls[i], kept=kept[i])  # fmt: skip
-        row.seed, seed_error = _row_seed(seeds[i], spec.seed + index)
-        row.error = "prompt is null" if row.prompt is None else seed_error
+                  control=controls[i], kept=kept[i],
+                  fields={f: columns[c][i] for f, c in fields.items()})  # fmt: skip
+        row.seed, seed_error = _row_seed(seeds[i], spec.seed + index * spec.images_per_prompt)
+        row.overrides, sampling_error = _row_sampling(columns, i, spec)
+        prompt_error = "prompt is null" if row.prompt is None and not templated else None  # a template says itself
+        row.error = prompt_error or seed_error or sampling_error
         rows.append(row)
     return rows
+
+
+def _row_sampling(columns: dict[str, list[Any]], i: int, spec: JobSpec) -> tuple[dict[str, Any], str | None]:
+    """The sampling values row ``i``'s columns set (--steps-column, ...; null: the job's), checked
+    as their flags are; or why one is not valid, naming the column, the value and the range (the
+    parameter is then None: its error rows record no value rather than the job's)."""
+    values: dict[str, Any] = {}
+    for name, column in spec.sampling_columns.items():
+        raw = columns[column][i]
+        if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+            continue
+        value = sampling.coerce(name, raw)
+        if (why := sampling.problem(name, value)) is not None:
+            return {**values, name: None}, f"{name} column {column!r}: {why}"  # metadata: null, not the job's
+        values[name] = value
+    return values, None
 
 
 def _row_seed(value: Any, default: int) -> tuple[int | None, str | None]:

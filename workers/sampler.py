@@ -6,12 +6,16 @@ random draws from each row's ``torch.Generator`` — written out so that a batch
 prompt to latents with no host synchronisation (tests/workers/test_sampler.py checks the
 images against the pipelines' for every family and 1-4 steps):
 
-- the scheduler's timesteps and sigmas are made once per worker (``set_timesteps`` copies
-  them between host and device); each batch steps a shallow copy with ``set_begin_index(0)``,
-  so no step looks its index up with ``.nonzero().item()``;
+- the scheduler's timesteps and sigmas are made once per worker and step count
+  (``set_timesteps`` copies them between host and device); each batch steps a shallow copy with
+  ``set_begin_index(0)``, so no step looks its index up with ``.nonzero().item()``;
 - host tensors (token ids, control images) go to the device from pinned memory without
-  blocking; SDXL's size conditioning is made once;
+  blocking; SDXL's size conditioning is made once per size;
 - nothing reads a device value back.
+
+A batch samples with one ``SamplingParams`` (steps, guidance scale, height, width): the job's by
+default, or the batch's own when images of a job differ in them (sweeps, per-row columns; the
+renderer never mixes two in one call).
 
 Only the sampling parameters turbo jobs use are supported: no LoRA scale, clip skip, IP-Adapter,
 guidance rescale or denoising_end; ControlNet over the whole schedule (start 0, end 1).
@@ -26,6 +30,7 @@ from typing import Any
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from jobs.sampling import SamplingParams
 from jobs.spec import JobSpec
 
 
@@ -46,47 +51,60 @@ class TurboSampler:
         self.device = torch.device(device)
         self.sdxl = getattr(pipe, "text_encoder_2", None) is not None
         self.controlnet = getattr(pipe, "controlnet", None)
-        self.guidance_scale = spec.guidance_scale
-        # The pipelines' `do_classifier_free_guidance`.
-        self.cfg = spec.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
-        self.height, self.width = spec.height, spec.width
+        self.params = spec.sampling()  # a batch without its own parameters samples with the job's
         self.controlnet_scale = spec.controlnet_scale
         self.guess_mode = bool(self.controlnet is not None and self.controlnet.config.global_pool_conditions)
-        self._scheduler = copy.deepcopy(pipe.scheduler)  # the pipeline's own stays untouched
-        self._scheduler.set_timesteps(spec.steps, device=self.device)
-        self._accepts_generator = "generator" in _parameters(self._scheduler.step)
-        self._time_ids: torch.Tensor | None = None  # SDXL size conditioning, made on first use
+        self._schedulers: dict[int, Any] = {}  # step count -> the scheduler with its timesteps set
+        self._accepts_generator = "generator" in _parameters(pipe.scheduler.step)
+        self._time_ids: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}  # SDXL size conditioning per size
+        self._scheduler_for(self.params.steps)  # the job's own, made before the first batch
+
+    def uses_cfg(self, guidance_scale: float) -> bool:
+        """The pipelines' ``do_classifier_free_guidance``."""
+        return guidance_scale > 1 and self.pipe.unet.config.time_cond_proj_dim is None
 
     @torch.inference_mode()
     def sample(self, prompts: list[str], negatives: list[str] | None, seeds: list[int],
-               control_images: list[Any] | None = None) -> tuple[torch.Tensor, list[bool]]:  # fmt: skip
+               control_images: list[Any] | None = None,
+               params: SamplingParams | None = None) -> tuple[torch.Tensor, list[bool]]:  # fmt: skip
         """Latents [B, C, h, w] of the batch (on the device, still queued there) and which
-        prompts were truncated."""
+        prompts were truncated. ``params``: the batch's (default: the job's)."""
+        p = params or self.params
+        cfg = self.uses_cfg(p.guidance_scale)
         # 1. Text encoders (tokenizing is the host's part of the batch).
-        cond = self._encode_sdxl(prompts, negatives) if self.sdxl else self._encode_sd(prompts, negatives)
+        cond = self._encode_sdxl(prompts, negatives, p, cfg) if self.sdxl else self._encode_sd(prompts, negatives, cfg)
         # 2. Noise, one generator per row: row i's noise does not depend on its batch-mates.
         generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
-        scheduler = copy.copy(self._scheduler)
+        scheduler = copy.copy(self._scheduler_for(p.steps))
         scheduler.set_begin_index(0)
         unet = self.pipe.unet
-        shape = (len(prompts), unet.config.in_channels, self.height // self.pipe.vae_scale_factor,
-                 self.width // self.pipe.vae_scale_factor)  # fmt: skip
+        shape = (len(prompts), unet.config.in_channels, p.height // self.pipe.vae_scale_factor,
+                 p.width // self.pipe.vae_scale_factor)  # fmt: skip
         latents = randn_tensor(shape, generator=generators, device=self.device, dtype=cond.embeds.dtype)
         latents = latents * scheduler.init_noise_sigma
-        control = self._control_input(control_images) if self.controlnet is not None else None
+        control = self._control_input(control_images, p, cfg) if self.controlnet is not None else None
         step_kwargs = {"generator": generators} if self._accepts_generator else {}
         # 3. Denoising steps: UNet (after the ControlNet's residuals), guidance, scheduler step.
         for t in scheduler.timesteps:
-            model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if self.cfg else latents, t)
-            residuals = self._control_residuals(scheduler, latents, model_input, t, cond, control)
+            model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
+            residuals = self._control_residuals(scheduler, latents, model_input, t, cond, control, cfg)
             noise = unet(model_input, t, encoder_hidden_states=cond.embeds, timestep_cond=None,
                          cross_attention_kwargs=None, added_cond_kwargs=cond.added, return_dict=False,
                          **residuals)[0]  # fmt: skip
-            if self.cfg:
+            if cfg:
                 uncond, text = noise.chunk(2)
-                noise = uncond + self.guidance_scale * (text - uncond)
+                noise = uncond + p.guidance_scale * (text - uncond)
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
         return latents, cond.truncated
+
+    def _scheduler_for(self, steps: int) -> Any:
+        """The scheduler with ``steps`` timesteps on the device, made once per step count
+        (``set_timesteps`` moves them between host and device: never in a batch's hot path twice)."""
+        if steps not in self._schedulers:
+            scheduler = copy.deepcopy(self.pipe.scheduler)  # the pipeline's own stays untouched
+            scheduler.set_timesteps(steps, device=self.device)
+            self._schedulers[steps] = scheduler
+        return self._schedulers[steps]
 
     # -- text ----------------------------------------------------------------------------
     def _tokens(self, tokenizer: Any, texts: list[str]) -> tuple[torch.Tensor, Any]:
@@ -99,10 +117,10 @@ class TurboSampler:
         lengths = tokenizer(prompts, truncation=False, verbose=False).input_ids
         return [len(ids) > tokenizer.model_max_length for ids in lengths]
 
-    def _encode_sd(self, prompts: list[str], negatives: list[str] | None) -> Conditioning:
+    def _encode_sd(self, prompts: list[str], negatives: list[str] | None, cfg: bool) -> Conditioning:
         """StableDiffusionPipeline.encode_prompt: the last hidden state of the text encoder."""
         embeds = self._sd_hidden(prompts)
-        if self.cfg:
+        if cfg:
             negative = self._sd_hidden(negatives if negatives is not None else [""] * len(prompts))
             embeds = torch.cat([negative, embeds])
         return Conditioning(embeds, None, self._truncated(self.pipe.tokenizer, prompts))
@@ -115,14 +133,15 @@ class TurboSampler:
             mask = self._to_device(inputs.attention_mask)
         return encoder(ids, attention_mask=mask)[0].to(encoder.dtype)
 
-    def _encode_sdxl(self, prompts: list[str], negatives: list[str] | None) -> Conditioning:
+    def _encode_sdxl(self, prompts: list[str], negatives: list[str] | None, p: SamplingParams,
+                     cfg: bool) -> Conditioning:  # fmt: skip
         """StableDiffusionXLPipeline.encode_prompt and its added conditioning: both encoders'
         penultimate hidden states side by side, text_encoder_2's pooled projection, size ids.
         Without a negative prompt, guidance uses zeros (``force_zeros_for_empty_prompt``)."""
         pipe = self.pipe
         embeds, pooled = self._sdxl_hidden(prompts)
-        time_ids = self._sdxl_time_ids(embeds.dtype)
-        if self.cfg:
+        time_ids = self._sdxl_time_ids(p.height, p.width, embeds.dtype)
+        if cfg:
             if negatives is None and pipe.config.force_zeros_for_empty_prompt:
                 negative, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
             else:
@@ -144,32 +163,33 @@ class TurboSampler:
         dtype = pipe.text_encoder_2.dtype
         return torch.concat(hidden, dim=-1).to(dtype), pooled
 
-    def _sdxl_time_ids(self, dtype: torch.dtype) -> torch.Tensor:
+    def _sdxl_time_ids(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
         """(original size, crop top-left, target size) = ((h, w), (0, 0), (h, w)), as the
-        pipelines default them; made and moved to the device once."""
-        if self._time_ids is None:
-            size = (self.height, self.width)
+        pipelines default them; made and moved to the device once per size."""
+        key = (height, width, dtype)
+        if key not in self._time_ids:
+            size = (height, width)
             projection = self.pipe.text_encoder_2.config.projection_dim
             ids = self.pipe._get_add_time_ids(size, (0, 0), size, dtype=dtype, text_encoder_projection_dim=projection)
-            self._time_ids = ids.to(self.device)
-        return self._time_ids
+            self._time_ids[key] = ids.to(self.device)
+        return self._time_ids[key]
 
     # -- ControlNet ----------------------------------------------------------------------
-    def _control_input(self, images: list[Any] | None) -> torch.Tensor:
+    def _control_input(self, images: list[Any] | None, p: SamplingParams, cfg: bool) -> torch.Tensor:
         """The pipelines' ``prepare_image``: resized to the render size, [0, 1], NCHW."""
         if images is None:
             raise ValueError("a ControlNet pipeline needs a control image per row")
-        tensor = self.pipe.control_image_processor.preprocess(images, height=self.height, width=self.width)
+        tensor = self.pipe.control_image_processor.preprocess(images, height=p.height, width=p.width)
         # contiguous NCHW, as the pipelines' repeat_interleave leaves it (the processor's is a permuted view)
         tensor = self._to_device(tensor.to(torch.float32).contiguous()).to(self.controlnet.dtype)
-        return torch.cat([tensor] * 2) if self.cfg and not self.guess_mode else tensor
+        return torch.cat([tensor] * 2) if cfg and not self.guess_mode else tensor
 
     def _control_residuals(self, scheduler: Any, latents: torch.Tensor, model_input: torch.Tensor, t: torch.Tensor,
-                           cond: Conditioning, control: torch.Tensor | None) -> dict[str, Any]:  # fmt: skip
+                           cond: Conditioning, control: torch.Tensor | None, cfg: bool) -> dict[str, Any]:  # fmt: skip
         if control is None:
             return {}
         inputs, embeds, added = model_input, cond.embeds, cond.added
-        if self.guess_mode and self.cfg:  # the ControlNet sees only the conditional half
+        if self.guess_mode and cfg:  # the ControlNet sees only the conditional half
             inputs = scheduler.scale_model_input(latents, t)
             embeds = cond.embeds.chunk(2)[1]
             added = {k: v.chunk(2)[1] for k, v in cond.added.items()} if cond.added else None
@@ -177,7 +197,7 @@ class TurboSampler:
         down, mid = self.controlnet(inputs, t, encoder_hidden_states=embeds, controlnet_cond=control,
                                     conditioning_scale=self.controlnet_scale, guess_mode=self.guess_mode,
                                     return_dict=False, **extra)  # fmt: skip
-        if self.guess_mode and self.cfg:
+        if self.guess_mode and cfg:
             down = [torch.cat([torch.zeros_like(d), d]) for d in down]
             mid = torch.cat([torch.zeros_like(mid), mid])
         return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}

@@ -1,7 +1,7 @@
 """Where a shard's images go, one sink per ``--format``: a WebDataset tar, one file per image, or
 a data Parquet (workers/dataset_parquet.py).
 
-The writer (workers/writer.py) hands each sink every ok image in row order, as its encode
+The writer (workers/writer.py) hands each sink every ok image in render order, as its encode
 finishes; ``close`` completes the sink's objects and returns what the done marker records of
 them (path -> bytes and sha256), before the marker is written.
 """
@@ -61,7 +61,7 @@ class ImageSink(Protocol):
         """Start the image's encode (and, for files, its write) on ``pool``; sets record["image"]."""
 
     def add(self, record: dict[str, Any], data: bytes) -> None:
-        """Called in row order once the encode is done and the record has its sha256 and bytes."""
+        """Called in render order once the encode is done and the record has its sha256 and bytes."""
 
     def close(self) -> dict[str, dict[str, Any]]:
         """Complete the shard's objects; returns path -> {"bytes", "sha256"} for the marker."""

@@ -1,7 +1,7 @@
 """Write one shard: images (tar, files or data Parquet), metadata, then the done marker LAST.
 
 Encoding runs on a thread pool, so it overlaps the next pipeline call. Images reach the
-format's sink (workers/sinks.py, workers/dataset_parquet.py) in row order as their encodes
+format's sink (workers/sinks.py, workers/dataset_parquet.py) in render order as their encodes
 finish (bounded queue, so memory stays small); metadata is workers/metadata.py. Only a shard with
 a done marker exists for readers, status and resume; every data object is written whole (temp
 name + rename locally, one PUT on object stores) before that marker.
@@ -72,7 +72,7 @@ class ShardWriter:
         self.wait_s += time.perf_counter() - started
 
     def _drain(self, keep: int) -> None:
-        """Finish encodes at the head of the queue, in row order: every one already done, and
+        """Finish encodes at the head of the queue, in render order: every one already done, and
         waiting for more while over ``keep`` are pending (``keep=0`` waits for all)."""
         while self.pending and (self.pending[0][1].done() or len(self.pending) > keep):
             record, future = self.pending.popleft()
@@ -106,8 +106,8 @@ class ShardWriter:
             "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **(extra or {}),
         }  # fmt: skip
-        if marker["rows"] != self.shard.num_rows:
-            raise RuntimeError(f"shard {sid}: {marker['rows']} metadata rows for {self.shard.num_rows} input rows")
+        if marker["rows"] != self.shard.num_images:
+            raise RuntimeError(f"shard {sid}: {marker['rows']} metadata rows for {self.shard.num_images} images")
         if any(r["status"] == "ok" and r["sha256"] is None for r in self.records):
             raise RuntimeError(f"shard {sid}: an ok row has no written image")
         self.out.write_json(layout.done_path(sid), marker)

@@ -176,7 +176,9 @@ def test_cli_entry_points_document_every_option():
         for flag in ("--model", "--steps", "--guidance-scale", "--height", "--width", "--batch-size", "--dtype",
                      "--workers", "--shard-size", "--format", "--image-format", "--quality", "--seed",
                      "--prompt-column", "--negative-prompt-column", "--seed-column", "--key-column", "--config", "--device",
-                     "--overwrite", "--max-retries", "--max-failed-shards", "--variant"):  # fmt: skip
+                     "--overwrite", "--max-retries", "--max-failed-shards", "--variant", "--images-per-prompt",
+                     "--prompt-template", "--sweep", "--steps-column", "--guidance-scale-column", "--width-column",
+                     "--height-column"):  # fmt: skip
             assert flag in text, (cmd, flag)
 
 
@@ -190,7 +192,7 @@ def test_driver_starts_and_stops_its_own_ray(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "shards: 2/2 committed" in result.stdout
-    assert "rows this run: 49 ok, 1 error" in result.stdout
+    assert "images this run: 49 ok, 1 error" in result.stdout
 
 
 def test_a_model_that_fails_to_load_in_the_actor_is_a_clear_error(ray_cluster, tmp_path, tiny_model_dir, capsys):

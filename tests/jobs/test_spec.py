@@ -29,7 +29,10 @@ def test_every_flag_reaches_the_spec():
                  "--max-retries", "5", "--max-failed-shards", "2", "--compile", "reduce-overhead",
                  "--speedups", "fused_norms,overlap", "--keep-columns", "label, id,label",
                  "--min-workers", "2", "--worker-gpus", "0.5", "--worker-cpus", "4", "--stall-timeout", "60",
-                 "--variant", "fp16")  # fmt: skip
+                 "--variant", "fp16",
+                 "--images-per-prompt", "3", "--prompt-template", "{style} {prompt}", "--sweep", "style=ink, oil",
+                 "--steps-column", "st", "--guidance-scale-column", "g", "--width-column", "w",
+                 "--height-column", "h")  # fmt: skip
     assert spec.to_dict() == {
         "input": "in.parquet", "output": "out", "model": "tiny-sd-turbo", "steps": 2, "guidance_scale": 1.5,
         "height": 64, "width": 128, "batch_size": 4, "dtype": "bfloat16", "workers": 3, "min_workers": 2,
@@ -44,6 +47,8 @@ def test_every_flag_reaches_the_spec():
         "storage_options": {}, "input_storage_options": {}, "output_storage_options": {},
         # --variant as asked; the driver resolves it per component (None until then) with the files to fetch
         "variant": "fp16", "model_variant": None, "vae_variant": None, "controlnet_variant": None, "sources": {},
+        "images_per_prompt": 3, "prompt_template": "{style} {prompt}", "sweep": [["style", ["ink", "oil"]]],
+        "steps_column": "st", "guidance_scale_column": "g", "width_column": "w", "height_column": "h",
     }  # fmt: skip
 
 

@@ -36,7 +36,7 @@ def test_status_counts_committed_failed_and_pending(ray_cluster, tmp_path, capsy
     assert turbobatch(["status", str(out)]) == 0
     text = capsys.readouterr().out
     assert "shards:  1 committed, 1 failed, 1 pending" in text
-    assert "rows:    3 ok, 1 error (committed); 4 in failed shards, 4 pending" in text
+    assert "images:  3 ok, 1 error (committed); 4 in failed shards, 4 pending; " in text
     assert "failed shard 2 (after 1 attempt(s)): OSError" in text
     assert "run the render command again" in text
     assert re.search(r"^device:  pipeline calls [\d.]+%, idle between shards [\d.]+%, waiting for encodes [\d.]+%, "

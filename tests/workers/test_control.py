@@ -155,3 +155,37 @@ def test_tiny_autoencoder_renders_what_diffusers_gives_with_it(tmp_path, model):
         assert_within_one_level(images[row["key"]], plain_image(tiny, row["prompt"], row["seed"]), row["key"])
         full_diff = np.abs(images[row["key"]].astype(int) - plain_image(full, row["prompt"], row["seed"]).astype(int))
         assert full_diff.max() > 1  # not the full VAE's image
+
+
+def test_canny_control_images_are_made_at_each_swept_size(control_dataset):
+    """A size sweep with --control-preprocess canny: each image's edges come from the control image
+    resized to that image's own size, as a plain call at that size would make them."""
+    import kernels
+
+    root, data = control_dataset
+    spec = spec_for(root, root, model="tiny-sd-turbo", controlnet="tiny-sd-controlnet", control_image_column="ctrl",
+                    control_preprocess="canny", sweep={"width": [40, 64]}, shard_size=4)  # fmt: skip
+    spec.validate()
+    worker = RenderWorker(spec)
+    seen, real = [], worker.renderer.sampler.sample
+
+    def sample(prompts, negatives, seeds, controls=None, params=None):
+        seen.append((params.width, {c.size for c in controls}))  # what each call conditions on
+        return real(prompts, negatives, seeds, controls, params)
+
+    worker.renderer.sampler.sample = sample
+    worker.render_shard(Shard(0, f"file://{data}", 0, 2, 0, 9, image_start=0, image_end=4))
+    assert seen == [(40, {(40, 48)}), (64, {(64, 48)})]  # edge maps at the call's size (PIL: width, height)
+    rows = read_metadata(root / "out")
+    assert [(r["global_index"], r["width"], r["status"]) for r in rows] == [(0, 40, "ok"), (0, 64, "ok"), (1, 40, "ok"),
+                                                                            (1, 64, "ok")]  # fmt: skip
+    images, pipe = read_tar_images(root / "out"), plain_pipeline("tiny-sd-turbo", "tiny-sd-controlnet")
+    for row in rows:
+        control = Image.open(io.BytesIO(control_png(row["global_index"] + 1))).convert("RGB")
+        resized = np.asarray(control.resize((row["width"], 48), resample=Image.LANCZOS))
+        edges = kernels.canny(torch.from_numpy(resized.copy()).unsqueeze(0), CANNY_LOW, CANNY_HIGH)[0].numpy()
+        out = pipe(row["prompt"], num_inference_steps=1, guidance_scale=0.0, height=48, width=row["width"],
+                   generator=torch.Generator("cpu").manual_seed(row["seed"]), output_type="np",
+                   image=Image.fromarray(np.stack([edges] * 3, axis=-1))).images  # fmt: skip
+        assert images[row["key"]].shape == (48, row["width"], 3)
+        assert_within_one_level(images[row["key"]], (out[0] * 255).round().astype(np.uint8), row["key"])

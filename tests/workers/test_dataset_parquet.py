@@ -89,3 +89,38 @@ def test_metadata_and_tar_json_carry_every_field_typed_whatever_the_values(tmp_p
         with tarfile.open(tmp_path / d / layout.tar_path(3)) as tar:
             keys |= {tuple(sorted(json.loads(tar.extractfile(m).read()))) for m in tar if m.name.endswith(".json")}
     assert keys == {tuple(sorted(metadata_schema(KEPT).names))}
+
+
+def test_a_sweep_job_writes_its_sweep_columns_typed_in_every_file(tmp_path):
+    """Two shards of a swept job, one holding only error images: both data and metadata files have
+    the sweep_<name> columns with the job's types, and each image its own values."""
+    from jobs.columns import job_data_schema, job_metadata_schema
+    from jobs.sampling import SamplingParams
+
+    spec = resolved_spec(tmp_path, shard_size=4, format="parquet", prompt_template="{prompt} in {style}",
+                         sweep={"style": ["ink", "oil"], "steps": [1, 2]}, height=8, width=8)  # fmt: skip
+    spec.validate()
+    with ThreadPoolExecutor(2) as pool:
+        for sid, errors in ((0, False), (1, True)):
+            with ShardWriter(Folder(str(tmp_path)), Shard(sid, "unused", 0, 1, sid, 4, 4 * sid, 4 * sid + 4), spec,
+                             pool, max_pending=8) as writer:  # fmt: skip
+                for c, (style, steps) in enumerate([("ink", 1), ("ink", 2), ("oil", 1), ("oil", 2)]):
+                    row = Row(sid, f"{sid:04d}_{c}_0", f"p in {style}", None, 5, combination=c,
+                              params=SamplingParams(steps, 0.0, 8, 8), swept={"style": style, "steps": steps})  # fmt: skip
+                    if errors:
+                        row.error = "prompt template: field {prompt} (the prompt column) is null in this row"
+                        writer.add_error(row)
+                    else:
+                        writer.add_image(Rendered(row, np.zeros((8, 8, 3), np.uint8), 1.0, False))
+                writer.commit({}, time.perf_counter())
+    for folder, schema in (("data", job_data_schema(spec)), ("metadata", job_metadata_schema(spec))):
+        for sid in (0, 1):
+            assert pq.read_schema(tmp_path / folder / f"{sid:06d}.parquet").remove_metadata() == schema
+    assert job_data_schema(spec).names[:6] == ["image", "key", "prompt", "seed", "sweep_style", "sweep_steps"]
+    data = pq.read_table(tmp_path / "data" / "000000.parquet").to_pylist()
+    assert [(r["sweep_style"], r["sweep_steps"], r["steps"], r["template"]) for r in data] == [
+        ("ink", 1, 1, "{prompt} in {style}"), ("ink", 2, 2, "{prompt} in {style}"),
+        ("oil", 1, 1, "{prompt} in {style}"), ("oil", 2, 2, "{prompt} in {style}")]  # fmt: skip
+    errors = pq.read_table(tmp_path / "metadata" / "000001.parquet").to_pylist()
+    assert [(r["status"], r["sweep_style"], r["combination"]) for r in errors] == [
+        ("error", "ink", 0), ("error", "ink", 1), ("error", "oil", 2), ("error", "oil", 3)]

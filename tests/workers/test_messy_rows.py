@@ -1,6 +1,7 @@
 """Prompts as users' data has them, through one RenderWorker shard (no Ray): each row once, ok or
 a named error, its tar JSON member readable, its prompt kept byte for byte in metadata."""
 
+import hashlib
 import json
 import tarfile
 
@@ -41,3 +42,35 @@ def test_messy_prompts_each_end_in_one_row(tmp_path):
     for row in rows[:-1]:
         assert json.loads(members[f"{row['key']}.json"])["prompt"] == row["prompt"]
         assert members[row["image"]][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_three_images_per_messy_prompt_each_once_with_unique_keys(tmp_path):
+    """--images-per-prompt 3: every row makes 3 metadata rows (the null prompt 3 error rows), with
+    keys <row key>_<j>, seeds job seed + global_index * 3 + j, and one tar image per ok one."""
+    from jobs.plan import make_plan
+    from jobs.inputs import scan_inputs
+
+    data = tmp_path / "messy.parquet"
+    pq.write_table(pa.table({"prompt": pa.array(MESSY).dictionary_encode()}), data, row_group_size=1)
+    spec = resolved_spec(tmp_path / "out", shard_size=5, images_per_prompt=3, seed=100, height=32, width=32)
+    plan = make_plan(scan_inputs(str(data)), spec.shard_size, 3)  # 24 images in shards of 5: rows cut in two
+    worker = RenderWorker(spec)
+    markers = [worker.render_shard(s) for s in plan]
+    assert [m["rows"] for m in markers] == [5, 5, 5, 5, 4]
+    assert (sum(m["ok"] for m in markers), sum(m["error"] for m in markers)) == (21, 3)
+    rows = read_metadata(tmp_path / "out")
+    assert [(r["global_index"], r["image_index"]) for r in rows] == [(g, j) for g in range(8) for j in range(3)]
+    assert [r["key"] for r in rows] == [f"{g:09d}_{j}" for g in range(8) for j in range(3)]
+    assert [r["seed"] for r in rows] == [100 + g * 3 + j for g in range(8) for j in range(3)]
+    assert [r["prompt"] for r in rows] == [p for p in MESSY for _ in range(3)]  # stored exactly, each time
+    assert [r["error"] for r in rows if r["status"] == "error"] == ["prompt is null"] * 3
+    members, names = {}, []
+    for path in sorted((tmp_path / "out" / "shards").glob("*.tar")):
+        with tarfile.open(path) as tar:
+            names += [m.name for m in tar.getmembers()]
+            members.update({m.name: tar.extractfile(m).read() for m in tar.getmembers()})
+    assert len(names) == len(set(names)) == 2 * 21  # an image and a json per ok image, none twice across shards
+    assert sorted(n for n in members if n.endswith(".json")) == sorted(f"{r['key']}.json" for r in rows
+                                                                        if r["status"] == "ok")  # fmt: skip
+    images = [members[r["image"]] for r in rows if r["status"] == "ok"]
+    assert len({hashlib.sha256(i).hexdigest() for i in images}) == 21  # 3 seeds per prompt: 3 different images

@@ -75,3 +75,38 @@ def test_rows_carry_their_kept_columns_cast_to_the_job_types(tmp_path):
     rows = rows_from_table(table, s, spec)
     assert [r.kept for r in rows] == [{"cat": "u", "n": None}, {"cat": None, "n": None}, {"cat": "v", "n": None}]
     assert rows[2].error == "prompt is null" and rows[2].kept == {"cat": "v", "n": None}  # error rows keep theirs
+
+
+def test_per_row_sampling_columns_null_means_the_job_value_and_a_bad_value_fails_the_row(tmp_path):
+    spec = JobSpec(input="i", output="o", steps_column="st", guidance_scale_column="g", width_column="w",
+                   height_column="h")  # fmt: skip
+    path = write_parquet(tmp_path / "a.parquet", {
+        "prompt": ["a"] * 8,
+        "st": pa.array([None, 4.0, 0, 2.5, None, None, None, None], pa.float64()),
+        "g": pa.array([None, 1.5, None, None, float("nan"), None, None, None], pa.float64()),
+        "w": pa.array([None, "64", None, None, None, "70", "wide", None], pa.string()),
+        "h": pa.array([None, 32, None, None, None, None, None, 5000], pa.int64()),
+    })  # fmt: skip
+    rows = rows_from_table(read_shard_table(shard(path, 0, 8), spec), shard(path, 0, 8), spec)
+    assert [(r.overrides, r.error) for r in rows] == [
+        ({}, None),  # nulls: the job's values
+        ({"steps": 4, "guidance_scale": 1.5, "width": 64, "height": 32}, None),  # 4.0 steps, "64" as text: fine
+        ({"steps": None}, "steps column 'st': 0 is out of range; expected an integer in [1, 100]"),
+        ({"steps": None}, "steps column 'st': 2.5 is not an integer; expected an integer in [1, 100]"),
+        ({}, None),  # NaN is pandas' null
+        ({"width": None}, "width column 'w': 70 is not a multiple of 8 (the VAE needs it)"),
+        ({"width": None}, "width column 'w': 'wide' is not an integer; expected an integer in [8, 4096]"),
+        ({"height": None}, "height column 'h': 5000 is out of range; expected an integer in [8, 4096]"),
+    ]  # fmt: skip
+
+
+def test_template_columns_are_read_and_the_first_seed_leaves_room_for_n_images(tmp_path):
+    spec = JobSpec(input="i", output="o", prompt_template="a {style} {prompt}", images_per_prompt=3, seed=10)
+    path = write_parquet(tmp_path / "a.parquet", {"prompt": [None, "b"], "style": ["ink", None], "other": [1, 2],
+                                                  "seed": pa.array([None, 500], pa.int64())})  # fmt: skip
+    table = read_shard_table(shard(path, 0, 2), spec)
+    assert table.column_names == ["prompt", "seed", "style"]
+    rows = rows_from_table(table, shard(path, 0, 2), spec)
+    # A null prompt is not the row's error here: the template says so for the fields it uses.
+    assert [(r.fields, r.seed, r.error) for r in rows] == [({"style": "ink", "prompt": None}, 10 + 100 * 3, None),
+                                                          ({"style": None, "prompt": "b"}, 500, None)]  # fmt: skip

@@ -20,6 +20,7 @@ from workers.renderer import PipelineRenderer, Rendered
 from workers.rows import Row
 from workers import speedups
 from workers.sampler import TurboSampler
+from jobs.sampling import SamplingParams
 
 SIZE = (48, 40)  # height, width: not square, not the native size
 PROMPTS = ["a red fox in the snow", "a lighthouse at dusk, oil painting " * 12, ""]  # the 2nd is truncated
@@ -47,10 +48,10 @@ def controls(controlnet: str | None) -> list[Image.Image] | None:
     return [Image.fromarray(rng.integers(0, 256, (SIZE[0], SIZE[1], 3), dtype=np.uint8)) for _ in PROMPTS]
 
 
-def pipeline_call(pipe, steps: int, guidance: float, images, output_type: str, negatives=None):
+def pipeline_call(pipe, steps: int, guidance: float, images, output_type: str, negatives=None, size=SIZE):
     extra = {"image": images} if images is not None else {}
     return pipe(prompt=PROMPTS, negative_prompt=negatives, num_inference_steps=steps, guidance_scale=guidance,
-                height=SIZE[0], width=SIZE[1], generator=[torch.Generator("cpu").manual_seed(s) for s in SEEDS],
+                height=size[0], width=size[1], generator=[torch.Generator("cpu").manual_seed(s) for s in SEEDS],
                 output_type=output_type, **extra).images  # fmt: skip
 
 
@@ -92,6 +93,32 @@ def test_images_are_within_one_level_of_the_pipelines(family, steps):
     for r, want in zip(results, expected):
         assert_within_one_level(r.image, (want * 255).round().astype(np.uint8), r.row.key)
     assert any(r.image.std() > 1 for r in results)  # images with content: the comparison means something
+
+
+def test_one_sampler_samples_each_batch_with_its_own_parameters(family, monkeypatch):
+    """Sweeps and per-row columns: batches of one worker differ in steps, guidance and size. Each
+    batch's latents equal the pipeline's for its parameters bit for bit, in any order; the
+    scheduler is prepared once per step count (SDXL's size ids once per size), not per batch."""
+    model, controlnet, vae, pipe = family
+    images = controls(controlnet)  # the pipelines resize control images to the render size, as we do
+    sampler = TurboSampler(pipe, spec(model, 1, 0.0, controlnet), "cpu")
+    batches = [SamplingParams(2, 0.0, 32, 24), SamplingParams(1, 2.5, *SIZE), SamplingParams(3, 0.0, 56, 48),
+               SamplingParams(2, 0.0, 32, 24), SamplingParams(1, 0.0, *SIZE)]  # fmt: skip
+    prepared = []
+    real = type(pipe.scheduler).set_timesteps
+    monkeypatch.setattr(type(pipe.scheduler), "set_timesteps",
+                        lambda self, n, **kw: prepared.append(n) or real(self, n, **kw))  # fmt: skip
+    # The job's step count (1) was prepared with the sampler; 2 and 3 on their first batch only.
+    for p, prepares in zip(batches, [[2], [], [3], [], []]):
+        expected = pipeline_call(pipe, p.steps, p.guidance_scale, images, "latent", size=(p.height, p.width))
+        prepared.clear()  # the pipeline's own call prepares its scheduler; count only the sampler's
+        latents, _ = sampler.sample(PROMPTS, None, SEEDS, images, p)
+        assert torch.equal(latents, expected), p
+        assert latents.shape[2:] == (p.height // 2, p.width // 2)
+        assert prepared == prepares, p
+    assert sorted(sampler._schedulers) == [1, 2, 3]
+    if sampler.sdxl:
+        assert sorted((h, w) for h, w, _ in sampler._time_ids) == [(32, 24), (48, 40), (56, 48)]
 
 
 def test_negative_prompts_with_guidance(family):
