@@ -103,7 +103,7 @@ class ShardWriter:
             "files": self.files, "spec_hash": self.spec.output_hash(),
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
             **{k: self.origin.get(k) for k in ("worker", "node_id", "pid")},
-            "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "committed_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             **(extra or {}),
         }  # fmt: skip
         if marker["rows"] != self.shard.num_images:

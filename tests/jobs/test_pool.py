@@ -116,9 +116,9 @@ def test_rendering_starts_with_one_actor_and_a_joined_node_gets_one(prompts, ref
     assert image_digests(out) == reference
 
 
-def _drain(head: Head, node_id: str, deadline_s: int) -> str:
-    """`ray drain-node` as a spot preemption notice; returns the time (UTC, seconds) it was sent."""
-    sent = datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _drain(head: Head, node_id: str, deadline_s: int) -> datetime:
+    """`ray drain-node` as a spot preemption notice; returns the time (UTC) it was sent."""
+    sent = datetime.now(timezone.utc)
     head.ray("drain-node", "--address", head.gcs_address, "--node-id", node_id, "--reason",
              "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot preemption (test)",
              "--deadline-remaining-seconds", str(deadline_s))  # fmt: skip
@@ -145,7 +145,8 @@ def test_a_preempted_node_gets_no_new_shards_and_its_shards_cost_no_retry(prompt
     assert f"node {victim[:12]} " in stderr and "is draining (deadline in" in stderr, stderr[-3000:]
     assert "retry" not in stderr.replace("not counted as a retry", ""), stderr[-3000:]
     assert "shards: 12/12 committed" in stdout and "0 failed" in stdout
-    late = [m for m in markers(out) if m["node_id"] == victim and m["committed_at"] > drained_at]
+    late = [m for m in markers(out)
+            if m["node_id"] == victim and datetime.fromisoformat(m["committed_at"]) > drained_at]  # fmt: skip
     assert len(late) <= INFLIGHT_PER_ACTOR, late  # only shards already in flight, never a new one
     assert_complete_and_clean(out, 12, len(PROMPTS))
     assert image_digests(out) == reference
@@ -169,7 +170,8 @@ def test_in_flight_shards_of_a_draining_node_finish_before_a_long_deadline(promp
     assert "is draining (deadline in" in stderr, stderr[-3000:]
     assert f"released the render worker on draining node {victim[:12]}: its shards are done" in stderr
     assert "requeued" not in stderr, stderr[-3000:]
-    late = [m for m in markers(out) if m["node_id"] == victim and m["committed_at"] > drained_at]
+    late = [m for m in markers(out)
+            if m["node_id"] == victim and datetime.fromisoformat(m["committed_at"]) > drained_at]  # fmt: skip
     assert len(late) <= INFLIGHT_PER_ACTOR, late
     assert_complete_and_clean(out, 12, len(PROMPTS))
     assert image_digests(out) == reference
