@@ -1,7 +1,9 @@
 """jobs.render against the Ray Data script a new user would write, end to end, on this CPU.
 
-(a) Ray Data: ``read_parquet -> map_batches(a class holding the pipeline, batch_size=B) ->
-    write_parquet`` of PNG bytes (the script below, as a new user writes it from Ray's docs);
+(a) Ray Data: ``read_parquet -> map_batches(a class holding the pipeline, batch_size=B,
+    concurrency=1) -> write_parquet`` of PNG bytes (the script below, as a new user writes it
+    from Ray's docs: its actor gets Ray's default of 1 CPU, so torch runs 1 thread; asking for
+    the machine's 2 CPUs left no CPU for the read tasks and the job hung here);
 (b) ``python -m jobs.render`` with 1 worker: the same rows, model, size and batch size, into tars,
     metadata and done markers.
 Each run is a fresh process (Ray start and model load included), alternating a, b, a, b, ...;
@@ -46,7 +48,7 @@ class Render:
         return {"prompt": prompts, "png": out}
 
 ray.init(include_dashboard=False, logging_level="ERROR")
-ds = ray.data.read_parquet(src).map_batches(Render, batch_size=batch, concurrency=1, num_cpus=2)
+ds = ray.data.read_parquet(src).map_batches(Render, batch_size=batch, concurrency=1)
 ds.write_parquet(dst)
 '''
 
