@@ -52,8 +52,38 @@ def job_status(out: Folder) -> dict[str, Any]:
         "timings_s": summed_timings(markers),
         "nodes": per_node(markers),
         "startup": startup_report(markers),
+        "device_kinds": device_kinds(markers),
         "variants": {c: spec.get(f"{c}_variant") for c in ("model", "vae", "controlnet") if spec.get(f"{c}_variant")},
     }
+
+
+def device_kinds(markers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per device kind (markers' ``device_kind``: "NVIDIA H200", "cpu"; "unknown" in markers written
+    before it existed): shards, ok images, device-seconds (held by shards or idle before one) and
+    images per device-second, i.e. one worker's images/s: what a measured run adds to the
+    throughput table (jobs/throughput.json)."""
+    kinds: dict[str, dict[str, Any]] = {}
+    for marker in markers:
+        entry = kinds.setdefault(marker.get("device_kind") or "unknown",
+                                 {"shards": 0, "images": 0, "device_s": 0.0, "images_per_s": None})  # fmt: skip
+        t = marker.get("timings_s", {})
+        entry["shards"] += 1
+        entry["images"] += marker.get("ok", 0)
+        entry["device_s"] += t.get("render", 0.0) + t.get("device_idle_before", 0.0)
+    for entry in kinds.values():
+        entry["device_s"] = round(entry["device_s"], 3)
+        entry["images_per_s"] = round(entry["images"] / entry["device_s"], 2) if entry["device_s"] > 0 else None
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]["shards"]))
+
+
+def devices_line(kinds: dict[str, dict[str, Any]]) -> str | None:
+    """``devices: NVIDIA H200: 12 shards, 12,000 images, 52.3 images/s per worker``; None without markers."""
+    if not kinds:
+        return None
+    parts = [f"{kind}: {e['shards']} shards, {e['images']:,} images"
+             + (f", {e['images_per_s']:.2f} images/s per worker" if e["images_per_s"] else "")
+             for kind, e in kinds.items()]  # fmt: skip
+    return "devices: " + "; ".join(parts)
 
 
 def planned_images(shard: dict[str, Any]) -> int:
@@ -133,6 +163,9 @@ def format_status(status: dict[str, Any]) -> str:
     startup = startup_line(status.get("startup"))
     if startup:
         lines.append(f"{startup} (actors that committed a shard, all runs)")
+    devices = devices_line(status.get("device_kinds") or {})
+    if devices:
+        lines.append(f"{devices} (ok images over device time)")
     for node in status["nodes"][:10]:
         name = f"node {node['node_id'][:12]}" if node["node_id"] else "no Ray node"
         lines.append(f"node:    {name} ({node['host']}): {node['shards']} shards, {node['images']:,} images")
