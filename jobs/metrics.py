@@ -11,7 +11,8 @@ namespace and Prometheus' suffixes: the Counter ``turbobatch_images_rendered`` i
 ``ray_turbobatch_images_rendered_total``, the Histogram ``turbobatch_stage_seconds`` as
 ``ray_turbobatch_stage_seconds_bucket`` / ``_count`` / ``_sum`` (its ``_sum`` approximated from the
 bucket midpoints), a Gauge under its own name. Ray adds the labels ``NodeAddress``, ``WorkerId``,
-``SessionName``, ``Component`` and ``Version``; ours are ``job`` (Ray's job id), ``model``, ``node``
+``SessionName``, ``Component`` and ``Version``; ours are ``ray_job`` (Ray's job id, as ``ray job list``
+shows it; not ``job``, which Prometheus sets to its scrape job), ``model``, ``node``
 (the Ray node id's first 12 hex digits, as ``turbobatch status`` shows it) and, per worker,
 ``worker`` (its pid) and ``device`` (its GPU kind, or cpu). Never a prompt, a key or a storage option.
 
@@ -41,8 +42,8 @@ GAUGE_REFRESH_S = 5.0  # under Ray's 20 s gauge lifetime without a new value
 RETRY_CAUSES = ("retry", "drained", "node lost")  # backoff after a failure; requeued, not counted
 
 # name -> (kind, description, tag keys); the Prometheus names follow from them (exported_names).
-DRIVER_TAGS = ("job", "model")
-WORKER_TAGS = ("job", "model", "node", "device")
+DRIVER_TAGS = ("ray_job", "model")  # not "job": Prometheus keeps that for its scrape job
+WORKER_TAGS = ("ray_job", "model", "node", "device")
 DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "turbobatch_shards_committed": ("counter", "Shards committed (done marker written), by the node that rendered",
                                     (*DRIVER_TAGS, "node")),
@@ -133,7 +134,7 @@ class DriverMetrics:
     """The driver's metrics for one run (create once Ray is up)."""
 
     def __init__(self, model: str) -> None:
-        self.tags = {"job": _ray_job_id(), "model": model_tag(model)}
+        self.tags = {"ray_job": _ray_job_id(), "model": model_tag(model)}
         self.committed = _make("turbobatch_shards_committed")
         self.failed = _make("turbobatch_shards_failed")
         self.retried = _make("turbobatch_shards_retried")
@@ -165,7 +166,7 @@ class WorkerMetrics:
     """A render actor's metrics: recorded once per committed shard, from its done marker."""
 
     def __init__(self, model: str, node_id: str | None, device_kind: str, pid: int) -> None:
-        self.tags = {"job": _ray_job_id(), "model": model_tag(model), "node": node_tag(node_id),
+        self.tags = {"ray_job": _ray_job_id(), "model": model_tag(model), "node": node_tag(node_id),
                      "device": device_kind}  # fmt: skip
         self.worker_tags = {**self.tags, "worker": str(pid)}
         self.images = _make("turbobatch_images_rendered")

@@ -66,6 +66,13 @@ class Head:
     env: dict[str, str]
     temp_dir: Path
     gcs_address: str  # host:port, what `ray start --address` and RAY_ADDRESS take
+    metrics_port: int = 0  # --metrics-export-port: Prometheus text at http://127.0.0.1:PORT/metrics
+    session: int = 0  # the session (and process group) of every process of this head: for kills
+
+    def metrics(self, timeout: float = 10) -> str:
+        """The head node's Prometheus text, as Ray's metrics agent serves it."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=timeout) as r:
+            return r.read().decode()
 
     def ray(self, *args: str, timeout: float = 120) -> str:
         """Run a `ray` CLI command against this head; returns stdout + stderr."""
@@ -175,7 +182,8 @@ def started_head(num_cpus: int) -> Iterator[Head]:
     try:
         address = f"http://127.0.0.1:{base + 1}"
         wait_until_up(address, proc, log_path)
-        yield Head(address, env, temp_dir, gcs_address=f"127.0.0.1:{base}")
+        yield Head(address, env, temp_dir, gcs_address=f"127.0.0.1:{base}",
+                   metrics_port=base + HEAD_PORT_FLAGS.index("--metrics-export-port"), session=proc.pid)
     finally:
         stop_head(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
