@@ -29,6 +29,7 @@ test: setup
 # CPU measurements (never asserted in tests); results go to docs/BENCHMARKS.md.
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/ray_data.py
 	$(BIN)/python benchmarks/writer.py
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python -m benchmarks.flops

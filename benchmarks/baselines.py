@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from jobs.sampling import SamplingParams
 from jobs.spec import JobSpec
 from workers.actor import RenderWorker
 
@@ -42,13 +43,15 @@ class PipelineCallSampler:
 
     def __init__(self, pipe: Any, spec: JobSpec, device: str) -> None:
         self.pipe, self.spec, self.device = pipe, spec, device
+        self.params = spec.sampling()  # the renderer groups rows by these (as for TurboSampler)
 
     def sample(self, prompts: list[str], negatives: list[str] | None, seeds: list[int],
-               control_images: list[Any] | None = None) -> tuple[torch.Tensor, list[bool]]:  # fmt: skip
-        spec, tokenizer = self.spec, self.pipe.tokenizer
+               control_images: list[Any] | None = None,
+               params: SamplingParams | None = None) -> tuple[torch.Tensor, list[bool]]:  # fmt: skip
+        spec, tokenizer, p = self.spec, self.pipe.tokenizer, params or self.params
         extra = {"image": control_images, "controlnet_conditioning_scale": spec.controlnet_scale} if control_images else {}
-        latents = self.pipe(prompt=prompts, negative_prompt=negatives, num_inference_steps=spec.steps,
-                            guidance_scale=spec.guidance_scale, height=spec.height, width=spec.width,
+        latents = self.pipe(prompt=prompts, negative_prompt=negatives, num_inference_steps=p.steps,
+                            guidance_scale=p.guidance_scale, height=p.height, width=p.width,
                             generator=[torch.Generator(self.device).manual_seed(s) for s in seeds],
                             output_type="latent", **extra).images  # fmt: skip
         truncated = [len(ids) > tokenizer.model_max_length for ids in tokenizer(prompts, truncation=False).input_ids]

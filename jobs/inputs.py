@@ -25,9 +25,13 @@ class InputFile:
     num_rows: int
     columns: dict[str, str]  # column name -> Arrow type, as text
     schema: pa.Schema | None = field(default=None, compare=False, repr=False)  # the footer's Arrow schema
+    # The path below INPUT's folder (a file's own name; for a glob, below the folder before the
+    # first wildcard): what resume compares, so a dataset that moved — `ray job submit
+    # --working-dir` unpacks it in a new folder at every submission — is the same input.
+    name: str = ""
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"url": self.url, "size": self.size, "num_rows": self.num_rows}
+        return {"url": self.url, "name": self.name or self.url, "size": self.size, "num_rows": self.num_rows}
 
 
 def scan_inputs(url: str, storage_options: dict[str, Any] | None = None) -> list[InputFile]:
@@ -36,7 +40,9 @@ def scan_inputs(url: str, storage_options: dict[str, Any] | None = None) -> list
         check_endpoint(url, storage_options)
         fs, root = open_fs(url, storage_options)
         paths = _list_paths(fs, root, url)
-        files = [_read_footer(fs, path) for path in paths]
+        base = _base_folder(fs, root)
+        files = [_read_footer(fs, path, path[len(base) + 1 :] if path.startswith(base + "/") else path)
+                 for path in paths]  # fmt: skip
     except JobError:
         raise
     except Exception as e:  # noqa: BLE001 - storage failures become named job errors
@@ -50,6 +56,11 @@ def dataset_root(url: str, storage_options: dict[str, Any] | None = None) -> str
     """The folder that relative paths in the data (control images) start from: INPUT itself
     when it is a folder, else its parent (for a glob, the folder before the first wildcard)."""
     fs, root = open_fs(url, storage_options)
+    return fs.unstrip_protocol(_base_folder(fs, root))
+
+
+def _base_folder(fs: fsspec.AbstractFileSystem, root: str) -> str:
+    """INPUT's folder as a path of ``fs``: itself, its parent, or a glob's folder before the first wildcard."""
     if globlib.has_magic(root):
         magic = min(i for i, c in enumerate(root) if c in "*?[")
         base = root[:magic].rsplit("/", 1)[0]
@@ -57,7 +68,7 @@ def dataset_root(url: str, storage_options: dict[str, Any] | None = None) -> str
         base = root
     else:
         base = root.rsplit("/", 1)[0]
-    return fs.unstrip_protocol(base.rstrip("/"))
+    return base.rstrip("/")
 
 
 def _list_paths(fs: fsspec.AbstractFileSystem, root: str, url: str) -> list[str]:
@@ -87,7 +98,7 @@ def _is_hidden(rel: str) -> bool:
     return any(part.startswith(("_", ".")) for part in rel.split("/"))
 
 
-def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> InputFile:
+def _read_footer(fs: fsspec.AbstractFileSystem, path: str, name: str) -> InputFile:
     url = fs.unstrip_protocol(path)
     try:
         with fs.open(path, "rb") as f:
@@ -101,6 +112,7 @@ def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> InputFile:
         num_rows=meta.num_rows,
         columns={f.name: str(f.type) for f in schema},
         schema=schema,
+        name=name,
     )
 
 

@@ -69,7 +69,7 @@ def make_plan(files: list[InputFile], shard_size: int, images_per_row: int = 1) 
 
 
 def fingerprint(files: list[InputFile], spec: JobSpec) -> dict[str, Any]:
-    """What the output depends on: the inputs (paths, sizes, rows) and the output fields."""
+    """What the output depends on: the inputs (paths below INPUT, sizes, rows) and the output fields."""
     return {"inputs": [f.fingerprint() for f in files], "spec": spec.output_fields()}
 
 
@@ -92,14 +92,19 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         for name, value in new["spec"].items()
         if before(name) != value
     ]
-    old_files = {f["url"]: f for f in old.get("inputs", [])}
-    new_files = {f["url"]: f for f in new["inputs"]}
-    changes += [f"input removed: {url}" for url in sorted(old_files.keys() - new_files.keys())]
-    changes += [f"input added: {url}" for url in sorted(new_files.keys() - old_files.keys())]
+    # Inputs are compared by their path below INPUT's folder, so a dataset that moved (a new
+    # --working-dir upload, a copied bucket) is the same input; outputs made before names were
+    # recorded compare full URLs.
+    old_inputs = old.get("inputs", [])
+    key = "name" if all("name" in f for f in old_inputs) else "url"
+    old_files = {f[key]: f for f in old_inputs}
+    new_files = {f[key]: f for f in new["inputs"]}
+    changes += [f"input removed: {name}" for name in sorted(old_files.keys() - new_files.keys())]
+    changes += [f"input added: {name}" for name in sorted(new_files.keys() - old_files.keys())]
     changes += [
-        f"input changed: {url} (size {old_files[url]['size']} -> {f['size']}, "
-        f"rows {old_files[url]['num_rows']} -> {f['num_rows']})"
-        for url, f in sorted(new_files.items())
-        if url in old_files and old_files[url] != f
+        f"input changed: {name} (size {old_files[name]['size']} -> {f['size']}, "
+        f"rows {old_files[name]['num_rows']} -> {f['num_rows']})"
+        for name, f in sorted(new_files.items())
+        if name in old_files and (old_files[name]["size"], old_files[name]["num_rows"]) != (f["size"], f["num_rows"])
     ]
     return changes

@@ -45,3 +45,19 @@ def test_an_output_made_before_variants_existed_resumes_with_plain_files_only():
     assert describe_changes(old, {"spec": same, "inputs": []}) == []
     fp16 = {**same, "model_variant": "fp16"}
     assert describe_changes(old, {"spec": fp16, "inputs": []}) == ["--variant (model weights): 'none' -> 'fp16'"]
+
+
+def test_inputs_are_compared_by_their_path_below_input_not_their_url():
+    spec = JobSpec(input="i", output="o")
+
+    def under(root: str, sizes: tuple[int, ...] = (100, 200)) -> list[InputFile]:
+        return [InputFile(f"{root}/part-{i}.parquet", size, 5, {}, name=f"part-{i}.parquet")
+                for i, size in enumerate(sizes)]  # fmt: skip
+
+    old = fingerprint(under("file:///tmp/upload-1/data"), spec)
+    assert describe_changes(old, fingerprint(under("s3://bucket/copy/data"), spec)) == []
+    assert describe_changes(old, fingerprint(under("file:///tmp/upload-2/data", (100, 201)), spec)) == [
+        "input changed: part-1.parquet (size 200 -> 201, rows 5 -> 5)"]
+    legacy = {**old, "inputs": [{k: v for k, v in f.items() if k != "name"} for f in old["inputs"]]}
+    moved = describe_changes(legacy, fingerprint(under("file:///tmp/upload-2/data"), spec))  # made before names
+    assert "input removed: file:///tmp/upload-1/data/part-0.parquet" in moved

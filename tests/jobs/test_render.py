@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,22 @@ def test_every_row_once_resume_and_determinism(ray_cluster, dataset, tmp_path, t
     assert "(0 this run, 7 before" in capsys.readouterr().out
 
 
+def test_a_moved_dataset_resumes_as_the_same_input(ray_cluster, dataset, tmp_path, capsys):
+    """`ray job submit --working-dir .` unpacks a relative INPUT into a new folder at every
+    submission: inputs are compared by their path below INPUT, size and rows, not full URLs."""
+    out = tmp_path / "out"
+    assert render(dataset, out, "--model", "tiny-sd-turbo", "--shard-size", "10", *SIZE) == 0
+    moved = tmp_path / "elsewhere" / "data"
+    shutil.copytree(dataset, moved)
+    capsys.readouterr()
+    assert render(moved, out, "--model", "tiny-sd-turbo", "--shard-size", "10", *SIZE) == 0
+    assert "shards: 4/4 committed (0 this run, 4 before" in capsys.readouterr().out
+    (moved / "part-2.parquet").rename(moved / "part-9.parquet")  # a renamed file is another input
+    assert render(moved, out, "--model", "tiny-sd-turbo", "--shard-size", "10", *SIZE) == 2
+    err = capsys.readouterr().err
+    assert "input removed: part-2.parquet" in err and "input added: part-9.parquet" in err
+
+
 def test_changed_options_or_inputs_stop_unless_overwrite(ray_cluster, dataset, tmp_path, capsys):
     out = tmp_path / "out"
     args = [dataset, out, "--model", "tiny-sd-turbo", "--shard-size", "10", *SIZE]
@@ -102,7 +119,7 @@ def test_changed_options_or_inputs_stop_unless_overwrite(ray_cluster, dataset, t
     assert "--steps: 1 -> 2" in capsys.readouterr().err
     write_parquet(dataset / "part-3.parquet", {"prompt": ["new"]})
     assert render(*args) == 2
-    assert "input added: file://" in capsys.readouterr().err
+    assert "input added: part-3.parquet" in capsys.readouterr().err
     assert render(*args, "--steps", "2", "--overwrite") == 0
     assert {r["steps"] for r in read_metadata(out)} == {2}
     assert len(read_metadata(out)) == 22
