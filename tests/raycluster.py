@@ -221,12 +221,17 @@ class Node:
 
 
 @contextlib.contextmanager
-def started_worker_node(head: Head, num_cpus: int) -> Iterator[Node]:
-    """A raylet joining ``head`` (`ray start --address`) with its own temp dir and ports."""
+def started_worker_node(head: Head, num_cpus: int, num_gpus: int = 0,
+                        resources: dict[str, float] | None = None) -> Iterator[Node]:  # fmt: skip
+    """A raylet joining ``head`` (`ray start --address`) with its own temp dir and ports.
+    ``num_gpus`` and ``resources`` are logical (Ray schedules by them; no device is touched): a GPU
+    node as the driver plans for it, e.g. ``{"accelerator_type:H200": 1}``."""
     temp_dir = Path(tempfile.mkdtemp(prefix="tb-node-", dir="/tmp"))  # short: Unix socket paths
     ports, _ = port_args(NODE_PORT_FLAGS)
     command = [str(BIN / "ray"), "start", "--address", head.gcs_address, "--block", "--num-cpus", str(num_cpus),
-               "--num-gpus", "0", "--temp-dir", str(temp_dir), *ports]  # fmt: skip
+               "--num-gpus", str(num_gpus), "--temp-dir", str(temp_dir), *ports]  # fmt: skip
+    if resources:
+        command += ["--resources", json.dumps(resources)]
     with (temp_dir / "node.log").open("wb") as log:
         proc = subprocess.Popen(command, env=head.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
