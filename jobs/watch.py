@@ -92,6 +92,7 @@ def format_duration(seconds: float) -> str:
 
 
 def format_window(window_s: float) -> str:
+    """``5 min``, ``30 s``: the rate's window as the refresh line names it."""
     return f"{window_s / 60:g} min" if window_s >= 60 else f"{window_s:g} s"
 
 
@@ -141,7 +142,7 @@ class Snapshot:
 
     def lines(self) -> list[str]:
         s, r = self.shards, self.rows
-        rate = (f"{self.images_per_s:,.2f} images/s" if self.images_per_s is not None else "— images/s")
+        rate = f"{self.images_per_s:,.2f} images/s" if self.images_per_s is not None else "— images/s"
         rate += f" (last {format_window(self.window_s)})"
         eta = self.eta_s
         done = r["ok"] + r["error"]
@@ -225,7 +226,6 @@ class OutputWatcher:
         rather than wait for ever. Checked once; a missing folder in a bucket is waited for."""
         if self._bucket_checked or not self.out.url.startswith(OBJECT_STORES):
             return
-        check_endpoint(self.out.url, self.out.storage_options)  # fails in seconds, not after retries
         bucket = bucket_of(self.out.url)
         if not self.out.fs.exists(bucket):
             raise JobError(f"output: bucket {bucket!r} does not exist (or is not visible with these credentials)")
@@ -243,6 +243,7 @@ def watch_output(out: Folder, interval_s: float = DEFAULT_INTERVAL_S, count: int
     shards) or after ``count`` refreshes (0). Storage errors and KeyboardInterrupt propagate
     to the caller (status.main turns them into exit codes 2 and 130)."""
     stream = stream or sys.stdout
+    check_endpoint(out.url, out.storage_options)  # an unreachable endpoint fails in seconds, not after retries
     watcher = OutputWatcher(out)
     if not as_json:
         print(f"watching {out.display()} every {interval_s:g} s (Ctrl-C to stop)", file=stream, flush=True)
