@@ -1,8 +1,9 @@
-"""``python -m jobs.status OUTPUT [--json]``: where a job stands, from its output folder alone.
+"""``python -m jobs.status OUTPUT [--json] [--watch [SECONDS]]``: where a job stands, from its output alone.
 
 Reads ``_job/`` (plan, spec), one listing each of ``_done/`` and ``_failed/``, and the done
 markers (counts, timings: where the devices' time went, and which node rendered each shard). Needs no Ray, no model and no
-input: it works while a job runs, after it died, or from another machine.
+input: it works while a job runs, after it died, or from another machine. ``--watch`` follows a
+running job (jobs/watch.py).
 """
 
 from __future__ import annotations
@@ -181,15 +182,31 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m jobs.status") -> int:
+    from jobs.watch import DEFAULT_INTERVAL_S, watch_output  # jobs.watch imports this module
+
     p = argparse.ArgumentParser(prog=prog, description="Show a render job's progress from its output folder.")
     p.add_argument("output", help="the job's output folder URL")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument("--storage-options", type=json_object("--storage-options"), default={},
                    help="fsspec options for the output, as JSON (as for the render job)")  # fmt: skip
+    p.add_argument("--watch", nargs="?", const=DEFAULT_INTERVAL_S, type=float, metavar="SECONDS",
+                   help=f"refresh every SECONDS (default {DEFAULT_INTERVAL_S:g}) until the job ends: shards, images, "
+                   "images/s over the last minutes, ETA, new failed shards; exit 0, or 1 if shards failed; with "
+                   "--json one JSON object per line and refresh")  # fmt: skip
+    p.add_argument("--count", type=int, metavar="N",
+                   help="with --watch: stop after N refreshes (default: until the job ends)")
     args = p.parse_args(argv)
+    if args.watch is not None and not args.watch > 0:
+        p.error(f"--watch: {args.watch:g} is not valid; expected seconds between refreshes, more than 0")
+    if args.count is not None and (args.watch is None or args.count < 1):
+        p.error("--count: expected a number of refreshes of 1 or more, with --watch")
     try:
         out = Folder(args.output, args.storage_options)
+        if args.watch is not None:
+            return watch_output(out, args.watch, args.count, args.json)
         status = job_status(out)
+    except KeyboardInterrupt:
+        return 130
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
