@@ -57,7 +57,9 @@ def test_a_submitted_job_exports_its_counts_on_the_metrics_port(tiny_model_dir: 
     args = [str(data), str(out), "--model", "tiny-sd-turbo", "--shard-size", "4", "--height", "32", "--width", "32",
             "--workers", "1"]  # fmt: skip
     with started_head(num_cpus=2) as head:
-        job_id = head.submit(*args, env={faults.ENV: json.dumps({"delay_s": 0.3})})
+        # 0.8 s per row: the replacement actor renders for ~20 s, two of Ray's 10 s reports, so the
+        # agent sees its ready gauge even when the machine is busy (0.3 s missed it under load).
+        job_id = head.submit(*args, env={faults.ENV: json.dumps({"delay_s": 0.8})})
         seen = _watch_while_running(head, out)
         status, status_out, logs = head.follow(job_id)
         assert status == "FAILED" and "exit code 1" in status_out, f"{status_out}\n{logs}"  # the corrupt shard
