@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -125,7 +127,33 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     p.add_argument("--overwrite", action="store_const", const=True,
                    help="discard an existing output made with other inputs or options "
                    "(an output of this same job is resumed, not discarded)")
+    plan = p.add_argument_group("planning a run (nothing is written to OUTPUT, no render actor starts)")
+    plan.add_argument("--dry-run", action="store_true", help="run every check a real run makes before work "
+                      "(inputs, columns, model configs, output, cluster resources), print the plan (rows, images, "
+                      "shards, workers) and an estimate of wall time and GPU-hours from the throughput table "
+                      "(jobs/throughput.json), naming each setting it has no measured figure for; exit 0, or 2 for a "
+                      "bad job")
+    plan.add_argument("--calibrate", action="store_true", help="a dry run that also renders one shard's worth of "
+                      "the job's first rows on one worker of the cluster, into a temporary folder on that worker's "
+                      "node (never OUTPUT), and estimates from the measured images/s")
+    plan.add_argument("--gpu-hour-price", type=float, metavar="P", help="with --dry-run or --calibrate: the price of "
+                      "one GPU-hour, to print the estimated cost")
+    plan.add_argument("--gpu-kind", metavar="NAME", help="with --dry-run: the GPU kind to estimate for, e.g. H200 or "
+                      "'NVIDIA A10G' (default: the cluster's GPU nodes' accelerator type, when it has some now)")
     return p
+
+
+RUN_OPTIONS = ("dry_run", "calibrate", "gpu_hour_price", "gpu_kind")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a job, beside what the job is (JobSpec): a dry run, a calibration, its estimate."""
+
+    dry_run: bool = False
+    calibrate: bool = False
+    gpu_hour_price: float | None = None
+    gpu_kind: str | None = None
 
 
 def json_object(flag: str):
@@ -144,11 +172,27 @@ def json_object(flag: str):
 
 def parse_render_args(argv: list[str] | None, prog: str = "python -m jobs.render") -> JobSpec:
     """Flags (and the YAML named by --config) -> a validated JobSpec. Raises JobError."""
+    return parse_render_command(argv, prog)[0]
+
+
+def parse_render_command(argv: list[str] | None, prog: str = "python -m jobs.render") -> tuple[JobSpec, RunOptions]:
+    """Flags (and the YAML named by --config) -> a validated JobSpec and how to run it. Raises JobError."""
     args = vars(build_render_parser(prog).parse_args(argv))
+    options = RunOptions(**{name: args.pop(name) for name in RUN_OPTIONS if name in args})
     config_path = args.pop("config", None)
     yaml_values = _read_yaml(config_path) if config_path else {}
     flags = {k: v for k, v in args.items() if v is not None}
-    return JobSpec.from_sources(yaml_values, flags)
+    spec = JobSpec.from_sources(yaml_values, flags)
+    planning = options.dry_run or options.calibrate
+    for flag, value in (("--gpu-hour-price", options.gpu_hour_price), ("--gpu-kind", options.gpu_kind)):
+        if value is not None and not planning:
+            raise JobError(f"{flag}: applies to --dry-run and --calibrate (the estimate); add one of them")
+    price = options.gpu_hour_price
+    if price is not None and (isinstance(price, bool) or not math.isfinite(price) or price < 0):
+        raise JobError(f"--gpu-hour-price: {price!r} is not valid; expected a price of zero or more")
+    if options.gpu_kind is not None and not options.gpu_kind.strip():
+        raise JobError("--gpu-kind: empty; expected a GPU kind such as H200 or 'NVIDIA A10G'")
+    return spec, options
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

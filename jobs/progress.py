@@ -1,4 +1,5 @@
-"""Progress bar (shards, images/s, ETA, workers ready / starting) and the end-of-run summary."""
+"""Progress bar (shards, images/s, ETA, workers ready / starting) and the end-of-run summary
+(counts, speed, start-up, the device kinds that rendered)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from jobs.startup import startup_line, startup_report
+from jobs.status import device_kinds, devices_line
 
 
 @dataclass
@@ -80,6 +82,9 @@ class Progress:
         startup = startup_line(startup_report(markers))  # the actors that committed a shard this run
         if startup:
             lines.append(startup)
+        devices = devices_line(device_kinds(markers))  # which GPU kinds rendered (torch's names), and how fast
+        if devices:
+            lines.append(devices)
         failed = sorted(self.failed, key=lambda o: o.shard_id)
         lines += [f"failed shard {o.shard_id} (after {o.attempts} attempt(s)): {o.error}" for o in failed[:20]]
         if len(failed) > 20:

@@ -1,36 +1,61 @@
 """``python -m jobs.render INPUT OUTPUT [options]``: the render job, as a recipe.
 
 Every check that can fail a job runs before any actor starts; then shards without a done
-marker are rendered and committed by the actors. Rerun the same command to resume.
+marker are rendered and committed by the actors. Rerun the same command to resume. Steps 1-5's
+checks and plan are functions (check_job, resolve_job, plan_job) that the dry run (jobs/dryrun.py,
+``--dry-run``) runs too, without writing anything.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 from jobs import resume, schedule
 from jobs.card import write_card
-from jobs.cli import parse_render_args
-from jobs.cluster import SIGTERM_RECEIVED, capacity_note, ray_session, resolve_spec
+from jobs.cli import parse_render_command
+from jobs.cluster import SIGTERM_RECEIVED, ClusterInfo, capacity_note, ray_session, resolve_spec
 from jobs.columns import with_kept_columns
 from jobs.errors import JobError, JobStalled
 from jobs.expand import images_per_row
-from jobs.inputs import check_columns, scan_inputs
+from jobs.inputs import InputFile, check_columns, scan_inputs
 from jobs.keys import check_unique_keys
-from jobs.plan import fingerprint, make_plan
+from jobs.plan import Shard, fingerprint, make_plan
 from jobs.progress import Progress
 from jobs.spec import MAX_SEED, JobSpec
 from jobs.storage import Folder
-from workers.models import describe_weights, resolve_controlnet, resolve_model, resolve_vae, resolve_weights
+from workers.models import (ControlNetInfo, ModelInfo, VaeInfo, describe_weights, resolve_controlnet, resolve_model,
+                            resolve_vae, resolve_weights)
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_BAD_JOB, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
-def run(spec: JobSpec) -> int:
+@dataclass(frozen=True)
+class CheckedJob:
+    """A job that passed the checks of steps 1-3 (and, once resolved, step 4)."""
+
+    spec: JobSpec
+    out: Folder
+    files: list[InputFile]
+    total_rows: int
+    per_row: int  # images per prompt x sweep combinations
+    model: ModelInfo
+    vae: VaeInfo | None
+    controlnet: ControlNetInfo | None
+    output_state: str = ""  # what step 1 found (the dry run's report)
+
+
+def check_job(spec: JobSpec, write_probe: bool = True) -> CheckedJob:
+    """Steps 1-3, shared by a run and its dry run (``write_probe=False``: nothing is written)."""
     # 1. The output must be writable.
     out = Folder(spec.output, spec.output_options())
-    resume.check_writable(out)
+    if write_probe:
+        resume.check_writable(out)
+        state = "writable"
+    else:
+        state = resume.check_writable_read_only(out)
     spec = dataclasses.replace(spec, output=out.absolute_url)  # actors may run in another cwd
     # 2. Inputs: list the files, read their footers, check the columns (and keys if named, and the
     #    template's fields); the kept columns and their types become the job's one schema.
@@ -40,7 +65,6 @@ def run(spec: JobSpec) -> int:
     if spec.key_column:
         check_unique_keys(files, spec.key_column, spec.input_options())
     total_rows = sum(f.num_rows for f in files)
-    per_row = images_per_row(spec)  # images per prompt x sweep combinations
     if spec.seed + total_rows * spec.images_per_prompt > MAX_SEED:
         raise JobError(f"--seed: {spec.seed} + {total_rows} rows x {spec.images_per_prompt} images per prompt would "
                        "pass 2**63; use a smaller job seed")  # fmt: skip
@@ -49,15 +73,32 @@ def run(spec: JobSpec) -> int:
     model = resolve_model(spec.model, spec.weights, spec.input_options())
     vae = resolve_vae(spec.vae, model, spec.input_options()) if spec.vae else None
     controlnet = resolve_controlnet(spec.controlnet, model, spec.input_options()) if spec.controlnet else None
+    return CheckedJob(spec, out, files, total_rows, images_per_row(spec), model, vae, controlnet, state)
+
+
+def resolve_job(job: CheckedJob, cluster: ClusterInfo) -> CheckedJob:
+    """Step 4: fill in what depends on the cluster (device, dtype, size, worker count; a request the
+    cluster can never hold fails here); then each model's variant (auto: by dtype) and the files
+    every node fetches once."""
+    spec = resolve_spec(job.spec, job.model, cluster)
+    return dataclasses.replace(job, spec=resolve_weights(spec, job.model, job.vae, job.controlnet))
+
+
+def plan_job(job: CheckedJob) -> tuple[list[Shard], dict[str, Any]]:
+    """Step 5's plan: the shards (ranges of the job's images) and the fingerprint the output is claimed with."""
+    return make_plan(job.files, job.spec.shard_size, job.per_row), fingerprint(job.files, job.spec)
+
+
+def run(spec: JobSpec) -> int:
+    job = check_job(spec)  # 1-3. output writable, inputs and columns, model configs
+    out, total_rows, per_row, files = job.out, job.total_rows, job.per_row, job.files
     with ray_session() as cluster:
-        # 4. Fill in what depends on the cluster: device, dtype, size, worker count; then each
-        #    model's variant (auto: by dtype) and the files every node fetches once.
-        spec = resolve_spec(spec, model, cluster)
-        spec = resolve_weights(spec, model, vae, controlnet)
-        # 5. Plan the shards (ranges of the job's images) and claim (or resume) the output; clear
-        #    what dead runs left.
-        plan = make_plan(files, spec.shard_size, per_row)
-        done = resume.prepare(out, spec, plan, fingerprint(files, spec))
+        # 4. What depends on the cluster; the weights each node fetches.
+        job = resolve_job(job, cluster)
+        spec = job.spec
+        # 5. Plan the shards and claim (or resume) the output; clear what dead runs left.
+        plan, prints = plan_job(job)
+        done = resume.prepare(out, spec, plan, prints)
         failed_before = resume.tidy(out, done)
         pending = [s for s in plan if s.shard_id not in done]
         retried = f" ({len(failed_before)} failed before, retried now)" if failed_before else ""
@@ -84,7 +125,7 @@ def run(spec: JobSpec) -> int:
         resume.remove_temp_leftovers(out)
     # 7. The dataset card for what is committed now; summary; the exit code tells whether too
     #    many shards failed, or the job stalled.
-    write_card(out, spec, model.location)
+    write_card(out, spec, job.model.location)
     print(progress.summary(out.display()))
     if stalled is not None:
         print(f"error: {stalled}\ncommitted shards are kept; run the same command again to resume", file=sys.stderr)
@@ -94,7 +135,11 @@ def run(spec: JobSpec) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "python -m jobs.render") -> int:
     try:
-        spec = parse_render_args(argv, prog)
+        spec, options = parse_render_command(argv, prog)
+        if options.dry_run or options.calibrate:
+            from jobs.dryrun import dry_run
+
+            return dry_run(spec, options)
         return run(spec)
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,7 +9,9 @@ the next run retries it and removes the marker once the shard commits.
 
 from __future__ import annotations
 
+import os
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,6 +33,30 @@ def check_writable(out: Folder) -> None:
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot write"
         reason = describe_error(e, out.display(), out.storage_options)
         raise JobError(f"output: cannot write to {out.display()}: {reason}") from None
+
+
+def check_writable_read_only(out: Folder) -> str:
+    """check_writable without writing anything (the dry run): a local folder, or the nearest folder
+    above it that exists, must be a writable folder; an object store's folder must be listable (its
+    bucket there, the credentials accepted). Returns what was checked; JobError when it fails."""
+    try:
+        check_endpoint(out.url, out.storage_options)
+        if out.is_local:
+            path = out.root
+            while not os.path.exists(path) and os.path.dirname(path) != path:
+                path = os.path.dirname(path)
+            if not os.path.isdir(path):
+                raise NotADirectoryError(f"{path} is not a folder")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise PermissionError(f"{path} is not writable by this user")
+            state = "exists" if path == out.root else f"absent (the run creates it in {path})"
+            return f"{state}; writable"
+        names = out.list_names("")
+    except Exception as e:  # noqa: BLE001 - any failure here means "cannot write"
+        reason = describe_error(e, out.display(), out.storage_options)
+        raise JobError(f"output: cannot write to {out.display()}: {reason}") from None
+    state = f"{len(names)} entries" if names else "empty or absent"
+    return f"{state}; readable (write access is not tested without writing: the run's first step tests it)"
 
 
 def committed_shards(out: Folder) -> set[int]:
@@ -102,8 +128,19 @@ def remove_temp_leftovers(out: Folder) -> int:
     return removed
 
 
-def prepare(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str, Any]) -> set[int]:
-    """Claim the output for this job (or check it is ours) and return the committed shard ids."""
+@dataclass(frozen=True)
+class Claim:
+    """What claiming the output for a job does (``inspect``), before anything is written."""
+
+    done: set[int]  # committed shards the job keeps
+    discard: bool  # --overwrite discards an output of another job (or of no known job)
+    new: bool  # the plan and spec are written (a first run, or one that discards)
+    before: int  # committed shards found, kept or not
+
+
+def inspect(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str, Any]) -> Claim:
+    """Read-only: whether the output may be claimed for this job (else JobError, naming what
+    differs) and which shards it keeps. ``prepare`` acts on it; the dry run only reports it."""
     previous = out.read_json(layout.SPEC)["fingerprint"] if out.exists(layout.SPEC) else None
     changes = describe_changes(previous, fingerprint) if previous is not None else []
     if changes and not spec.overwrite:
@@ -112,15 +149,27 @@ def prepare(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str
             + "\n  ".join(changes)
             + "\nUse a new output folder, or --overwrite to discard the existing output."
         )
-    foreign = previous is None and bool(committed_shards(out))  # done markers of an unknown job
+    found = committed_shards(out)
+    foreign = previous is None and bool(found)  # done markers of an unknown job
     if foreign and not spec.overwrite:
         raise JobError(
             f"output: {out.display()} has committed shards but no {layout.SPEC}; it was not "
             "made by this job. Use a new output folder, or --overwrite to discard it."
         )
-    if changes or foreign:  # only with --overwrite, as checked above
+    discard = bool(changes or foreign)  # only with --overwrite, as checked above
+    done = set() if discard else found
+    unknown = sorted(done - {s.shard_id for s in plan})
+    if unknown:
+        raise JobError(f"output: done markers for shards not in the plan: {unknown[:10]}")
+    return Claim(done, discard, previous is None or discard, len(found))
+
+
+def prepare(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str, Any]) -> set[int]:
+    """Claim the output for this job (or check it is ours) and return the committed shard ids."""
+    claim = inspect(out, spec, plan, fingerprint)
+    if claim.discard:
         _clear(out)
-    if previous is None or changes:  # claim the output for this job
+    if claim.new:  # claim the output for this job
         planned_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         out.write_json(layout.PLAN, {
             "num_shards": len(plan), "planned_at": planned_at,
@@ -128,11 +177,7 @@ def prepare(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str
             "num_images": sum(s.num_images for s in plan), "shards": [s.to_dict() for s in plan],
         })  # fmt: skip
         out.write_json(layout.SPEC, {"spec": spec.to_public_dict(), "fingerprint": fingerprint})
-    done = committed_shards(out)
-    unknown = sorted(done - {s.shard_id for s in plan})
-    if unknown:
-        raise JobError(f"output: done markers for shards not in the plan: {unknown[:10]}")
-    return done
+    return claim.done
 
 
 def _clear(out: Folder) -> None:

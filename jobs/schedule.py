@@ -8,7 +8,8 @@ and the attempt is not counted. Any other infrastructure failure (its actor died
 storage timed out or answered 5xx) puts it back after a backoff, up to ``--max-retries`` times. A shard
 that fails otherwise (bad data, a bug), or runs out of retries, gets a ``_failed/`` marker and the job
 goes on with the others. When nothing can progress for ``--stall-timeout`` seconds the job stops
-(JobStalled) naming what it waited for.
+(JobStalled) naming what it waited for. Shards committed, failed and retried and the actors ready
+or starting also go to Ray's metrics (jobs/metrics.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from jobs import nodes, resume
 from jobs.errors import JobError, JobStalled, error_text
+from jobs.metrics import DriverMetrics
 from jobs.plan import Shard
 from jobs.pool import ActorPool
 from jobs.progress import Progress, ShardOutcome
@@ -54,6 +56,7 @@ class ShardScheduler:
         self.shard_seconds: deque[float] = deque(maxlen=20)  # recent shards' time on their actor
         self.stall = StallWatch(spec.stall_timeout)
         self.pool: ActorPool | None = None
+        self.metrics: DriverMetrics | None = None  # Ray's metrics (jobs/metrics.py), once Ray is up
         self.min_ready = 1
         self.started = False  # latched once min_ready actors were ready
 
@@ -64,6 +67,7 @@ class ShardScheduler:
         target = min(self.spec.workers or 1, len(pending))
         self.min_ready = min(self.spec.min_workers, target)
         self.pool = ActorPool(self.spec, target, self._note)
+        self.metrics = DriverMetrics(self.spec.model)
         self.ready.extend(pending)
         try:
             self.pool.start()
@@ -71,6 +75,7 @@ class ShardScheduler:
                 self._step()
         finally:
             self.pool.shutdown()
+            self.metrics.close()
 
     def _step(self) -> None:
         import ray
@@ -81,6 +86,7 @@ class ShardScheduler:
         self._release_waiting()
         self._submit_ready()
         self.progress.set_workers(pool.usable_count, len(pool.starting))
+        self.metrics.actors(pool.usable_count, len(pool.starting))
         refs = [*self.running, *pool.starting]
         timeout = min(POLL_S, self._seconds_to_next_retry())
         done, _ = ray.wait(refs, num_returns=1, timeout=timeout) if refs else ([], time.sleep(timeout))
@@ -149,6 +155,7 @@ class ShardScheduler:
         self.stall.shard_finished(time.monotonic())
         self.shard_seconds.append(marker.get("timings_s", {}).get("total", 0.0))
         self.progress.record(ShardOutcome(shard.shard_id, shard.num_images, marker=marker))
+        self.metrics.shard_committed(marker)
         if shard.shard_id in self.previously_failed:
             resume.clear_failure(self.out, shard.shard_id)
 
@@ -156,6 +163,7 @@ class ShardScheduler:
         """Its node was drained or lost: back to the front of the queue, the attempt not counted."""
         self.attempts[shard.shard_id] -= 1
         self.ready.appendleft(shard)
+        self.metrics.shard_retried(cause)
         self._note(f"shard {shard.shard_id} requeued: its node was {'lost' if cause == nodes.NODE_LOST else cause} "
                    "(not counted as a retry)")  # fmt: skip
 
@@ -165,6 +173,7 @@ class ShardScheduler:
             delay = backoff_s(attempts)
             self._note(f"shard {shard.shard_id}: {error_text(e)}; retry {attempts}/{self.spec.max_retries} in {delay:.0f} s")
             heapq.heappush(self.waiting, _Waiting(time.monotonic() + delay, shard))
+            self.metrics.shard_retried("retry")
             return
         self.stall.shard_finished(time.monotonic())
         self._record_failed(shard, error_text(e), _ANSI.sub("", str(e)), retryable)
@@ -176,6 +185,7 @@ class ShardScheduler:
         except Exception as e:  # noqa: BLE001 - the shard stays pending without its marker
             self._note(f"shard {shard.shard_id}: could not write its failed marker ({error_text(e)})")
         self.progress.record(ShardOutcome(shard.shard_id, shard.num_images, error=error, attempts=attempts))
+        self.metrics.shard_failed()
 
     def _note(self, message: str) -> None:
         self.progress.note(f"turbobatch: {message}")

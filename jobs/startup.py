@@ -31,6 +31,7 @@ def startup_report(markers: list[dict[str, Any]]) -> dict[str, Any] | None:
     actions = Counter(f["action"] for f in fetches)
     report.update({name: actions[action] for action, name in ACTIONS.items()})
     report["copied_bytes"] = sum(f["bytes"] for f in fetches if f["action"] == "copied")
+    report["device_kinds"] = dict(Counter(r.get("device_kind") or "unknown" for r in records))  # actors per kind
     return report
 
 

@@ -1,8 +1,9 @@
-"""``python -m jobs.status OUTPUT [--json]``: where a job stands, from its output folder alone.
+"""``python -m jobs.status OUTPUT [--json] [--watch [SECONDS]]``: where a job stands, from its output alone.
 
 Reads ``_job/`` (plan, spec), one listing each of ``_done/`` and ``_failed/``, and the done
 markers (counts, timings: where the devices' time went, and which node rendered each shard). Needs no Ray, no model and no
-input: it works while a job runs, after it died, or from another machine.
+input: it works while a job runs, after it died, or from another machine. ``--watch`` follows a
+running job (jobs/watch.py).
 """
 
 from __future__ import annotations
@@ -52,8 +53,38 @@ def job_status(out: Folder) -> dict[str, Any]:
         "timings_s": summed_timings(markers),
         "nodes": per_node(markers),
         "startup": startup_report(markers),
+        "device_kinds": device_kinds(markers),
         "variants": {c: spec.get(f"{c}_variant") for c in ("model", "vae", "controlnet") if spec.get(f"{c}_variant")},
     }
+
+
+def device_kinds(markers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per device kind (markers' ``device_kind``: "NVIDIA H200", "cpu"; "unknown" in markers written
+    before it existed): shards, ok images, device-seconds (held by shards or idle before one) and
+    images per device-second, i.e. one worker's images/s: what a measured run adds to the
+    throughput table (jobs/throughput.json)."""
+    kinds: dict[str, dict[str, Any]] = {}
+    for marker in markers:
+        entry = kinds.setdefault(marker.get("device_kind") or "unknown",
+                                 {"shards": 0, "images": 0, "device_s": 0.0, "images_per_s": None})  # fmt: skip
+        t = marker.get("timings_s", {})
+        entry["shards"] += 1
+        entry["images"] += marker.get("ok", 0)
+        entry["device_s"] += t.get("render", 0.0) + t.get("device_idle_before", 0.0)
+    for entry in kinds.values():
+        entry["device_s"] = round(entry["device_s"], 3)
+        entry["images_per_s"] = round(entry["images"] / entry["device_s"], 2) if entry["device_s"] > 0 else None
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]["shards"]))
+
+
+def devices_line(kinds: dict[str, dict[str, Any]]) -> str | None:
+    """``devices: NVIDIA H200: 12 shards, 12,000 images, 52.3 images/s per worker``; None without markers."""
+    if not kinds:
+        return None
+    parts = [f"{kind}: {e['shards']} shards, {e['images']:,} images"
+             + (f", {e['images_per_s']:.2f} images/s per worker" if e["images_per_s"] else "")
+             for kind, e in kinds.items()]  # fmt: skip
+    return "devices: " + "; ".join(parts)
 
 
 def planned_images(shard: dict[str, Any]) -> int:
@@ -133,6 +164,9 @@ def format_status(status: dict[str, Any]) -> str:
     startup = startup_line(status.get("startup"))
     if startup:
         lines.append(f"{startup} (actors that committed a shard, all runs)")
+    devices = devices_line(status.get("device_kinds") or {})
+    if devices:
+        lines.append(f"{devices} (ok images over device time)")
     for node in status["nodes"][:10]:
         name = f"node {node['node_id'][:12]}" if node["node_id"] else "no Ray node"
         lines.append(f"node:    {name} ({node['host']}): {node['shards']} shards, {node['images']:,} images")
@@ -148,15 +182,31 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m jobs.status") -> int:
+    from jobs.watch import DEFAULT_INTERVAL_S, watch_output  # jobs.watch imports this module
+
     p = argparse.ArgumentParser(prog=prog, description="Show a render job's progress from its output folder.")
     p.add_argument("output", help="the job's output folder URL")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument("--storage-options", type=json_object("--storage-options"), default={},
                    help="fsspec options for the output, as JSON (as for the render job)")  # fmt: skip
+    p.add_argument("--watch", nargs="?", const=DEFAULT_INTERVAL_S, type=float, metavar="SECONDS",
+                   help=f"refresh every SECONDS (default {DEFAULT_INTERVAL_S:g}) until the job ends: shards, images, "
+                   "images/s over the last minutes, ETA, new failed shards; exit 0, or 1 if shards failed; with "
+                   "--json one JSON object per line and refresh")  # fmt: skip
+    p.add_argument("--count", type=int, metavar="N",
+                   help="with --watch: stop after N refreshes (default: until the job ends)")
     args = p.parse_args(argv)
+    if args.watch is not None and not args.watch > 0:
+        p.error(f"--watch: {args.watch:g} is not valid; expected seconds between refreshes, more than 0")
+    if args.count is not None and (args.watch is None or args.count < 1):
+        p.error("--count: expected a number of refreshes of 1 or more, with --watch")
     try:
         out = Folder(args.output, args.storage_options)
+        if args.watch is not None:
+            return watch_output(out, args.watch, args.count, args.json)
         status = job_status(out)
+    except KeyboardInterrupt:
+        return 130
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -66,6 +66,13 @@ class Head:
     env: dict[str, str]
     temp_dir: Path
     gcs_address: str  # host:port, what `ray start --address` and RAY_ADDRESS take
+    metrics_port: int = 0  # --metrics-export-port: Prometheus text at http://127.0.0.1:PORT/metrics
+    session: int = 0  # the session (and process group) of every process of this head: for kills
+
+    def metrics(self, timeout: float = 10) -> str:
+        """The head node's Prometheus text, as Ray's metrics agent serves it."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=timeout) as r:
+            return r.read().decode()
 
     def ray(self, *args: str, timeout: float = 120) -> str:
         """Run a `ray` CLI command against this head; returns stdout + stderr."""
@@ -175,7 +182,8 @@ def started_head(num_cpus: int) -> Iterator[Head]:
     try:
         address = f"http://127.0.0.1:{base + 1}"
         wait_until_up(address, proc, log_path)
-        yield Head(address, env, temp_dir, gcs_address=f"127.0.0.1:{base}")
+        yield Head(address, env, temp_dir, gcs_address=f"127.0.0.1:{base}",
+                   metrics_port=base + HEAD_PORT_FLAGS.index("--metrics-export-port"), session=proc.pid)
     finally:
         stop_head(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -213,12 +221,17 @@ class Node:
 
 
 @contextlib.contextmanager
-def started_worker_node(head: Head, num_cpus: int) -> Iterator[Node]:
-    """A raylet joining ``head`` (`ray start --address`) with its own temp dir and ports."""
+def started_worker_node(head: Head, num_cpus: int, num_gpus: int = 0,
+                        resources: dict[str, float] | None = None) -> Iterator[Node]:  # fmt: skip
+    """A raylet joining ``head`` (`ray start --address`) with its own temp dir and ports.
+    ``num_gpus`` and ``resources`` are logical (Ray schedules by them; no device is touched): a GPU
+    node as the driver plans for it, e.g. ``{"accelerator_type:H200": 1}``."""
     temp_dir = Path(tempfile.mkdtemp(prefix="tb-node-", dir="/tmp"))  # short: Unix socket paths
     ports, _ = port_args(NODE_PORT_FLAGS)
     command = [str(BIN / "ray"), "start", "--address", head.gcs_address, "--block", "--num-cpus", str(num_cpus),
-               "--num-gpus", "0", "--temp-dir", str(temp_dir), *ports]  # fmt: skip
+               "--num-gpus", str(num_gpus), "--temp-dir", str(temp_dir), *ports]  # fmt: skip
+    if resources:
+        command += ["--resources", json.dumps(resources)]
     with (temp_dir / "node.log").open("wb") as log:
         proc = subprocess.Popen(command, env=head.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -1,7 +1,8 @@
 """RenderWorker: one long-lived pipeline that renders and commits whole shards.
 
-A plain class: the driver wraps it in a Ray actor (jobs/schedule.py); tests and the GPU
-machine use it without Ray. The actor runs two shards at once (Ray's ``max_concurrency``), but
+A plain class: the driver wraps it in a Ray actor (jobs/pool.py); tests and the GPU
+machine use it without Ray, which it never imports: its metrics (jobs/metrics.py) are recorded
+only when it runs under Ray. The actor runs two shards at once (Ray's ``max_concurrency``), but
 every pipeline call runs on one "device" thread, one shard at a time (the pipeline is not
 thread-safe): while one shard renders, the other reads its rows or finishes encodes and uploads
 its tar, so reading and committing overlap rendering instead of leaving the device idle. One
@@ -19,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from jobs.metrics import WorkerMetrics
 from jobs.plan import Shard
 from jobs.retry import InfrastructureError, is_retryable
 from jobs.spec import JobSpec
@@ -68,14 +70,18 @@ class RenderWorker:
         self._device = ThreadPoolExecutor(1, thread_name_prefix="device")  # every pipeline call, in turn
         self._reading = threading.Lock()  # ShardReader keeps a row-group cache
         self._device_free_since: float | None = None  # when the last shard's rendering ended
-        # Who renders, for done markers and the driver (draining nodes): host, Ray node, process.
-        self.origin = {"worker": socket.gethostname(), "node_id": ray_node_id(), "pid": os.getpid()}
+        # Who renders, for done markers and the driver (draining nodes): host, Ray node, process, and
+        # the device's kind as torch names it ("NVIDIA H200", or "cpu"): what measured runs are keyed by.
+        self.origin = {"worker": socket.gethostname(), "node_id": ray_node_id(), "pid": os.getpid(),
+                       "device_kind": device_kind(spec.device)}  # fmt: skip
+        # Ray's metrics (jobs/metrics.py) when running under Ray; None without it (benchmarks, tests).
+        self.metrics = WorkerMetrics.start(spec.model, self.origin)
 
     def ready(self) -> dict[str, Any]:
         """Returns once the pipeline is loaded (the actor then takes shards): where it runs. (How
         long the start took goes into the worker's first done marker, with its first batch.)"""
         return {"host": self.origin["worker"], "node_id": self.origin["node_id"], "pid": self.origin["pid"],
-                "device": self.spec.device}  # fmt: skip
+                "device": self.spec.device, "device_kind": self.origin["device_kind"]}  # fmt: skip
 
     def _take_startup(self) -> dict[str, Any]:
         """The start-up record, for the first shard this worker commits only."""
@@ -138,7 +144,18 @@ class RenderWorker:
             _check_not_all_failed(valid, rendering.result())
             # 4. Off the device (the next shard renders meanwhile): flush images, write metadata,
             #    then the done marker.
-            return writer.commit(timings, started, extra=self._take_startup())
+            marker = writer.commit(timings, started, extra=self._take_startup())
+        self._record_metrics(marker)
+        return marker
+
+    def _record_metrics(self, marker: dict[str, Any]) -> None:
+        """The committed shard's counts and times to Ray's metrics; never fails the shard."""
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.shard_committed(marker)
+        except Exception as e:  # noqa: BLE001 - the shard is committed; metrics are a view of it
+            print(f"turbobatch: warning: could not record metrics ({type(e).__name__}: {e})", file=sys.stderr)
 
     def _render_rows(self, valid: list[Row], writer: ShardWriter, timings: dict[str, float], asked: float) -> list[Row]:
         """Runs on the device thread: renders ``valid`` into ``writer``; returns the rows the
@@ -172,6 +189,15 @@ class RenderWorker:
         startup = self.startup
         if startup is not None and startup["startup_s"]["first_batch"] is None:
             startup["startup_s"]["first_batch"] = round(time.perf_counter() - render_started, 3)
+
+
+def device_kind(device: str) -> str:
+    """The device as torch names it: ``torch.cuda.get_device_name`` on CUDA ("NVIDIA H200"), else "cpu"."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
 
 
 def ray_node_id() -> str | None:

@@ -208,7 +208,8 @@ def describe_weights(spec: JobSpec) -> str | None:
         size = sum(f["size"] for f in source["files"].values())
         how = ("loaded in place" if source["kind"] == "local" or source["offline"]
                else "copied once per node" if source["kind"] == "remote" else "fetched from the Hub once per node")
-        parts.append(f"{component} {source['variant']} ({len(source['files'])} files, {size / 2**20:,.1f} MiB, {how})")
+        parts.append(f"{component} variant {source['variant']} ({len(source['files'])} files, "
+                     f"{size / 2**20:,.1f} MiB, {how})")
     return f"turbobatch: weights: {'; '.join(parts)}" if parts else None
 
 

@@ -102,7 +102,7 @@ class ShardWriter:
             "image_bytes": sum(r["bytes"] or 0 for r in self.records),
             "files": self.files, "spec_hash": self.spec.output_hash(),
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
-            **{k: self.origin.get(k) for k in ("worker", "node_id", "pid")},
+            **{k: self.origin.get(k) for k in ("worker", "node_id", "pid", "device_kind")},
             "committed_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             **(extra or {}),
         }  # fmt: skip

@@ -61,7 +61,7 @@ def test_bfloat16_auto_reads_only_the_fp16_files(ray_cluster, tmp_path, prompts,
     assert spec["spec"]["variant"] == "auto"
     weights = sorted(n for n in spec["spec"]["sources"]["model"]["files"] if n.endswith(".safetensors"))
     assert weights and all(".fp16." in n for n in weights)
-    assert "turbobatch: weights: model fp16 (" in captured.err and "loaded in place" in captured.err
+    assert "turbobatch: weights: model variant fp16 (" in captured.err and "loaded in place" in captured.err
     assert "start-up: 1 actor, min / median / max: fetch " in captured.out
     assert "model folders: 0 copied, 0 from the node's cache, 1 loaded in place" in captured.out
 

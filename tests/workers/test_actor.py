@@ -157,14 +157,16 @@ def test_without_ray_the_marker_has_no_node_id_and_this_process(tmp_path, prompt
     code = (f"import json, os, sys; from jobs.plan import Shard; from tests.workers.test_actor import resolved_spec; "
             f"from workers.actor import RenderWorker; w = RenderWorker(resolved_spec({str(tmp_path)!r})); "
             f"m = w.render_shard(Shard(0, 'file://{prompts_file}', 0, 2, 0, 9)); "
-            f"print(json.dumps([m['worker'], m['node_id'], m['pid'], os.getpid(), w.ready(), 'ray' in sys.modules]))")
+            f"print(json.dumps([m['worker'], m['node_id'], m['pid'], os.getpid(), w.ready(), 'ray' in sys.modules, "
+            f"m['device_kind'], w.metrics is None]))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    host, node_id, pid, own_pid, ready, ray_imported = json.loads(result.stdout.strip().splitlines()[-1])
+    host, node_id, pid, own_pid, ready, ray_imported, kind, no_metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert (host, node_id, pid) == (socket.gethostname(), None, own_pid) and not ray_imported
-    assert ready == {"host": host, "node_id": None, "pid": own_pid, "device": "cpu"}
+    assert ready == {"host": host, "node_id": None, "pid": own_pid, "device": "cpu", "device_kind": "cpu"}
+    assert kind == "cpu" and no_metrics  # no Ray, no metrics: ray.util.metrics is never imported
 
 
 def test_the_first_marker_records_how_long_the_worker_took_to_start(tmp_path, prompts_file, tiny_model_dir):

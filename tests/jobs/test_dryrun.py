@@ -1,0 +1,151 @@
+"""``--dry-run`` and ``--calibrate`` (jobs/dryrun.py): the run's checks and plan, an estimate,
+and nothing written to the output."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.render import main as render
+from tests.conftest import REPO, write_parquet
+from tests.helpers import wait_for
+from tests.raycluster import started_head, started_worker_node
+
+EXAMPLE = REPO / "examples" / "prompts.parquet"
+TINY = ["--model", "tiny-sd-turbo", "--height", "32", "--width", "32", "--shard-size", "20"]
+
+
+def listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file below ``folder`` with its size and mtime: what 'nothing written' compares."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def dry_run(capsys, *args: str) -> tuple[int, str, str]:
+    rc = render([str(EXAMPLE), *args, "--dry-run"])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def speed(text: str) -> float:
+    return float(re.search(r"^speed: +([\d,.]+) images/s per worker", text, re.MULTILINE).group(1).replace(",", ""))
+
+
+def test_dry_run_prints_the_plan_and_an_estimate_and_writes_nothing(ray_cluster, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, text, err = dry_run(capsys, str(out), *TINY)
+    assert rc == 0, err
+    assert not out.exists()  # not even the folder
+    assert "turbobatch: dry run: nothing is written to the output and no render actor starts" in text
+    assert "input:    50 rows in 1 file(s)" in text
+    assert "plan:     50 images (1 per row) in 3 shards of up to 20 images; 0 shards committed before, " \
+           "3 shards (50 images) to render" in text  # fmt: skip
+    assert f"output:   {out}: absent (the run creates it in {tmp_path}); writable" in text
+    assert re.search(r"^estimate: 50 images on 1 worker\(s\): [\d.]+ s of rendering", text, re.MULTILINE), text
+    # 32x32 and batch 8 were not measured for the tiny model on CPU: said so, and what stood in.
+    assert re.search(r"^note: +not measured: .*32x32 \(measured: 64x64\)", text, re.MULTILINE), text
+
+
+def test_the_estimate_changes_with_the_model_the_decoder_and_the_steps(ray_cluster, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    base = ["--height", "32", "--width", "32"]
+    runs = {
+        "sd": ["--model", "tiny-sd-turbo", *base],
+        "sdxl": ["--model", "tiny-sdxl-turbo", *base],
+        "taesd": ["--model", "tiny-sd-turbo", "--vae", "tiny-taesd", *base],
+        "4 steps": ["--model", "tiny-sd-turbo", "--steps", "4", *base],
+    }
+    speeds, texts = {}, {}
+    for name, args in runs.items():
+        rc, texts[name], err = dry_run(capsys, out, *args)
+        assert rc == 0, (name, err)
+        speeds[name] = speed(texts[name])
+    assert len(set(speeds.values())) == 4, speeds
+    assert speeds["taesd"] > speeds["sd"] > speeds["4 steps"] and speeds["sdxl"] < speeds["sd"], speeds
+    assert "TAESD decoder" in texts["taesd"] and "the TAESD decoder (measured: VAE)" in texts["taesd"]
+    assert "4 step(s) (measured: 1)" in texts["4 steps"]
+    assert "model tiny-sdxl-turbo: not measured" in texts["sdxl"]
+    assert not Path(out).exists()
+
+
+def test_dry_run_of_a_resumed_output_counts_what_is_left_and_touches_nothing(ray_cluster, tmp_path, capsys):
+    data = write_parquet(tmp_path / "in.parquet", {"prompt": [f"p {i}" for i in range(12)]})
+    out = tmp_path / "out"
+    small = ["--model", "tiny-sd-turbo", "--height", "32", "--width", "32", "--shard-size", "4"]
+    assert render([str(data), str(out), *small]) == 0
+    (out / "_done" / "000001.json").unlink()
+    before = listing(out)
+    capsys.readouterr()
+    assert render([str(data), str(out), *small, "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "2 shards committed before, 1 shards (4 images) to render" in text
+    assert "estimate: 4 images on 1 worker(s)" in text
+    assert listing(out) == before
+    # A changed job is refused by the dry run as by the run, naming what changed, and still writes nothing.
+    assert render([str(data), str(out), *small, "--steps", "2", "--dry-run"]) == 2
+    assert "steps" in capsys.readouterr().err
+    assert listing(out) == before
+
+
+def test_a_bad_job_stops_the_dry_run_as_it_stops_a_run(ray_cluster, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, _, err = dry_run(capsys, str(out), *TINY, "--prompt-column", "caption")
+    assert rc == 2 and "caption" in err and not out.exists()
+    rc, _, err = dry_run(capsys, str(out), *TINY, "--gpu-hour-price", "-1")
+    assert rc == 2 and "--gpu-hour-price: -1.0 is not valid" in err
+    assert render([str(EXAMPLE), str(out), *TINY, "--gpu-hour-price", "2"]) == 2  # without --dry-run
+    assert "--gpu-hour-price: applies to --dry-run and --calibrate" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_calibrate_renders_one_shard_elsewhere_and_estimates_from_it(ray_cluster, tmp_path, capsys):
+    out = tmp_path / "out"
+    temp_before = set(Path("/tmp").glob("turbobatch-calibrate-*"))
+    rc = render([str(EXAMPLE), str(out), *TINY, "--calibrate"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert not out.exists()
+    assert "one render actor renders shard 0 into a temporary folder (--calibrate)" in text
+    measured = re.search(r"^measured: ([\d,.]+) images/s on one worker \(cpu\), shard 0: (\d+) images after the "
+                         r"first batch of 8", text, re.MULTILINE)  # fmt: skip
+    assert measured and measured.group(2) == "12", text  # shard 0: 20 images, 8 of them the warm-up batch
+    assert speed(text) == pytest.approx(float(measured.group(1).replace(",", "")), rel=0.01)
+    assert "calibrated: one worker on this cluster (cpu), 20 images; the table's figure was" in text
+    assert set(Path("/tmp").glob("turbobatch-calibrate-*")) == temp_before  # its temporary folder is gone
+
+
+@pytest.mark.slow
+def test_a_gpu_job_is_estimated_for_the_clusters_gpu_kind_with_its_cost(tmp_path):
+    """A real cluster whose raylet declares a (logical) H200: the dry run reads the GPU kind from
+    Ray's accelerator_type resource, estimates from the table's H200 figures, prices the GPU-hours,
+    and starts no actor (the node has no device to start one on)."""
+    out = tmp_path / "out"
+    with started_head(num_cpus=1) as head, \
+            started_worker_node(head, num_cpus=2, num_gpus=2, resources={"accelerator_type:H200": 2}):  # fmt: skip
+        wait_for(lambda: "/2.0 GPU" in head.ray("status", "--address", head.gcs_address), 60, "the GPU node")
+        env = {**head.env, "RAY_ADDRESS": head.gcs_address, "TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"]}
+        texts = {}
+        for model in ("stabilityai/sd-turbo", "stabilityai/sdxl-turbo"):
+            command = [sys.executable, "-m", "jobs.render", str(EXAMPLE), str(out), "--model", model, "--weights",
+                       "random", "--device", "cuda", "--workers", "4", "--shard-size", "10",
+                       "--gpu-hour-price", "2.5", "--dry-run"]  # fmt: skip
+            result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, result.stderr[-3000:]
+            texts[model] = result.stdout
+    sd, sdxl = texts["stabilityai/sd-turbo"], texts["stabilityai/sdxl-turbo"]
+    assert "workers:  up to 4 cuda render actor(s) of {'CPU': 1, 'GPU': 1} (rendering starts with 1); the " \
+           "cluster has room for 2 now" in sd  # fmt: skip
+    assert "speed:    53.20 images/s per worker" in sd and "speed:    45.80 images/s per worker" in sdxl
+    assert "2026-11-26" in sd and "previous worker" in sd  # which measurement, and that it predates issue 14
+    wall = 50 / (4 * 53.2)  # 5 shards over 4 workers: the busiest renders 2 of them
+    wall = max(wall, 10 / 53.2)
+    hours = re.search(r"estimate: 50 images on 4 worker\(s\): ([\d.]+) s of rendering, ([\d.]+) GPU-hours", sd)
+    assert hours and float(hours.group(1)) == pytest.approx(wall, abs=0.05), sd
+    cost = re.search(r"^cost: +([\d.]+) at 2.5 per GPU-hour", sd, re.MULTILINE)
+    assert cost and float(cost.group(1)) == pytest.approx(float(hours.group(2)) * 2.5, abs=0.01), sd
+    assert not out.exists()
