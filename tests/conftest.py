@@ -90,3 +90,14 @@ def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
                           aws_access_key_id="tb-test-key", aws_secret_access_key=S3_SECRET)  # fmt: skip
     client.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def no_actors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad jobs must stop before any actor starts: starting the actor pool fails the test."""
+    from jobs import pool
+
+    def forbidden(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an actor was started for a bad job")
+
+    monkeypatch.setattr(pool.ActorPool, "start", forbidden)

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -214,3 +215,19 @@ def upload_folder(fs, folder: Path, url: str) -> str:
         if path.is_file():
             fs.pipe(f"{url.removeprefix('s3://').rstrip('/')}/{path.relative_to(folder).as_posix()}", path.read_bytes())
     return url
+
+
+def kill_driver_mid_run(command: list[str], out: Path, env: dict[str, str], cwd: Path, commits: int = 2,
+                        timeout: float = 300) -> int:  # fmt: skip
+    """Start a driver, SIGKILL it (and its session: its local Ray) once ``commits`` shards of
+    ``out`` are committed; returns the shards committed when it died."""
+    driver = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: done_count(out) >= commits, timeout, f"{commits} committed shards")
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        time.sleep(1)
+        kill_session(driver.pid)
+    return done_count(out)

@@ -28,6 +28,7 @@ from tests.helpers import (
     corrupt_parquet,
     done_count,
     image_digests,
+    kill_driver_mid_run,
     kill_session,
     metadata_without_timings,
     processes_titled,
@@ -93,16 +94,7 @@ def test_a_killed_driver_is_finished_by_the_same_command(prompts, tmp_path):
 
     out = tmp_path / "out"
     slow_env = {**env, faults.ENV: json.dumps({"delay_s": 0.25})}
-    driver = subprocess.Popen(command(out), env=slow_env, cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        wait_for(lambda: done_count(out) >= 2, 180, "two committed shards")
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(30)
-    finally:
-        time.sleep(1)
-        kill_session(driver.pid)
-    committed_before = done_count(out)
+    committed_before = kill_driver_mid_run(command(out), out, slow_env, REPO, timeout=180)
     assert 2 <= committed_before < 6
 
     again = subprocess.run(command(out), env=env, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from jobs import layout, pool
+from jobs import layout
 from jobs.render import main
 from tests.conftest import REPO, write_parquet
 from tests.helpers import assert_within_one_level, plain_diffusers_image, read_metadata, read_tar_images
@@ -138,15 +138,6 @@ def test_config_file_key_column_and_files_format(ray_cluster, tmp_path):
         ("a_1", 5, "images/000000/a_1.webp"), ("b", 6, "images/000000/b.webp"), ("c", 7, "images/000000/c.webp")]
     assert all((tmp_path / "out" / r["image"]).exists() for r in rows)
 
-
-@pytest.fixture
-def no_actors(monkeypatch):
-    """Bad jobs must stop before any actor starts: starting one fails the test."""
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("an actor was started for a bad job")
-
-    monkeypatch.setattr(pool.ActorPool, "start", forbidden)
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, Path]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from jobs import layout, pool
+from jobs import layout
 from jobs.render import main
 from jobs.status import main as status
 from jobs.verify import main as verify
@@ -25,13 +23,11 @@ from tests.conftest import REPO, write_parquet
 from tests.helpers import (
     assert_complete_and_clean,
     assert_within_one_level,
-    done_count,
     image_digests,
-    kill_session,
+    kill_driver_mid_run,
     metadata_without_timings,
     read_metadata,
     read_tar_images,
-    wait_for,
 )
 from workers import faults
 
@@ -154,13 +150,6 @@ def test_a_sweep_renders_every_image_as_its_metadata_says_and_resumes_exactly(ra
         capsys.readouterr().err)
 
 
-@pytest.fixture
-def no_actors(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("an actor was started for a bad job")
-
-    monkeypatch.setattr(pool.ActorPool, "start", forbidden)
-
 
 @pytest.mark.parametrize("extra, message", [
     (["--prompt-template", "a {style} photo of a {animal}"],
@@ -202,16 +191,7 @@ def test_a_killed_expanded_driver_is_finished_by_the_same_command(tmp_path):
 
     out = tmp_path / "out"
     slow_env = {**env, faults.ENV: json.dumps({"delay_s": 0.1})}  # per image: a shard takes ~1 s
-    driver = subprocess.Popen(command(out), env=slow_env, cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        wait_for(lambda: done_count(out) >= 2, 300, "two committed shards")
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(30)
-    finally:
-        time.sleep(1)
-        kill_session(driver.pid)
-    committed_before = done_count(out)
+    committed_before = kill_driver_mid_run(command(out), out, slow_env, REPO)
     assert 2 <= committed_before < 6
 
     again = subprocess.run(command(out), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import pool
 from jobs.render import main
 from tests.conftest import write_parquet
 from tests.helpers import read_metadata, read_tar_images
@@ -40,13 +39,6 @@ def test_each_family_renders_with_and_without_controlnet(ray_cluster, dataset, t
     assert {img.shape for img in read_tar_images(out).values()} == {(32, 32, 3)}
     assert {r["controlnet"] for r in rows} == {controlnet}
 
-
-@pytest.fixture
-def no_actors(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("an actor was started for a bad job")
-
-    monkeypatch.setattr(pool.ActorPool, "start", forbidden)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from jobs import pool
 from jobs.render import main
 from jobs.status import main as status_main
 from tests.conftest import S3_SECRET, s3_options, write_parquet
@@ -89,13 +88,6 @@ def test_float32_auto_reads_the_plain_files(ray_cluster, tmp_path, prompts, tiny
     assert render(prompts, plain, "--model", tiny_model_dir, "--dtype", "float32", *SIZE) == 0
     assert image_digests(out) == image_digests(plain)
 
-
-@pytest.fixture
-def no_actors(monkeypatch):
-    def forbidden(self):
-        raise AssertionError("an actor was started for a bad job")
-
-    monkeypatch.setattr(pool.ActorPool, "start", forbidden)
 
 
 def test_variant_fp16_on_a_model_without_fp16_files_is_a_job_error(ray_cluster, no_actors, tmp_path, prompts,
