@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -208,6 +209,27 @@ def _read_yaml(path: str) -> dict[str, Any]:
     return values
 
 
+READ_ONLY_COMMANDS = ("status", "verify")
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """End a read-only command (status, verify) once its output is flushed, skipping the
+    interpreter's teardown: Arrow's thread pools can abort it ("terminate called without an active
+    exception", exit -6 after the work is done: apache/arrow#34314), seen in CI after ``python -m
+    jobs.verify`` had printed "ok". These commands hold nothing that teardown would still write."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def console_main() -> None:
+    """The ``turbobatch`` command (pyproject's script): ``main``, then the exit that suits the command."""
+    code = main()
+    if len(sys.argv) > 1 and sys.argv[1] in READ_ONLY_COMMANDS:
+        exit_without_teardown(code)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``turbobatch`` entry point: dispatch to a subcommand."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -225,4 +247,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from jobs import layout, resume
-from jobs.cli import json_object
+from jobs.cli import exit_without_teardown, json_object
 from jobs.errors import JobError
 from jobs.startup import startup_line, startup_report
 from jobs.storage import Folder, describe_error
@@ -151,7 +151,7 @@ def format_status(status: dict[str, Any]) -> str:
         f"output:  {status['output']}",
         f"plan:    {shards['total']} shards, {status['input_rows']:,} input rows -> {rows['total']:,} images "
         f"({per_row} per row), model {status['model']}"
-        + "".join(f", {c} weights {v}" for c, v in status.get("variants", {}).items())
+        + "".join(f", {c} variant {v}" for c, v in status.get("variants", {}).items())
         + f", planned {status['planned_at'] or 'at an unknown time'}",
         f"shards:  {shards['committed']} committed, {shards['failed']} failed, {shards['pending']} pending",
         f"images:  {rows['ok']:,} ok, {rows['error']:,} error (committed); {rows['in_failed_shards']:,} in failed "
@@ -219,4 +219,4 @@ def main(argv: list[str] | None = None, prog: str = "python -m jobs.status") -> 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -29,7 +29,7 @@ from typing import IO, Any
 import pyarrow.parquet as pq
 
 from jobs import layout, resume
-from jobs.cli import json_object
+from jobs.cli import exit_without_teardown, json_object
 from jobs.errors import JobError
 from jobs.storage import Folder, describe_error
 
@@ -294,4 +294,4 @@ def main(argv: list[str] | None = None, prog: str = "python -m jobs.verify") -> 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -73,6 +73,20 @@ def test_a_good_output_verifies(rendered, tmp_path, capsys):
     module = subprocess.run([sys.executable, "-m", "jobs.verify", str(out)], capture_output=True, text=True,
                             cwd=REPO, timeout=120)  # fmt: skip
     assert module.returncode == 0, module.stderr
+    assert module.stdout.rstrip().endswith("\nok")  # printed before the exit that skips teardown
+
+
+def test_the_installed_command_exits_with_the_commands_code_and_its_output_flushed(rendered, tmp_path):
+    """`turbobatch verify|status` end without the interpreter's teardown (jobs.cli.console_main):
+    their output must still reach a pipe whole, and their exit codes stay the commands'."""
+    out = copy_of(rendered, "tar", tmp_path)
+    command = Path(sys.executable).parent / "turbobatch"
+    for args, code, tail in ((["verify", str(out)], 0, "ok"), (["status", str(out), "--json"], 0, "}"),
+                             (["verify", str(tmp_path / "nothing")], 2, "")):  # fmt: skip
+        result = subprocess.run([str(command), *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert result.returncode == code, (args, result.stderr)
+        assert result.stdout.rstrip().endswith(tail), (args, result.stdout[-300:])
+    assert "is not a turbobatch output" in result.stderr
 
 
 @pytest.mark.parametrize("damage, shard, message", [
