@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -144,9 +145,6 @@ def build_render_parser(prog: str = "python -m jobs.render") -> argparse.Argumen
     return p
 
 
-RUN_OPTIONS = ("dry_run", "calibrate", "gpu_hour_price", "gpu_kind")
-
-
 @dataclass(frozen=True)
 class RunOptions:
     """How to run a job, beside what the job is (JobSpec): a dry run, a calibration, its estimate."""
@@ -179,7 +177,7 @@ def parse_render_args(argv: list[str] | None, prog: str = "python -m jobs.render
 def parse_render_command(argv: list[str] | None, prog: str = "python -m jobs.render") -> tuple[JobSpec, RunOptions]:
     """Flags (and the YAML named by --config) -> a validated JobSpec and how to run it. Raises JobError."""
     args = vars(build_render_parser(prog).parse_args(argv))
-    options = RunOptions(**{name: args.pop(name) for name in RUN_OPTIONS if name in args})
+    options = RunOptions(**{f.name: args.pop(f.name) for f in dataclasses.fields(RunOptions) if f.name in args})
     config_path = args.pop("config", None)
     yaml_values = _read_yaml(config_path) if config_path else {}
     flags = {k: v for k, v in args.items() if v is not None}

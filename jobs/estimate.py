@@ -83,10 +83,8 @@ class Figure:
 def setting_for(spec: JobSpec, pipeline_class: str, vae_class: str | None, params: SamplingParams,
                 device_kind: str) -> Setting:  # fmt: skip
     """The Setting of a resolved job's images with sampling parameters ``params``."""
-    models = load_table()["models"]
-    known = models.get(spec.model)
-    family = known["family"] if known else FAMILY_OF_PIPELINE.get(pipeline_class, "sd")
-    return Setting(model=spec.model, family=family, scale=known["scale"] if known else "full",
+    family = _known(spec.model, "family") or FAMILY_OF_PIPELINE.get(pipeline_class, "sd")
+    return Setting(model=spec.model, family=family, scale=_known(spec.model, "scale") or "full",
                    decoder=DECODERS.get(vae_class or "AutoencoderKL", "vae"), width=params.width,
                    height=params.height, steps=params.steps, guidance_scale=params.guidance_scale,
                    controlnet=bool(spec.controlnet), dtype=spec.dtype, batch_size=spec.batch_size,
@@ -115,11 +113,8 @@ def figure_for(setting: Setting, figures: list[dict[str, Any]] | None = None) ->
     """The table's figure for ``setting`` (measured, or derived from the nearest measured one), or
     None when the table has nothing to derive it from (e.g. a full-size model on CPU)."""
     table = load_table()
-    models = table["models"]
     rows = [r for r in (figures if figures is not None else table["figures"]) if r.get("measured")]
-    family_of = lambda r: models[r["model"]]["family"] if r["model"] in models else None  # noqa: E731
-    scale_of = lambda r: models[r["model"]]["scale"] if r["model"] in models else None  # noqa: E731
-    same_scale = [r for r in rows if scale_of(r) == setting.scale]
+    same_scale = [r for r in rows if _known(r["model"], "scale") == setting.scale]
     on_kind = [r for r in same_scale if same_kind(r["device_kind"], setting.device_kind)]
     other_gpu = [r for r in same_scale if r["device_kind"] != "cpu"] if setting.device_kind != "cpu" else []
     candidates = on_kind or other_gpu
@@ -127,13 +122,13 @@ def figure_for(setting: Setting, figures: list[dict[str, Any]] | None = None) ->
         return None
 
     def distance(r: dict[str, Any]) -> tuple:
-        return (r["model"] != setting.model, family_of(r) != setting.family, r["decoder"] != setting.decoder,
+        return (r["model"] != setting.model, _known(r["model"], "family") != setting.family, r["decoder"] != setting.decoder,
                 r["dtype"] != setting.dtype, abs(r["steps"] - setting.steps),
                 abs(math.log(r["width"] * r["height"] / (setting.width * setting.height))),
                 abs(r["batch_size"] - setting.batch_size), not same_kind(r["device_kind"], "NVIDIA H200"))  # fmt: skip
 
     row = min(candidates, key=distance)
-    ratio = tflop_per_image(row, family_of(row)) / tflop_per_image(setting, setting.family)
+    ratio = tflop_per_image(row, _known(row["model"], "family")) / tflop_per_image(setting, setting.family)
     differences = _differences(setting, row, ratio)
     basis = (f"{row['model']}, {row['decoder'].upper()} decoder, {row['width']}x{row['height']}, {row['steps']} "
              f"step(s), {row['dtype']}, batch {row['batch_size']}, {row['device_kind']}{_threads(row)}, "
@@ -157,7 +152,7 @@ def _differences(s: Setting, row: dict[str, Any], ratio: float) -> list[str]:
     scaled = f"scaled by FLOPs per image (x{ratio:.3g}, jobs/throughput.json's rule)"
     notes = []
     if row["model"] != s.model:
-        how = "the same architecture" if s.family == _family(row["model"]) else f"another architecture, {scaled}"
+        how = "the same architecture" if s.family == _known(row["model"], "family") else f"another architecture, {scaled}"
         notes.append(f"model {s.model}: not measured; used {row['model']}'s figure ({how})")
     work = [f"{what} (measured: {was})" for what, was, differs in (
         (f"{s.width}x{s.height}", f"{row['width']}x{row['height']}", (row["width"], row["height"]) != (s.width, s.height)),
@@ -180,9 +175,10 @@ def _differences(s: Setting, row: dict[str, Any], ratio: float) -> list[str]:
     return notes
 
 
-def _family(model: str) -> str | None:
+def _known(model: str, field_name: str) -> str | None:
+    """The table's ``family`` or ``scale`` of a measured model (None for a model it does not list)."""
     known = load_table()["models"].get(model)
-    return known["family"] if known else None
+    return known[field_name] if known else None
 
 
 # -- a job's estimate ---------------------------------------------------------------------------

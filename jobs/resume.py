@@ -135,7 +135,6 @@ class Claim:
     done: set[int]  # committed shards the job keeps
     discard: bool  # --overwrite discards an output of another job (or of no known job)
     new: bool  # the plan and spec are written (a first run, or one that discards)
-    before: int  # committed shards found, kept or not
 
 
 def inspect(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str, Any]) -> Claim:
@@ -161,7 +160,7 @@ def inspect(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str
     unknown = sorted(done - {s.shard_id for s in plan})
     if unknown:
         raise JobError(f"output: done markers for shards not in the plan: {unknown[:10]}")
-    return Claim(done, discard, previous is None or discard, len(found))
+    return Claim(done, discard, previous is None or discard)
 
 
 def prepare(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str, Any]) -> set[int]:

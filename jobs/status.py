@@ -16,6 +16,7 @@ from typing import Any
 from jobs import layout, resume
 from jobs.cli import exit_without_teardown, json_object
 from jobs.errors import JobError
+from jobs.plan import Shard
 from jobs.startup import startup_line, startup_report
 from jobs.storage import Folder, describe_error
 
@@ -27,7 +28,7 @@ def job_status(out: Folder) -> dict[str, Any]:
     plan = out.read_json(layout.PLAN)
     job = out.read_json(layout.SPEC)
     spec = job["spec"]
-    rows_of = {s["shard_id"]: planned_images(s) for s in plan["shards"]}  # metadata rows: one per image
+    rows_of = planned_images(plan)  # metadata rows: one per image
     done = resume.committed_shards(out) & rows_of.keys()
     failed = (resume.failed_shards(out) & rows_of.keys()) - done
     markers = out.read_json_many([layout.done_path(i) for i in sorted(done)])
@@ -87,11 +88,10 @@ def devices_line(kinds: dict[str, dict[str, Any]]) -> str | None:
     return "devices: " + "; ".join(parts)
 
 
-def planned_images(shard: dict[str, Any]) -> int:
-    """A plan.json shard's images (plans made before images had their own range: one per row)."""
-    if shard.get("image_start") is None:
-        return shard["row_end"] - shard["row_start"]
-    return shard["image_end"] - shard["image_start"]
+def planned_images(plan: dict[str, Any]) -> dict[int, int]:
+    """plan.json's shards -> their images (Shard.num_images: plans made before images had their
+    own range make one image per row)."""
+    return {s["shard_id"]: Shard(**s).num_images for s in plan["shards"]}
 
 
 def per_node(markers: list[dict[str, Any]]) -> list[dict[str, Any]]:

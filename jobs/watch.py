@@ -218,7 +218,7 @@ class OutputWatcher:
             return False
         plan = self.out.read_json(layout.PLAN)
         self.model = self.out.read_json(layout.SPEC)["spec"].get("model")
-        self.shard_images = {s["shard_id"]: planned_images(s) for s in plan["shards"]}
+        self.shard_images = planned_images(plan)
         return True
 
     def _check_bucket_exists(self) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from jobs import layout
 from jobs.cli import main as turbobatch
+from jobs.plan import Shard
 from jobs.status import job_status
 from jobs.status import main as status
 from jobs.storage import Folder
@@ -61,8 +62,8 @@ def test_eta_is_pending_images_over_the_rate():
 
 # -- a synthetic output folder ---------------------------------------------------------------
 def make_output(out: Folder, shards: int, images: int = 4, model: str = "tiny-sd-turbo") -> None:
-    plan = [{"shard_id": i, "file": "in.parquet", "row_start": i * images, "row_end": (i + 1) * images,
-             "image_start": i * images, "image_end": (i + 1) * images} for i in range(shards)]  # fmt: skip
+    plan = [Shard(i, "in.parquet", i * images, (i + 1) * images, i * images, 9, i * images, (i + 1) * images).to_dict()
+            for i in range(shards)]  # as make_plan writes them
     out.write_json(layout.PLAN, {"num_shards": shards, "shards": plan, "planned_at": T0.isoformat()})
     out.write_json(layout.SPEC, {"spec": {"model": model}, "fingerprint": {"inputs": []}})
 
