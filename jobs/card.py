@@ -205,7 +205,9 @@ def command_line(spec: JobSpec) -> str:
     """``turbobatch render`` with the options that shape the output, where they differ from the defaults."""
     defaults = JobSpec()
     parts = ["turbobatch", "render", shlex.quote(spec.input), shlex.quote(spec.output)]
-    for name in spec.OUTPUT_FIELDS:
+    for name in (*spec.OUTPUT_FIELDS, "variant"):
+        if name in spec.DRIVER_FIELDS:  # resolved from --variant, which is the flag the user gives
+            continue
         value = getattr(spec, name)
         if name == "sweep":
             for swept, values in value or []:  # values holding a comma need the YAML file's list form

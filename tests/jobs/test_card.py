@@ -88,3 +88,8 @@ def test_command_line_gives_only_what_differs_from_the_defaults():
     assert card.command_line(dataclasses.replace(spec(), vae=None, keep_columns=None, height=None, width=None,
                                                  device=None, dtype=None)) == (
         "turbobatch render s3://in/prompts/ /data/out/run-1 --model tiny-sd-turbo --shard-size 4")  # fmt: skip
+    # The variants the driver resolved are not flags: the command names the --variant the user gave.
+    fp16 = dataclasses.replace(spec(), vae=None, keep_columns=None, height=None, width=None, device=None, dtype=None,
+                               variant="fp16", model_variant="fp16")  # fmt: skip
+    assert card.command_line(fp16) == ("turbobatch render s3://in/prompts/ /data/out/run-1 --model tiny-sd-turbo "
+                                       "--shard-size 4 --variant fp16")  # fmt: skip
