@@ -125,7 +125,8 @@ def _check_no_clash(names: list[str], files: list[InputFile], spec: JobSpec) -> 
     for name in names:
         if name in written:
             where = next(f.url for f in files if name in f.columns)
-            allowed = [n for n in files[0].columns if n not in WRITTEN_COLUMNS and n not in _used_columns(spec)]
+            used = _used_columns(spec)
+            allowed = [n for n in files[0].columns if n not in written and n not in used]
             raise JobError(
                 f"--keep-columns: column {name!r} of {where} has the name of a column turbobatch writes; "
                 f"rename it in the input, or keep other columns (columns that can be kept: "

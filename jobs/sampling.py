@@ -9,6 +9,7 @@ so a value a flag would refuse is refused the same way in a sweep (a job error) 
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +34,7 @@ class SamplingParams:
     width: int
 
     def replace(self, values: dict[str, Any]) -> SamplingParams:
-        return SamplingParams(**{**self.as_dict(), **values})
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "guidance_scale": self.guidance_scale, "height": self.height, "width": self.width}
+        return dataclasses.replace(self, **values)
 
 
 def problem(name: str, value: Any) -> str | None:

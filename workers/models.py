@@ -146,14 +146,9 @@ def resolve_controlnet(name: str, model: ModelInfo, storage_options: dict[str, A
     return info
 
 
-def check_vae(name: str, model: ModelInfo, storage_options: dict[str, Any] | None = None) -> str:
-    """A --vae must be an AutoencoderKL or AutoencoderTiny that decodes the model's latents
-    (same channel count, same upscaling); returns its class name."""
-    return resolve_vae(name, model, storage_options).vae_class
-
-
 def resolve_vae(name: str, model: ModelInfo, storage_options: dict[str, Any] | None = None) -> VaeInfo:
-    """check_vae, keeping the VAE's listing for resolve_weights."""
+    """A --vae must be an AutoencoderKL or AutoencoderTiny that decodes the model's latents
+    (same channel count, same upscaling); its class and listing (for resolve_weights)."""
     source, config = _component_config("vae", name, VAE_CLASSES, storage_options)
     vae_class = config["_class_name"]
     channels, scale = config.get("latent_channels", 4), _vae_scale_factor(config)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from jobs.errors import JobError
-from workers.models import check_vae, resolve_controlnet, resolve_model
+from workers.models import resolve_controlnet, resolve_model, resolve_vae
 from workers.tiny import tiny_model_path
 
 
@@ -28,23 +28,23 @@ def test_wrong_kinds_of_folders_are_named(tmp_path):
     with pytest.raises(JobError, match="--controlnet: cannot load 'tiny-sd-turbo'"):
         resolve_controlnet("tiny-sd-turbo", sd)
     with pytest.raises(JobError, match="--vae: .* is a ControlNetModel; expected a folder of AutoencoderKL or AutoencoderTiny"):
-        check_vae(str(tiny_model_path("tiny-sd-controlnet")), sd)
+        resolve_vae(str(tiny_model_path("tiny-sd-controlnet")), sd)
     with pytest.raises(JobError, match="--vae: cannot load"):
-        check_vae(str(tmp_path), sd)
+        resolve_vae(str(tmp_path), sd)
 
 
 def test_vaes_of_both_classes_must_decode_the_models_latents(tmp_path):
     sd, sdxl = resolve_model("tiny-sd-turbo"), resolve_model("tiny-sdxl-turbo")
     assert (sd.latent_channels, sd.vae_scale_factor) == (4, 2)
-    assert check_vae(str(tiny_model_path("tiny-sdxl-turbo") / "vae"), sd) == "AutoencoderKL"
-    assert check_vae("tiny-taesd", sd) == check_vae("tiny-taesd", sdxl) == "AutoencoderTiny"
+    assert resolve_vae(str(tiny_model_path("tiny-sdxl-turbo") / "vae"), sd).vae_class == "AutoencoderKL"
+    assert resolve_vae("tiny-taesd", sd).vae_class == resolve_vae("tiny-taesd", sdxl).vae_class == "AutoencoderTiny"
     # A TAESD3-like config (16 latent channels, 8x): the published taesd config's fields, no weights needed.
     (tmp_path / "config.json").write_text(json.dumps({
         "_class_name": "AutoencoderTiny", "latent_channels": 16,
         "decoder_block_out_channels": [64, 64, 64, 64], "encoder_block_out_channels": [64, 64, 64, 64]}))
     with pytest.raises(JobError, match=r"--vae: '.*' decodes 16-channel latents upscaled 8x, but --model "
                                        r"'tiny-sd-turbo' makes 4-channel latents upscaled 2x"):
-        check_vae(str(tmp_path), sd)
+        resolve_vae(str(tmp_path), sd)
 
 
 def test_a_vae_and_a_controlnet_from_a_bucket_load_from_the_nodes_copies(s3_endpoint, s3_bucket, tmp_path, monkeypatch):
