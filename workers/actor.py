@@ -96,14 +96,18 @@ class RenderWorker:
             row.error = str(e)
 
     def _control_at_size(self, images: list[Row]) -> None:
-        """Each image's control input at its own size (canny per size), made once per row and size."""
-        made: dict[tuple[int, int, int], Any] = {}
+        """Each image's control input at its own size (canny per size), made once per row and size,
+        on the pool's threads as the decodes are."""
+        def key(image: Row) -> tuple[int, int, int]:
+            return image.global_index, image.params.height, image.params.width
+
+        firsts: dict[tuple[int, int, int], Row] = {}
         for image in images:
-            p = image.params
-            key = (image.global_index, p.height, p.width)
-            if key not in made:
-                made[key] = self.controls.at_size(image.control_image, p.height, p.width)
-            image.control_image = made[key]
+            firsts.setdefault(key(image), image)  # one image per row and size
+        made = dict(zip(firsts, self.pool.map(
+            lambda i: self.controls.at_size(i.control_image, i.params.height, i.params.width), firsts.values())))
+        for image in images:
+            image.control_image = made[key(image)]
 
     def render_shard(self, shard: Shard) -> dict[str, Any]:
         """Render and commit one shard; returns its done marker.
