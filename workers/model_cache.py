@@ -36,7 +36,7 @@ from typing import Any
 from jobs.spec import JobSpec
 from jobs.storage import Folder
 from workers import faults
-from workers.model_source import HUB, LOCAL, REMOTE
+from workers.model_source import HUB, REMOTE, loads_in_place
 from workers.tiny import cache_dir
 from workers.variants import hub_allow_patterns
 
@@ -79,7 +79,7 @@ def fetch(component: str, source: dict[str, Any], storage_options: dict[str, Any
     started = time.perf_counter()
     files: dict[str, dict[str, Any]] = source["files"]
     total = sum(f["size"] for f in files.values())
-    if source["kind"] == LOCAL or source.get("offline"):
+    if loads_in_place(source):
         return Fetched(component, source["location"], IN_PLACE, len(files), total, time.perf_counter() - started, 0.0)
     if source["kind"] not in (REMOTE, HUB):
         raise ValueError(f"unknown model source kind {source['kind']!r}")
@@ -106,19 +106,24 @@ def cache_key(source: dict[str, Any]) -> str:
 def is_complete(folder: Path, files: dict[str, dict[str, Any]]) -> bool:
     """The folder's manifest lists every one of ``files`` with the same size and tag, and each is
     on disk at that size (a copy missing its manifest is never complete)."""
+    return len(unchanged(folder, files)) == len(files)
+
+
+def unchanged(folder: Path, files: dict[str, dict[str, Any]]) -> list[str]:
+    """The ``files`` the folder's manifest lists with the same size and tag and that are on disk at
+    that size; none without a readable manifest."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())["files"]
     except (OSError, ValueError, KeyError):
-        return False
-    for rel, meta in files.items():
-        if manifest.get(rel) != meta:
-            return False
-        try:
-            if (folder / rel).stat().st_size != meta["size"]:
-                return False
-        except OSError:
-            return False
-    return True
+        return []
+    return [rel for rel, meta in files.items() if manifest.get(rel) == meta and _size(folder / rel) == meta["size"]]
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager
@@ -172,13 +177,7 @@ def _copy(source: dict[str, Any], files: dict[str, dict[str, Any]], root: Path, 
 
 def _reusable(target: Path, files: dict[str, dict[str, Any]]) -> list[str]:
     """Files an older complete copy already holds unchanged (same size and tag)."""
-    try:
-        manifest = json.loads((target / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError):
-        return []
-    return [rel for rel, meta in files.items()
-            if meta.get("etag") and manifest.get(rel) == meta and (target / rel).is_file()
-            and (target / rel).stat().st_size == meta["size"]]  # fmt: skip
+    return [rel for rel in unchanged(target, files) if files[rel].get("etag")]
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -63,6 +63,12 @@ class ModelSource:
                 "variant": variant, "files": {n: self.files[n] for n in needed}}  # fmt: skip
 
 
+def loads_in_place(source: dict[str, Any]) -> bool:
+    """A resolved source (ModelSource.to_spec) every node loads where it is, uncopied: a local
+    folder, or a Hub id read from each node's own cache offline."""
+    return source["kind"] == LOCAL or bool(source.get("offline"))
+
+
 def is_remote_url(name: str) -> bool:
     """An fsspec URL other than a local file one."""
     protocol, sep, _ = name.partition("://")

@@ -17,7 +17,7 @@ from typing import Any
 
 from jobs.errors import JobError
 from jobs.spec import JobSpec
-from workers.model_source import ModelSource, cannot_load, open_source
+from workers.model_source import REMOTE, ModelSource, cannot_load, loads_in_place, open_source
 from workers.random_weights import RANDOM_MODELS, build_random_pipeline
 from workers.random_weights import config as random_config
 from workers.tiny import TINY_MODELS, tiny_model_path
@@ -201,8 +201,8 @@ def describe_weights(spec: JobSpec) -> str | None:
     parts = []
     for component, source in spec.sources.items():
         size = sum(f["size"] for f in source["files"].values())
-        how = ("loaded in place" if source["kind"] == "local" or source["offline"]
-               else "copied once per node" if source["kind"] == "remote" else "fetched from the Hub once per node")
+        how = ("loaded in place" if loads_in_place(source)
+               else "copied once per node" if source["kind"] == REMOTE else "fetched from the Hub once per node")
         parts.append(f"{component} variant {source['variant']} ({len(source['files'])} files, "
                      f"{size / 2**20:,.1f} MiB, {how})")
     return f"turbobatch: weights: {'; '.join(parts)}" if parts else None
