@@ -113,7 +113,7 @@ class PipelineRenderer:
         faults.before_pipeline_call([r.prompt for r in padded])  # test-only; a no-op unless configured
         negatives = [r.negative_prompt or "" for r in padded] if self.spec.negative_prompt_column else None
         controls = [r.control_image for r in padded] if self.spec.controlnet else None
-        params = rows[0].params  # one group per call (_batches, _recover keep it so); None: the job's
+        params = rows[0].params or self.sampler.params  # one group per call (_batches, _recover keep it so)
         latents, truncated = self.sampler.sample([r.prompt for r in padded], negatives, [r.seed for r in padded],
                                                  controls, params)  # fmt: skip
         host, done = self._copy_out(self.decoder.decode(latents))

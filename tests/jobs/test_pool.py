@@ -117,12 +117,14 @@ def test_rendering_starts_with_one_actor_and_a_joined_node_gets_one(prompts, ref
 
 
 def _drain(head: Head, node_id: str, deadline_s: int) -> datetime:
-    """`ray drain-node` as a spot preemption notice; returns the time (UTC) it was sent."""
-    sent = datetime.now(timezone.utc)
+    """`ray drain-node` as a spot preemption notice; returns the time (UTC) the drain took effect:
+    when the command returned (the GCS has accepted it). The CLI takes seconds to start on this
+    machine, and until it has spoken to the GCS the node is not draining: shards handed to it
+    then are not shards given to a draining node."""
     head.ray("drain-node", "--address", head.gcs_address, "--node-id", node_id, "--reason",
              "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot preemption (test)",
              "--deadline-remaining-seconds", str(deadline_s))  # fmt: skip
-    return sent
+    return datetime.now(timezone.utc)
 
 
 @pytest.mark.slow
