@@ -1,22 +1,22 @@
-"""workers/decoder_ops.py on CPU: the fold is exact math, and each rewrite leaves decoded images put."""
+"""workers/decoder_ops.py on CPU: the fold is exact math, and each rewrite (with the decoder's norm fusion,
+workers/norm_fusion.py) leaves decoded images put."""
 
 from __future__ import annotations
 
 import copy
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
-from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
 from kernels import postprocess_uint8
 from tests.conftest import REPO
 from workers import decoder_ops as ops
+from workers.norm_fusion import fuse_group_norms
 from workers.tiny import tiny_model_path
 
 SIZES = [(1, 1), (1, 5), (2, 3), (7, 4), (5, 5), (8, 8), (13, 6)]  # odd, even, non-square
@@ -47,20 +47,28 @@ def test_fold_equals_upsample_then_conv(cin, cout, dtype, tol):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fold_low_precision_within_rounding_bound(dtype):
-    """Folded 4x4 weights are sums of 2 or 4 taps rounded to ``dtype``; with the output rounding,
-    the first-order error bound is u * (|K| (*) |x| + |y|). CPU low-precision convolutions round
-    partial sums too (measured up to 1.6u of that bound), so 4u leaves room."""
+    """Folded 4x4 weights are the exact folded sums rounded once to ``dtype`` (checked exactly).
+    Each output then sums 4 * cin products and the bias; with u the unit roundoff, the
+    recursive-summation bound with the weights' and the output's rounding is
+    u * |y| + (4 * cin + 1) * u * (|K| (*) |x| + |b|). (On CPU with fp32 accumulation the error stays within
+    1.6u of u * (|K| (*) |x| + |y|); a CPU without AVX-512 accumulates the bfloat16 transposed
+    convolution in bfloat16 and reached 4.3u of it at cin = 1, within this bound.)"""
     torch.manual_seed(7)
+    u = ROUNDOFF[dtype]
     for cin, cout in [*CHANNELS, (64, 64)]:
         conv = nn.Conv2d(cin, cout, 3, padding=1).to(dtype)
         exact_conv = copy.deepcopy(conv).double()
         k_exact = ops.FoldedUpsampleConv(exact_conv).weight
+        folded = ops.FoldedUpsampleConv(conv)
+        assert torch.equal(folded.weight, k_exact.to(dtype))  # one rounding of the exact fold
+        bias = exact_conv.bias.abs()[None, :, None, None]
         for h, w in SIZES:
             x = torch.randn(2, cin, h, w).to(dtype)
             exact = upsample_conv(exact_conv, x.double())
-            got = ops.FoldedUpsampleConv(conv)(x).double()
-            scale = F.conv_transpose2d(x.double().abs(), k_exact.abs(), stride=2, padding=1) + exact.abs()
-            assert ((got - exact).abs() <= 4 * ROUNDOFF[dtype] * scale).all(), (cin, cout, h, w)
+            got = folded(x).double()
+            terms = F.conv_transpose2d(x.double().abs(), k_exact.abs(), stride=2, padding=1) + bias
+            bound = u * exact.abs() + (4 * cin + 1) * u * terms
+            assert ((got - exact).abs() <= bound).all(), (cin, cout, h, w)
 
 
 def test_fold_output_size():
@@ -110,42 +118,6 @@ def test_fold_accepts_the_eligible_forms():
     assert ops.fold_upsamplers(module) == 0
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"temb_channels": 8},  # its nonlinearity also acts on temb
-    {"temb_channels": None, "up": True},
-    {"temb_channels": None, "down": True},
-    {"temb_channels": None, "non_linearity": "mish"},
-])  # fmt: skip
-def test_fuse_refuses_other_resnets(kwargs):
-    holder = SimpleNamespace(decoder=nn.ModuleList([ResnetBlock2D(in_channels=8, groups=4, **kwargs)]))
-    assert ops.fuse_group_norms(holder) == 0
-
-
-def test_fuse_plain_resnet_is_bit_identical():
-    torch.manual_seed(0)
-    block = ResnetBlock2D(in_channels=8, out_channels=16, groups=4, temb_channels=None).eval()
-    x = torch.randn(2, 8, 5, 7)
-    want = block(x, None)
-    assert ops.fuse_group_norms(SimpleNamespace(decoder=nn.ModuleList([block]))) == 2
-    assert isinstance(block.nonlinearity, nn.Identity) and block.norm1.silu and block.norm2.silu
-    assert torch.equal(block(x, None), want)
-    assert set(block.state_dict()) >= {"norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"}
-
-
-def test_fused_group_norm_on_attention_views():
-    """The attention processor normalises ``x.view(B, C, HW).transpose(1, 2).transpose(1, 2)``:
-    contiguous for NCHW input, channel stride 1 for channels_last input."""
-    torch.manual_seed(0)
-    norm = nn.GroupNorm(4, 16, eps=1e-6)
-    nn.init.normal_(norm.weight)
-    nn.init.normal_(norm.bias)
-    fused = ops.FusedGroupNorm(norm, silu=False)
-    for fmt in (torch.contiguous_format, torch.channels_last):
-        x = torch.randn(2, 16, 5, 7).contiguous(memory_format=fmt)
-        seq = x.view(2, 16, 35).transpose(1, 2)
-        assert torch.equal(fused(seq.transpose(1, 2)), norm(seq.transpose(1, 2)))
-
-
 # -- the tiny models ----------------------------------------------------------------------------
 def load(model: str) -> nn.Module:
     if model == "tiny-taesd":
@@ -156,7 +128,7 @@ def load(model: str) -> nn.Module:
 MODELS = ["tiny-sd-turbo", "tiny-sdxl-turbo", "tiny-taesd"]
 # Decoder structure: one upsampler (2 up blocks); 6 ResnetBlock2D x 2 + mid attention + conv_norm_out.
 EXPECTED = {"tiny-sd-turbo": (1, 14), "tiny-sdxl-turbo": (1, 14), "tiny-taesd": (1, 0)}
-TRANSFORMS = {"fold": ops.fold_upsamplers, "fuse": ops.fuse_group_norms, "channels_last": ops.to_channels_last}
+TRANSFORMS = {"fold": ops.fold_upsamplers, "fuse": fuse_group_norms, "channels_last": ops.to_channels_last}
 ALL = ("fold", "fuse", "channels_last")
 COMBOS = [("fold",), ("fuse",), ("channels_last",), ALL, ALL[::-1]]  # all three, in either order
 
@@ -181,10 +153,10 @@ def test_counts_follow_structure(vaes, model):
     upsamplers = sum(isinstance(m, Upsample2D) or type(m) is nn.Upsample for m in vae.decoder.modules())
     norms = sum(type(m) is nn.GroupNorm for m in vae.decoder.modules())
     assert (upsamplers, norms) == EXPECTED[model]
-    assert (ops.fold_upsamplers(vae), ops.fuse_group_norms(vae)) == EXPECTED[model]
+    assert (ops.fold_upsamplers(vae), fuse_group_norms(vae)) == EXPECTED[model]
     left = [m for m in vae.decoder.modules() if type(m) in (nn.GroupNorm, nn.SiLU, nn.Upsample, Upsample2D)]
     assert not left, left  # every GroupNorm, SiLU and upsampler of these decoders was eligible
-    assert (ops.fold_upsamplers(vae), ops.fuse_group_norms(vae)) == (0, 0)  # a second application: nothing
+    assert (ops.fold_upsamplers(vae), fuse_group_norms(vae)) == (0, 0)  # a second application: nothing
 
 
 @pytest.mark.parametrize("model", ["sd-turbo", "sdxl-turbo"])
@@ -194,8 +166,8 @@ def test_counts_full_size_configs(model):
     config = json.loads((REPO / "workers" / "configs" / model / "vae.json").read_text())
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(config)
-    assert (ops.fold_upsamplers(vae), ops.fuse_group_norms(vae)) == (3, 30)
-    assert (ops.fold_upsamplers(vae), ops.fuse_group_norms(vae)) == (0, 0)
+    assert (ops.fold_upsamplers(vae), fuse_group_norms(vae)) == (3, 30)
+    assert (ops.fold_upsamplers(vae), fuse_group_norms(vae)) == (0, 0)
     with torch.device("meta"):
         assert ops.fold_upsamplers(AutoencoderTiny()) == 3  # taesd's decoder: 4 blocks, 3 upsamples
 
