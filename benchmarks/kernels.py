@@ -9,7 +9,8 @@ inline copy of those exact steps runs and the table says so.
 GroupNorm rows: the group_norm and fused group_norm + SiLU kernels (NCHW and channels_last) against
 torch doing the same work, ``F.group_norm`` then ``F.silu``, on an NCHW tensor and on a
 channels_last one (what a channels_last VAE runs today: torch's CUDA GroupNorm converts it), at the
-SD VAE decoder's GroupNorm shapes for --batch images of --size (32 groups); on CPU a smoke size.
+SD VAE decoder's and sd-turbo UNet's GroupNorm shapes for --batch images of --size (32 groups); on
+CPU a smoke size.
 """
 
 from __future__ import annotations
@@ -105,6 +106,14 @@ def decoder_norm_shapes(batch: int, size: int) -> list[tuple[int, int, int, int]
             (batch, 256, size // 2, size // 2), (batch, 128, size, size)]  # fmt: skip
 
 
+def unet_norm_shapes(batch: int, size: int) -> list[tuple[int, int, int, int]]:
+    """sd-turbo's UNet GroupNorm inputs (block widths 320, 640, 1280, 1280 at latent / 1, 2, 4, 8),
+    for ``--speedups unet_fused_norms``."""
+    latent = size // 8
+    return [(batch, 320, latent, latent), (batch, 640, latent // 2, latent // 2),
+            (batch, 1280, latent // 4, latent // 4), (batch, 1280, latent // 8, latent // 8)]  # fmt: skip
+
+
 def group_norm_cases(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, cuda: bool) -> list[Case]:
     """Kernel (NCHW and channels_last, plain and fused with SiLU) vs torch's ops on the same tensor."""
     g = torch.Generator(device).manual_seed(1)
@@ -157,8 +166,9 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---:|---|---:|",
     ]
     all_cases = cases(x, cuda)
-    # GroupNorm at the decoder's shapes; on CPU (a smoke run) 1 image of size / 8
-    norm_shapes = decoder_norm_shapes(args.batch, args.size) if cuda else decoder_norm_shapes(1, max(8, args.size // 8))
+    # GroupNorm at the decoder's and the UNet's shapes; on CPU (a smoke run) 1 image of size / 8
+    batch, size = (args.batch, args.size) if cuda else (1, max(64, args.size // 8))
+    norm_shapes = decoder_norm_shapes(batch, size) + unet_norm_shapes(batch, size)
     for shape in norm_shapes:
         all_cases += group_norm_cases(shape, getattr(torch, args.dtype), device, cuda)
     timed = [(name, time_ms(fn, runs, args.warmup, cuda), ref) for name, fn, ref in all_cases]

@@ -35,7 +35,8 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # (within 1 level), never what an image shows, so a resume may change them. The default holds
 # what measured faster: fold_upsample was 0.91x on CPU (oneDNN's transposed convolution is
 # slower than its convolution) and the GPU-only ones await a GPU measurement (docs/BENCHMARKS.md).
-SPEEDUPS = ("overlap", "fold_upsample", "fused_norms", "channels_last", "cudnn_benchmark", "compile_decoder")
+SPEEDUPS = ("overlap", "fold_upsample", "fused_norms", "unet_fused_norms", "channels_last", "cudnn_benchmark",
+            "compile_decoder")
 DEFAULT_SPEEDUPS = ("overlap",)
 FORMATS = ("tar", "files", "parquet")
 IMAGE_FORMATS = ("png", "jpeg", "webp")

@@ -6,8 +6,9 @@ working as the pipeline calls it, on CPU and CUDA, in float32/float16/bfloat16 (
 shared/PERF-NOTES.md, "The VAE decoder", for why each may pay off on a GPU):
 
 - ``fold_upsamplers``: nearest 2x upsample + 3x3 conv -> one 4x4 stride-2 transposed conv.
-- ``fuse_group_norms``: GroupNorm -> SiLU pairs -> one ``kernels.group_norm(..., silu=True)``.
 - ``to_channels_last``: NHWC weights and decoder input.
+
+(GroupNorm + SiLU as one kernel pass, in the decoder and the UNet, is workers/norm_fusion.py.)
 """
 
 from __future__ import annotations
@@ -16,13 +17,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention
-from diffusers.models.autoencoders.vae import Decoder
-from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
-
-import kernels
 
 
 def _fold_matrix(device: torch.device) -> torch.Tensor:
@@ -104,59 +100,6 @@ def fold_upsamplers(module: nn.Module) -> int:
                     parent._modules[up] = FoldedUpsampleConv(parent._modules[nxt])
                     parent._modules[nxt] = nn.Identity()
                     count += 1
-    return count
-
-
-class FusedGroupNorm(nn.Module):
-    """An ``nn.GroupNorm`` (same Parameters, same state_dict keys) computed by
-    ``kernels.group_norm``, with the following SiLU fused in when ``silu``: one read and one
-    write of the activation instead of two of each, once the op has a CUDA kernel."""
-
-    def __init__(self, norm: nn.GroupNorm, silu: bool) -> None:
-        super().__init__()
-        self.num_groups, self.num_channels, self.eps = norm.num_groups, norm.num_channels, norm.eps
-        self.affine, self.silu = norm.affine, silu
-        self.register_parameter("weight", norm.weight)
-        self.register_parameter("bias", norm.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, silu=self.silu)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, silu={self.silu}"
-
-
-def _plain_resnet(m: Any) -> bool:
-    """A ResnetBlock2D whose ``nonlinearity`` is a SiLU used only right after norm1 and norm2:
-    no time embedding (that SiLU would act on temb; scale_shift would sit between norm2 and it),
-    no up/down sampling, stock forward. (The decoder's up blocks say "group": norm2 alone.)"""
-    return (isinstance(m, ResnetBlock2D) and type(m).forward is ResnetBlock2D.forward
-            and m.time_emb_proj is None and m.time_embedding_norm != "scale_shift"
-            and m.upsample is None and m.downsample is None and type(m.nonlinearity) is nn.SiLU
-            and type(m.norm1) is nn.GroupNorm and type(m.norm2) is nn.GroupNorm)  # fmt: skip
-
-
-def fuse_group_norms(vae: nn.Module) -> int:
-    """In ``vae.decoder``: each plain ResnetBlock2D's norm1/norm2 -> FusedGroupNorm(silu=True) and
-    its nonlinearity -> Identity; ``conv_norm_out`` + ``conv_act`` likewise; each attention's
-    ``group_norm`` (applied by the processor to a [B, C, HW] view) -> FusedGroupNorm(silu=False).
-    Returns how many GroupNorms were replaced (AutoencoderTiny has none: 0)."""
-    decoder = getattr(vae, "decoder", None)
-    if not isinstance(decoder, nn.Module):
-        return 0
-    count = 0
-    for m in list(decoder.modules()):
-        if _plain_resnet(m):
-            m.norm1, m.norm2 = FusedGroupNorm(m.norm1, silu=True), FusedGroupNorm(m.norm2, silu=True)
-            m.nonlinearity = nn.Identity()
-            count += 2
-        elif isinstance(m, Attention) and type(m.group_norm) is nn.GroupNorm:
-            m.group_norm = FusedGroupNorm(m.group_norm, silu=False)
-            count += 1
-    if (isinstance(decoder, Decoder) and type(decoder).forward is Decoder.forward
-            and type(decoder.conv_norm_out) is nn.GroupNorm and type(decoder.conv_act) is nn.SiLU):  # fmt: skip
-        decoder.conv_norm_out, decoder.conv_act = FusedGroupNorm(decoder.conv_norm_out, silu=True), nn.Identity()
-        count += 1
     return count
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from workers import decoder_ops
+from workers import decoder_ops, norm_fusion
 
 
 def fold_upsample(pipe: Any) -> None:
@@ -32,7 +32,14 @@ def fold_upsample(pipe: Any) -> None:
 def fused_norms(pipe: Any) -> None:
     """The decoder's GroupNorm -> SiLU pairs as one pass of the project's PyCUDA kernel (and its
     plain GroupNorms as the kernel without SiLU); on CPU the torch reference runs the same ops."""
-    decoder_ops.fuse_group_norms(pipe.vae)
+    norm_fusion.fuse_group_norms(pipe.vae)
+
+
+def unet_fused_norms(pipe: Any) -> None:
+    """The same kernel in the UNet (workers/norm_fusion.py): its resnets' GroupNorm -> SiLU pairs,
+    its transformers' input GroupNorms and its output norm. The UNet is 16-24% of a batch's time
+    on an H200 and the VAE 49-62% (docs/BENCHMARKS.md), so this is timed on its own."""
+    norm_fusion.fuse_unet_group_norms(pipe.unet)
 
 
 def channels_last(pipe: Any) -> None:
@@ -61,6 +68,7 @@ PIPELINE_CHANGES: dict[str, Callable[[Any], None]] = {
     "overlap": overlap,
     "fold_upsample": fold_upsample,
     "fused_norms": fused_norms,
+    "unet_fused_norms": unet_fused_norms,
     "channels_last": channels_last,
     "cudnn_benchmark": cudnn_benchmark,
     "compile_decoder": compile_decoder,

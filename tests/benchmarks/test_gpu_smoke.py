@@ -32,8 +32,8 @@ def test_gpu_benchmark_code_path_runs_on_cpu(tmp_path):
     for decoder in ("vae", "tiny"):
         name = f"tiny-sd-turbo {decoder}"
         assert re.search(rf"^{name}: naive loop [\d.]+ img/s; [\d.]+ TFLOP/image$", out, re.MULTILINE), out
-        labels = ["previous", "none", "overlap", "fold_upsample", "fused_norms", "channels_last", "cudnn_benchmark",
-                  "default", "all"]  # fmt: skip
+        labels = ["previous", "none", "overlap", "fold_upsample", "fused_norms", "unet_fused_norms", "channels_last",
+                  "cudnn_benchmark", "default", "all"]  # fmt: skip
         if decoder == "tiny":
             labels.remove("fused_norms")  # a tiny autoencoder has no GroupNorm: not timed
             assert f"{name} [fused_norms]" not in out

@@ -32,7 +32,7 @@ def rows(n: int = len(PROMPTS)) -> list[Row]:
 
 
 @pytest.mark.parametrize("model", ["tiny-sd-turbo", "tiny-sdxl-turbo"])
-@pytest.mark.parametrize("changes", ["none", "default", "fold_upsample,fused_norms,channels_last"])
+@pytest.mark.parametrize("changes", ["none", "default", "fold_upsample,fused_norms,unet_fused_norms,channels_last"])
 def test_a_batch_is_queued_without_a_host_sync(model, changes):
     renderer = gpu_renderer(model, changes, steps=2)
     renderer._finish(renderer._queue(rows(4)))  # warm-up: cuDNN/cuBLAS handles, allocator, kernel modules

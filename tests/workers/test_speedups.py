@@ -49,10 +49,19 @@ def check_fold_upsample(pipe) -> None:
 
 
 def check_fused_norms(pipe) -> None:
-    from workers.decoder_ops import FusedGroupNorm
+    from workers.norm_fusion import FusedGroupNorm
 
     assert any(isinstance(m, FusedGroupNorm) for m in pipe.vae.decoder.modules())
     assert not any(type(m) is torch.nn.GroupNorm for m in pipe.vae.decoder.modules())
+    assert any(type(m) is torch.nn.GroupNorm for m in pipe.unet.modules())  # the UNet's are unet_fused_norms'
+
+
+def check_unet_fused_norms(pipe) -> None:
+    from workers.norm_fusion import FusedGroupNorm
+
+    assert any(isinstance(m, FusedGroupNorm) for m in pipe.unet.modules())
+    assert not any(type(m) is torch.nn.GroupNorm for m in pipe.unet.modules())
+    assert any(type(m) is torch.nn.GroupNorm for m in pipe.vae.decoder.modules())
 
 
 def check_channels_last(pipe) -> None:
@@ -73,8 +82,8 @@ def check_overlap(pipe) -> None:
 
 
 CHECKS = {"overlap": check_overlap, "fold_upsample": check_fold_upsample, "fused_norms": check_fused_norms,
-          "channels_last": check_channels_last, "cudnn_benchmark": check_cudnn_benchmark,
-          "compile_decoder": check_compile_decoder}  # fmt: skip
+          "unet_fused_norms": check_unet_fused_norms, "channels_last": check_channels_last,
+          "cudnn_benchmark": check_cudnn_benchmark, "compile_decoder": check_compile_decoder}  # fmt: skip
 
 
 def test_the_registry_is_the_specs_list():
