@@ -6,9 +6,9 @@
     load, Parquet, tars, metadata, done markers).
 Its marginal throughput — what a long job gets once started — is the images committed after its
 first shard over the time from the first commit to the last (done markers' ``committed_at``):
-start-up and the first batch's warm-up fall outside. Runs alternate a, b, a, b, ... and the median
-ratio of the marginal throughput to the loop's is printed, with the end-to-end ratio and the fixed
-cost (end-to-end time minus the images at the marginal rate).
+start-up and the first batch's warm-up fall outside. Runs alternate a, b, a, b, ..., a, and the
+median ratio of each marginal throughput to the mean of the two loops around it is printed, with
+the end-to-end ratio and the fixed cost (end-to-end time minus the images at the marginal rate).
 
 Then the actor's profile, from the done markers' ``timings_s`` of the last run (jobs/status.py):
 the share of device time spent in pipeline calls and where the rest went.
@@ -53,6 +53,11 @@ def bare_loop(pipe, prompts: list[str], batch: int) -> float:
     return time.perf_counter() - started
 
 
+def bracket(loop: list[float], run: int) -> float:
+    """The loop's images/s around jobs.render run ``run``: the mean of the loops before and after it."""
+    return (loop[run] + loop[run + 1]) / 2
+
+
 def system(data: Path, out: Path, shard_size: int, batch: int) -> tuple[float, float, dict[str, float]]:
     """End-to-end seconds of jobs.render, its marginal images/s, and its shards' timings summed."""
     shutil.rmtree(out, ignore_errors=True)
@@ -77,22 +82,27 @@ def run(rows: int, runs: int, shard_size: int, batch: int) -> None:
     pipe = AutoPipelineForText2Image.from_pretrained(tiny_model_path("tiny-sd-turbo"))
     pipe.set_progress_bar_config(disable=True)
     bare_loop(pipe, prompts[: 2 * batch], batch)  # warm-up
-    loop, marginal, end_to_end, fixed = [], [], [], []
+    # Each jobs.render run is bracketed by two loops (loop, run, loop, run, ..., loop) and compared
+    # with their mean: this machine's speed drifts from minute to minute, and a bracket cancels a
+    # steady drift that a single neighbour would put into the ratio.
+    loop, marginal, end_to_end, fixed = [rows / bare_loop(pipe, prompts, batch)], [], [], []
     for i in range(runs):
-        loop.append(rows / bare_loop(pipe, prompts, batch))
         elapsed, rate, timings = system(work / "prompts.parquet", work / "out", shard_size, batch)
+        loop.append(rows / bare_loop(pipe, prompts, batch))
         marginal.append(rate)
         end_to_end.append(rows / elapsed)
         fixed.append(elapsed - rows / rate)
-        print(f"run {i + 1}: batched loop {loop[-1]:.1f} img/s | jobs.render {marginal[-1]:.1f} img/s marginal, "
-              f"{end_to_end[-1]:.1f} img/s end to end over {rows} rows", flush=True)  # fmt: skip
+        print(f"run {i + 1}: batched loop {loop[-2]:.1f} then {loop[-1]:.1f} img/s | jobs.render {rate:.1f} img/s "
+              f"marginal ({rate / bracket(loop, i):.3f}x), {end_to_end[-1]:.1f} img/s end to end over {rows} rows",
+              flush=True)  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
     median = statistics.median
     print(f"\n{rows} rows, {SIZE}x{SIZE}, tiny-sd-turbo, batch size {batch}, torch threads "
           f"{torch.get_num_threads()}, {os.cpu_count()} CPUs")  # fmt: skip
     print(f"median images/s: batched loop {median(loop):.1f}, jobs.render marginal {median(marginal):.1f}")
-    print(f"median ratio jobs.render / batched loop: {median(m / a for m, a in zip(marginal, loop)):.3f} marginal, "
-          f"{median(e / a for e, a in zip(end_to_end, loop)):.3f} end to end ({rows} rows)")  # fmt: skip
+    print(f"median ratio jobs.render / batched loop (the mean of the loops before and after each run): "
+          f"{median(m / bracket(loop, i) for i, m in enumerate(marginal)):.3f} marginal, "
+          f"{median(e / bracket(loop, i) for i, e in enumerate(end_to_end)):.3f} end to end ({rows} rows)")  # fmt: skip
     print(f"median fixed cost (Ray start, actor start, model load, planning): {median(fixed):.1f} s per run")
     print(f"actor profile, last run (share of device time): {profile_line(timings)}")
 
