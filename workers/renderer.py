@@ -75,7 +75,7 @@ class PipelineRenderer:
         self.rows_per_call = spec.batch_size
         self.in_flight = 2 if overlap else 1
         self.pad_batches = pad_batches
-        self._last_done = 0.0  # when the previous batch's results were in (per-batch time, overlap aside)
+        self._last_done = 0.0  # when the caller was done with the previous batch's results (per-batch time)
 
     def render(self, rows: list[Row]) -> Iterator[Rendered | Row]:
         """Render valid rows, group by group (``groups``); yields a ``Rendered`` per row, or the
@@ -86,13 +86,19 @@ class PipelineRenderer:
                 queued.append(self._queue(batch))
             except Exception as e:  # noqa: BLE001 - recovered below (or re-raised there)
                 while queued:
-                    yield from self._finish_or_recover(queued.popleft())
-                yield from self._recover(batch, e)
+                    yield from self._hand_out(self._finish_or_recover(queued.popleft()))
+                yield from self._hand_out(self._recover(batch, e))
                 continue
             if len(queued) >= self.in_flight:
-                yield from self._finish_or_recover(queued.popleft())
+                yield from self._hand_out(self._finish_or_recover(queued.popleft()))
         while queued:
-            yield from self._finish_or_recover(queued.popleft())
+            yield from self._hand_out(self._finish_or_recover(queued.popleft()))
+
+    def _hand_out(self, results: list[Rendered | Row]) -> Iterator[Rendered | Row]:
+        """Yield a batch's results; the time the caller keeps them (encode queue, records) is not
+        the next batch's render time, so the per-batch clock restarts when the caller is back."""
+        yield from results
+        self._last_done = time.perf_counter()
 
     def _batches(self, rows: list[Row]) -> Iterator[list[Row]]:
         """Calls of at most ``rows_per_call`` rows (read as it goes: an OOM may lower it), one
