@@ -7,11 +7,11 @@ JobSpec field of the same name, so YAML files and flags share one vocabulary.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, NoReturn
 

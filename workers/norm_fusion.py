@@ -76,6 +76,34 @@ def _fuse_resnet(m: ResnetBlock2D) -> int:
     return 2
 
 
+# Modules that apply a GroupNorm held in an attribute to their input, with no SiLU after it.
+_PLAIN_NORMS = ((Attention, "group_norm"), (Transformer2DModel, "norm"))
+
+
+def _fuse_blocks(root: nn.Module) -> int:
+    """Every fusable resnet under ``root`` (norms with their SiLU) and every plain norm of
+    ``_PLAIN_NORMS`` (without); returns how many GroupNorms were replaced."""
+    count = 0
+    for m in list(root.modules()):
+        if _fusable_resnet(m):
+            count += _fuse_resnet(m)
+            continue
+        for cls, attr in _PLAIN_NORMS:
+            if isinstance(m, cls) and type(norm := getattr(m, attr, None)) is nn.GroupNorm:
+                setattr(m, attr, FusedGroupNorm(norm, silu=False))
+                count += 1
+    return count
+
+
+def _fuse_output_norm(model: nn.Module, stock: type) -> int:
+    """``conv_norm_out`` then ``conv_act`` (a SiLU), as a stock-forward ``stock`` applies them."""
+    if (isinstance(model, stock) and type(model).forward is stock.forward
+            and type(model.conv_norm_out) is nn.GroupNorm and type(model.conv_act) is nn.SiLU):  # fmt: skip
+        model.conv_norm_out, model.conv_act = FusedGroupNorm(model.conv_norm_out, silu=True), nn.Identity()
+        return 1
+    return 0
+
+
 def fuse_group_norms(vae: nn.Module) -> int:
     """In ``vae.decoder``: each fusable ResnetBlock2D's norm1/norm2 with their SiLU;
     ``conv_norm_out`` + ``conv_act`` likewise; each attention's ``group_norm`` (applied by the
@@ -84,18 +112,7 @@ def fuse_group_norms(vae: nn.Module) -> int:
     decoder = getattr(vae, "decoder", None)
     if not isinstance(decoder, nn.Module):
         return 0
-    count = 0
-    for m in list(decoder.modules()):
-        if _fusable_resnet(m):
-            count += _fuse_resnet(m)
-        elif isinstance(m, Attention) and type(m.group_norm) is nn.GroupNorm:
-            m.group_norm = FusedGroupNorm(m.group_norm, silu=False)
-            count += 1
-    if (isinstance(decoder, Decoder) and type(decoder).forward is Decoder.forward
-            and type(decoder.conv_norm_out) is nn.GroupNorm and type(decoder.conv_act) is nn.SiLU):  # fmt: skip
-        decoder.conv_norm_out, decoder.conv_act = FusedGroupNorm(decoder.conv_norm_out, silu=True), nn.Identity()
-        count += 1
-    return count
+    return _fuse_blocks(decoder) + _fuse_output_norm(decoder, Decoder)
 
 
 def fuse_unet_group_norms(unet: nn.Module) -> int:
@@ -105,15 +122,4 @@ def fuse_unet_group_norms(unet: nn.Module) -> int:
     how many GroupNorms were replaced (0 for any other model)."""
     if not isinstance(unet, UNet2DConditionModel):
         return 0
-    count = 0
-    for m in list(unet.modules()):
-        if _fusable_resnet(m):
-            count += _fuse_resnet(m)
-        elif isinstance(m, Transformer2DModel) and type(getattr(m, "norm", None)) is nn.GroupNorm:
-            m.norm = FusedGroupNorm(m.norm, silu=False)
-            count += 1
-    if (type(unet).forward is UNet2DConditionModel.forward and type(unet.conv_norm_out) is nn.GroupNorm
-            and type(unet.conv_act) is nn.SiLU):  # fmt: skip
-        unet.conv_norm_out, unet.conv_act = FusedGroupNorm(unet.conv_norm_out, silu=True), nn.Identity()
-        count += 1
-    return count
+    return _fuse_blocks(unet) + _fuse_output_norm(unet, UNet2DConditionModel)
