@@ -8,8 +8,8 @@ so a value a flag would refuse is refused the same way in a sweep (a job error) 
 
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
