@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 # Renders examples/prompts.parquet with the tiny model on a local Ray into out/demo.
 # Run it twice: the second run finds every shard committed and renders nothing.
 demo: setup
-	$(BIN)/python -m jobs.render examples/prompts.parquet out/demo --model tiny-sd-turbo --shard-size 10
+	$(BIN)/python -m turbobatch render examples/prompts.parquet out/demo --model tiny-sd-turbo --shard-size 10
 
 test: setup
 	$(BIN)/python -m pytest

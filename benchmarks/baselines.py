@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from jobs.sampling import SamplingParams
-from jobs.spec import JobSpec
-from workers.actor import RenderWorker
+from turbobatch.jobs.sampling import SamplingParams
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.workers.actor import RenderWorker
 
 
 def sync(device: str) -> None:

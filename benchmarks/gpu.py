@@ -42,12 +42,12 @@ import torch  # noqa: E402
 from benchmarks.baselines import naive_loop, previous_worker, sync  # noqa: E402
 from benchmarks.breakdown import breakdown_line, component_times  # noqa: E402
 from benchmarks.flops import flops_per_image  # noqa: E402
-from jobs.plan import Shard  # noqa: E402
-from jobs.spec import DEFAULT_SPEEDUPS, SPEEDUPS, JobSpec, normalize_speedups  # noqa: E402
-from jobs.status import profile_line, summed_timings  # noqa: E402
-from workers import speedups  # noqa: E402
-from workers.actor import RenderWorker  # noqa: E402
-from workers.rows import rows_from_table  # noqa: E402
+from turbobatch.jobs.plan import Shard  # noqa: E402
+from turbobatch.jobs.spec import DEFAULT_SPEEDUPS, SPEEDUPS, JobSpec, normalize_speedups  # noqa: E402
+from turbobatch.jobs.status import profile_line, summed_timings  # noqa: E402
+from turbobatch.workers import speedups  # noqa: E402
+from turbobatch.workers.actor import RenderWorker  # noqa: E402
+from turbobatch.workers.rows import rows_from_table  # noqa: E402
 
 COMPARED_IMAGES = 4  # at least; on a GPU one full batch, so a compiled model sees no new shape
 ALL = ",".join(n for n in SPEEDUPS if n not in speedups.COMPILING)

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels import reference
+from turbobatch import kernels
+from turbobatch.kernels import reference
 
 
 def diffusers_path() -> tuple[str, Callable[[torch.Tensor], np.ndarray]]:

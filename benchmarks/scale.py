@@ -21,10 +21,10 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from benchmarks.local_s3 import local_s3, options  # noqa: E402
-from jobs import layout, resume  # noqa: E402
-from jobs.inputs import scan_inputs  # noqa: E402
-from jobs.plan import make_plan  # noqa: E402
-from jobs.storage import Folder  # noqa: E402
+from turbobatch.jobs import layout, resume  # noqa: E402
+from turbobatch.jobs.inputs import scan_inputs  # noqa: E402
+from turbobatch.jobs.plan import make_plan  # noqa: E402
+from turbobatch.jobs.storage import Folder  # noqa: E402
 
 
 class CountingFolder(Folder):

@@ -26,7 +26,7 @@ import yaml
 from tests.conftest import REPO, write_parquet
 from tests.helpers import corrupt_parquet, processes_titled, read_metadata, wait_for
 from tests.raycluster import Head, started_head, started_worker_node
-from workers import faults
+from turbobatch.workers import faults
 
 MAX_UPLOAD_BYTES = 5 * 2**20
 SIZE = ["--height", "32", "--width", "32"]
@@ -115,7 +115,7 @@ def test_a_lost_node_costs_only_its_in_flight_shards(tiny_model_dir: Path, tmp_p
         wait_for(lambda: "/2.0 CPU" in head.ray("status", "--address", head.gcs_address), 60, "the second node")
         env = {**head.env, "RAY_ADDRESS": head.gcs_address, "TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"],
                "HF_HUB_OFFLINE": "1", faults.ENV: json.dumps({"delay_s": 0.4})}  # fmt: skip
-        driver = subprocess.Popen([sys.executable, "-m", "jobs.render", str(data), str(out), "--model", "tiny-sd-turbo",
+        driver = subprocess.Popen([sys.executable, "-m", "turbobatch.jobs.render", str(data), str(out), "--model", "tiny-sd-turbo",
                                    "--shard-size", "4", "--workers", "2", "--max-retries", "0", *SIZE],
                                   cwd=REPO, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -233,7 +233,7 @@ def test_rayjob_manifest_has_what_kuberay_requires() -> None:
     """Fields KubeRay's CRD (ray.io/v1) requires, and how this job uses them."""
     from ray.runtime_env import RuntimeEnv
 
-    from jobs.cli import parse_render_args
+    from turbobatch.jobs.cli import parse_render_args
 
     job = load_yaml("deploy/rayjob.yaml")
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
@@ -245,7 +245,7 @@ def test_rayjob_manifest_has_what_kuberay_requires() -> None:
 
     # The same entrypoint as everywhere else, with flags the CLI accepts.
     argv = shlex.split(spec["entrypoint"])
-    assert argv[:3] == ["python", "-m", "jobs.render"], argv
+    assert argv[:3] == ["python", "-m", "turbobatch.jobs.render"], argv
     render = parse_render_args(argv[3:])
     assert render.input.startswith("s3://") and render.output.startswith("s3://")
     assert render.device == "cuda", "GPU nodes start at 0: --device cuda, or the job would pick CPU"

@@ -9,10 +9,10 @@ import pytest
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard
 
-from jobs import card
-from jobs.columns import encode_schema
-from jobs.features import features_yaml
-from jobs.spec import JobSpec
+from turbobatch.jobs import card
+from turbobatch.jobs.columns import encode_schema
+from turbobatch.jobs.features import features_yaml
+from turbobatch.jobs.spec import JobSpec
 
 SECRET = "card-test-secret-5e1"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.render import main as render
+from turbobatch.jobs.render import main as render
 from tests.conftest import REPO, write_parquet
 from tests.helpers import wait_for
 from tests.raycluster import started_head, started_worker_node
@@ -131,7 +131,7 @@ def test_a_gpu_job_is_estimated_for_the_clusters_gpu_kind_with_its_cost(tmp_path
         env = {**head.env, "RAY_ADDRESS": head.gcs_address, "TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"]}
         texts = {}
         for model in ("stabilityai/sd-turbo", "stabilityai/sdxl-turbo"):
-            command = [sys.executable, "-m", "jobs.render", str(EXAMPLE), str(out), "--model", model, "--weights",
+            command = [sys.executable, "-m", "turbobatch.jobs.render", str(EXAMPLE), str(out), "--model", model, "--weights",
                        "random", "--device", "cuda", "--workers", "4", "--shard-size", "10",
                        "--gpu-hour-price", "2.5", "--dry-run"]  # fmt: skip
             result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

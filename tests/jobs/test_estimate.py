@@ -8,8 +8,8 @@ import tomllib
 
 import pytest
 
-from jobs import estimate as est
-from jobs.spec import JobSpec
+from turbobatch.jobs import estimate as est
+from turbobatch.jobs.spec import JobSpec
 from tests.conftest import REPO
 
 SD, SDXL = "StableDiffusionPipeline", "StableDiffusionXLPipeline"

@@ -7,12 +7,12 @@ import itertools
 import pyarrow as pa
 import pytest
 
-from jobs.cli import parse_render_args
-from jobs.errors import JobError
-from jobs.expand import Expansion, merge_sweeps, normalize_sweep, sweep_schema
-from jobs.inputs import InputFile
-from jobs.plan import describe_changes, fingerprint, make_plan
-from jobs.spec import JobSpec
+from turbobatch.jobs.cli import parse_render_args
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.expand import Expansion, merge_sweeps, normalize_sweep, sweep_schema
+from turbobatch.jobs.inputs import InputFile
+from turbobatch.jobs.plan import describe_changes, fingerprint, make_plan
+from turbobatch.jobs.spec import JobSpec
 
 SWEEP = [["steps", [1, 2]], ["style", ["ink", "oil", "chalk"]]]
 

@@ -1,9 +1,9 @@
 import pyarrow as pa
 import pytest
 
-from jobs.errors import JobError
-from jobs.inputs import check_columns, scan_inputs
-from jobs.spec import JobSpec
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.inputs import check_columns, scan_inputs
+from turbobatch.jobs.spec import JobSpec
 from tests.conftest import write_parquet
 
 

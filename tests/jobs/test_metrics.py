@@ -15,11 +15,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import metrics
+from turbobatch.jobs import metrics
 from tests.conftest import REPO, write_parquet
 from tests.helpers import corrupt_parquet, done_count, processes_titled, wait_for
 from tests.raycluster import Head, started_head
-from workers import faults
+from turbobatch.workers import faults
 
 DASHBOARD = REPO / "deploy" / "grafana-dashboard.json"
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")

@@ -1,6 +1,6 @@
-from jobs.inputs import InputFile
-from jobs.plan import describe_changes, fingerprint, make_plan
-from jobs.spec import JobSpec
+from turbobatch.jobs.inputs import InputFile
+from turbobatch.jobs.plan import describe_changes, fingerprint, make_plan
+from turbobatch.jobs.spec import JobSpec
 
 
 def files(*rows: int) -> list[InputFile]:

@@ -1,11 +1,11 @@
 import pytest
 
-from jobs import layout, resume
-from jobs.errors import JobError
-from jobs.inputs import InputFile
-from jobs.plan import fingerprint, make_plan
-from jobs.spec import JobSpec
-from jobs.storage import Folder
+from turbobatch.jobs import layout, resume
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.inputs import InputFile
+from turbobatch.jobs.plan import fingerprint, make_plan
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.storage import Folder
 
 FILES = [InputFile("file:///d/a.parquet", 10, 5, {"prompt": "string"})]
 

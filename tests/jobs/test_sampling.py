@@ -2,8 +2,8 @@
 
 import pytest
 
-from jobs import sampling
-from jobs.sampling import SamplingParams
+from turbobatch.jobs import sampling
+from turbobatch.jobs.sampling import SamplingParams
 
 
 @pytest.mark.parametrize("name, value, why", [

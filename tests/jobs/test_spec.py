@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from jobs.cli import parse_render_args
-from jobs.errors import JobError
-from jobs.spec import JobSpec
+from turbobatch.jobs.cli import parse_render_args
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.spec import JobSpec
 
 
 def parse(*argv: str) -> JobSpec:
@@ -128,7 +128,7 @@ def test_yaml_wrong_type_is_named(tmp_path):
 
 
 def test_missing_input_and_output_are_errors():
-    with pytest.raises(JobError, match="input: missing; usage: python -m jobs.render INPUT OUTPUT"):
+    with pytest.raises(JobError, match="input: missing; usage: python -m turbobatch.jobs.render INPUT OUTPUT"):
         parse_render_args([])
 
 
@@ -161,7 +161,7 @@ def test_storage_options_must_be_a_json_object(capsys):
 
 def test_the_example_job_yaml_is_a_valid_job():
     """examples/job.yaml is what a newcomer copies: it must parse and validate as it is."""
-    from jobs.cli import parse_render_args
+    from turbobatch.jobs.cli import parse_render_args
     from tests.conftest import REPO
 
     spec = parse_render_args(["--config", str(REPO / "examples" / "job.yaml")])

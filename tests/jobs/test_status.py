@@ -1,14 +1,14 @@
-"""``python -m jobs.status OUT``: shards committed / failed / pending from the output alone."""
+"""``python -m turbobatch.jobs.status OUT``: shards committed / failed / pending from the output alone."""
 
 from __future__ import annotations
 
 import json
 import re
 
-from jobs.cli import main as turbobatch
-from jobs.render import main as render
-from jobs.status import main as status
-from jobs.status import per_node, profile_line, summed_timings
+from turbobatch.jobs.cli import main as turbobatch
+from turbobatch.jobs.render import main as render
+from turbobatch.jobs.status import main as status
+from turbobatch.jobs.status import per_node, profile_line, summed_timings
 from tests.conftest import write_parquet
 from tests.helpers import corrupt_parquet
 

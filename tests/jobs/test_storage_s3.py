@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from jobs import resume
-from jobs.errors import JobError
-from jobs.inputs import scan_inputs
-from jobs.storage import Folder
+from turbobatch.jobs import resume
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.inputs import scan_inputs
+from turbobatch.jobs.storage import Folder
 from tests.conftest import REPO, s3_options
 from tests.faultproxy import FaultProxy
 from tests.helpers import wait_for
@@ -87,7 +87,7 @@ def test_access_denied_is_named(s3_with_auth):
 
 UPLOAD_WRITER = """
 import os, sys, json
-from jobs.storage import Folder
+from turbobatch.jobs.storage import Folder
 out = Folder(sys.argv[1], json.loads(sys.argv[2]))
 out.write_bytes("shards/000003.tar", os.urandom(101 * 2**20))  # over 2 x 50 MiB: s3fs uploads in parts
 """

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.errors import JobError
-from jobs.inputs import InputFile, check_columns
-from jobs.spec import JobSpec
-from jobs.template import Template
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.inputs import InputFile, check_columns
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.template import Template
 
 
 def spec(template: str, **kw) -> JobSpec:

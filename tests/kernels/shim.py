@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kernels import build
+from turbobatch.kernels import build
 
 SHIM_HEADER = build.KERNEL_DIR / "host_shim.h"
 GXX_FLAGS = ["-std=c++17", "-O2", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared", "-Wall", "-Werror"]

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from kernels import build, launchers
+from turbobatch.kernels import build, launchers
 
 NVCC = build.nvcc_path()
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH (CI has it): cannot compile kernels/*.cu")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import launchers, reference
+from turbobatch.kernels import launchers, reference
 from tests.kernels.conftest import scenes
 
 

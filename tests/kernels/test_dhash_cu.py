@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels import launchers, reference
+from turbobatch.kernels import launchers, reference
 from tests.kernels.conftest import scenes
 
 

@@ -43,8 +43,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels import build, launchers, ops, reference
+from turbobatch import kernels
+from turbobatch.kernels import build, launchers, ops, reference
 from tests.kernels import shim
 
 EPS = 1e-6

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-import kernels
-from kernels import ops, reference
+from turbobatch import kernels
+from turbobatch.kernels import ops, reference
 from tests.kernels.conftest import nasty_floats, scenes
 
 CUDA_OK, CUDA_WHY = ops.cuda_status()

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels import launchers, reference
-from kernels.stats import from_partials
+from turbobatch.kernels import launchers, reference
+from turbobatch.kernels.stats import from_partials
 from tests.kernels.conftest import nasty_floats
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import postprocess_uint8, reference
+from turbobatch.kernels import postprocess_uint8, reference
 from tests.kernels.conftest import nasty_floats, scenes
 
 

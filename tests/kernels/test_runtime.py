@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import runtime
+from turbobatch.kernels import runtime
 
 
 def test_check_launch_rejects_what_cuda_would():
@@ -43,7 +43,7 @@ def test_unknown_kernel_is_rejected():
 def test_runs_in_torch_primary_context_and_leaves_the_stack_clean():
     import pycuda.driver as drv
 
-    from kernels import launchers
+    from turbobatch.kernels import launchers
 
     images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8, device="cuda")
     launchers.dhash64(images, runtime.launcher())

@@ -2,7 +2,7 @@
 
 import torch
 
-from kernels.stats import from_partials
+from turbobatch.kernels.stats import from_partials
 
 
 def test_from_partials_reduces_blocks_exactly():

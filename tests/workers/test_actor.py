@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from jobs import layout
-from jobs.plan import Shard
-from jobs.spec import JobSpec
+from turbobatch.jobs import layout
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.spec import JobSpec
 from tests.conftest import write_parquet
 from tests.helpers import assert_within_one_level, plain_diffusers_image, read_metadata, read_tar_images
-from workers.actor import RenderWorker
+from turbobatch.workers.actor import RenderWorker
 
 PROMPTS = ["a red fox", "", "日本の桜 🎨", None, "long " * 50, "a lighthouse at dusk"]
 
@@ -106,7 +106,7 @@ def test_two_shards_at_once_take_turns_on_the_device_and_overlap_commit(tmp_path
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from workers import writer as writer_module
+    from turbobatch.workers import writer as writer_module
 
     events: list[tuple[str, int]] = []
     inside = threading.Semaphore(1)
@@ -154,8 +154,8 @@ def test_without_ray_the_marker_has_no_node_id_and_this_process(tmp_path, prompt
 
     from tests.conftest import REPO
 
-    code = (f"import json, os, sys; from jobs.plan import Shard; from tests.workers.test_actor import resolved_spec; "
-            f"from workers.actor import RenderWorker; w = RenderWorker(resolved_spec({str(tmp_path)!r})); "
+    code = (f"import json, os, sys; from turbobatch.jobs.plan import Shard; from tests.workers.test_actor import resolved_spec; "
+            f"from turbobatch.workers.actor import RenderWorker; w = RenderWorker(resolved_spec({str(tmp_path)!r})); "
             f"m = w.render_shard(Shard(0, 'file://{prompts_file}', 0, 2, 0, 9)); "
             f"print(json.dumps([m['worker'], m['node_id'], m['pid'], os.getpid(), w.ready(), 'ray' in sys.modules, "
             f"m['device_kind'], w.metrics is None]))")

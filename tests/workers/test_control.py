@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs.plan import Shard
-from jobs.spec import JobSpec
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.spec import JobSpec
 from tests.conftest import write_parquet
 from tests.helpers import assert_within_one_level, read_metadata, read_tar_images
-from workers.actor import RenderWorker
-from workers.control import CANNY_HIGH, CANNY_LOW
-from workers.tiny import tiny_model_path
+from turbobatch.workers.actor import RenderWorker
+from turbobatch.workers.control import CANNY_HIGH, CANNY_LOW
+from turbobatch.workers.tiny import tiny_model_path
 
 
 def control_png(seed: int, size: tuple[int, int] = (90, 70)) -> bytes:
@@ -91,8 +91,7 @@ def test_controlnet_rows_match_a_plain_call_and_bad_images_fail_alone(control_da
         (controlnet, 0.8, preprocess)}
     assert rows[0]["control_image"] == "ctrl/a.png"
 
-    import kernels
-
+    from turbobatch import kernels
     images, pipe = read_tar_images(root / "out"), plain_pipeline(model, controlnet)
     for row, png in zip(rows[:2], (control_png(1), control_png(2))):
         control = Image.open(io.BytesIO(png)).convert("RGB")
@@ -116,7 +115,7 @@ def test_raw_bytes_control_images(tmp_path):
 
 def test_fp16_vae_overflow_is_decoded_again_in_float32(tmp_path):
     """A real float16 overflow (huge latents) on CPU: the stats flag it, a float32 decode fixes it."""
-    from workers.decode import Decoder
+    from turbobatch.workers.decode import Decoder
 
     pipe = plain_pipeline("tiny-sdxl-turbo")
     pipe.vae.to(torch.float16)
@@ -160,8 +159,7 @@ def test_tiny_autoencoder_renders_what_diffusers_gives_with_it(tmp_path, model):
 def test_canny_control_images_are_made_at_each_swept_size(control_dataset):
     """A size sweep with --control-preprocess canny: each image's edges come from the control image
     resized to that image's own size, as a plain call at that size would make them."""
-    import kernels
-
+    from turbobatch import kernels
     root, data = control_dataset
     spec = spec_for(root, root, model="tiny-sd-turbo", controlnet="tiny-sd-controlnet", control_image_column="ctrl",
                     control_preprocess="canny", sweep={"width": [40, 64]}, shard_size=4)  # fmt: skip

@@ -13,11 +13,11 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
-from kernels import postprocess_uint8
+from turbobatch.kernels import postprocess_uint8
 from tests.conftest import REPO
-from workers import decoder_ops as ops
-from workers.norm_fusion import fuse_group_norms
-from workers.tiny import tiny_model_path
+from turbobatch.workers import decoder_ops as ops
+from turbobatch.workers.norm_fusion import fuse_group_norms
+from turbobatch.workers.tiny import tiny_model_path
 
 SIZES = [(1, 1), (1, 5), (2, 3), (7, 4), (5, 5), (8, 8), (13, 6)]  # odd, even, non-square
 CHANNELS = [(1, 1), (3, 5), (8, 8), (16, 4)]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.plan import Shard
-from jobs.sampling import SamplingParams
-from jobs.spec import JobSpec
-from workers.images import image_rows
-from workers.rows import Row
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.sampling import SamplingParams
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.workers.images import image_rows
+from turbobatch.workers.rows import Row
 
 
 def spec(**kw) -> JobSpec:

@@ -18,9 +18,9 @@ import torch
 from tests.conftest import REPO, s3_options
 from tests.faultproxy import FaultProxy
 from tests.helpers import upload_folder, wait_for
-from workers import model_cache
-from workers.model_source import open_source
-from workers.variants import needed_files
+from turbobatch.workers import model_cache
+from turbobatch.workers.model_source import open_source
+from turbobatch.workers.variants import needed_files
 
 
 @pytest.fixture

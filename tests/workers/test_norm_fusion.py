@@ -14,8 +14,8 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from tests.conftest import REPO
-from workers import norm_fusion as nf
-from workers.tiny import tiny_model_path
+from turbobatch.workers import norm_fusion as nf
+from turbobatch.workers.tiny import tiny_model_path
 
 
 class _OwnForward(ResnetBlock2D):

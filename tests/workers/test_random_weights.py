@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from jobs.errors import JobError
-from jobs.spec import JobSpec
-from workers.models import resolve_model
-from workers.random_weights import build_components
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.workers.models import resolve_model
+from turbobatch.workers.random_weights import build_components
 
 
 def params(module: torch.nn.Module) -> float:
@@ -43,10 +43,10 @@ def test_random_models_resolve_without_the_hub():
 @pytest.mark.slow
 def test_a_random_weight_sd_turbo_renders_through_the_worker(tmp_path):
     """The full-size path end to end, small image: real architecture, meaningless pixels."""
-    from jobs.plan import Shard
+    from turbobatch.jobs.plan import Shard
     from tests.conftest import write_parquet
     from tests.helpers import read_metadata
-    from workers.actor import RenderWorker
+    from turbobatch.workers.actor import RenderWorker
 
     data = write_parquet(tmp_path / "p.parquet", {"prompt": ["a lighthouse"]})
     spec = JobSpec(input=str(data), output=str(tmp_path / "out"), model="stabilityai/sd-turbo", weights="random",
@@ -59,7 +59,7 @@ def test_a_random_weight_sd_turbo_renders_through_the_worker(tmp_path):
 def test_tiny_autoencoder_has_the_published_taesd_architecture():
     """madebyollin/taesd: 64 channels everywhere, 1+3+3+3 encoder / 3+3+3+1 decoder blocks, 8x;
     its parameter count (about 2.45M) is the published checkpoint's."""
-    from workers.random_weights import tiny_autoencoder
+    from turbobatch.workers.random_weights import tiny_autoencoder
 
     with torch.device("meta"):
         vae = tiny_autoencoder()

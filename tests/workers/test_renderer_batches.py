@@ -10,13 +10,13 @@ import json
 import pytest
 import torch
 
-from jobs.sampling import SamplingParams
+from turbobatch.jobs.sampling import SamplingParams
 from tests.helpers import assert_within_one_level
 from tests.workers.test_actor import resolved_spec
 from tests.workers.test_control import plain_pipeline
-from workers import faults
-from workers.renderer import PipelineRenderer, Rendered
-from workers.rows import Row
+from turbobatch.workers import faults
+from turbobatch.workers.renderer import PipelineRenderer, Rendered
+from turbobatch.workers.rows import Row
 
 SMALL, WIDE, TWO_STEPS, GUIDED = (SamplingParams(1, 0.0, 32, 32), SamplingParams(1, 0.0, 32, 48),
                                   SamplingParams(2, 0.0, 32, 32), SamplingParams(1, 2.0, 32, 32))  # fmt: skip

@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from jobs.plan import Shard
+from turbobatch.jobs.plan import Shard
 from tests.conftest import write_parquet
 from tests.helpers import read_metadata, read_tar_images
 from tests.workers.test_actor import resolved_spec
-from workers import faults
-from workers.actor import PipelineFailedEveryRow, RenderWorker
+from turbobatch.workers import faults
+from turbobatch.workers.actor import PipelineFailedEveryRow, RenderWorker
 
 PROMPTS = [f"prompt {i}" for i in range(7)]
 

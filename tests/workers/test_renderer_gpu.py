@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jobs.spec import JobSpec
+from turbobatch.jobs.spec import JobSpec
 from tests.helpers import assert_within_one_level
 from tests.workers.test_control import plain_pipeline
-from workers import speedups
-from workers.renderer import PipelineRenderer, Rendered
-from workers.rows import Row
+from turbobatch.workers import speedups
+from turbobatch.workers.renderer import PipelineRenderer, Rendered
+from turbobatch.workers.rows import Row
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.plan import Shard
-from jobs.storage import Folder
-from kernels import reference
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.storage import Folder
+from turbobatch.kernels import reference
 from tests.conftest import write_parquet
 from tests.helpers import read_metadata, read_tar_images
 from tests.workers.test_actor import resolved_spec
 from tests.workers.test_control import plain_pipeline, spec_for
-from workers import decode as decode_module
-from workers.actor import RenderWorker
-from workers.renderer import PipelineRenderer, Rendered
-from workers.rows import Row
-from workers.writer import ShardWriter
+from turbobatch.workers import decode as decode_module
+from turbobatch.workers.actor import RenderWorker
+from turbobatch.workers.renderer import PipelineRenderer, Rendered
+from turbobatch.workers.rows import Row
+from turbobatch.workers.writer import ShardWriter
 
 STATS = ("nan_count", "mean", "std", "dhash")
 U64 = 0xFFFF_FFFF_FFFF_FFFF

@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs.spec import JobSpec
+from turbobatch.jobs.spec import JobSpec
 from tests.helpers import assert_within_one_level
 from tests.workers.test_control import plain_pipeline
-from workers.renderer import PipelineRenderer, Rendered
-from workers.rows import Row
-from workers import speedups
-from workers.sampler import TurboSampler
-from jobs.sampling import SamplingParams
+from turbobatch.workers.renderer import PipelineRenderer, Rendered
+from turbobatch.workers.rows import Row
+from turbobatch.workers import speedups
+from turbobatch.workers.sampler import TurboSampler
+from turbobatch.jobs.sampling import SamplingParams
 
 SIZE = (48, 40)  # height, width: not square, not the native size
 PROMPTS = ["a red fox in the snow", "a lighthouse at dusk, oil painting " * 12, ""]  # the 2nd is truncated

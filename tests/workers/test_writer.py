@@ -8,14 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from jobs.plan import Shard
-from jobs.storage import Folder
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.storage import Folder
 from tests.helpers import read_metadata, read_tar_images
 from tests.workers.test_actor import resolved_spec
-from workers import sinks
-from workers import writer as writer_module
-from workers.renderer import Rendered
-from workers.rows import Row
+from turbobatch.workers import sinks
+from turbobatch.workers import writer as writer_module
+from turbobatch.workers.renderer import Rendered
+from turbobatch.workers.rows import Row
 
 
 def test_commit_waits_for_every_slow_encode(tmp_path, monkeypatch):

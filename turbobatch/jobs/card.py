@@ -23,14 +23,14 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from jobs import layout
-from jobs import sampling
-from jobs.columns import IMAGE_TYPE, job_data_schema, job_metadata_schema, kept_schema
-from jobs.expand import Expansion
-from jobs.features import features_yaml
-from jobs.resume import committed_shards
-from jobs.spec import JobSpec
-from jobs.storage import Folder
+from turbobatch.jobs import layout
+from turbobatch.jobs import sampling
+from turbobatch.jobs.columns import IMAGE_TYPE, job_data_schema, job_metadata_schema, kept_schema
+from turbobatch.jobs.expand import Expansion
+from turbobatch.jobs.features import features_yaml
+from turbobatch.jobs.resume import committed_shards
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.storage import Folder
 
 MARK = "<!-- Written by turbobatch at the end of every run (jobs/card.py): edits are overwritten. -->"
 

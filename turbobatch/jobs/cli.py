@@ -1,4 +1,4 @@
-"""Command line: ``turbobatch render|status|verify`` and the flag set of ``python -m jobs.render``.
+"""Command line: ``turbobatch render|status|verify`` and the flag set of ``python -m turbobatch.jobs.render``.
 
 Option names are a contract other tools and docs rely on; each flag's ``dest`` is the
 JobSpec field of the same name, so YAML files and flags share one vocabulary.
@@ -17,12 +17,12 @@ from typing import Any, NoReturn
 
 import yaml
 
-from jobs.errors import JobError
-from jobs.spec import (COMPILE_MODES, CONTROL_PREPROCESS, DEFAULT_SPEEDUPS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS,
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.spec import (COMPILE_MODES, CONTROL_PREPROCESS, DEFAULT_SPEEDUPS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS,
                        SPEEDUPS, VARIANTS, WEIGHTS, JobSpec)
 
 
-def build_render_parser(prog: str = "python -m jobs.render") -> argparse.ArgumentParser:
+def build_render_parser(prog: str = "python -m turbobatch.jobs.render") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Render a Parquet prompt dataset into an image dataset on a Ray cluster. "
@@ -169,12 +169,12 @@ def json_object(flag: str):
     return parse
 
 
-def parse_render_args(argv: list[str] | None, prog: str = "python -m jobs.render") -> JobSpec:
+def parse_render_args(argv: list[str] | None, prog: str = "python -m turbobatch.jobs.render") -> JobSpec:
     """Flags (and the YAML named by --config) -> a validated JobSpec. Raises JobError."""
     return parse_render_command(argv, prog)[0]
 
 
-def parse_render_command(argv: list[str] | None, prog: str = "python -m jobs.render") -> tuple[JobSpec, RunOptions]:
+def parse_render_command(argv: list[str] | None, prog: str = "python -m turbobatch.jobs.render") -> tuple[JobSpec, RunOptions]:
     """Flags (and the YAML named by --config) -> a validated JobSpec and how to run it. Raises JobError."""
     args = vars(build_render_parser(prog).parse_args(argv))
     options = RunOptions(**{f.name: args.pop(f.name) for f in dataclasses.fields(RunOptions) if f.name in args})
@@ -236,11 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: turbobatch {{{','.join(commands)}}} ...   (turbobatch COMMAND --help)", file=sys.stderr)
         return 2
     if argv[0] == "render":
-        from jobs.render import main as command
+        from turbobatch.jobs.render import main as command
     elif argv[0] == "status":
-        from jobs.status import main as command
+        from turbobatch.jobs.status import main as command
     else:
-        from jobs.verify import main as command
+        from turbobatch.jobs.verify import main as command
     return command(argv[1:], prog=f"turbobatch {argv[0]}")
 
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from jobs.errors import JobError
-from jobs.expand import sweep_schema
-from jobs.inputs import InputFile
-from jobs.spec import KEEP_ALL, JobSpec
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.expand import sweep_schema
+from turbobatch.jobs.inputs import InputFile
+from turbobatch.jobs.spec import KEEP_ALL, JobSpec
 
 METADATA_SCHEMA = pa.schema(
     [

@@ -21,15 +21,15 @@ import sys
 import tempfile
 from typing import Any
 
-from jobs import nodes, resume
-from jobs.cli import RunOptions
-from jobs.cluster import ClusterInfo, actor_resources, capacity_note, ray_session
-from jobs.errors import error_text
-from jobs.estimate import Figure, calibrated_figure, estimate, figure_for, format_estimate, job_settings
-from jobs.plan import Shard
-from jobs.render import EXIT_FAILED_SHARDS, EXIT_OK, CheckedJob, check_job, plan_job, resolve_job
-from jobs.spec import JobSpec
-from workers.models import describe_weights
+from turbobatch.jobs import nodes, resume
+from turbobatch.jobs.cli import RunOptions
+from turbobatch.jobs.cluster import ClusterInfo, actor_resources, capacity_note, ray_session
+from turbobatch.jobs.errors import error_text
+from turbobatch.jobs.estimate import Figure, calibrated_figure, estimate, figure_for, format_estimate, job_settings
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.render import EXIT_FAILED_SHARDS, EXIT_OK, CheckedJob, check_job, plan_job, resolve_job
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.workers.models import describe_weights
 
 ACCELERATOR = "accelerator_type:"  # Ray's node resource naming the GPU kind, e.g. accelerator_type:H200
 
@@ -116,7 +116,7 @@ class CalibrationWorker:
     """A RenderWorker for the job whose output is a temporary folder on its own node."""
 
     def __init__(self, spec: JobSpec) -> None:
-        from workers.actor import RenderWorker
+        from turbobatch.workers.actor import RenderWorker
 
         self.folder = tempfile.mkdtemp(prefix="turbobatch-calibrate-")
         spec = dataclasses.replace(spec, output=self.folder, input_storage_options=spec.input_options(),
@@ -138,7 +138,7 @@ def calibrate(spec: JobSpec, shard: Shard) -> dict[str, Any] | None:
     """One actor renders ``shard``: its images/s after the first batch (warm-up), or None (said why)."""
     import ray
 
-    from jobs.cluster import actor_env
+    from turbobatch.jobs.cluster import actor_env
 
     cls = ray.remote(CalibrationWorker).options(num_cpus=spec.worker_cpus, num_gpus=spec.worker_gpus or 0,
                                                 runtime_env={"env_vars": actor_env()})  # fmt: skip

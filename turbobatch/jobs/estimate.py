@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs import sampling
-from jobs.expand import Expansion
-from jobs.sampling import SamplingParams
-from jobs.spec import JobSpec
+from turbobatch.jobs import sampling
+from turbobatch.jobs.expand import Expansion
+from turbobatch.jobs.sampling import SamplingParams
+from turbobatch.jobs.spec import JobSpec
 
 TABLE_PATH = Path(__file__).with_name("throughput.json")
 FAMILY_OF_PIPELINE = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from jobs import sampling
-from jobs.errors import JobError
+from turbobatch.jobs import sampling
+from turbobatch.jobs.errors import JobError
 
 if TYPE_CHECKING:
-    from jobs.spec import JobSpec
+    from turbobatch.jobs.spec import JobSpec
 
 MAX_IMAGES_PER_PROMPT = 100_000
 MAX_COMBINATIONS = 1_000_000
@@ -92,7 +92,7 @@ class Expansion:
     @staticmethod
     def seed(first_seed: int, j: int) -> tuple[int | None, str | None]:
         """Image j's seed from its row's first (``s``, or ``job seed + g * N``): ``first + j``."""
-        from jobs.spec import MAX_SEED
+        from turbobatch.jobs.spec import MAX_SEED
 
         seed = first_seed + j
         if seed >= MAX_SEED:

@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from jobs.errors import JobError
-from jobs.spec import JobSpec
-from jobs.storage import bucket_of, check_endpoint, describe_error, open_fs
-from jobs.template import PROMPT_FIELD, template_of
-from jobs.template import check_columns as check_template_columns
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.storage import bucket_of, check_endpoint, describe_error, open_fs
+from turbobatch.jobs.template import PROMPT_FIELD, template_of
+from turbobatch.jobs.template import check_columns as check_template_columns
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from jobs.inputs import InputFile
-from jobs.spec import JobSpec
+from turbobatch.jobs.inputs import InputFile
+from turbobatch.jobs.spec import JobSpec
 
 
 @dataclass(frozen=True)

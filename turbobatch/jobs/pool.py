@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jobs import nodes
-from jobs.cluster import actor_env, actor_resources
-from jobs.errors import error_text
-from jobs.plan import Shard
-from jobs.spec import JobSpec
+from turbobatch.jobs import nodes
+from turbobatch.jobs.cluster import actor_env, actor_resources
+from turbobatch.jobs.errors import error_text
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.spec import JobSpec
 
 INFLIGHT_PER_ACTOR = 2  # shards in flight per actor: one renders while the other reads or commits
 CRASH_LOOP_STARTS = 3  # start-up deaths in a row that stop the replacements
@@ -35,7 +35,7 @@ def actor_class(spec: JobSpec) -> Any:
     """RenderWorker as a Ray actor class with the resources one actor needs."""
     import ray
 
-    from workers.actor import RenderWorker
+    from turbobatch.workers.actor import RenderWorker
 
     # Its in-flight shards run as threads: one renders while the other reads or commits.
     return ray.remote(RenderWorker).options(num_cpus=spec.worker_cpus, num_gpus=spec.worker_gpus or 0,

@@ -10,8 +10,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from jobs.startup import startup_line, startup_report
-from jobs.status import device_kinds, devices_line
+from turbobatch.jobs.startup import startup_line, startup_report
+from turbobatch.jobs.status import device_kinds, devices_line
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""``python -m jobs.render INPUT OUTPUT [options]``: the render job, as a recipe.
+"""``python -m turbobatch.jobs.render INPUT OUTPUT [options]``: the render job, as a recipe.
 
 Every check that can fail a job runs before any actor starts; then shards without a done
 marker are rendered and committed by the actors. Rerun the same command to resume. Steps 1-5's
@@ -13,20 +13,20 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from jobs import resume, schedule
-from jobs.card import write_card
-from jobs.cli import parse_render_command
-from jobs.cluster import SIGTERM_RECEIVED, ClusterInfo, capacity_note, ray_session, resolve_spec
-from jobs.columns import with_kept_columns
-from jobs.errors import JobError, JobStalled
-from jobs.expand import images_per_row
-from jobs.inputs import InputFile, check_columns, scan_inputs
-from jobs.keys import check_unique_keys
-from jobs.plan import Shard, fingerprint, make_plan
-from jobs.progress import Progress
-from jobs.spec import MAX_SEED, JobSpec
-from jobs.storage import Folder
-from workers.models import (ControlNetInfo, ModelInfo, VaeInfo, describe_weights, resolve_controlnet, resolve_model,
+from turbobatch.jobs import resume, schedule
+from turbobatch.jobs.card import write_card
+from turbobatch.jobs.cli import parse_render_command
+from turbobatch.jobs.cluster import SIGTERM_RECEIVED, ClusterInfo, capacity_note, ray_session, resolve_spec
+from turbobatch.jobs.columns import with_kept_columns
+from turbobatch.jobs.errors import JobError, JobStalled
+from turbobatch.jobs.expand import images_per_row
+from turbobatch.jobs.inputs import InputFile, check_columns, scan_inputs
+from turbobatch.jobs.keys import check_unique_keys
+from turbobatch.jobs.plan import Shard, fingerprint, make_plan
+from turbobatch.jobs.progress import Progress
+from turbobatch.jobs.spec import MAX_SEED, JobSpec
+from turbobatch.jobs.storage import Folder
+from turbobatch.workers.models import (ControlNetInfo, ModelInfo, VaeInfo, describe_weights, resolve_controlnet, resolve_model,
                             resolve_vae, resolve_weights)
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_BAD_JOB, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
@@ -133,11 +133,11 @@ def run(spec: JobSpec) -> int:
     return EXIT_FAILED_SHARDS if len(progress.failed) > spec.max_failed_shards else EXIT_OK
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m jobs.render") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.render") -> int:
     try:
         spec, options = parse_render_command(argv, prog)
         if options.dry_run or options.calibrate:
-            from jobs.dryrun import dry_run
+            from turbobatch.jobs.dryrun import dry_run
 
             return dry_run(spec, options)
         return run(spec)

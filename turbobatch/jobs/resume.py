@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from jobs import layout
-from jobs.errors import JobError
-from jobs.expand import images_per_row
-from jobs.plan import Shard, describe_changes
-from jobs.spec import JobSpec
-from jobs.storage import TEMP_MARK, Folder, check_endpoint, describe_error
+from turbobatch.jobs import layout
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.expand import images_per_row
+from turbobatch.jobs.plan import Shard, describe_changes
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.storage import TEMP_MARK, Folder, check_endpoint, describe_error
 
 
 def check_writable(out: Folder) -> None:

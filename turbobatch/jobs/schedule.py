@@ -22,16 +22,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs import nodes, resume
-from jobs.errors import JobError, JobStalled, error_text
-from jobs.metrics import DriverMetrics
-from jobs.plan import Shard
-from jobs.pool import ActorPool
-from jobs.progress import Progress, ShardOutcome
-from jobs.retry import backoff_s, is_retryable
-from jobs.spec import JobSpec
-from jobs.stall import NO_ACTOR, StallWatch
-from jobs.storage import Folder
+from turbobatch.jobs import nodes, resume
+from turbobatch.jobs.errors import JobError, JobStalled, error_text
+from turbobatch.jobs.metrics import DriverMetrics
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.pool import ActorPool
+from turbobatch.jobs.progress import Progress, ShardOutcome
+from turbobatch.jobs.retry import backoff_s, is_retryable
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.stall import NO_ACTOR, StallWatch
+from turbobatch.jobs.storage import Folder
 
 POLL_S = 1.0  # the loop wakes at least this often (drains, stall clock, progress)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the remote traceback

@@ -14,11 +14,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs import sampling
-from jobs.errors import JobError
-from jobs.expand import MAX_IMAGES_PER_PROMPT, check_sweep_names, merge_sweeps, normalize_sweep
-from jobs.sampling import SamplingParams
-from jobs.template import Template
+from turbobatch.jobs import sampling
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.expand import MAX_IMAGES_PER_PROMPT, check_sweep_names, merge_sweeps, normalize_sweep
+from turbobatch.jobs.sampling import SamplingParams
+from turbobatch.jobs.template import Template
 
 DTYPES = ("float16", "bfloat16", "float32")
 DEVICES = ("cuda", "cpu")
@@ -365,7 +365,7 @@ def redact(options: Any) -> Any:
 
 def _require_text(flag: str, value: Any) -> None:
     if flag in ("input", "output") and not value:  # the positional arguments
-        raise JobError(f"{flag}: missing; usage: python -m jobs.render INPUT OUTPUT [options] "
+        raise JobError(f"{flag}: missing; usage: python -m turbobatch.jobs.render INPUT OUTPUT [options] "
                        f"(or {flag}: in the --config file); --help lists the options")
     if not isinstance(value, str) or not value.strip():
         label = flag if flag in ("input", "output") else f"--{flag}"

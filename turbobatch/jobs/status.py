@@ -1,4 +1,4 @@
-"""``python -m jobs.status OUTPUT [--json] [--watch [SECONDS]]``: where a job stands, from its output alone.
+"""``python -m turbobatch.jobs.status OUTPUT [--json] [--watch [SECONDS]]``: where a job stands, from its output alone.
 
 Reads ``_job/`` (plan, spec), one listing each of ``_done/`` and ``_failed/``, and the done
 markers (counts, timings: where the devices' time went, and which node rendered each shard). Needs no Ray, no model and no
@@ -13,12 +13,12 @@ import json
 import sys
 from typing import Any
 
-from jobs import layout, resume
-from jobs.cli import exit_without_teardown, json_object
-from jobs.errors import JobError
-from jobs.plan import Shard
-from jobs.startup import startup_line, startup_report
-from jobs.storage import Folder, describe_error
+from turbobatch.jobs import layout, resume
+from turbobatch.jobs.cli import exit_without_teardown, json_object
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.startup import startup_line, startup_report
+from turbobatch.jobs.storage import Folder, describe_error
 
 
 def job_status(out: Folder) -> dict[str, Any]:
@@ -181,8 +181,8 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m jobs.status") -> int:
-    from jobs.watch import DEFAULT_INTERVAL_S, watch_output  # jobs.watch imports this module
+def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.status") -> int:
+    from turbobatch.jobs.watch import DEFAULT_INTERVAL_S, watch_output  # jobs.watch imports this module
 
     p = argparse.ArgumentParser(prog=prog, description="Show a render job's progress from its output folder.")
     p.add_argument("output", help="the job's output folder URL")

@@ -19,11 +19,11 @@ import string
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jobs.errors import JobError
+from turbobatch.jobs.errors import JobError
 
 if TYPE_CHECKING:
-    from jobs.inputs import InputFile
-    from jobs.spec import JobSpec
+    from turbobatch.jobs.inputs import InputFile
+    from turbobatch.jobs.spec import JobSpec
 
 PROMPT_FIELD = "prompt"  # {prompt} is the prompt column, whatever its name
 _FORMATTABLE = ("string", "large_string", "string_view", "null", "bool", "int8", "int16", "int32", "int64",

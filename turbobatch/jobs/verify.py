@@ -28,10 +28,10 @@ from typing import IO, Any
 
 import pyarrow.parquet as pq
 
-from jobs import layout, resume
-from jobs.cli import exit_without_teardown, json_object
-from jobs.errors import JobError
-from jobs.storage import Folder, describe_error
+from turbobatch.jobs import layout, resume
+from turbobatch.jobs.cli import exit_without_teardown, json_object
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.storage import Folder, describe_error
 
 EXIT_OK, EXIT_BROKEN, EXIT_NOT_AN_OUTPUT = 0, 1, 2
 _CHUNK = 1 << 20
@@ -266,7 +266,7 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m jobs.verify") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.verify") -> int:
     p = argparse.ArgumentParser(prog=prog, description="Check an output folder's committed shards against their "
                                 "done markers, and find orphan objects; exit 1 if anything is wrong.")  # fmt: skip
     p.add_argument("output", help="the job's output folder URL")

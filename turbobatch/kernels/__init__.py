@@ -7,9 +7,9 @@ tensors get in this process and ``BACKEND_REASON`` why. Importing this package n
 pycuda, libcuda or nvcc.
 """
 
-from kernels.ops import canny, cuda_status, dhash64, group_norm, image_stats, postprocess_uint8, postprocess_with_stats
-from kernels.reference import hamming64
-from kernels.stats import ImageStats
+from turbobatch.kernels.ops import canny, cuda_status, dhash64, group_norm, image_stats, postprocess_uint8, postprocess_with_stats
+from turbobatch.kernels.reference import hamming64
+from turbobatch.kernels.stats import ImageStats
 
 _ok, BACKEND_REASON = cuda_status()
 BACKEND = "pycuda" if _ok else "torch-reference"

@@ -7,7 +7,7 @@ libcuda, so it fails on build machines and CI without a GPU), keys its own cache
 runs nvcc to preprocess on every call, and adds ``-arch`` of the current device where we want
 a fixed multi-arch fatbin. The nvcc command is the one pycuda would run (``nvcc --fatbin``).
 
-Prebuild (e.g. in a worker image): ``python -m kernels.build [--arch sm_80,sm_90]``.
+Prebuild (e.g. in a worker image): ``python -m turbobatch.kernels.build [--arch sm_80,sm_90]``.
 """
 
 from __future__ import annotations

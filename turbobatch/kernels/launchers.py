@@ -15,8 +15,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from kernels import reference
-from kernels.reference import canny_thresholds
+from turbobatch.kernels import reference
+from turbobatch.kernels.reference import canny_thresholds
 
 TB_BLOCK = 256  # must equal TB_BLOCK in kernels/tb_common.cuh (a test checks)
 TB_TILE = 16  # must equal TB_TILE in kernels/canny.cu

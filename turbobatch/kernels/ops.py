@@ -12,8 +12,8 @@ from typing import Literal
 
 import torch
 
-from kernels import launchers, reference, runtime
-from kernels.stats import ImageStats, from_partials
+from turbobatch.kernels import launchers, reference, runtime
+from turbobatch.kernels.stats import ImageStats, from_partials
 
 Backend = Literal["auto", "cuda", "reference"]
 

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels.stats import ImageStats
+from turbobatch.kernels.stats import ImageStats
 
 
 def postprocess_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernels import build
+from turbobatch.kernels import build
 
 MAX_BLOCK_THREADS = 1024
 MAX_GRID = (2**31 - 1, 65535, 65535)

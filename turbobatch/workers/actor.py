@@ -20,18 +20,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from jobs.metrics import WorkerMetrics
-from jobs.plan import Shard
-from jobs.retry import InfrastructureError, is_retryable
-from jobs.spec import JobSpec
-from jobs.storage import Folder
-from workers import faults, model_cache, speedups
-from workers.control import ControlImageError, ControlImageLoader
-from workers.images import image_rows
-from workers.models import load_pipeline
-from workers.renderer import PipelineRenderer
-from workers.rows import Row, ShardReader, rows_from_table
-from workers.writer import ShardWriter
+from turbobatch.jobs.metrics import WorkerMetrics
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.retry import InfrastructureError, is_retryable
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.storage import Folder
+from turbobatch.workers import faults, model_cache, speedups
+from turbobatch.workers.control import ControlImageError, ControlImageLoader
+from turbobatch.workers.images import image_rows
+from turbobatch.workers.models import load_pipeline
+from turbobatch.workers.renderer import PipelineRenderer
+from turbobatch.workers.rows import Row, ShardReader, rows_from_table
+from turbobatch.workers.writer import ShardWriter
 
 ENCODE_THREADS = max(2, min(8, (os.cpu_count() or 2)))
 

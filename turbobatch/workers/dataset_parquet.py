@@ -18,13 +18,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs import layout
-from jobs.columns import job_data_schema
-from jobs.features import with_features_metadata
-from jobs.plan import Shard
-from jobs.spec import JobSpec
-from jobs.storage import Folder
-from workers.sinks import HashingWriter, encode
+from turbobatch.jobs import layout
+from turbobatch.jobs.columns import job_data_schema
+from turbobatch.jobs.features import with_features_metadata
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.storage import Folder
+from turbobatch.workers.sinks import HashingWriter, encode
 
 ROW_GROUP_ROWS = 100  # images per row group: ~40 MB of 512x512 PNGs, what the Hub's viewer reads well
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from kernels import dhash64, postprocess_with_stats
+from turbobatch.kernels import dhash64, postprocess_with_stats
 
 
 @dataclass

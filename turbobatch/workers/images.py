@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from jobs import sampling
-from jobs.expand import Expansion
-from jobs.plan import Shard
-from jobs.spec import JobSpec
-from jobs.template import Template, template_of
-from workers.rows import Row
+from turbobatch.jobs import sampling
+from turbobatch.jobs.expand import Expansion
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.template import Template, template_of
+from turbobatch.workers.rows import Row
 
 
 def image_rows(rows: list[Row], shard: Shard, spec: JobSpec) -> list[Row]:

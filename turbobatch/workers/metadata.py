@@ -14,15 +14,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs import layout
-from jobs.columns import job_metadata_schema
-from jobs.expand import SWEEP_PREFIX
-from jobs.plan import Shard
-from jobs.spec import JobSpec
-from jobs.storage import Folder
-from workers.control import control_reference
-from workers.rows import Row
-from workers.sinks import file_entry
+from turbobatch.jobs import layout
+from turbobatch.jobs.columns import job_metadata_schema
+from turbobatch.jobs.expand import SWEEP_PREFIX
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.storage import Folder
+from turbobatch.workers.control import control_reference
+from turbobatch.workers.rows import Row
+from turbobatch.workers.sinks import file_entry
 
 
 def new_record(row: Row, shard: Shard, spec: JobSpec, status: str, **extra: Any) -> dict[str, Any]:

@@ -33,12 +33,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.spec import JobSpec
-from jobs.storage import Folder
-from workers import faults
-from workers.model_source import HUB, REMOTE, loads_in_place
-from workers.tiny import cache_dir
-from workers.variants import hub_allow_patterns
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.storage import Folder
+from turbobatch.workers import faults
+from turbobatch.workers.model_source import HUB, REMOTE, loads_in_place
+from turbobatch.workers.tiny import cache_dir
+from turbobatch.workers.variants import hub_allow_patterns
 
 MANIFEST = ".turbobatch-copy.json"
 COPY_THREADS = 8  # files fetched at once (object stores serve parallel GETs faster than one)

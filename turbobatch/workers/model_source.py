@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import JobError
-from jobs.storage import Folder, check_endpoint, describe_error
-from workers.tiny import TINY_MODELS, tiny_model_path
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.storage import Folder, check_endpoint, describe_error
+from turbobatch.workers.tiny import TINY_MODELS, tiny_model_path
 
 LOCAL, REMOTE, HUB = "local", "remote", "hub"
 _LOCAL_PROTOCOLS = ("file", "local")

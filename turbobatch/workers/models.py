@@ -15,13 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.errors import JobError
-from jobs.spec import JobSpec
-from workers.model_source import REMOTE, ModelSource, cannot_load, loads_in_place, open_source
-from workers.random_weights import RANDOM_MODELS, build_random_pipeline
-from workers.random_weights import config as random_config
-from workers.tiny import TINY_MODELS, tiny_model_path
-from workers.variants import choose_variant, needed_files
+from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.workers.model_source import REMOTE, ModelSource, cannot_load, loads_in_place, open_source
+from turbobatch.workers.random_weights import RANDOM_MODELS, build_random_pipeline
+from turbobatch.workers.random_weights import config as random_config
+from turbobatch.workers.tiny import TINY_MODELS, tiny_model_path
+from turbobatch.workers.variants import choose_variant, needed_files
 
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 # AutoencoderTiny: TAESD-class decoders (madebyollin/taesd, taesdxl), far cheaper than the full VAE.

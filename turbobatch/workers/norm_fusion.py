@@ -22,9 +22,7 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from torch import nn
 
-import kernels
-
-
+from turbobatch import kernels
 class FusedGroupNorm(nn.Module):
     """An ``nn.GroupNorm`` (same Parameters, same state_dict keys) computed by
     ``kernels.group_norm``, with the following SiLU fused in when ``silu``."""

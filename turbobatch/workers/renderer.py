@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.spec import JobSpec
-from workers import faults
-from workers.decode import Decoded, Decoder
-from workers.rows import Row
-from jobs.sampling import SamplingParams
-from workers.sampler import TurboSampler
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.workers import faults
+from turbobatch.workers.decode import Decoded, Decoder
+from turbobatch.workers.rows import Row
+from turbobatch.jobs.sampling import SamplingParams
+from turbobatch.workers.sampler import TurboSampler
 
 
 @dataclass

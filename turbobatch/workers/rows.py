@@ -15,14 +15,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs import sampling
-from jobs.columns import kept_schema, kept_values
-from jobs.keys import index_key, sanitize_key
-from jobs.plan import Shard
-from jobs.sampling import SamplingParams
-from jobs.spec import MAX_SEED, JobSpec
-from jobs.storage import open_fs
-from jobs.template import template_of
+from turbobatch.jobs import sampling
+from turbobatch.jobs.columns import kept_schema, kept_values
+from turbobatch.jobs.keys import index_key, sanitize_key
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.sampling import SamplingParams
+from turbobatch.jobs.spec import MAX_SEED, JobSpec
+from turbobatch.jobs.storage import open_fs
+from turbobatch.jobs.template import template_of
 
 
 @dataclass

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from jobs.sampling import SamplingParams
-from jobs.spec import JobSpec
+from turbobatch.jobs.sampling import SamplingParams
+from turbobatch.jobs.spec import JobSpec
 
 
 @dataclass

@@ -18,11 +18,11 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 
-from jobs import layout
-from jobs.plan import Shard
-from jobs.spec import JobSpec
-from jobs.storage import TEMP_MARK, Folder
-from workers.encode import encode_image
+from turbobatch.jobs import layout
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.storage import TEMP_MARK, Folder
+from turbobatch.workers.encode import encode_image
 
 
 class HashingWriter:
@@ -72,7 +72,7 @@ def open_sink(out: Folder, shard: Shard, spec: JobSpec, stack: contextlib.ExitSt
     if spec.format == "tar":
         return TarSink(out, shard, spec, stack)
     if spec.format == "parquet":
-        from workers.dataset_parquet import DataParquetSink
+        from turbobatch.workers.dataset_parquet import DataParquetSink
 
         return DataParquetSink(out, shard, spec, stack)
     return FilesSink(out, shard, spec)

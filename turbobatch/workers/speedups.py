@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from workers import decoder_ops, norm_fusion
+from turbobatch.workers import decoder_ops, norm_fusion
 
 
 def fold_upsample(pipe: Any) -> None:
@@ -98,7 +98,7 @@ def tiny_vae(pipe: Any) -> None:
     """Benchmarks only: decode with a TAESD-architecture AutoencoderTiny with random weights, the
     cost of ``--vae madebyollin/taesd`` (about 1/18 of the VAE's decode FLOPs) without a download.
     Changes the images by design."""
-    from workers.random_weights import tiny_autoencoder
+    from turbobatch.workers.random_weights import tiny_autoencoder
 
     vae = tiny_autoencoder(pipe.vae.config.latent_channels, pipe.vae_scale_factor)
     pipe.register_modules(vae=vae.to(pipe.vae.device, pipe.vae.dtype))

@@ -19,14 +19,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
-from jobs import layout
-from jobs.plan import Shard
-from jobs.spec import JobSpec
-from jobs.storage import Folder
-from workers.metadata import new_record, write_metadata
-from workers.renderer import Rendered
-from workers.rows import Row
-from workers.sinks import ImageSink, open_sink
+from turbobatch.jobs import layout
+from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.storage import Folder
+from turbobatch.workers.metadata import new_record, write_metadata
+from turbobatch.workers.renderer import Rendered
+from turbobatch.workers.rows import Row
+from turbobatch.workers.sinks import ImageSink, open_sink
 
 
 class ShardWriter:
