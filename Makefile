@@ -1,30 +1,54 @@
 SHELL := /bin/bash
 # turbobatch: `make demo` and `make test` do all the setup on a fresh machine.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Installed before the project so pip never pulls a multi-GB CUDA build on a CPU machine.
 # On a GPU machine: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
-TORCH_SPEC ?= torch==2.13.0
+TORCH_PIN  := torch==2.13.0
+TORCH_SPEC ?= $(TORCH_PIN)
+# DEPS=lock (default): the exact versions that passed the suite, requirements/lock-py3.X.txt.
+# DEPS=newest: the newest versions pyproject.toml allows (CI's second venv sees upstream releases).
+DEPS   ?= lock
+PY_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+LOCK   := requirements/lock-py$(PY_VERSION).txt
+LOCK_PYTHONS := 3.11 3.12
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean gpu-check gpu-wheelhouse
+.PHONY: setup demo test test-fast lint bench clean lock gpu-check gpu-wheelhouse
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard requirements/lock-py*.txt)
+	@test "$(DEPS)" != lock || test -f $(LOCK) || { echo "no lock for Python $(PY_VERSION) ($(LOCK)); locks exist for $(LOCK_PYTHONS): make setup PYTHON=python3.12, or DEPS=newest" >&2; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(TORCH_SPEC)
-	$(BIN)/pip install -e ".[test]"
+	if [ "$(DEPS)" = lock ]; then $(BIN)/pip install -r $(LOCK) && $(BIN)/pip install --no-deps -e .; \
+	else $(BIN)/pip install --upgrade --upgrade-strategy eager -e ".[test]"; fi
 	touch $(STAMP)
+
+# Regenerates the locks: the newest versions pyproject.toml allows, per Python, torch excluded
+# (installed first, above). Then `make test` on them before committing (README: Updating the lock).
+lock: setup
+	$(BIN)/python -c "import uv" 2>/dev/null || $(BIN)/pip install -q uv
+	for v in $(LOCK_PYTHONS); do \
+	  $(BIN)/uv pip compile pyproject.toml --extra test --upgrade --quiet --python-version $$v \
+	    --python-platform x86_64-manylinux_2_28 --constraint <(echo "$(TORCH_PIN)") \
+	    --custom-compile-command "make lock" | $(BIN)/python requirements/drop_torch.py > requirements/lock-py$$v.txt \
+	  || exit 1; done
 
 # Renders examples/prompts.parquet with the tiny model on a local Ray into out/demo.
 # Run it twice: the second run finds every shard committed and renders nothing.
+DEMO_OUT ?= out/demo
 demo: setup
-	$(BIN)/python -m turbobatch render examples/prompts.parquet out/demo --model tiny-sd-turbo --shard-size 10
+	$(BIN)/python -m turbobatch render examples/prompts.parquet $(DEMO_OUT) --model tiny-sd-turbo --shard-size 10
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
+
+# The tests that start no Ray actors (minutes, not half an hour): CI runs them on the newest versions.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" -q
 
 # CPU measurements (never asserted in tests); results go to docs/BENCHMARKS.md.
 bench: setup

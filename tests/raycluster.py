@@ -82,17 +82,19 @@ class Head:
         return result.stdout + result.stderr
 
     def run_job(self, *render_args: str, timeout_s: float = 300) -> tuple[str, str, str]:
-        """Submit `python -m turbobatch.jobs.render ...` with the repo as working dir, follow `ray job status`
+        """Submit `python -m turbobatch render ...` with the repo as working dir, follow `ray job status`
         to the end; returns (status, status output, job logs)."""
         return self.follow(self.submit(*render_args), timeout_s)
 
-    def submit(self, *render_args: str, env: dict[str, str] | None = None) -> str:
-        """`ray job submit --no-wait` of `python -m turbobatch.jobs.render ...`; returns the job id."""
+    def submit(self, *render_args: str, env: dict[str, str] | None = None,
+               entrypoint: tuple[str, ...] = ("python", "-m", "turbobatch", "render")) -> str:  # fmt: skip
+        """`ray job submit --no-wait` of `python -m turbobatch render ...` (or another entrypoint) with the
+        checkout as working dir; returns the job id."""
         job_id = f"turbobatch-{secrets.token_hex(4)}"
         env_vars = {"TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"], "HF_HUB_OFFLINE": "1", **(env or {})}
         self.ray("job", "submit", "--address", self.address, "--submission-id", job_id, "--no-wait",
                  "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": env_vars}),
-                 "--", "python", "-m", "turbobatch.jobs.render", *render_args)  # fmt: skip
+                 "--", *entrypoint, *render_args)  # fmt: skip
         return job_id
 
     def follow(self, job_id: str, timeout_s: float = 300) -> tuple[str, str, str]:

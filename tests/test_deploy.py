@@ -59,9 +59,25 @@ def test_job_submit_succeeds_and_uploads_a_small_working_dir(ray_head: Head, tmp
     size = sum(p.stat().st_size for p in files)
     print(f"uploaded working dir: {len(files)} files, {size / 1024:.0f} KiB")
     top = {p.relative_to(uploaded).parts[0] for p in files}
-    assert {"jobs", "workers", "kernels", "pyproject.toml"} <= top
+    assert {"turbobatch", "pyproject.toml"} <= top
     assert not top & {".git", ".venv", "out", ".pytest_cache"}, top
     assert size < MAX_UPLOAD_BYTES, f"working dir upload is {size} bytes: {sorted(top)}"
+
+
+@pytest.mark.slow
+def test_job_submit_runs_the_checkouts_code_on_the_driver_and_in_actors(ray_head: Head) -> None:
+    """`ray job submit --working-dir .` from the checkout: the job's driver and its actors import
+    turbobatch from the uploaded copy of the checkout, not from an installed one."""
+    probe = ("import ray, turbobatch; ray.init(); "
+             "print('driver', turbobatch.__file__); "
+             "print('actor', ray.get(ray.remote(lambda: __import__('turbobatch').__file__).remote()))")  # fmt: skip
+    status, status_out, logs = ray_head.follow(ray_head.submit(entrypoint=("python", "-c", probe)))
+    assert status == "SUCCEEDED", f"{status_out}\n{logs}"
+    uploaded = str(ray_head.temp_dir.resolve())
+    origins = dict(line.split(" ", 1) for line in logs.splitlines() if line.startswith(("driver ", "actor ")))
+    for side in ("driver", "actor"):
+        assert origins[side].startswith(uploaded) and "working_dir_files" in origins[side], (side, origins, logs)
+        assert origins[side].endswith("turbobatch/__init__.py"), origins
 
 
 @pytest.mark.slow
@@ -245,8 +261,8 @@ def test_rayjob_manifest_has_what_kuberay_requires() -> None:
 
     # The same entrypoint as everywhere else, with flags the CLI accepts.
     argv = shlex.split(spec["entrypoint"])
-    assert argv[:3] == ["python", "-m", "turbobatch.jobs.render"], argv
-    render = parse_render_args(argv[3:])
+    assert argv[:4] == ["python", "-m", "turbobatch", "render"], argv
+    render = parse_render_args(argv[4:])
     assert render.input.startswith("s3://") and render.output.startswith("s3://")
     assert render.device == "cuda", "GPU nodes start at 0: --device cuda, or the job would pick CPU"
 
