@@ -91,7 +91,7 @@ def build_render_parser(prog: str = "python -m turbobatch.jobs.render") -> argpa
                        f"is (a bad value is that row's error); null: --{name}; not with --sweep {name}")
     p.add_argument("--keep-columns", metavar="LIST", help="input columns to copy into every metadata row, tar "
                    "json and data row, comma-separated, with their types; '*' for every column the job does not "
-                   "use otherwise (default none)")
+                   "use otherwise and whose name turbobatch does not write (default none)")
     p.add_argument("--weights", choices=WEIGHTS, help="random: build stabilityai/sd-turbo or sdxl-turbo at full "
                    "size from bundled configs with random weights (real FLOPs, meaningless pixels) for speed "
                    "work without a download (default pretrained)")
