@@ -78,12 +78,17 @@ def device_kinds(markers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return dict(sorted(kinds.items(), key=lambda kv: -kv[1]["shards"]))
 
 
+PER_WORKER_RATE = "images/s per worker while rendering (device time)"
+
+
 def devices_line(kinds: dict[str, dict[str, Any]]) -> str | None:
-    """``devices: NVIDIA H200: 12 shards, 12,000 images, 52.3 images/s per worker``; None without markers."""
+    """``devices: NVIDIA H200: 12 shards, 12,000 images, 52.30 images/s per worker while rendering (device
+    time)``; None without markers. The rate says whose it is: one worker's ok images over its device time, not
+    the job's images over wall time (which adds start-up and counts every worker at once)."""
     if not kinds:
         return None
     parts = [f"{kind}: {e['shards']} shards, {e['images']:,} images"
-             + (f", {e['images_per_s']:.2f} images/s per worker" if e["images_per_s"] else "")
+             + (f", {e['images_per_s']:.2f} {PER_WORKER_RATE}" if e["images_per_s"] else "")
              for kind, e in kinds.items()]  # fmt: skip
     return "devices: " + "; ".join(parts)
 
@@ -166,7 +171,7 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"{startup} (actors that committed a shard, all runs)")
     devices = devices_line(status.get("device_kinds") or {})
     if devices:
-        lines.append(f"{devices} (ok images over device time)")
+        lines.append(devices)
     for node in status["nodes"][:10]:
         name = f"node {node['node_id'][:12]}" if node["node_id"] else "no Ray node"
         lines.append(f"node:    {name} ({node['host']}): {node['shards']} shards, {node['images']:,} images")
