@@ -28,27 +28,28 @@ def job_status(out: Folder) -> dict[str, Any]:
     plan = out.read_json(layout.PLAN)
     job = out.read_json(layout.SPEC)
     spec = job["spec"]
-    rows_of = planned_images(plan)  # metadata rows: one per image
-    done = resume.committed_shards(out) & rows_of.keys()
-    failed = (resume.failed_shards(out) & rows_of.keys()) - done
+    images_of = planned_images(plan)  # metadata rows: one per image
+    done = resume.committed_shards(out) & images_of.keys()
+    failed = (resume.failed_shards(out) & images_of.keys()) - done
     markers = out.read_json_many([layout.done_path(i) for i in sorted(done)])
     failures = out.read_json_many([layout.failed_path(i) for i in sorted(failed)])
-    pending = rows_of.keys() - done - failed
+    pending = images_of.keys() - done - failed
     return {
         "output": out.display(),
         "model": spec.get("model"),
         "planned_at": plan.get("planned_at"),
         "input_rows": sum(f["num_rows"] for f in job["fingerprint"]["inputs"]),
         "images_per_row": plan.get("images_per_row", 1),  # images per prompt x sweep combinations
-        "shards": {"total": len(rows_of), "committed": len(done), "failed": len(failed), "pending": len(pending)},
-        "rows": {  # metadata rows, one per image (ok or error), as the done markers count them
-            "total": sum(rows_of.values()),
+        "shards": {"total": len(images_of), "committed": len(done), "failed": len(failed), "pending": len(pending)},
+        # The job's images (a row makes images_per_row of them), ok or error as the done markers count
+        # them (one metadata row each): "input_rows" counts the rows.
+        "images": {
+            "total": sum(images_of.values()),
             "ok": sum(m["ok"] for m in markers),
             "error": sum(m["error"] for m in markers),
-            "in_failed_shards": sum(rows_of[i] for i in failed),
-            "pending": sum(rows_of[i] for i in pending),
+            "in_failed_shards": sum(images_of[i] for i in failed),
+            "pending": sum(images_of[i] for i in pending),
         },
-        "images": sum(m["ok"] for m in markers),
         "image_bytes": sum(m.get("image_bytes", 0) for m in markers),
         "failed": [{k: f.get(k) for k in ("shard", "error", "attempts", "infrastructure", "failed_at")} for f in failures],
         "timings_s": summed_timings(markers),
@@ -150,17 +151,17 @@ def profile_line(timings: dict[str, float]) -> str | None:
 
 
 def format_status(status: dict[str, Any]) -> str:
-    shards, rows = status["shards"], status["rows"]
+    shards, images = status["shards"], status["images"]
     per_row = status["images_per_row"]
     lines = [
         f"output:  {status['output']}",
-        f"plan:    {shards['total']} shards, {status['input_rows']:,} input rows -> {rows['total']:,} images "
+        f"plan:    {shards['total']} shards, {status['input_rows']:,} input rows -> {images['total']:,} images "
         f"({per_row} per row), model {status['model']}"
         + "".join(f", {c} variant {v}" for c, v in status.get("variants", {}).items())
         + f", planned {status['planned_at'] or 'at an unknown time'}",
         f"shards:  {shards['committed']} committed, {shards['failed']} failed, {shards['pending']} pending",
-        f"images:  {rows['ok']:,} ok, {rows['error']:,} error (committed); {rows['in_failed_shards']:,} in failed "
-        f"shards, {rows['pending']:,} pending; {status['image_bytes'] / 2**20:,.1f} MiB written",
+        f"images:  {images['ok']:,} ok, {images['error']:,} error (committed); {images['in_failed_shards']:,} in "
+        f"failed shards, {images['pending']:,} pending; {status['image_bytes'] / 2**20:,.1f} MiB written",
     ]
     profile = profile_line(status["timings_s"])
     if profile:
