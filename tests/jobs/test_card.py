@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pyarrow as pa
 import pytest
@@ -29,22 +30,28 @@ def spec(**kw) -> JobSpec:
 PLAN = {"num_shards": 3, "planned_at": "2026-01-02T03:04:05+00:00", "shards": []}
 MARKERS = [{"shard": 0, "rows": 4, "ok": 3, "error": 1, "image_bytes": 3000, "committed_at": "2026-01-02T03:05:00+00:00"},
            {"shard": 2, "rows": 4, "ok": 4, "error": 0, "image_bytes": 4000, "committed_at": "2026-01-02T03:06:00+00:00"}]
+for _m, _size in zip(MARKERS, (10_000, 20_000)):  # every format's data file, so one list serves each format
+    _m["files"] = {f"{folder}/{_m['shard']:06d}.{ext}": {"bytes": _size + i, "sha256": "0" * 64}
+                   for i, (folder, ext) in enumerate((("shards", "tar"), ("data", "parquet"), ("metadata", "parquet")))}
 
 
-@pytest.mark.parametrize("fmt, files, examples", [
-    ("tar", ["shards/000000.tar", "shards/000002.tar"], 7),
-    ("parquet", ["data/000000.parquet", "data/000002.parquet"], 7),
-    ("files", ["metadata/000000.parquet", "metadata/000002.parquet"], 8),
+@pytest.mark.parametrize("fmt, files, examples, size", [
+    ("tar", ["shards/000000.tar", "shards/000002.tar"], 7, 30_000),
+    ("parquet", ["data/000000.parquet", "data/000002.parquet"], 7, 30_002),
+    ("files", ["metadata/000000.parquet", "metadata/000002.parquet"], 8, 30_004),
 ])  # fmt: skip
-def test_configs_name_exactly_the_committed_files_and_declare_their_features(tmp_path, fmt, files, examples):
+def test_configs_name_exactly_the_committed_files_and_declare_their_features(tmp_path, caplog, fmt, files, examples,
+                                                                               size):  # fmt: skip
     job = spec(format=fmt)
     (tmp_path / "README.md").write_text(card.card_text(job, PLAN, MARKERS, "mit", "/data/out/run-1"))
     data = DatasetCard.load(tmp_path / "README.md").data  # as `datasets` reads it
     assert data["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": files}]}]
-    info = DatasetInfosDict.from_dataset_card_data(data)["default"]
+    with caplog.at_level(logging.WARNING):
+        info = DatasetInfosDict.from_dataset_card_data(data)["default"]
+    assert caplog.records == []  # no "Ignoring part of dataset_info from the dataset card: The `splits` field ..."
     schema, images = card.declared_schema(job)
     assert data["dataset_info"]["features"] == features_yaml(schema, images)
-    assert info.splits["train"].num_examples == examples
+    assert (info.splits["train"].num_examples, info.splits["train"].num_bytes) == (examples, size)
     assert "label" in (info.features["json"] if fmt == "tar" else info.features)
 
 

@@ -81,18 +81,49 @@ def test_a_missing_column_is_named_with_the_valid_ones(two_files):
 
 @pytest.mark.parametrize("kw, name", [
     ({"keep_columns": "status"}, "status"),
-    ({"keep_columns": "*"}, "status"),
+    ({"keep_columns": "steps"}, "steps"),  # named explicitly: the user asked for it, so it fails
     ({"keep_columns": "key"}, "key"),  # not the key column: the output's key is turbobatch's
     ({"keep_columns": "seed", "seed_column": "s"}, "seed"),  # not the seed column: the output's seed is the one used
     ({"keep_columns": "__key__"}, "__key__"),  # datasets' own column for tar samples
 ])  # fmt: skip
 def test_a_name_turbobatch_writes_is_a_clash(tmp_path, kw, name):
     write_parquet(tmp_path / "a.parquet", {"prompt": ["x"], "label": [1], "status": ["new"], "key": ["k"],
-                                           "seed": [5], "s": [6], "__key__": ["w"]})  # fmt: skip
+                                           "seed": [5], "s": [6], "__key__": ["w"], "steps": [4]})  # fmt: skip
     with pytest.raises(JobError, match=rf"--keep-columns: column '{name}' of file://.*a\.parquet has the name of a "
                                        r"column turbobatch writes; rename it in the input, or keep other columns "
                                        r"\(columns that can be kept: label\b"):  # fmt: skip
         resolve(tmp_path, **kw)
+
+
+def test_star_skips_the_names_turbobatch_writes_with_one_note(tmp_path, capsys):
+    write_parquet(tmp_path / "a.parquet", {"prompt": ["x"], "label": [1], "steps": [4], "status": ["new"],
+                                           "sweep_width": [3]})  # fmt: skip
+    spec = resolve(tmp_path, keep_columns="*", sweep={"width": [32, 48]})
+    assert spec.keep_columns == "label"
+    err = capsys.readouterr().err
+    assert err == ("turbobatch: --keep-columns '*' does not keep input columns steps, status, sweep_width: turbobatch "
+                   "writes a column of those names (rename them in the input to keep them)\n")
+
+
+def test_star_says_nothing_when_every_unused_column_is_kept(two_files, capsys):
+    resolve(two_files, keep_columns="*")
+    assert capsys.readouterr().err == ""
+
+
+def test_the_star_note_comes_once_per_job(tmp_path, monkeypatch, capsys):
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop  # the checks are done: the job would join Ray now
+
+    monkeypatch.setattr(render_module, "ray_session", stop)
+    data = write_parquet(tmp_path / "p.parquet", {"prompt": ["x"], "steps": [4], "label": [1]})
+    with pytest.raises(Stop):
+        render([str(data), str(tmp_path / "out"), "--model", "tiny-sd-turbo", "--keep-columns", "*"])
+    err = capsys.readouterr().err
+    assert err.count("--keep-columns '*' does not keep input column steps: turbobatch writes a column of that "
+                     "name (rename it in the input to keep it)") == 1
 
 
 def test_a_column_missing_from_one_of_several_files_names_that_file(tmp_path):

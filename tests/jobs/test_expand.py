@@ -56,6 +56,16 @@ def test_keys_are_unique_even_for_row_keys_that_look_like_suffixes():
     assert Expansion(1, (("style", ("x", "y")),)).key("k", 1, 0) == "k_1_0"  # a sweep: always both suffixes
 
 
+def test_sweep_keys_sort_in_rendering_order():
+    """The combination is zero-padded to the digits of the largest one, so `_02_0` sorts before `_10_0`."""
+    e = Expansion(1, (("steps", (1, 2, 3, 4)), ("guidance_scale", (0.0, 0.5, 1.0))))  # 12 combinations
+    keys = [e.key("000000004", c, 0) for c in range(e.combinations)]
+    assert keys[:3] == ["000000004_00_0", "000000004_01_0", "000000004_02_0"] and keys[-1] == "000000004_11_0"
+    assert sorted(keys) == keys
+    assert Expansion(2, (("s", tuple(range(101))),)).key("k", 7, 1) == "k_007_1"  # 101 combinations: 0 to 100
+    assert Expansion(1, (("s", tuple(range(10))),)).key("k", 9, 0) == "k_9_0"  # up to 10: one digit, as before
+
+
 def test_seeds_are_first_plus_j_and_shared_by_every_combination():
     assert Expansion.seed(100, 2) == (102, None)
     seed, error = Expansion.seed(2**63 - 2, 2)

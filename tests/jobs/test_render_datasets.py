@@ -9,6 +9,8 @@ card, and the kept columns must equal the input's by global index.
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import datasets
@@ -52,7 +54,22 @@ def render(path: Path, out: Path, *extra: str) -> None:
 
 
 def load(path: str, tmp_path: Path, **kw) -> datasets.Dataset:
-    return datasets.load_dataset(path, split="train", cache_dir=str(tmp_path / "hf-cache"), **kw)
+    """`datasets.load_dataset`, which must print no warning: no log record at warning level (the card's
+    YAML once made every load say "Ignoring part of dataset_info") and no Python warning."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = datasets.load_dataset(path, split="train", cache_dir=str(tmp_path / "hf-cache"), **kw)
+    finally:
+        root.removeHandler(handler)
+    assert [f"{r.name}: {r.getMessage()}" for r in records] == []
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    return ds
 
 
 def assert_kept_as_input(row: dict, rows: list[dict]) -> None:

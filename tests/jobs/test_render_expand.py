@@ -120,8 +120,8 @@ def test_a_sweep_renders_every_image_as_its_metadata_says_and_resumes_exactly(ra
     capsys.readouterr()
     assert status([str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert (report["input_rows"], report["images_per_row"], report["images"]) == (4, 8, 16)
-    assert report["rows"] == {"total": 32, "ok": 16, "error": 16, "in_failed_shards": 0, "pending": 0}
+    assert (report["input_rows"], report["images_per_row"]) == (4, 8) and "rows" not in report
+    assert report["images"] == {"total": 32, "ok": 16, "error": 16, "in_failed_shards": 0, "pending": 0}
     assert verify([str(out)]) == 0
     card = (out / "README.md").read_text()
     assert "8 per input row (2 images per prompt x 4 sweep combinations of width, steps)" in card

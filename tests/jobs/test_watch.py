@@ -99,7 +99,7 @@ def test_a_refresh_lists_once_and_reads_only_markers_not_seen_before(tmp_path, m
     assert reads == [layout.done_path(0), layout.done_path(1)]
     assert listings == [layout.DONE_DIR, layout.FAILED_DIR]
     assert first.shards == {"total": 4, "committed": 2, "failed": 0, "pending": 2}
-    assert first.rows == {"total": 16, "ok": 7, "error": 1, "in_failed_shards": 0, "pending": 8}
+    assert first.images == {"total": 16, "ok": 7, "error": 1, "in_failed_shards": 0, "pending": 8}
     assert first.images_per_s == pytest.approx(0.4) and first.eta_s == pytest.approx(20.0)
 
     reads.clear(), listings.clear()
@@ -110,7 +110,7 @@ def test_a_refresh_lists_once_and_reads_only_markers_not_seen_before(tmp_path, m
     assert listings == [layout.DONE_DIR, layout.FAILED_DIR]
     assert second.shards == {"total": 4, "committed": 3, "failed": 1, "pending": 0} and second.ended
     assert second.new_failures == [{"shard": 3, "error": "OSError: the input file is corrupt", "attempts": 4}]
-    assert second.rows["in_failed_shards"] == 4 and second.eta_s == 0.0
+    assert second.images["in_failed_shards"] == 4 and second.eta_s == 0.0
 
     reads.clear()
     (tmp_path / "out" / layout.done_path(0)).unlink()  # verify --repair dropped a broken shard's marker
@@ -118,7 +118,7 @@ def test_a_refresh_lists_once_and_reads_only_markers_not_seen_before(tmp_path, m
     third = watcher.refresh(now=at(31))
     assert reads == [layout.done_path(3)]
     assert third.shards == {"total": 4, "committed": 3, "failed": 0, "pending": 1} and not third.ended
-    assert third.rows["ok"] == 3 + 4 + 4 and third.new_failures == []
+    assert third.images["ok"] == 3 + 4 + 4 and third.new_failures == []
 
 
 def test_the_text_of_a_refresh_without_a_rate_and_with_a_failure(tmp_path):
@@ -206,7 +206,7 @@ def test_watch_over_s3_and_unreadable_buckets_and_endpoints(s3_endpoint, s3_buck
     commit(out, 1, now - timedelta(seconds=1), 4)  # within the last 5 minutes: a rate
     assert status([out.url, *flags]) == 0
     line = json.loads(capsys.readouterr().out)
-    assert line["state"] == "ended" and line["rows"]["ok"] == 8 and line["images_per_s"] == 2.0
+    assert line["state"] == "ended" and line["images"]["ok"] == 8 and line["images_per_s"] == 2.0
 
     assert status([f"s3://{s3_bucket}-missing/out", *flags]) == 2
     assert f"error: output: bucket '{s3_bucket}-missing' does not exist" in capsys.readouterr().err
@@ -248,4 +248,4 @@ def test_watch_follows_a_job_in_another_process_until_it_ends(tmp_path):
     assert any(line["images_per_s"] and line["eta_s"] > 0 for line in planned), planned  # a rate and ETA mid-job
     final = job_status(Folder(str(out)))
     assert planned[-1]["shards"] == final["shards"] == {"total": 8, "committed": 8, "failed": 0, "pending": 0}
-    assert planned[-1]["rows"] == final["rows"] and final["rows"]["ok"] == 16
+    assert planned[-1]["images"] == final["images"] and final["images"]["ok"] == 16

@@ -72,9 +72,16 @@ def front_matter(spec: JobSpec, markers: list[dict[str, Any]]) -> dict[str, Any]
     if markers:  # without a committed file there is nothing a config could name
         files = data_files(spec, [m["shard"] for m in markers])
         card["configs"] = [{"config_name": "default", "data_files": [{"split": "train", "path": files}]}]
-        info["splits"] = [{"name": "train", "num_examples": examples}]
+        info["splits"] = [{"name": "train", "num_bytes": split_bytes(markers, files), "num_examples": examples}]
     card["dataset_info"] = info
     return card
+
+
+def split_bytes(markers: list[dict[str, Any]], files: list[str]) -> int:
+    """The bytes of the split's data files, as their done markers record them. `datasets` requires a
+    ``num_bytes`` beside ``num_examples`` (without it every load warns that the card's ``splits`` are
+    malformed) and recounts it, as Arrow bytes, when it prepares the split."""
+    return sum(m.get("files", {}).get(path, {}).get("bytes", 0) for m, path in zip(markers, files))
 
 
 # -- the text ----------------------------------------------------------------------------------

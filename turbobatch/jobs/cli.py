@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.errors import JobError, MissingArgument
 from turbobatch.jobs.spec import (COMPILE_MODES, CONTROL_PREPROCESS, DEFAULT_SPEEDUPS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS,
                        SPEEDUPS, VARIANTS, WEIGHTS, JobSpec)
 
@@ -91,7 +91,7 @@ def build_render_parser(prog: str = "python -m turbobatch.jobs.render") -> argpa
                        f"is (a bad value is that row's error); null: --{name}; not with --sweep {name}")
     p.add_argument("--keep-columns", metavar="LIST", help="input columns to copy into every metadata row, tar "
                    "json and data row, comma-separated, with their types; '*' for every column the job does not "
-                   "use otherwise (default none)")
+                   "use otherwise and whose name turbobatch does not write (default none)")
     p.add_argument("--weights", choices=WEIGHTS, help="random: build stabilityai/sd-turbo or sdxl-turbo at full "
                    "size from bundled configs with random weights (real FLOPs, meaningless pixels) for speed "
                    "work without a download (default pretrained)")
@@ -181,7 +181,10 @@ def parse_render_command(argv: list[str] | None, prog: str = "python -m turbobat
     config_path = args.pop("config", None)
     yaml_values = _read_yaml(config_path) if config_path else {}
     flags = {k: v for k, v in args.items() if v is not None}
-    spec = JobSpec.from_sources(yaml_values, flags)
+    try:
+        spec = JobSpec.from_sources(yaml_values, flags)
+    except MissingArgument as e:  # restate the usage with the command the user typed
+        raise MissingArgument(e.name, prog) from None
     planning = options.dry_run or options.calibrate
     for flag, value in (("--gpu-hour-price", options.gpu_hour_price), ("--gpu-kind", options.gpu_kind)):
         if value is not None and not planning:
@@ -228,12 +231,49 @@ def console_main() -> None:
     sys.exit(code)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``turbobatch`` entry point: dispatch to a subcommand."""
+COMMANDS = {
+    "render": "render a Parquet prompt dataset into an image dataset on a Ray cluster; run the same command "
+    "again to resume",
+    "status": "show where a job stands (shards, images, failures, time per node), from its output folder alone",
+    "verify": "check an output folder's committed shards against their done markers, and find orphans; "
+    "--repair removes broken shards so the render command redoes them",
+}
+
+
+def invoked_as() -> str:
+    """The command the user typed to start this process, for usage lines: ``python -m turbobatch`` (or
+    ``python -m turbobatch.jobs.cli``) when run as a module, else the installed ``turbobatch`` command."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = spec.name.removesuffix(".__main__") if spec is not None else ""
+    return f"python -m {name}" if name == "turbobatch" or name.startswith("turbobatch.") else "turbobatch"
+
+
+def build_main_parser(prog: str) -> argparse.ArgumentParser:
+    """The top-level parser, for its help and usage text: each command parses its own arguments."""
+    p = argparse.ArgumentParser(prog=prog, description="Render Parquet prompt datasets into image datasets on a "
+                                "Ray cluster, resumably, and inspect the output.",
+                                epilog=f"'{prog} COMMAND --help' lists a command's options.")  # fmt: skip
+    commands = p.add_subparsers(title="commands", metavar="COMMAND")
+    for name, text in COMMANDS.items():
+        commands.add_parser(name, help=text, add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``turbobatch`` entry point: the help (exit 0 when asked for, 2 when no command is given), or
+    dispatch to a subcommand whose usage lines name the command as the user typed it."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("render", "status", "verify")
-    if not argv or argv[0] not in commands:
-        print(f"usage: turbobatch {{{','.join(commands)}}} ...   (turbobatch COMMAND --help)", file=sys.stderr)
+    prog = prog or invoked_as()
+    parser = build_main_parser(prog)
+    if not argv:
+        parser.print_help(sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    if argv[0] not in COMMANDS:
+        parser.print_usage(sys.stderr)
+        print(f"{prog}: error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     if argv[0] == "render":
         from turbobatch.jobs.render import main as command
@@ -241,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         from turbobatch.jobs.status import main as command
     else:
         from turbobatch.jobs.verify import main as command
-    return command(argv[1:], prog=f"turbobatch {argv[0]}")
+    return command(argv[1:], prog=f"{prog} {argv[0]}")
 
 
 if __name__ == "__main__":

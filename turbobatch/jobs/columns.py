@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import sys
 from typing import Any
 
 import pyarrow as pa
@@ -84,8 +85,12 @@ def with_kept_columns(files: list[InputFile], spec: JobSpec) -> JobSpec:
 
     Raises JobError naming the column, the file and what is valid: a kept column missing from a
     file, clashing with a written column, of a type JSON cannot carry, or of conflicting types.
+    ``'*'`` asks for every column that can be kept, so it skips the names turbobatch writes and
+    says so once on stderr (the driver resolves this once per job) instead of failing.
     """
     kept = resolve_kept_schema(files, spec)
+    if note := star_skipped_note(files, spec):
+        print(note, file=sys.stderr)
     return dataclasses.replace(spec, keep_columns=",".join(kept.names) or None,
                                kept_schema=encode_schema(kept) if kept.names else None)  # fmt: skip
 
@@ -101,6 +106,24 @@ def resolve_kept_schema(files: list[InputFile], spec: JobSpec) -> pa.Schema:
     return pa.schema([pa.field(name, _unified_type(name, files)) for name in names])
 
 
+def star_skipped_note(files: list[InputFile], spec: JobSpec) -> str | None:
+    """The one line that tells a ``'*'`` user which input columns were not kept and why (None: all were)."""
+    if spec.keep_columns != KEEP_ALL:
+        return None
+    skipped = [name for name in _unused_columns(files, spec) if name in _written_columns(spec)]
+    if not skipped:
+        return None
+    one = len(skipped) == 1
+    return (f"turbobatch: --keep-columns '*' does not keep input column{'' if one else 's'} {', '.join(skipped)}: "
+            f"turbobatch writes a column of {'that name' if one else 'those names'} (rename "
+            f"{'it' if one else 'them'} in the input to keep {'it' if one else 'them'})")
+
+
+def _written_columns(spec: JobSpec) -> frozenset[str]:
+    """Every column name the job's output has without kept columns (the sweep adds ``sweep_<name>``)."""
+    return WRITTEN_COLUMNS | frozenset(sweep_schema(spec).names)
+
+
 def _used_columns(spec: JobSpec) -> set[str]:
     """Input columns the job reads for rendering ('*' leaves them out; a template's columns stay in:
     they are the row's labels, and the prompt made from them is another column)."""
@@ -108,20 +131,24 @@ def _used_columns(spec: JobSpec) -> set[str]:
             spec.control_image_column, *spec.sampling_columns.values()} - {None}  # fmt: skip
 
 
+def _unused_columns(files: list[InputFile], spec: JobSpec) -> list[str]:
+    """Every input column, in file order, that the job does not read for rendering."""
+    every = dict.fromkeys(name for f in files for name in f.columns)
+    return [name for name in every if name not in _used_columns(spec)]
+
+
 def _requested_names(files: list[InputFile], spec: JobSpec) -> list[str]:
     if not spec.keep_columns:
         return []
     if spec.keep_columns == KEEP_ALL:
-        every = dict.fromkeys(name for f in files for name in f.columns)
-        requested = [name for name in every if name not in _used_columns(spec)]
-    else:
-        carried = {getattr(spec, role) for role, out in _SAME_NAME_ROLES.items() if getattr(spec, role) == out}
-        requested = [name for name in spec.keep_columns.split(",") if name not in carried]
-    return requested
+        written = _written_columns(spec)
+        return [name for name in _unused_columns(files, spec) if name not in written]
+    carried = {getattr(spec, role) for role, out in _SAME_NAME_ROLES.items() if getattr(spec, role) == out}
+    return [name for name in spec.keep_columns.split(",") if name not in carried]
 
 
 def _check_no_clash(names: list[str], files: list[InputFile], spec: JobSpec) -> None:
-    written = WRITTEN_COLUMNS | frozenset(sweep_schema(spec).names)
+    written = _written_columns(spec)
     for name in names:
         if name in written:
             where = next(f.url for f in files if name in f.columns)

@@ -9,6 +9,19 @@ class JobError(ValueError):
     """
 
 
+class MissingArgument(JobError):
+    """INPUT or OUTPUT given neither on the command line nor in --config.
+
+    It keeps the argument's name so the command line can restate the usage with the command the
+    user typed (``turbobatch render``, ``python -m turbobatch render``, ...).
+    """
+
+    def __init__(self, name: str, prog: str = "python -m turbobatch.jobs.render") -> None:
+        self.name = name
+        super().__init__(f"{name}: missing; usage: {prog} INPUT OUTPUT [options] (or {name}: in the --config file); "
+                         "--help lists the options")  # fmt: skip
+
+
 class JobStalled(RuntimeError):
     """The job cannot go on: no render actor is ready, or nothing commits, for --stall-timeout
     seconds, or a crash loop left no actor. The message says what it waited for."""

@@ -17,9 +17,11 @@ Seeds: image ``j`` of a row takes ``s + j`` when the row has its own seed ``s``,
 seed: every cell of a grid starts from the same noise, so cells differ only by what was swept.
 
 Keys: the row key alone when a row makes one image; ``<row key>_<j>`` with N > 1 and no sweep;
-``<row key>_<c>_<j>`` whenever there is a sweep (even with N = 1), c and j in decimal. Within a
-job every key has the same number of ``_<digits>`` suffixes and row keys are unique, so keys are
-unique and name their image for good (a redone shard rewrites the same names).
+``<row key>_<c>_<j>`` whenever there is a sweep (even with N = 1), c and j in decimal, c
+zero-padded to the digits of the largest combination index ``C - 1`` (12 combinations: ``00`` to
+``11``), so a row's keys sort in combination order (``_02_0`` before ``_10_0``). Within a job every
+key has the same number of ``_<digits>`` suffixes and row keys are unique, so keys are unique and
+name their image for good (a redone shard rewrites the same names).
 """
 
 from __future__ import annotations
@@ -84,9 +86,14 @@ class Expansion:
             chosen[name] = values[k]
         return dict(reversed(chosen.items()))
 
+    @property
+    def combination_width(self) -> int:
+        """Digits of the largest combination index: keys pad ``c`` to it so they sort in rendering order."""
+        return len(str(self.combinations - 1))
+
     def key(self, row_key: str, combination: int, j: int) -> str:
         if self.sweep:
-            return f"{row_key}_{combination}_{j}"
+            return f"{row_key}_{combination:0{self.combination_width}d}_{j}"
         return f"{row_key}_{j}" if self.images_per_prompt > 1 else row_key
 
     @staticmethod

@@ -1,5 +1,5 @@
 """Progress bar (shards, images/s, ETA, workers ready / starting) and the end-of-run summary
-(counts, speed, start-up, the device kinds that rendered)."""
+(counts, the job's speed, start-up, the device kinds that rendered and each one's rate per worker)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class Progress:
             f"shards: {self.already_done + len(markers)}/{self.total_shards} committed "
             f"({len(markers)} this run, {self.already_done} before, {len(self.failed)} failed)",
             f"images this run: {ok} ok, {errors} error",
-            f"speed: {ok / elapsed if elapsed > 0 else 0.0:.2f} images/s over {elapsed:.1f} s",
+            job_rate_line(ok, elapsed),
             f"output: {output}",
         ]
         startup = startup_line(startup_report(markers))  # the actors that committed a shard this run
@@ -92,3 +92,10 @@ class Progress:
         if failed:
             lines.append("failed shards are recorded under _failed/; run the same command again to retry them")
         return "\n".join(lines)
+
+
+def job_rate_line(ok: int, elapsed: float) -> str:
+    """The job's rate: this run's ok images over its wall time, all workers together and start-up included.
+    Named as such because the devices line beside it gives another rate, one worker's over its device time."""
+    rate = ok / elapsed if elapsed > 0 else 0.0
+    return f"speed: {rate:.2f} images/s for the job ({ok} ok images this run / {elapsed:.1f} s wall time)"

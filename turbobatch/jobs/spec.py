@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from turbobatch.jobs import sampling
-from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.errors import JobError, MissingArgument
 from turbobatch.jobs.expand import MAX_IMAGES_PER_PROMPT, check_sweep_names, merge_sweeps, normalize_sweep
 from turbobatch.jobs.sampling import SamplingParams
 from turbobatch.jobs.template import Template
@@ -365,8 +365,7 @@ def redact(options: Any) -> Any:
 
 def _require_text(flag: str, value: Any) -> None:
     if flag in ("input", "output") and not value:  # the positional arguments
-        raise JobError(f"{flag}: missing; usage: python -m turbobatch.jobs.render INPUT OUTPUT [options] "
-                       f"(or {flag}: in the --config file); --help lists the options")
+        raise MissingArgument(flag)
     if not isinstance(value, str) or not value.strip():
         label = flag if flag in ("input", "output") else f"--{flag}"
         raise JobError(f"{label}: {value!r} is not valid; expected a non-empty string")

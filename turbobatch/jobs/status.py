@@ -28,27 +28,28 @@ def job_status(out: Folder) -> dict[str, Any]:
     plan = out.read_json(layout.PLAN)
     job = out.read_json(layout.SPEC)
     spec = job["spec"]
-    rows_of = planned_images(plan)  # metadata rows: one per image
-    done = resume.committed_shards(out) & rows_of.keys()
-    failed = (resume.failed_shards(out) & rows_of.keys()) - done
+    images_of = planned_images(plan)  # metadata rows: one per image
+    done = resume.committed_shards(out) & images_of.keys()
+    failed = (resume.failed_shards(out) & images_of.keys()) - done
     markers = out.read_json_many([layout.done_path(i) for i in sorted(done)])
     failures = out.read_json_many([layout.failed_path(i) for i in sorted(failed)])
-    pending = rows_of.keys() - done - failed
+    pending = images_of.keys() - done - failed
     return {
         "output": out.display(),
         "model": spec.get("model"),
         "planned_at": plan.get("planned_at"),
         "input_rows": sum(f["num_rows"] for f in job["fingerprint"]["inputs"]),
         "images_per_row": plan.get("images_per_row", 1),  # images per prompt x sweep combinations
-        "shards": {"total": len(rows_of), "committed": len(done), "failed": len(failed), "pending": len(pending)},
-        "rows": {  # metadata rows, one per image (ok or error), as the done markers count them
-            "total": sum(rows_of.values()),
+        "shards": {"total": len(images_of), "committed": len(done), "failed": len(failed), "pending": len(pending)},
+        # The job's images (a row makes images_per_row of them), ok or error as the done markers count
+        # them (one metadata row each): "input_rows" counts the rows.
+        "images": {
+            "total": sum(images_of.values()),
             "ok": sum(m["ok"] for m in markers),
             "error": sum(m["error"] for m in markers),
-            "in_failed_shards": sum(rows_of[i] for i in failed),
-            "pending": sum(rows_of[i] for i in pending),
+            "in_failed_shards": sum(images_of[i] for i in failed),
+            "pending": sum(images_of[i] for i in pending),
         },
-        "images": sum(m["ok"] for m in markers),
         "image_bytes": sum(m.get("image_bytes", 0) for m in markers),
         "failed": [{k: f.get(k) for k in ("shard", "error", "attempts", "infrastructure", "failed_at")} for f in failures],
         "timings_s": summed_timings(markers),
@@ -78,12 +79,17 @@ def device_kinds(markers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return dict(sorted(kinds.items(), key=lambda kv: -kv[1]["shards"]))
 
 
+PER_WORKER_RATE = "images/s per worker while rendering (device time)"
+
+
 def devices_line(kinds: dict[str, dict[str, Any]]) -> str | None:
-    """``devices: NVIDIA H200: 12 shards, 12,000 images, 52.3 images/s per worker``; None without markers."""
+    """``devices: NVIDIA H200: 12 shards, 12,000 images, 52.30 images/s per worker while rendering (device
+    time)``; None without markers. The rate says whose it is: one worker's ok images over its device time, not
+    the job's images over wall time (which adds start-up and counts every worker at once)."""
     if not kinds:
         return None
     parts = [f"{kind}: {e['shards']} shards, {e['images']:,} images"
-             + (f", {e['images_per_s']:.2f} images/s per worker" if e["images_per_s"] else "")
+             + (f", {e['images_per_s']:.2f} {PER_WORKER_RATE}" if e["images_per_s"] else "")
              for kind, e in kinds.items()]  # fmt: skip
     return "devices: " + "; ".join(parts)
 
@@ -145,17 +151,17 @@ def profile_line(timings: dict[str, float]) -> str | None:
 
 
 def format_status(status: dict[str, Any]) -> str:
-    shards, rows = status["shards"], status["rows"]
+    shards, images = status["shards"], status["images"]
     per_row = status["images_per_row"]
     lines = [
         f"output:  {status['output']}",
-        f"plan:    {shards['total']} shards, {status['input_rows']:,} input rows -> {rows['total']:,} images "
+        f"plan:    {shards['total']} shards, {status['input_rows']:,} input rows -> {images['total']:,} images "
         f"({per_row} per row), model {status['model']}"
         + "".join(f", {c} variant {v}" for c, v in status.get("variants", {}).items())
         + f", planned {status['planned_at'] or 'at an unknown time'}",
         f"shards:  {shards['committed']} committed, {shards['failed']} failed, {shards['pending']} pending",
-        f"images:  {rows['ok']:,} ok, {rows['error']:,} error (committed); {rows['in_failed_shards']:,} in failed "
-        f"shards, {rows['pending']:,} pending; {status['image_bytes'] / 2**20:,.1f} MiB written",
+        f"images:  {images['ok']:,} ok, {images['error']:,} error (committed); {images['in_failed_shards']:,} in "
+        f"failed shards, {images['pending']:,} pending; {status['image_bytes'] / 2**20:,.1f} MiB written",
     ]
     profile = profile_line(status["timings_s"])
     if profile:
@@ -166,7 +172,7 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"{startup} (actors that committed a shard, all runs)")
     devices = devices_line(status.get("device_kinds") or {})
     if devices:
-        lines.append(f"{devices} (ok images over device time)")
+        lines.append(devices)
     for node in status["nodes"][:10]:
         name = f"node {node['node_id'][:12]}" if node["node_id"] else "no Ray node"
         lines.append(f"node:    {name} ({node['host']}): {node['shards']} shards, {node['images']:,} images")

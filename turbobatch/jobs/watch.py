@@ -119,7 +119,7 @@ class Snapshot:
     time: datetime
     output: str
     shards: dict[str, int]
-    rows: dict[str, int]
+    images: dict[str, int]  # as ``turbobatch status`` counts them: total, ok, error, in_failed_shards, pending
     images_per_s: float | None
     window_s: float
     new_failures: list[dict[str, Any]] = field(default_factory=list)
@@ -131,17 +131,17 @@ class Snapshot:
 
     @property
     def eta_s(self) -> float | None:
-        return eta_seconds(self.rows["pending"], self.images_per_s)
+        return eta_seconds(self.images["pending"], self.images_per_s)
 
     def as_json(self) -> dict[str, Any]:
         return {"time": self.time.isoformat(timespec="seconds"), "output": self.output,
-                "state": "ended" if self.ended else "running", "shards": self.shards, "rows": self.rows,
+                "state": "ended" if self.ended else "running", "shards": self.shards, "images": self.images,
                 "images_per_s": None if self.images_per_s is None else round(self.images_per_s, 3),
                 "rate_window_s": self.window_s, "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
                 "new_failed": self.new_failures}  # fmt: skip
 
     def lines(self) -> list[str]:
-        s, r = self.shards, self.rows
+        s, r = self.shards, self.images
         rate = f"{self.images_per_s:,.2f} images/s" if self.images_per_s is not None else "— images/s"
         rate += f" (last {format_window(self.window_s)})"
         eta = self.eta_s
@@ -203,9 +203,9 @@ class OutputWatcher:
             time=now,
             output=self.out.display(),
             shards={"total": len(planned), "committed": len(done), "failed": len(failed), "pending": len(pending)},
-            rows={"total": sum(self.shard_images.values()), "ok": ok, "error": error,
-                  "in_failed_shards": sum(self.shard_images[i] for i in failed),
-                  "pending": sum(self.shard_images[i] for i in pending)},  # fmt: skip
+            images={"total": sum(self.shard_images.values()), "ok": ok, "error": error,
+                    "in_failed_shards": sum(self.shard_images[i] for i in failed),
+                    "pending": sum(self.shard_images[i] for i in pending)},  # fmt: skip
             images_per_s=images_per_second(self.commits.values(), now, self.window_s),
             window_s=self.window_s,
             new_failures=[self.failures[i] for i in new_failed],
@@ -270,5 +270,5 @@ def watch_output(out: Folder, interval_s: float = DEFAULT_INTERVAL_S, count: int
 
 def plan_line(watcher: OutputWatcher, snapshot: Snapshot) -> str:
     """What the job is, once: shards and images planned, the model."""
-    return (f"plan: {snapshot.shards['total']} shards, {snapshot.rows['total']:,} images, "
+    return (f"plan: {snapshot.shards['total']} shards, {snapshot.images['total']:,} images, "
             f"model {watcher.model}")  # fmt: skip

@@ -1,0 +1,23 @@
+"""The end-of-run summary: two rates, each saying whose it is (the job's over wall time, one worker's over device time)."""
+
+from __future__ import annotations
+
+from turbobatch.jobs import progress as progress_module
+from turbobatch.jobs.progress import Progress, ShardOutcome
+
+
+def marker(shard: int, ok: int, render_s: float) -> dict:
+    return {"shard": shard, "rows": ok + 1, "ok": ok, "error": 1, "device_kind": "cpu",
+            "timings_s": {"render": render_s, "device_idle_before": 0.0}}  # fmt: skip
+
+
+def test_the_summary_names_the_job_rate_and_the_per_worker_rate(monkeypatch):
+    progress = Progress(total_shards=3, already_done=1, pending_images=22, started=100.0)
+    progress.record(ShardOutcome(1, 11, marker=marker(1, 10, 1.0)))
+    progress.record(ShardOutcome(2, 11, marker=marker(2, 10, 1.0)))
+    progress.close()
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: 140.0)  # 40 s of wall time
+    lines = progress.summary("/out").splitlines()
+    assert "speed: 0.50 images/s for the job (20 ok images this run / 40.0 s wall time)" in lines
+    assert "devices: cpu: 2 shards, 20 images, 10.00 images/s per worker while rendering (device time)" in lines
+    assert sum("images/s" in line for line in lines) == 2
