@@ -5,8 +5,12 @@ A redone shard therefore overwrites its own objects and never leaves a second co
 
 from __future__ import annotations
 
+from turbobatch.jobs.spec import IMAGE_EXTENSIONS
+from turbobatch.jobs.storage import TEMP_MARK
+
 SPEC = "_job/spec.json"
 PLAN = "_job/plan.json"
+WRITE_PROBE = "_job/.write-probe"  # written and removed by the first step of a run (jobs/resume.py)
 DONE_DIR = "_done"
 FAILED_DIR = "_failed"
 CARD = "README.md"  # the dataset card (jobs/card.py), rewritten at the end of every run
@@ -15,6 +19,11 @@ OUTPUT_DIRS = ("_job", "_done", "_failed", "shards", "images", "data", "metadata
 DATA_DIRS = ("shards", "images", "data", "metadata")
 # Flat folders where a killed writer can leave a temp file (storage.TEMP_MARK in its name).
 TEMP_LEFTOVER_DIRS = ("_job", "_done", "_failed", "shards", "data", "metadata")
+# Every file a run may write below OUT, as fsspec globs ("*": a shard id or a key, never "/"); each may also
+# appear as a temp file (TEMP_MARK and a suffix). An input that could match one would read the run's own
+# files as prompts (jobs/inputs.py check_output_apart).
+WRITTEN = ("metadata/*.parquet", "data/*.parquet", "shards/*.tar", f"{DONE_DIR}/*.json", f"{FAILED_DIR}/*.json",
+           SPEC, PLAN, WRITE_PROBE, CARD, *(f"images/*/*.{ext}" for ext in sorted(IMAGE_EXTENSIONS.values())))
 
 
 def shard_name(shard_id: int) -> str:
@@ -48,6 +57,12 @@ def failed_path(shard_id: int) -> str:
 
 def image_dir(shard_id: int) -> str:
     return f"images/{shard_name(shard_id)}"
+
+
+def written_globs() -> list[str]:
+    """WRITTEN, each name also as the temp file its writer renames it from (storage.atomic_writer: TEMP_MARK
+    and 32 hex digits, spelled out: "README.md.tmp-*" would also stand for "README.md.tmp-x.parquet")."""
+    return [name for written in WRITTEN for name in (written, f"{written}{TEMP_MARK}{'[0-9a-f]' * 32}")]
 
 
 def shard_id_from_name(name: str) -> int | None:
