@@ -9,6 +9,7 @@ the next run retries it and removes the marker once the shard commits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -24,15 +25,38 @@ from turbobatch.jobs.storage import TEMP_MARK, Folder, check_endpoint, describe_
 
 
 def check_writable(out: Folder) -> None:
-    """Fail early (before Ray or any model) when the output cannot be written."""
-    probe = "_job/.write-probe"
+    """Fail early (before Ray or any model) when the output cannot be written: write a probe and
+    remove it, and on a local disk the folders the probe created, so that a job failing any later
+    check leaves the output as it found it (a folder that did not exist is not created)."""
+    created = _missing_folders(out, layout.WRITE_PROBE)
     try:
         check_endpoint(out.url, out.storage_options)
-        out.write_bytes(probe, b"ok")
-        out.fs.rm(out.path(probe))
+        out.write_bytes(layout.WRITE_PROBE, b"ok")
+        out.fs.rm(out.path(layout.WRITE_PROBE))
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot write"
         reason = describe_error(e, out.display(), out.storage_options)
         raise JobError(f"output: cannot write to {out.display()}: {reason}") from None
+    finally:
+        _remove_empty(created)
+
+
+def _missing_folders(out: Folder, rel: str) -> list[str]:
+    """The local folders that writing ``rel`` would create, deepest first (none on an object store)."""
+    if not out.is_local:
+        return []
+    missing = []
+    path = os.path.dirname(out.path(rel))
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Remove each local folder that is empty (give a folder before its parent): one that holds anything stays."""
+    for path in folders:
+        with contextlib.suppress(OSError):  # not empty (a file that is not ours, another writer's), or absent
+            os.rmdir(path)
 
 
 def check_writable_read_only(out: Folder) -> str:
