@@ -120,7 +120,11 @@ def test_changed_options_or_inputs_stop_unless_overwrite(ray_cluster, dataset, t
     write_parquet(dataset / "part-3.parquet", {"prompt": ["new"]})
     assert render(*args) == 2
     assert "input added: part-3.parquet" in capsys.readouterr().err
+    (out / "metadata" / "notes.txt").write_text("a user's file in one of turbobatch's folders")
     assert render(*args, "--steps", "2", "--overwrite") == 0
+    assert (f"turbobatch: --overwrite: removed 4 done markers, 4 metadata files, 4 tar shards, _job/ from {out}; "
+            "kept 1 file(s) that turbobatch does not write: metadata/notes.txt\n") in capsys.readouterr().err
+    assert (out / "metadata" / "notes.txt").exists()
     assert {r["steps"] for r in read_metadata(out)} == {2}
     assert len(read_metadata(out)) == 22
 
@@ -174,7 +178,7 @@ def test_bad_jobs_fail_before_any_actor(ray_cluster, no_actors, tmp_path, capsys
     model = [] if "--model" in extra else ["--model", "tiny-sd-turbo"]
     assert render(source, output, *model, *extra) == 2
     assert message in capsys.readouterr().err
-    assert not list((tmp_path / "out" / "_done").glob("*")) if (tmp_path / "out").exists() else True
+    assert not (tmp_path / "out").exists()  # the write probe (step 1) left nothing, even for a step-4 error
 
 
 def test_cli_entry_points_document_every_option():

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from turbobatch.jobs import resume
+from turbobatch.jobs import layout, resume
 from turbobatch.jobs.errors import JobError
 from turbobatch.jobs.inputs import scan_inputs
 from turbobatch.jobs.storage import Folder
@@ -132,3 +132,17 @@ def test_a_store_that_refuses_the_upload_listing_only_warns(s3_endpoint, s3_buck
         assert resume.remove_temp_leftovers(out) == 0
     assert proxy.faults["unavailable"] >= 1
     assert "warning: cannot clear incomplete uploads under s3://" in capsys.readouterr().err
+
+
+def test_overwrite_on_s3_removes_only_the_layouts_objects(s3_endpoint, s3_bucket, capsys):
+    from tests.jobs.test_resume import FOREIGN, OURS, fill, prepare
+
+    out = Folder(f"s3://{s3_bucket}/out", s3_options(s3_endpoint))
+    prepare(out)
+    fill(out, OURS + FOREIGN)
+    assert prepare(out, steps=2, overwrite=True) == set()
+    assert f"--overwrite: removed 2 done markers, 1 failed marker, 2 metadata files, 2 tar shards, 1 data file, " \
+           f"2 image files, 1 temp file, _job/ from s3://{s3_bucket}/out; kept 7 file(s)" in capsys.readouterr().err
+    out.fs.invalidate_cache()
+    left = sorted(path.split("/", 2)[2] for path in out.fs.find(s3_bucket))
+    assert left == sorted([*FOREIGN, layout.PLAN, layout.SPEC])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob as globlib
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,9 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from turbobatch.jobs import layout
 from turbobatch.jobs.errors import JobError
+from turbobatch.jobs.globs import may_overlap
 from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.storage import bucket_of, check_endpoint, describe_error, open_fs
+from turbobatch.jobs.storage import Folder, bucket_of, check_endpoint, describe_error, endpoint_of, open_fs
 from turbobatch.jobs.template import PROMPT_FIELD, template_of
 from turbobatch.jobs.template import check_columns as check_template_columns
 
@@ -50,6 +53,44 @@ def scan_inputs(url: str, storage_options: dict[str, Any] | None = None) -> list
     if sum(f.num_rows for f in files) == 0:
         raise JobError(f"input: {url} has no rows ({len(files)} Parquet file(s), all empty)")
     return files
+
+
+def check_output_apart(url: str, storage_options: dict[str, Any] | None, out: Folder) -> None:
+    """JobError when a file the run writes in ``out`` could be one of the input's files: the output IS
+    the input or lies inside it (a folder takes every ``*.parquet`` below it), the input's glob can match
+    a written name (fsspec's glob semantics: a ``**`` glob reaches into subfolders), or the input lies
+    among the output's own files. Such a run reads its own metadata as prompts at the resume, and
+    --overwrite would delete its input. Compares paths only (nothing is read): before anything is written."""
+    try:
+        fs, root = open_fs(url, storage_options)
+    except Exception:  # noqa: BLE001 - a URL fsspec cannot open: scan_inputs names it
+        return
+    if type(fs) is not type(out.fs) or endpoint_of(storage_options) != endpoint_of(out.storage_options):
+        return  # another store: nothing the run writes can be read as input
+    root, out_root = _real(fs, root.rstrip("/")), _real(out.fs, out.root)
+    patterns = [root] if globlib.has_magic(root) else [globlib.escape(root), globlib.escape(root) + "/**"]
+    try:
+        hit = next((name for name in layout.written_globs() for pattern in patterns
+                    if may_overlap(pattern, f"{globlib.escape(out_root)}/{name}")), None)  # fmt: skip
+    except ValueError:  # a glob fsspec rejects: scan_inputs names it
+        return
+    if hit is None:
+        return
+    if len(patterns) == 1:
+        where = f"output: the input glob {url} matches files the run writes in {out.display()}"
+    elif out_root == root:
+        where = f"output: {out.display()} is the input {url}"
+    elif out_root.startswith(root + "/"):
+        where = f"output: {out.display()} lies inside the input {url}"
+    else:
+        where = f"output: the input {url} lies among the files the run writes in {out.display()}"
+    raise JobError(f"{where}: the run's own files ({out.display(hit)}) would become its input. "
+                   "Use an output folder outside the input.")  # fmt: skip
+
+
+def _real(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A local path with its symlinks resolved (two spellings of one folder are one folder); others as they are."""
+    return os.path.realpath(path) if isinstance(fs, LocalFileSystem) else path
 
 
 def dataset_root(url: str, storage_options: dict[str, Any] | None = None) -> str:

@@ -20,7 +20,7 @@ from turbobatch.jobs.cluster import SIGTERM_RECEIVED, ClusterInfo, capacity_note
 from turbobatch.jobs.columns import with_kept_columns
 from turbobatch.jobs.errors import JobError, JobStalled
 from turbobatch.jobs.expand import images_per_row
-from turbobatch.jobs.inputs import InputFile, check_columns, scan_inputs
+from turbobatch.jobs.inputs import InputFile, check_columns, check_output_apart, scan_inputs
 from turbobatch.jobs.keys import check_unique_keys
 from turbobatch.jobs.plan import Shard, fingerprint, make_plan
 from turbobatch.jobs.progress import Progress
@@ -49,8 +49,9 @@ class CheckedJob:
 
 def check_job(spec: JobSpec, write_probe: bool = True) -> CheckedJob:
     """Steps 1-3, shared by a run and its dry run (``write_probe=False``: nothing is written)."""
-    # 1. The output must be writable.
+    # 1. The output must lie apart from the input (paths only), and be writable (the probe leaves no trace).
     out = Folder(spec.output, spec.output_options())
+    check_output_apart(spec.input, spec.input_options(), out)
     if write_probe:
         resume.check_writable(out)
         state = "writable"

@@ -9,8 +9,10 @@ the next run retries it and removes the marker once the shard commits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -24,15 +26,38 @@ from turbobatch.jobs.storage import TEMP_MARK, Folder, check_endpoint, describe_
 
 
 def check_writable(out: Folder) -> None:
-    """Fail early (before Ray or any model) when the output cannot be written."""
-    probe = "_job/.write-probe"
+    """Fail early (before Ray or any model) when the output cannot be written: write a probe and
+    remove it, and on a local disk the folders the probe created, so that a job failing any later
+    check leaves the output as it found it (a folder that did not exist is not created)."""
+    created = _missing_folders(out, layout.WRITE_PROBE)
     try:
         check_endpoint(out.url, out.storage_options)
-        out.write_bytes(probe, b"ok")
-        out.fs.rm(out.path(probe))
+        out.write_bytes(layout.WRITE_PROBE, b"ok")
+        out.fs.rm(out.path(layout.WRITE_PROBE))
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot write"
         reason = describe_error(e, out.display(), out.storage_options)
         raise JobError(f"output: cannot write to {out.display()}: {reason}") from None
+    finally:
+        _remove_empty(created)
+
+
+def _missing_folders(out: Folder, rel: str) -> list[str]:
+    """The local folders that writing ``rel`` would create, deepest first (none on an object store)."""
+    if not out.is_local:
+        return []
+    missing = []
+    path = os.path.dirname(out.path(rel))
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Remove each local folder that is empty (give a folder before its parent): one that holds anything stays."""
+    for path in folders:
+        with contextlib.suppress(OSError):  # not empty (a file that is not ours, another writer's), or absent
+            os.rmdir(path)
 
 
 def check_writable_read_only(out: Folder) -> str:
@@ -179,7 +204,42 @@ def prepare(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str
     return claim.done
 
 
+# The order --overwrite names what it removed in.
+_KINDS = ("done marker", "failed marker", "metadata file", "tar shard", "data file", "image file", "temp file", "_job/")
+
+
 def _clear(out: Folder) -> None:
-    """--overwrite: remove only what turbobatch writes, never other files in the folder."""
-    for rel in layout.OUTPUT_DIRS:
-        out.remove_tree(rel)
+    """--overwrite: remove only the files the layout names (layout.owned_kind), never another file in
+    the folder (a user's notes in metadata/, a folder another tool keeps there), and say what went."""
+    removed: Counter[str] = Counter()
+    ours: list[str] = []
+    kept: list[str] = []
+    for folder in layout.OUTPUT_DIRS:
+        for name in out.list_files(folder):
+            rel = f"{folder}/{name}"
+            if kind := layout.owned_kind(rel):
+                ours.append(rel)
+                removed[kind] += 1
+            else:
+                kept.append(rel)
+    out.remove_files(ours)
+    if out.is_local:
+        _remove_empty([out.path(rel) for rel in {r.rsplit("/", 1)[0] for r in ours if r.startswith("images/")}])
+        _remove_empty([out.path(rel) for rel in layout.OUTPUT_DIRS])
+    print(f"turbobatch: --overwrite: removed {_describe_removed(removed)} from {out.display()}{_kept_note(kept)}",
+          file=sys.stderr)  # fmt: skip
+
+
+def _describe_removed(removed: Counter[str]) -> str:
+    """Counts per kind, in _KINDS order ("5 done markers, 5 metadata files, _job/"), or "nothing"."""
+    parts = [kind if kind == "_job/" else f"{removed[kind]} {kind}{'s' if removed[kind] != 1 else ''}"
+             for kind in _KINDS if removed[kind]]  # fmt: skip
+    return ", ".join(parts) or "nothing"
+
+
+def _kept_note(kept: list[str]) -> str:
+    """The files in turbobatch's folders that it did not write: named, so the user sees they were kept."""
+    if not kept:
+        return ""
+    names = ", ".join(kept[:5]) + (", ..." if len(kept) > 5 else "")
+    return f"; kept {len(kept)} file(s) that turbobatch does not write: {names}"

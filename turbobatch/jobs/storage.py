@@ -206,6 +206,16 @@ class Folder:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path(rel))
 
+    def remove_files(self, rels: list[str]) -> None:
+        """Delete many files in one call (batched deletes on object stores); files already gone are fine."""
+        if not rels:
+            return
+        try:
+            self.fs.rm([self.path(rel) for rel in rels])
+        except FileNotFoundError:  # another process removed one: remove the rest one by one
+            for rel in rels:
+                self.remove_file(rel)
+
     def abort_incomplete_uploads(self, dirs: tuple[str, ...]) -> int:
         """Abort the multipart uploads under ``dirs`` that were started and never completed.
 
