@@ -149,7 +149,7 @@ def _threads(row: dict[str, Any]) -> str:
 
 def _differences(s: Setting, row: dict[str, Any], ratio: float) -> list[str]:
     """What the job does that the measured row did not, each saying what stood in for it."""
-    scaled = f"scaled by FLOPs per image (x{ratio:.3g}, jobs/throughput.json's rule)"
+    scaled = f"scaled by FLOPs per image (x{ratio:.3g}, turbobatch/jobs/throughput.json's rule)"
     notes = []
     if row["model"] != s.model:
         how = "the same architecture" if s.family == _known(row["model"], "family") else f"another architecture, {scaled}"
