@@ -127,6 +127,48 @@ def test_calibrate_measures_batches_and_seconds_after_a_warm_up_and_says_how_muc
     assert set(Path("/tmp").glob("turbobatch-calibrate-*")) == temp_before  # its temporary folder is gone
 
 
+def test_a_plan_for_a_cluster_not_started_yet_is_estimated_for_the_cluster_described(ray_cluster, tmp_path, capsys,
+                                                                                         no_actors):  # fmt: skip
+    """A laptop's local Ray (2 CPUs, no GPU) cannot place 64 H100 workers: the dry run estimates for
+    them and says so; without --gpu-kind, and for a real run, it stops as before."""
+    data = write_parquet(tmp_path / "in.parquet", {"prompt": [f"p {i}" for i in range(1000)]})
+    out = tmp_path / "out"
+    job = [str(data), str(out), "--model", "stabilityai/sd-turbo", "--weights", "random", "--device", "cuda",
+           "--workers", "64", "--shard-size", "10"]  # fmt: skip
+    assert render([*job, "--dry-run", "--gpu-kind", "H100", "--gpu-hour-price", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "estimated for the cluster described: 64 worker(s) of H100" in text, text
+    assert re.search(r"could not place them: a local Ray, which cannot grow, with 0 GPU\(s\) and 2 CPU\(s\) in 1 "
+                     r"node\(s\)\. A run there stops: --workers: 64 actors need 64 GPUs", text), text
+    hours = re.search(r"estimate: 1,000 images on 64 worker\(s\): ([\d.]+) s of rendering, ([\d.]+) GPU-hours", text)
+    assert hours, text
+    wall = max(1000 / (64 * 53.2), 10 / 53.2)  # the H200 figure, used as it is for an H100 (and said so)
+    assert float(hours.group(1)) == pytest.approx(wall, abs=0.05)
+    assert "GPU kind H100 (measured: NVIDIA H200)" in text
+    assert re.search(r"^cost: +[\d.]+ at 2 per GPU-hour", text, re.MULTILINE), text
+    assert not out.exists()
+    # Without the GPU kind there is no cluster described: the dry run stops, saying how to plan.
+    assert render([*job, "--dry-run"]) == 2
+    assert "--workers: 64 actors need 64 GPUs" in (err := capsys.readouterr().err) and "--gpu-kind KIND" in err
+    # A run (and a calibration, which renders) still stops as it did.
+    assert render(job) == 2
+    assert "--workers: 64 actors need 64 GPUs" in capsys.readouterr().err
+    assert render([*job, "--calibrate", "--gpu-kind", "H100"]) == 2
+    assert "--workers: 64 actors need 64 GPUs" in capsys.readouterr().err
+    assert not list(out.rglob("*.*"))  # the run stopped at step 4: nothing but its write probe's folders
+
+
+def test_the_cluster_described_holds_one_actor_per_worker_of_its_kind():
+    spec = JobSpec(input="in", output="out", device="cuda", workers=4, worker_gpus=0.5)
+    cluster = dryrun.described_cluster(spec, " H100 ")
+    assert cluster.gpus == 2 and cluster.cpus == 4 and not cluster.local and len(cluster.nodes) == 4
+    assert cluster.nodes[0] == {"CPU": 1.0, "GPU": 0.5, "accelerator_type:H100": 1.0}
+    for missing in (dict(device="cpu"), dict(workers=None), dict(device=None)):
+        assert dryrun.described_cluster(JobSpec(**{**dict(input="in", output="out", device="cuda", workers=4),
+                                                   **missing}), "H100") is None  # fmt: skip
+    assert dryrun.described_cluster(spec, None) is None
+
+
 def marker(ok: int, render_s: float) -> dict:
     return {"ok": ok, "error": 0, "timings_s": {"render": render_s}, "device_kind": "cpu"}
 

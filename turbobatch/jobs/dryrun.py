@@ -4,7 +4,10 @@ The dry run makes the recipe's own checks (jobs/render.py steps 1-5: check_job, 
 plan_job) with nothing written: the output is checked without a write probe, the output folder is
 inspected (resume.inspect: the same fingerprint checks as a run, which committed shards it keeps)
 but never claimed, and the cluster's resources are read as the pool would need them (a request no
-node can hold fails as in a run) without starting a render actor. It prints the plan (rows, images,
+node can hold fails as in a run) without starting a render actor. One exception, for planning before
+the cluster exists: ``--device cuda --workers N --gpu-kind KIND`` that the cluster there is cannot
+place is estimated for the cluster it describes (N workers of KIND), and the report says what the
+cluster there has and the error a run there stops with. It prints the plan (rows, images,
 shards, workers) and the estimate (jobs/estimate.py: the throughput table, every unmeasured setting
 named). Exit 0, or 2 for a bad job, as a run.
 
@@ -29,7 +32,7 @@ from typing import Any
 from turbobatch.jobs import nodes, resume
 from turbobatch.jobs.cli import RunOptions
 from turbobatch.jobs.cluster import ClusterInfo, actor_resources, capacity_note, ray_session
-from turbobatch.jobs.errors import error_text
+from turbobatch.jobs.errors import JobError, error_text
 from turbobatch.jobs.estimate import Figure, calibrated_figure, estimate, figure_for, format_estimate, job_settings
 from turbobatch.jobs.inputs import InputFile
 from turbobatch.jobs.plan import Shard, make_plan
@@ -43,12 +46,12 @@ ACCELERATOR = "accelerator_type:"  # Ray's node resource naming the GPU kind, e.
 def dry_run(spec: JobSpec, options: RunOptions) -> int:
     job = check_job(spec, write_probe=False)  # 1-3, writing nothing
     with ray_session() as cluster:
-        job = resolve_job(job, cluster)  # 4
+        job, unplaced = resolve_for_plan(job, cluster, options)  # 4
         plan, prints = plan_job(job)  # 5, without claiming the output
         claim = resume.inspect(job.out, job.spec, plan, prints)
         pending = [s for s in plan if s.shard_id not in claim.done]
         kind, kind_notes = device_kind(job.spec, cluster, options.gpu_kind)
-        lines = report_plan(job, cluster, plan, pending, claim, options.calibrate)
+        lines = report_plan(job, cluster, plan, pending, claim, options.calibrate, unplaced, options.gpu_kind)
         calibrated = None
         if options.calibrate:
             print("\n".join(lines), flush=True)
@@ -68,8 +71,48 @@ def dry_run(spec: JobSpec, options: RunOptions) -> int:
     return EXIT_OK
 
 
+def resolve_for_plan(job: CheckedJob, cluster: ClusterInfo, options: RunOptions) -> tuple[CheckedJob, JobError | None]:
+    """Step 4 against the cluster there is; a dry run of ``--device cuda --workers N --gpu-kind KIND``
+    that it cannot place is resolved against the cluster described instead, since users plan the
+    cost before they start the cluster. Returns the job and, when described, why the cluster there
+    is could not place it (a run there still stops with that error; so does --calibrate, which renders)."""
+    try:
+        return resolve_job(job, cluster), None
+    except JobError as e:
+        described = None if options.calibrate else described_cluster(job.spec, options.gpu_kind)
+        if described is None:
+            if job.spec.device == "cuda" and not options.calibrate:
+                raise JobError(f"{e}; to plan for a cluster not started yet, give --device cuda --workers N "
+                               "--gpu-kind KIND") from e  # fmt: skip
+            raise
+        return resolve_job(job, described), e
+
+
+def described_cluster(spec: JobSpec, gpu_kind: str | None) -> ClusterInfo | None:
+    """The cluster a plan names (``--device cuda --workers N --gpu-kind KIND``): N nodes that hold one
+    render actor each (its --worker-gpus, default 1, and --worker-cpus, default 1), of GPU kind KIND;
+    None when the job does not name all three."""
+    if spec.device != "cuda" or not spec.workers or not gpu_kind:
+        return None
+    gpus = spec.worker_gpus if spec.worker_gpus is not None else 1
+    cpus = spec.worker_cpus if spec.worker_cpus is not None else 1
+    node = {"CPU": float(cpus), "GPU": float(gpus), ACCELERATOR + gpu_kind.strip(): 1.0}
+    return ClusterInfo(gpus=math.ceil(spec.workers * gpus - 1e-9), cpus=math.ceil(spec.workers * cpus - 1e-9),
+                       nodes=tuple(dict(node) for _ in range(spec.workers)))  # fmt: skip
+
+
+def unplaced_line(spec: JobSpec, cluster: ClusterInfo, gpu_kind: str | None, why: JobError) -> str:
+    """What the plan was made for, and what the cluster there is has instead."""
+    where = "a local Ray, which cannot grow," if cluster.local else "the Ray cluster joined"
+    return (f"cluster:  estimated for the cluster described: {spec.workers} worker(s) of {(gpu_kind or '').strip()} "
+            f"(--workers, --gpu-kind); the cluster there is now could not place them: {where} with "
+            f"{cluster.gpus} GPU(s) and {cluster.cpus} CPU(s) in {len(cluster.nodes)} node(s). A run there stops: "
+            f"{why}")  # fmt: skip
+
+
 def report_plan(job: CheckedJob, cluster: ClusterInfo, plan: list[Shard], pending: list[Shard],
-                claim: resume.Claim, calibrating: bool = False) -> list[str]:  # fmt: skip
+                claim: resume.Claim, calibrating: bool = False, unplaced: JobError | None = None,
+                gpu_kind: str | None = None) -> list[str]:  # fmt: skip
     spec = job.spec
     images = sum(s.num_images for s in plan)
     per_row = f" ({job.per_row} per row)" if job.per_row > 1 else " (1 per row)"
@@ -77,9 +120,10 @@ def report_plan(job: CheckedJob, cluster: ClusterInfo, plan: list[Shard], pendin
             else f"{len(claim.done)} shards committed before")  # fmt: skip
     bundle = actor_resources(spec)
     room = nodes.room(cluster.nodes, bundle)
+    actor = ("one render actor renders the job's first images into a temporary folder (--calibrate)" if calibrating
+             else "no render actor starts")  # fmt: skip
     lines = [
-        "turbobatch: dry run: nothing is written to the output and "
-        + ("one render actor renders the job's first images into a temporary folder (--calibrate)" if calibrating else "no render actor starts"),
+        f"turbobatch: dry run: nothing is written to the output and {actor}",
         f"input:    {job.total_rows:,} rows in {len(job.files)} file(s)",
         f"plan:     {images:,} images{per_row} in {len(plan)} shards of up to {spec.shard_size} images; {kept}, "
         f"{len(pending)} shards ({sum(s.num_images for s in pending):,} images) to render",
@@ -94,7 +138,9 @@ def report_plan(job: CheckedJob, cluster: ClusterInfo, plan: list[Shard], pendin
     ]
     if weights := describe_weights(spec):
         lines.append(weights.replace("turbobatch: weights: ", "weights:  "))
-    if note := capacity_note(spec, cluster):
+    if unplaced is not None:
+        lines.append(unplaced_line(spec, cluster, gpu_kind, unplaced))
+    elif note := capacity_note(spec, cluster):
         lines.append(note.replace("turbobatch: ", "workers:  "))
     return lines
 
