@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from turbobatch.jobs import dryrun
+from turbobatch.jobs.inputs import scan_inputs
 from turbobatch.jobs.render import main as render
+from turbobatch.jobs.spec import JobSpec
 from tests.conftest import REPO, write_parquet
 from tests.helpers import wait_for
 from tests.raycluster import started_head, started_worker_node
@@ -103,20 +106,96 @@ def test_a_bad_job_stops_the_dry_run_as_it_stops_a_run(ray_cluster, tmp_path, ca
     assert not out.exists()
 
 
-def test_calibrate_renders_one_shard_elsewhere_and_estimates_from_it(ray_cluster, tmp_path, capsys):
+def test_calibrate_measures_batches_and_seconds_after_a_warm_up_and_says_how_much(ray_cluster, tmp_path, capsys):
     out = tmp_path / "out"
     temp_before = set(Path("/tmp").glob("turbobatch-calibrate-*"))
     rc = render([str(EXAMPLE), str(out), *TINY, "--calibrate"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert not out.exists()
-    assert "one render actor renders shard 0 into a temporary folder (--calibrate)" in text
-    measured = re.search(r"^measured: ([\d,.]+) images/s on one worker \(cpu\), shard 0: (\d+) images after the "
-                         r"first batch of 8", text, re.MULTILINE)  # fmt: skip
-    assert measured and measured.group(2) == "12", text  # shard 0: 20 images, 8 of them the warm-up batch
+    assert "one render actor renders the job's first images into a temporary folder (--calibrate)" in text
+    measured = re.search(r"^measured: ([\d,.]+) images/s on one worker \(cpu\): ([\d,]+) images in ([\d.]+) s of "
+                         r"rendering after a warm-up batch of 8", text, re.MULTILINE)  # fmt: skip
+    assert measured, text
+    images, seconds = int(measured.group(2).replace(",", "")), float(measured.group(3))
+    # At least 3 batches of 8 and 5 s after the warm-up: the 50-row example is rendered more than once.
+    assert images >= 3 * 8 and seconds >= 5.0, text
+    assert float(measured.group(1).replace(",", "")) == pytest.approx(images / seconds, rel=0.02)
     assert speed(text) == pytest.approx(float(measured.group(1).replace(",", "")), rel=0.01)
-    assert "calibrated: one worker on this cluster (cpu), 20 images; the table's figure was" in text
+    assert f"calibrated: one worker on this cluster (cpu), {images:,} images in {seconds:.1f} s; the table's " \
+           "figure was" in text  # fmt: skip
     assert set(Path("/tmp").glob("turbobatch-calibrate-*")) == temp_before  # its temporary folder is gone
+
+
+def test_a_plan_for_a_cluster_not_started_yet_is_estimated_for_the_cluster_described(ray_cluster, tmp_path, capsys,
+                                                                                         no_actors):  # fmt: skip
+    """A laptop's local Ray (2 CPUs, no GPU) cannot place 64 H100 workers: the dry run estimates for
+    them and says so; without --gpu-kind, and for a real run, it stops as before."""
+    data = write_parquet(tmp_path / "in.parquet", {"prompt": [f"p {i}" for i in range(1000)]})
+    out = tmp_path / "out"
+    job = [str(data), str(out), "--model", "stabilityai/sd-turbo", "--weights", "random", "--device", "cuda",
+           "--workers", "64", "--shard-size", "10"]  # fmt: skip
+    assert render([*job, "--dry-run", "--gpu-kind", "H100", "--gpu-hour-price", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "estimated for the cluster described: 64 worker(s) of H100" in text, text
+    assert re.search(r"could not place them: a local Ray, which cannot grow, with 0 GPU\(s\) and 2 CPU\(s\) in 1 "
+                     r"node\(s\)\. A run there stops: --workers: 64 actors need 64 GPUs", text), text
+    hours = re.search(r"estimate: 1,000 images on 64 worker\(s\): ([\d.]+) s of rendering, ([\d.]+) GPU-hours", text)
+    assert hours, text
+    wall = max(1000 / (64 * 53.2), 10 / 53.2)  # the H200 figure, used as it is for an H100 (and said so)
+    assert float(hours.group(1)) == pytest.approx(wall, abs=0.05)
+    assert "GPU kind H100 (measured: NVIDIA H200)" in text
+    assert re.search(r"^cost: +[\d.]+ at 2 per GPU-hour", text, re.MULTILINE), text
+    assert not out.exists()
+    # Without the GPU kind there is no cluster described: the dry run stops, saying how to plan.
+    assert render([*job, "--dry-run"]) == 2
+    assert "--workers: 64 actors need 64 GPUs" in (err := capsys.readouterr().err) and "--gpu-kind KIND" in err
+    # A run (and a calibration, which renders) still stops as it did.
+    assert render(job) == 2
+    assert "--workers: 64 actors need 64 GPUs" in capsys.readouterr().err
+    assert render([*job, "--calibrate", "--gpu-kind", "H100"]) == 2
+    assert "--workers: 64 actors need 64 GPUs" in capsys.readouterr().err
+    assert not list(out.rglob("*.*"))  # the run stopped at step 4: nothing but its write probe's folders
+
+
+def test_the_cluster_described_holds_one_actor_per_worker_of_its_kind():
+    spec = JobSpec(input="in", output="out", device="cuda", workers=4, worker_gpus=0.5)
+    cluster = dryrun.described_cluster(spec, " H100 ")
+    assert cluster.gpus == 2 and cluster.cpus == 4 and not cluster.local and len(cluster.nodes) == 4
+    assert cluster.nodes[0] == {"CPU": 1.0, "GPU": 0.5, "accelerator_type:H100": 1.0}
+    for missing in (dict(device="cpu"), dict(workers=None), dict(device=None)):
+        assert dryrun.described_cluster(JobSpec(**{**dict(input="in", output="out", device="cuda", workers=4),
+                                                   **missing}), "H100") is None  # fmt: skip
+    assert dryrun.described_cluster(spec, None) is None
+
+
+def marker(ok: int, render_s: float) -> dict:
+    return {"ok": ok, "error": 0, "timings_s": {"render": render_s}, "device_kind": "cpu"}
+
+
+def test_a_few_images_are_not_enough_to_measure_and_the_next_round_asks_for_what_is_missing():
+    """The report that started this: 2 images timed after a first batch of 8 gave 208 images/s."""
+    m = dryrun.Measurement()
+    m.add([marker(2, 0.0096)])
+    assert not m.enough(batch_size=8)
+    assert m.still_wanted(batch_size=8) >= 22  # the batches still missing, in whole batches
+    m.add([marker(24, 0.5)])
+    assert not m.enough(batch_size=8)  # 3 batches, but not 5 s
+    wanted = m.still_wanted(batch_size=8)
+    assert wanted % 8 == 0 and wanted >= m.images_per_s * (5.0 - m.seconds)
+    m.add([marker(wanted, 5.0)])
+    assert m.enough(batch_size=8) and m.pieces == 3
+    assert m.describe(8).startswith(f"{m.images:,} images in {m.seconds:.1f} s of rendering after a warm-up batch of 8")
+
+
+def test_calibration_pieces_are_the_jobs_first_images_cut_as_its_shards_and_repeated():
+    files = scan_inputs(str(EXAMPLE))
+    spec = JobSpec(input=str(EXAMPLE), output="out", shard_size=20)
+    assert [p.num_images for p in dryrun.calibration_pieces(files, spec, 1, 8)] == [8]  # the warm-up batch
+    assert [(p.image_start, p.image_end) for p in dryrun.calibration_pieces(files, spec, 1, 24)] == [(0, 20), (20, 40)]
+    many = dryrun.calibration_pieces(files, spec, 1, 120)  # more than the job's 50 images: from the start again
+    assert [p.num_images for p in many] == [20, 20, 10, 20, 20, 10, 20]
+    assert many[3] == many[0]
 
 
 @pytest.mark.slow

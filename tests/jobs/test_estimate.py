@@ -118,3 +118,16 @@ def test_the_table_is_built_from_docs_benchmarks_and_ships_with_the_package():
     assert "jobs/throughput.json" in benchmarks  # BENCHMARKS says where the table lives and how to extend it
     package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "throughput.json" in package_data["turbobatch.jobs"]
+
+
+def test_what_the_estimate_prints_names_versions_and_dates_not_issue_numbers():
+    """The table's words reach users (the dry run's speed line): the project's issue numbers mean nothing to them."""
+    table = est.load_table()
+    for row in table["figures"]:
+        for name in ("worker", "source", "weights"):
+            assert not re.search(r"\bissues? *#?\d", row[name], re.IGNORECASE), row[name]
+    e = est.estimate(gpu_job(), SD, None, 1000, 1, "NVIDIA H200")
+    cpu = gpu_job(model="tiny-sd-turbo", device="cpu", dtype="float32", worker_gpus=0, worker_cpus=2, workers=1)
+    text = "\n".join(est.format_estimate(e) + est.format_estimate(est.estimate(cpu, SD, None, 100, 1, "cpu")))
+    assert "2026-11-26" in text and "2026-12-01" in text
+    assert not re.search(r"\bissues? *#?\d", text, re.IGNORECASE), text

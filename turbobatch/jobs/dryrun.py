@@ -4,29 +4,38 @@ The dry run makes the recipe's own checks (jobs/render.py steps 1-5: check_job, 
 plan_job) with nothing written: the output is checked without a write probe, the output folder is
 inspected (resume.inspect: the same fingerprint checks as a run, which committed shards it keeps)
 but never claimed, and the cluster's resources are read as the pool would need them (a request no
-node can hold fails as in a run) without starting a render actor. It prints the plan (rows, images,
+node can hold fails as in a run) without starting a render actor. One exception, for planning before
+the cluster exists: ``--device cuda --workers N --gpu-kind KIND`` that the cluster there is cannot
+place is estimated for the cluster it describes (N workers of KIND), and the report says what the
+cluster there has and the error a run there stops with. It prints the plan (rows, images,
 shards, workers) and the estimate (jobs/estimate.py: the throughput table, every unmeasured setting
 named). Exit 0, or 2 for a bad job, as a run.
 
-``--calibrate`` also starts exactly one render actor (the job's resources), renders the job's first
-shard into a temporary folder on that actor's node (never OUTPUT; removed afterwards), and uses the
-measured images/s in the estimate. Exit 1 when the calibration cannot render.
+``--calibrate`` also starts exactly one render actor (the job's resources), which renders into a
+temporary folder on its node (never OUTPUT; removed afterwards) one warm-up batch, then the job's
+first images, cut no larger than its shards and repeated when the job has fewer, until it has
+measured at least CALIBRATE_BATCHES batches and CALIBRATE_SECONDS seconds; the estimate uses that
+images/s and the report says how many images and seconds it rests on. Exit 1 when the calibration
+cannot render.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 from turbobatch.jobs import nodes, resume
 from turbobatch.jobs.cli import RunOptions
 from turbobatch.jobs.cluster import ClusterInfo, actor_resources, capacity_note, ray_session
-from turbobatch.jobs.errors import error_text
+from turbobatch.jobs.errors import JobError, error_text
 from turbobatch.jobs.estimate import Figure, calibrated_figure, estimate, figure_for, format_estimate, job_settings
-from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.inputs import InputFile
+from turbobatch.jobs.plan import Shard, make_plan
 from turbobatch.jobs.render import EXIT_FAILED_SHARDS, EXIT_OK, CheckedJob, check_job, plan_job, resolve_job
 from turbobatch.jobs.spec import JobSpec
 from turbobatch.workers.models import describe_weights
@@ -37,24 +46,24 @@ ACCELERATOR = "accelerator_type:"  # Ray's node resource naming the GPU kind, e.
 def dry_run(spec: JobSpec, options: RunOptions) -> int:
     job = check_job(spec, write_probe=False)  # 1-3, writing nothing
     with ray_session() as cluster:
-        job = resolve_job(job, cluster)  # 4
+        job, unplaced = resolve_for_plan(job, cluster, options)  # 4
         plan, prints = plan_job(job)  # 5, without claiming the output
         claim = resume.inspect(job.out, job.spec, plan, prints)
         pending = [s for s in plan if s.shard_id not in claim.done]
         kind, kind_notes = device_kind(job.spec, cluster, options.gpu_kind)
-        lines = report_plan(job, cluster, plan, pending, claim, options.calibrate)
+        lines = report_plan(job, cluster, plan, pending, claim, options.calibrate, unplaced, options.gpu_kind)
         calibrated = None
         if options.calibrate:
             print("\n".join(lines), flush=True)
             lines = []
-            measured = calibrate(job.spec, plan[0])
+            measured = calibrate(job)
             if measured is None:
                 return EXIT_FAILED_SHARDS
-            kind = measured["device_kind"] or kind
+            kind = measured.device_kind or kind
             kind_notes = []
             calibrated = _calibrated(job, kind, measured)
-            lines.append(f"measured: {measured['images_per_s']:,.2f} images/s on one worker ({kind}), shard 0: "
-                         f"{measured['how']}; {measured['total_s']:.1f} s for the whole shard")  # fmt: skip
+            lines.append(f"measured: {measured.images_per_s:,.2f} images/s on one worker ({kind}): "
+                         f"{measured.describe(job.spec.batch_size)}")  # fmt: skip
     e = estimate(job.spec, job.model.pipeline_class, job.vae.vae_class if job.vae else None,
                  sum(s.num_images for s in pending), len(pending), kind, options.gpu_hour_price, calibrated,
                  kind_notes)  # fmt: skip
@@ -62,8 +71,48 @@ def dry_run(spec: JobSpec, options: RunOptions) -> int:
     return EXIT_OK
 
 
+def resolve_for_plan(job: CheckedJob, cluster: ClusterInfo, options: RunOptions) -> tuple[CheckedJob, JobError | None]:
+    """Step 4 against the cluster there is; a dry run of ``--device cuda --workers N --gpu-kind KIND``
+    that it cannot place is resolved against the cluster described instead, since users plan the
+    cost before they start the cluster. Returns the job and, when described, why the cluster there
+    is could not place it (a run there still stops with that error; so does --calibrate, which renders)."""
+    try:
+        return resolve_job(job, cluster), None
+    except JobError as e:
+        described = None if options.calibrate else described_cluster(job.spec, options.gpu_kind)
+        if described is None:
+            if job.spec.device == "cuda" and not options.calibrate:
+                raise JobError(f"{e}; to plan for a cluster not started yet, give --device cuda --workers N "
+                               "--gpu-kind KIND") from e  # fmt: skip
+            raise
+        return resolve_job(job, described), e
+
+
+def described_cluster(spec: JobSpec, gpu_kind: str | None) -> ClusterInfo | None:
+    """The cluster a plan names (``--device cuda --workers N --gpu-kind KIND``): N nodes that hold one
+    render actor each (its --worker-gpus, default 1, and --worker-cpus, default 1), of GPU kind KIND;
+    None when the job does not name all three."""
+    if spec.device != "cuda" or not spec.workers or not gpu_kind:
+        return None
+    gpus = spec.worker_gpus if spec.worker_gpus is not None else 1
+    cpus = spec.worker_cpus if spec.worker_cpus is not None else 1
+    node = {"CPU": float(cpus), "GPU": float(gpus), ACCELERATOR + gpu_kind.strip(): 1.0}
+    return ClusterInfo(gpus=math.ceil(spec.workers * gpus - 1e-9), cpus=math.ceil(spec.workers * cpus - 1e-9),
+                       nodes=tuple(dict(node) for _ in range(spec.workers)))  # fmt: skip
+
+
+def unplaced_line(spec: JobSpec, cluster: ClusterInfo, gpu_kind: str | None, why: JobError) -> str:
+    """What the plan was made for, and what the cluster there is has instead."""
+    where = "a local Ray, which cannot grow," if cluster.local else "the Ray cluster joined"
+    return (f"cluster:  estimated for the cluster described: {spec.workers} worker(s) of {(gpu_kind or '').strip()} "
+            f"(--workers, --gpu-kind); the cluster there is now could not place them: {where} with "
+            f"{cluster.gpus} GPU(s) and {cluster.cpus} CPU(s) in {len(cluster.nodes)} node(s). A run there stops: "
+            f"{why}")  # fmt: skip
+
+
 def report_plan(job: CheckedJob, cluster: ClusterInfo, plan: list[Shard], pending: list[Shard],
-                claim: resume.Claim, calibrating: bool = False) -> list[str]:  # fmt: skip
+                claim: resume.Claim, calibrating: bool = False, unplaced: JobError | None = None,
+                gpu_kind: str | None = None) -> list[str]:  # fmt: skip
     spec = job.spec
     images = sum(s.num_images for s in plan)
     per_row = f" ({job.per_row} per row)" if job.per_row > 1 else " (1 per row)"
@@ -71,9 +120,10 @@ def report_plan(job: CheckedJob, cluster: ClusterInfo, plan: list[Shard], pendin
             else f"{len(claim.done)} shards committed before")  # fmt: skip
     bundle = actor_resources(spec)
     room = nodes.room(cluster.nodes, bundle)
+    actor = ("one render actor renders the job's first images into a temporary folder (--calibrate)" if calibrating
+             else "no render actor starts")  # fmt: skip
     lines = [
-        "turbobatch: dry run: nothing is written to the output and "
-        + ("one render actor renders shard 0 into a temporary folder (--calibrate)" if calibrating else "no render actor starts"),
+        f"turbobatch: dry run: nothing is written to the output and {actor}",
         f"input:    {job.total_rows:,} rows in {len(job.files)} file(s)",
         f"plan:     {images:,} images{per_row} in {len(plan)} shards of up to {spec.shard_size} images; {kept}, "
         f"{len(pending)} shards ({sum(s.num_images for s in pending):,} images) to render",
@@ -88,7 +138,9 @@ def report_plan(job: CheckedJob, cluster: ClusterInfo, plan: list[Shard], pendin
     ]
     if weights := describe_weights(spec):
         lines.append(weights.replace("turbobatch: weights: ", "weights:  "))
-    if note := capacity_note(spec, cluster):
+    if unplaced is not None:
+        lines.append(unplaced_line(spec, cluster, gpu_kind, unplaced))
+    elif note := capacity_note(spec, cluster):
         lines.append(note.replace("turbobatch: ", "workers:  "))
     return lines
 
@@ -112,6 +164,14 @@ def device_kind(spec: JobSpec, cluster: ClusterInfo, asked: str | None) -> tuple
 
 
 # -- --calibrate ---------------------------------------------------------------------------------
+# What a calibration measures, after one warm-up batch it does not count (cuDNN's choices, first
+# allocations, compiling): at least this many batches' worth of images AND at least this many seconds
+# of rendering. A few images timed once said 7x the speed real runs reach.
+CALIBRATE_BATCHES = 3
+CALIBRATE_SECONDS = 5.0
+CALIBRATE_ROUNDS = 6  # calls to the actor at most; each asks for what the last one left short
+
+
 class CalibrationWorker:
     """A RenderWorker for the job whose output is a temporary folder on its own node."""
 
@@ -126,37 +186,112 @@ class CalibrationWorker:
     def ready(self) -> dict[str, Any]:
         return self.worker.ready()
 
-    def render(self, shard: Shard) -> dict[str, Any]:
-        """Render and commit ``shard`` into the temporary folder, remove the folder, return the marker."""
+    def render(self, pieces: list[Shard]) -> list[dict[str, Any]]:
+        """Render and commit ``pieces`` one after another into the temporary folder, remove the
+        folder (the next call makes it again), return their markers."""
         try:
-            return self.worker.render_shard(shard)
+            return [self.worker.render_shard(piece) for piece in pieces]
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def calibrate(spec: JobSpec, shard: Shard) -> dict[str, Any] | None:
-    """One actor renders ``shard``: its images/s after the first batch (warm-up), or None (said why)."""
+@dataclass
+class Measurement:
+    """What the calibration has measured so far: images rendered ok after the warm-up batch, and the
+    device seconds they took (each piece's own "render" time, so reading and committing between pieces
+    are not counted, as status counts images per device-second)."""
+
+    images: int = 0
+    seconds: float = 0.0
+    pieces: int = 0
+    device_kind: str | None = None
+
+    def add(self, markers: list[dict[str, Any]]) -> None:
+        for marker in markers:
+            self.images += marker.get("ok", 0)
+            self.seconds += marker.get("timings_s", {}).get("render", 0.0)
+            self.pieces += 1
+            self.device_kind = marker.get("device_kind") or self.device_kind
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def enough(self, batch_size: int) -> bool:
+        return self.images >= CALIBRATE_BATCHES * batch_size and self.seconds >= CALIBRATE_SECONDS
+
+    def still_wanted(self, batch_size: int) -> int:
+        """Images for the next round: the batches still missing, or the seconds still missing at the
+        speed measured so far (with 20% to spare), in whole batches."""
+        batches = max(0, CALIBRATE_BATCHES * batch_size - self.images)
+        seconds = max(0.0, CALIBRATE_SECONDS - self.seconds)
+        timed = math.ceil(self.images_per_s * seconds * 1.2) if self.images_per_s else CALIBRATE_BATCHES * batch_size
+        return max(batch_size, math.ceil(max(batches, timed) / batch_size) * batch_size)
+
+    def describe(self, batch_size: int) -> str:
+        return (f"{self.images:,} images in {self.seconds:.1f} s of rendering after a warm-up batch of {batch_size} "
+                f"({self.pieces} piece(s) of the job's first images, no larger than its shards)")
+
+
+def calibration_pieces(files: list[InputFile], spec: JobSpec, per_row: int, images: int) -> list[Shard]:
+    """The job's first images cut as its shards are (``--shard-size``, never across files), cut
+    shorter when fewer images are wanted, repeated from the start when the job has fewer: at
+    least ``images`` images. Which images does not matter for the speed; shard sizes do (a
+    shard's last batch may be short), so a piece is never larger than the job's shards."""
+    plan = make_plan(files, max(1, min(spec.shard_size, images)), per_row)
+    pieces: list[Shard] = []
+    while sum(p.num_images for p in pieces) < images:
+        pieces.append(plan[len(pieces) % len(plan)])
+    return pieces
+
+
+def calibrate(job: CheckedJob) -> Measurement | None:
+    """One actor renders a warm-up batch, then the job's first images until it has measured
+    CALIBRATE_BATCHES batches and CALIBRATE_SECONDS seconds; None when it cannot (said why)."""
     import ray
 
     from turbobatch.jobs.cluster import actor_env
 
+    spec = job.spec
     cls = ray.remote(CalibrationWorker).options(num_cpus=spec.worker_cpus, num_gpus=spec.worker_gpus or 0,
                                                 runtime_env={"env_vars": actor_env()})  # fmt: skip
     actor = cls.remote(spec)
-    print(f"calibrate: one render actor of {nodes.describe(actor_resources(spec))} renders shard 0 "
-          f"({shard.num_images} images) into a temporary folder on its node", file=sys.stderr, flush=True)
+    print(f"calibrate: one render actor of {nodes.describe(actor_resources(spec))} renders a warm-up batch, then "
+          f"at least {CALIBRATE_BATCHES} batches and {CALIBRATE_SECONDS:g} s of the job's first images, into a "
+          "temporary folder on its node", file=sys.stderr, flush=True)  # fmt: skip
     try:
         if _wait(actor.ready.remote(), "start", spec) is None:
             return None
-        marker = _wait(actor.render.remote(shard), "render shard 0", spec)
-        if marker is None:
+        warm_up = calibration_pieces(job.files, spec, job.per_row, spec.batch_size)[:1]
+        if _wait(actor.render.remote(warm_up), "render a warm-up batch", spec) is None:
             return None
+        return _measure(actor, job)
     except ray.exceptions.RayError as e:
         print(f"error: calibrate: {error_text(e)}", file=sys.stderr)
         return None
     finally:
         ray.kill(actor)
-    return measured_speed(marker, spec.batch_size)
+
+
+def _measure(actor: Any, job: CheckedJob) -> Measurement | None:
+    """Rounds of pieces until the measurement is enough; None (said why) when a round renders no image."""
+    spec, measured = job.spec, Measurement()
+    wanted = CALIBRATE_BATCHES * spec.batch_size
+    for _ in range(CALIBRATE_ROUNDS):
+        pieces = calibration_pieces(job.files, spec, job.per_row, wanted)
+        markers = _wait(actor.render.remote(pieces), "render", spec)
+        if markers is None:
+            return None
+        if not any(m.get("ok") for m in markers):
+            errors = sum(m.get("error", 0) for m in markers)
+            print(f"error: calibrate: the job's first {wanted} images rendered no image ({errors} error rows)",
+                  file=sys.stderr)  # fmt: skip
+            return None
+        measured.add(markers)
+        if measured.enough(spec.batch_size):
+            break
+        wanted = measured.still_wanted(spec.batch_size)
+    return measured
 
 
 def _wait(ref: Any, step: str, spec: JobSpec) -> Any:
@@ -172,27 +307,8 @@ def _wait(ref: Any, step: str, spec: JobSpec) -> Any:
     return None
 
 
-def measured_speed(marker: dict[str, Any], batch_size: int) -> dict[str, Any] | None:
-    """A shard's images/s from its done marker: the images after its first batch over the device
-    time after it (the first batch holds the warm-up: cuDNN's choices, first allocations, compiling);
-    a shard of one batch: all of it."""
-    t = marker.get("timings_s", {})
-    render, ok = t.get("render", 0.0), marker.get("ok", 0)
-    first = (marker.get("startup_s") or {}).get("first_batch")
-    warm = min(batch_size, ok)
-    if first is not None and ok > warm and render > first:
-        speed, how = (ok - warm) / (render - first), f"{ok - warm} images after the first batch of {warm} (warm-up)"
-    elif render > 0 and ok:
-        speed, how = ok / render, f"{ok} images, the first batch's warm-up included"
-    else:
-        print(f"error: calibrate: shard 0 rendered no image ({marker.get('error', 0)} error rows)", file=sys.stderr)
-        return None
-    return {"images_per_s": speed, "images": ok, "how": how, "total_s": t.get("total", 0.0),
-            "device_kind": marker.get("device_kind")}  # fmt: skip
-
-
-def _calibrated(job: CheckedJob, kind: str, measured: dict[str, Any]) -> Figure:
+def _calibrated(job: CheckedJob, kind: str, measured: Measurement) -> Figure:
     settings = job_settings(job.spec, job.model.pipeline_class, job.vae.vae_class if job.vae else None, kind)
     setting = max(settings, key=lambda pair: pair[0])[1]
-    return calibrated_figure(setting, measured["images_per_s"], measured["images"], kind, figure_for(setting))
-
+    return calibrated_figure(setting, measured.images_per_s, measured.images, measured.seconds, kind,
+                             figure_for(setting))

@@ -149,7 +149,7 @@ def _threads(row: dict[str, Any]) -> str:
 
 def _differences(s: Setting, row: dict[str, Any], ratio: float) -> list[str]:
     """What the job does that the measured row did not, each saying what stood in for it."""
-    scaled = f"scaled by FLOPs per image (x{ratio:.3g}, jobs/throughput.json's rule)"
+    scaled = f"scaled by FLOPs per image (x{ratio:.3g}, turbobatch/jobs/throughput.json's rule)"
     notes = []
     if row["model"] != s.model:
         how = "the same architecture" if s.family == _known(row["model"], "family") else f"another architecture, {scaled}"
@@ -284,10 +284,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def calibrated_figure(setting: Setting, images_per_s: float, images: int, device_kind: str,
+def calibrated_figure(setting: Setting, images_per_s: float, images: int, seconds: float, device_kind: str,
                       table: Figure | None) -> Figure:  # fmt: skip
-    """A calibration's measured images/s, in place of the table's figure."""
+    """A calibration's measured images/s, in place of the table's figure; the basis says how much
+    was measured, so a figure from a few images is seen as such."""
     was = f"; the table's figure was {table.images_per_s:,.2f}" if table is not None else "; the table had none"
-    return Figure(images_per_s, f"calibrated: one worker on this cluster ({device_kind}), {images} images{was}",
-                  measured=True)
-
+    return Figure(images_per_s, f"calibrated: one worker on this cluster ({device_kind}), {images:,} images in "
+                  f"{seconds:.1f} s{was}", measured=True)  # fmt: skip
