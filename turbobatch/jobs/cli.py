@@ -135,13 +135,14 @@ def build_render_parser(prog: str = "python -m turbobatch.jobs.render") -> argpa
                       "shards, workers) and an estimate of wall time and GPU-hours from the throughput table "
                       "(jobs/throughput.json), naming each setting it has no measured figure for; exit 0, or 2 for a "
                       "bad job")
-    plan.add_argument("--calibrate", action="store_true", help="a dry run that also renders one shard's worth of "
-                      "the job's first rows on one worker of the cluster, into a temporary folder on that worker's "
-                      "node (never OUTPUT), and estimates from the measured images/s")
+    plan.add_argument("--calibrate", action="store_true", help="a dry run that also renders the job's first images "
+                      "on one worker of the cluster (a warm-up batch, then at least 3 batches and 5 s, measured), into "
+                      "a temporary folder on that worker's node (never OUTPUT), and estimates from the measured images/s")
     plan.add_argument("--gpu-hour-price", type=float, metavar="P", help="with --dry-run or --calibrate: the price of "
                       "one GPU-hour, to print the estimated cost")
     plan.add_argument("--gpu-kind", metavar="NAME", help="with --dry-run: the GPU kind to estimate for, e.g. H200 or "
-                      "'NVIDIA A10G' (default: the cluster's GPU nodes' accelerator type, when it has some now)")
+                      "'NVIDIA A10G' (default: the cluster's GPU nodes' accelerator type, when it has some now); with "
+                      "--device cuda --workers N, plans for N workers of that kind even before the cluster exists")
     return p
 
 
