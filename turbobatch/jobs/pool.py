@@ -25,6 +25,16 @@ from turbobatch.jobs.errors import error_text
 from turbobatch.jobs.plan import Shard
 from turbobatch.jobs.spec import JobSpec
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a shard's task ended: its done marker, or the error and why (nodes.DIED: counted as a
+    failure; nodes.DRAINED or NODE_LOST: its node left, requeued without counting)."""
+
+    marker: dict[str, Any] | None = None
+    error: BaseException | None = None
+    cause: str = ""
+
+
 INFLIGHT_PER_ACTOR = 2  # shards in flight per actor: one renders while the other reads or commits
 CRASH_LOOP_STARTS = 3  # start-up deaths in a row that stop the replacements
 DRAIN_POLL_S = 1.0  # how often the GCS is asked which nodes are draining
@@ -144,6 +154,34 @@ class ActorPool:
         actor_id, worker = min(free, key=lambda item: item[1].busy)
         worker.busy += 1
         return actor_id, worker.handle.render_shard.remote(shard)
+
+    def wait(self, running: list[Any], timeout: float) -> list[Any]:
+        """Wait up to ``timeout`` s for a shard task in ``running`` to end, or an actor to start
+        (it joins here); returns the shard tasks that ended."""
+        import ray
+
+        refs = [*running, *self.starting]
+        if not refs:
+            time.sleep(timeout)
+            return []
+        done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        ended = []
+        for ref in done:
+            if ref in self.starting:
+                self.on_started(ref)
+            else:
+                ended.append(ref)
+        return ended
+
+    def outcome(self, actor_id: Any, ref: Any) -> Outcome:
+        """The ended task's marker, or its error; an actor error drops the actor (``lost``)."""
+        import ray
+
+        try:
+            return Outcome(marker=ray.get(ref))
+        except ray.exceptions.RayError as e:
+            cause = self.lost(actor_id, e) if isinstance(e, ray.exceptions.RayActorError) else nodes.DIED
+            return Outcome(error=e, cause=cause)
 
     def finished(self, actor_id: Any) -> None:
         """One of the actor's shards ended; a draining actor left idle is released at once."""
