@@ -31,17 +31,21 @@ def run(tmp_path: Path, pool: FakePool, n: int = 6, previously_failed: set[int] 
     return scheduler, progress, metrics
 
 
-def committed(progress: Progress) -> list[int]:
-    return [o.shard_id for o in progress.outcomes if o.marker is not None]
+def committed(metrics: RecordingMetrics) -> list[int]:
+    return [shard for event, shard in metrics.events if event == "committed"]
+
+
+def sent(pool: FakePool, shard_id: int) -> int:
+    return sum(s == shard_id for _, s in pool.submitted)
 
 
 def test_every_shard_commits_once_in_plan_order(tmp_path: Path) -> None:
     pool = FakePool(actors=2, inflight=2)
     scheduler, progress, metrics = run(tmp_path, pool, n=9)
     assert [s for _, s in pool.submitted] == list(range(9))
-    assert sorted(committed(progress)) == list(range(9)) and len(committed(progress)) == 9
+    assert sorted(committed(metrics)) == list(range(9)) and progress.committed == 9
     assert max(pool.busy.values()) == 0 and metrics.events[-1] == ("closed", None)
-    assert all(scheduler.attempts[i] == 1 for i in range(9))
+    assert scheduler.attempts == {}  # nothing kept per finished shard
 
 
 def test_each_actor_holds_at_most_its_inflight_shards(tmp_path: Path) -> None:
@@ -70,7 +74,7 @@ def test_a_drained_or_lost_node_requeues_its_shard_first_and_uncounted(tmp_path:
     pool = FakePool(actors=1, inflight=1, script={1: [lost, drained, OK]})
     scheduler, progress, metrics = run(tmp_path, pool, n=3, max_retries=0)
     assert [s for _, s in pool.submitted] == [0, 1, 1, 1, 2]  # back to the front of the queue each time
-    assert scheduler.attempts[1] == 1 and sorted(committed(progress)) == [0, 1, 2]
+    assert sorted(committed(metrics)) == [0, 1, 2] and progress.failed == []
     assert ("retried", nodes.NODE_LOST) in metrics.events and ("retried", nodes.DRAINED) in metrics.events
     assert not list(tmp_path.glob("_failed/*"))
 
@@ -80,8 +84,8 @@ def test_infrastructure_failures_are_retried_and_counted(tmp_path: Path, monkeyp
     timeout = InfrastructureError("storage timed out")
     pool = FakePool(actors=1, inflight=1, script={0: [timeout, timeout, OK], 1: [timeout]})
     scheduler, progress, metrics = run(tmp_path, pool, n=2, max_retries=2)
-    assert scheduler.attempts == {0: 3, 1: 3}
-    assert committed(progress) == [0]
+    assert sent(pool, 0) == 3 and sent(pool, 1) == 3
+    assert committed(metrics) == [0]
     failed = Folder(str(tmp_path)).read_json(layout.failed_path(1))
     assert failed["attempts"] == 3 and failed["infrastructure"] is True
     assert metrics.events.count(("retried", "retry")) == 4
@@ -90,7 +94,7 @@ def test_infrastructure_failures_are_retried_and_counted(tmp_path: Path, monkeyp
 def test_a_bug_is_never_retried(tmp_path: Path) -> None:
     pool = FakePool(actors=1, inflight=1, script={0: [ValueError("bad column")]})
     scheduler, progress, _ = run(tmp_path, pool, n=2, max_retries=5)
-    assert scheduler.attempts[0] == 1 and [s for _, s in pool.submitted] == [0, 1]
+    assert [s for _, s in pool.submitted] == [0, 1] and progress.failed[0].attempts == 1
     failed = Folder(str(tmp_path)).read_json(layout.failed_path(0))
     assert failed["infrastructure"] is False and "bad column" in failed["error"]
 
@@ -125,6 +129,6 @@ def test_actors_that_never_start_are_a_job_error(tmp_path: Path) -> None:
 
 def test_a_draining_actor_gets_no_new_shards(tmp_path: Path) -> None:
     pool = FakePool(actors=2, inflight=1, drain_after={0: 1})
-    _, progress, _ = run(tmp_path, pool, n=6)
+    _, _, metrics = run(tmp_path, pool, n=6)
     assert [a for a, _ in pool.submitted].count(0) == 1
-    assert sorted(committed(progress)) == list(range(6))
+    assert sorted(committed(metrics)) == list(range(6))

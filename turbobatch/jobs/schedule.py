@@ -90,12 +90,13 @@ class ShardScheduler:
         self.previously_failed = previously_failed
         self.ready: deque[Shard] = deque()
         self.waiting: list[_Waiting] = []  # heap: shards waiting out a retry backoff
-        self.attempts: dict[int, int] = {}  # counted attempts (a drained or lost node's do not count)
+        self.attempts: dict[int, int] = {}  # counted attempts of unfinished shards (a drained or lost node's do not count)
         self.running: dict[Any, tuple[Any, Shard]] = {}  # task ref -> (actor id, shard)
         self.shard_seconds: deque[float] = deque(maxlen=20)  # recent shards' time on their actor
         self.stall = StallWatch(spec.stall_timeout)
         self.min_ready = 1
         self.started = False  # latched once min_ready actors were ready
+        self.actors_reported: tuple[int, int] | None = None  # (ready, starting) last shown and sent
 
     def run(self, pending: list[Shard]) -> None:
         """Render every pending shard; each outcome goes to ``progress`` (and _failed/ if failed)."""
@@ -117,8 +118,11 @@ class ShardScheduler:
         self._check_progress()
         self._release_waiting()
         self._submit_ready()
-        self.progress.set_workers(pool.usable_count, len(pool.starting))
-        self.metrics.actors(pool.usable_count, len(pool.starting))
+        actors = (pool.usable_count, len(pool.starting))
+        if actors != self.actors_reported:
+            self.actors_reported = actors
+            self.progress.set_workers(*actors)
+            self.metrics.actors(*actors)
         for ref in pool.wait(list(self.running), min(POLL_S, self._seconds_to_next_retry())):
             self._on_shard(ref)
 
@@ -177,6 +181,7 @@ class ShardScheduler:
         marker = outcome.marker
         self.stall.shard_finished(self.clock())
         self.shard_seconds.append(marker.get("timings_s", {}).get("total", 0.0))
+        self.attempts.pop(shard.shard_id, None)
         self.progress.record(ShardOutcome(shard.shard_id, shard.num_images, marker=marker))
         self.metrics.shard_committed(marker)
         if shard.shard_id in self.previously_failed:
@@ -202,7 +207,7 @@ class ShardScheduler:
         self._record_failed(shard, error_text(e), _ANSI.sub("", str(e)), retryable)
 
     def _record_failed(self, shard: Shard, error: str, detail: str, retryable: bool) -> None:
-        attempts = self.attempts.get(shard.shard_id, 0)
+        attempts = self.attempts.pop(shard.shard_id, 0)
         try:
             resume.record_failure(self.out, shard, error, detail, attempts, retryable)
         except Exception as e:  # noqa: BLE001 - the shard stays pending without its marker
