@@ -21,3 +21,19 @@ def test_the_summary_names_the_job_rate_and_the_per_worker_rate(monkeypatch):
     assert "speed: 0.50 images/s for the job (20 ok images this run / 40.0 s wall time)" in lines
     assert "devices: cpu: 2 shards, 20 images, 10.00 images/s per worker while rendering (device time)" in lines
     assert sum("images/s" in line for line in lines) == 2
+
+
+def test_progress_keeps_counts_not_markers_and_redraws_by_time(monkeypatch):
+    """A driver of 100,000 shards: no marker kept per committed shard (only each actor's first, with
+    its start-up), and no redraw per shard (benchmarks/driver_scale.py)."""
+    redraws = []
+    progress = Progress(total_shards=1000, already_done=0, pending_images=11_000)
+    monkeypatch.setattr(progress.bar, "set_postfix_str", lambda text, **kw: redraws.append(text))
+    for shard in range(1000):
+        first = {"startup_s": {"load": 1.0}} if shard < 3 else {}
+        progress.record(ShardOutcome(shard, 11, marker={**marker(shard, 10, 1.0), **first}))
+    assert progress.committed == 1000 and progress.ok == 10_000 and progress.errors == 1000
+    assert len(progress.startup_markers) == 3 and not hasattr(progress, "outcomes")
+    assert len(redraws) <= 2, redraws[:5]
+    progress.close()
+    assert redraws[-1].startswith("shards 1000/1000")

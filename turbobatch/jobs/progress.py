@@ -11,7 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from turbobatch.jobs.startup import startup_line, startup_report
-from turbobatch.jobs.status import device_kinds, devices_line
+from turbobatch.jobs.status import devices_line, finish_device_kinds, tally_device
 
 
 @dataclass
@@ -25,21 +25,40 @@ class ShardOutcome:
 
 @dataclass
 class Progress:
+    """Counts, not a list of outcomes: a driver of 100,000 shards keeps no marker per shard (a
+    marker holds every object's sha256), only the failed shards and each actor's first marker."""
+
     total_shards: int
     already_done: int
     pending_images: int
-    outcomes: list[ShardOutcome] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     workers: tuple[int, int] = (0, 0)  # render actors (ready, starting)
+    committed: int = 0  # shards committed this run
+    ok: int = 0  # images rendered this run
+    errors: int = 0  # images that ended as error rows this run
+    failed: list[ShardOutcome] = field(default_factory=list)
+    startup_markers: list[dict[str, Any]] = field(default_factory=list)  # one per actor: its first shard's
+    kinds: dict[str, dict[str, Any]] = field(default_factory=dict)  # device kinds, tallied (jobs/status.py)
 
     def __post_init__(self) -> None:
         # In a log (ray job logs, CI) redraws become lines: print one every 30 s there.
-        interval = 1.0 if sys.stderr.isatty() else 30.0
-        self.bar = tqdm(total=self.pending_images, unit="img", desc="render", dynamic_ncols=True, mininterval=interval)
+        self.interval = 1.0 if sys.stderr.isatty() else 30.0
+        self.bar = tqdm(total=self.pending_images, unit="img", desc="render", dynamic_ncols=True,
+                        mininterval=self.interval)  # fmt: skip
+        self._drawn = 0.0
         self._postfix()
 
     def record(self, outcome: ShardOutcome) -> None:
-        self.outcomes.append(outcome)
+        marker = outcome.marker
+        if marker is None:
+            self.failed.append(outcome)
+        else:
+            self.committed += 1
+            self.ok += marker.get("ok", 0)
+            self.errors += marker.get("error", 0)
+            tally_device(self.kinds, marker)
+            if marker.get("startup_s"):
+                self.startup_markers.append(marker)
         self.bar.update(outcome.num_images)
         self._postfix()
 
@@ -54,35 +73,37 @@ class Progress:
         self.bar.write(message, file=sys.stderr)
 
     def _postfix(self) -> None:
-        done = self.already_done + sum(o.marker is not None for o in self.outcomes)
-        failed = sum(o.error is not None for o in self.outcomes)
+        """Redraw at most once per interval: at 100 completions/s a redraw per shard would be most of
+        the driver's time (and, in a log, a line per shard)."""
+        now = time.perf_counter()
+        if now - self._drawn < self.interval and self._drawn:
+            return
+        self._drawn = now
         ready, starting = self.workers
-        self.bar.set_postfix_str(f"shards {done}/{self.total_shards}" + (f", {failed} failed" if failed else "")
+        failed = len(self.failed)
+        self.bar.set_postfix_str(f"shards {self.already_done + self.committed}/{self.total_shards}"
+                                 + (f", {failed} failed" if failed else "")
                                  + f", workers {ready} ready / {starting} starting")  # fmt: skip
 
     def close(self) -> None:
+        self._drawn = 0.0
+        self._postfix()
         self.bar.close()
-
-    @property
-    def failed(self) -> list[ShardOutcome]:
-        return [o for o in self.outcomes if o.error is not None]
 
     def summary(self, output: str) -> str:
         elapsed = time.perf_counter() - self.started
-        markers = [o.marker for o in self.outcomes if o.marker is not None]
-        ok = sum(m["ok"] for m in markers)
-        errors = sum(m["error"] for m in markers)
+        ok = self.ok
         lines = [
-            f"shards: {self.already_done + len(markers)}/{self.total_shards} committed "
-            f"({len(markers)} this run, {self.already_done} before, {len(self.failed)} failed)",
-            f"images this run: {ok} ok, {errors} error",
+            f"shards: {self.already_done + self.committed}/{self.total_shards} committed "
+            f"({self.committed} this run, {self.already_done} before, {len(self.failed)} failed)",
+            f"images this run: {ok} ok, {self.errors} error",
             job_rate_line(ok, elapsed),
             f"output: {output}",
         ]
-        startup = startup_line(startup_report(markers))  # the actors that committed a shard this run
+        startup = startup_line(startup_report(self.startup_markers))  # the actors that committed a shard this run
         if startup:
             lines.append(startup)
-        devices = devices_line(device_kinds(markers))  # which GPU kinds rendered (torch's names), and how fast
+        devices = devices_line(finish_device_kinds(self.kinds))  # which GPU kinds rendered (torch's names), how fast
         if devices:
             lines.append(devices)
         failed = sorted(self.failed, key=lambda o: o.shard_id)

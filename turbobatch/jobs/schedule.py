@@ -10,6 +10,11 @@ that fails otherwise (bad data, a bug), or runs out of retries, gets a ``_failed
 goes on with the others. When nothing can progress for ``--stall-timeout`` seconds the job stops
 (JobStalled) naming what it waited for. Shards committed, failed and retried and the actors ready
 or starting also go to Ray's metrics (jobs/metrics.py).
+
+The scheduler is given its pool and its metrics and never calls Ray itself (as Ray Data keeps its
+executor's state apart from the loop that drives it): tests drive it with a fake pool in
+milliseconds, benchmarks/driver_scale.py with a simulated one of 1,000 actors, and a run with
+jobs/pool.py's ActorPool of real actors.
 """
 
 from __future__ import annotations
@@ -19,14 +24,15 @@ import re
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from turbobatch.jobs import nodes, resume
 from turbobatch.jobs.errors import JobError, JobStalled, error_text
 from turbobatch.jobs.metrics import DriverMetrics
 from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.pool import ActorPool
+from turbobatch.jobs.pool import ActorPool, Outcome
 from turbobatch.jobs.progress import Progress, ShardOutcome
 from turbobatch.jobs.retry import backoff_s, is_retryable
 from turbobatch.jobs.spec import JobSpec
@@ -35,6 +41,37 @@ from turbobatch.jobs.storage import Folder
 
 POLL_S = 1.0  # the loop wakes at least this often (drains, stall clock, progress)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the remote traceback
+
+
+class Pool(Protocol):
+    """What the scheduler needs of its render actors (jobs/pool.py's ActorPool is the real one)."""
+
+    starting: dict[Any, Any]  # actors not ready yet
+    crash_cause: str | None
+    ever_ready: bool
+
+    @property
+    def usable_count(self) -> int: ...
+    @property
+    def gave_up(self) -> bool: ...
+    def start(self) -> None: ...
+    def shutdown(self) -> None: ...
+    def submit(self, shard: Shard) -> tuple[Any, Any] | None: ...
+    def wait(self, running: list[Any], timeout: float) -> list[Any]: ...
+    def outcome(self, actor_id: Any, ref: Any) -> Outcome: ...
+    def finished(self, actor_id: Any) -> None: ...
+    def watch_drains(self, shard_seconds: float | None) -> None: ...
+    def describe_waiting(self) -> str: ...
+
+
+class Metrics(Protocol):
+    """What the scheduler reports (jobs/metrics.py's DriverMetrics is the real one)."""
+
+    def shard_committed(self, marker: dict[str, Any]) -> None: ...
+    def shard_failed(self) -> None: ...
+    def shard_retried(self, cause: str) -> None: ...
+    def actors(self, ready: int, starting: int) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclass(order=True)
@@ -46,28 +83,26 @@ class _Waiting:
 class ShardScheduler:
     """One run's scheduling state: queues, counted attempts per shard, shards in flight."""
 
-    def __init__(self, spec: JobSpec, out: Folder, progress: Progress, previously_failed: set[int]) -> None:
-        self.spec, self.out, self.progress = spec, out, progress
+    def __init__(self, spec: JobSpec, out: Folder, progress: Progress, previously_failed: set[int], pool: Pool,
+                 metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.spec, self.out, self.progress, self.clock = spec, out, progress, clock
+        self.pool, self.metrics = pool, metrics
         self.previously_failed = previously_failed
         self.ready: deque[Shard] = deque()
         self.waiting: list[_Waiting] = []  # heap: shards waiting out a retry backoff
-        self.attempts: dict[int, int] = {}  # counted attempts (a drained or lost node's do not count)
+        self.attempts: dict[int, int] = {}  # counted attempts of unfinished shards (a drained or lost node's do not count)
         self.running: dict[Any, tuple[Any, Shard]] = {}  # task ref -> (actor id, shard)
         self.shard_seconds: deque[float] = deque(maxlen=20)  # recent shards' time on their actor
         self.stall = StallWatch(spec.stall_timeout)
-        self.pool: ActorPool | None = None
-        self.metrics: DriverMetrics | None = None  # Ray's metrics (jobs/metrics.py), once Ray is up
         self.min_ready = 1
         self.started = False  # latched once min_ready actors were ready
+        self.actors_reported: tuple[int, int] | None = None  # (ready, starting) last shown and sent
 
     def run(self, pending: list[Shard]) -> None:
         """Render every pending shard; each outcome goes to ``progress`` (and _failed/ if failed)."""
         if not pending:
             return
-        target = min(self.spec.workers or 1, len(pending))
-        self.min_ready = min(self.spec.min_workers, target)
-        self.pool = ActorPool(self.spec, target, self._note)
-        self.metrics = DriverMetrics(self.spec.model)
+        self.min_ready = min(self.spec.min_workers, worker_target(self.spec, pending))
         self.ready.extend(pending)
         try:
             self.pool.start()
@@ -78,23 +113,18 @@ class ShardScheduler:
             self.metrics.close()
 
     def _step(self) -> None:
-        import ray
-
         pool = self.pool
         pool.watch_drains(statistics.median(self.shard_seconds) if self.shard_seconds else None)
         self._check_progress()
         self._release_waiting()
         self._submit_ready()
-        self.progress.set_workers(pool.usable_count, len(pool.starting))
-        self.metrics.actors(pool.usable_count, len(pool.starting))
-        refs = [*self.running, *pool.starting]
-        timeout = min(POLL_S, self._seconds_to_next_retry())
-        done, _ = ray.wait(refs, num_returns=1, timeout=timeout) if refs else ([], time.sleep(timeout))
-        for ref in done:
-            if ref in pool.starting:
-                pool.on_started(ref)
-            else:
-                self._on_shard(ref)
+        actors = (pool.usable_count, len(pool.starting))
+        if actors != self.actors_reported:
+            self.actors_reported = actors
+            self.progress.set_workers(*actors)
+            self.metrics.actors(*actors)
+        for ref in pool.wait(list(self.running), min(POLL_S, self._seconds_to_next_retry())):
+            self._on_shard(ref)
 
     # -- stalls --------------------------------------------------------------------------
     def _check_progress(self) -> None:
@@ -104,7 +134,7 @@ class ShardScheduler:
                 raise JobError(f"workers: the render actors could not start ({pool.crash_cause})")
             raise JobStalled(f"no render worker is left: {pool.describe_waiting()}")
         self.started = self.started or pool.usable_count >= self.min_ready
-        stalled = self.stall.check(time.monotonic(), self.started and pool.usable_count > 0, len(self.running))
+        stalled = self.stall.check(self.clock(), self.started and pool.usable_count > 0, len(self.running))
         if stalled is None:
             return
         what, seconds = stalled
@@ -118,14 +148,14 @@ class ShardScheduler:
 
     # -- queues --------------------------------------------------------------------------
     def _release_waiting(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         while self.waiting and self.waiting[0].not_before <= now:
             self.ready.appendleft(heapq.heappop(self.waiting).shard)  # retries go first
 
     def _seconds_to_next_retry(self) -> float:
         if not self.waiting:
             return POLL_S
-        return max(0.0, self.waiting[0].not_before - time.monotonic())
+        return max(0.0, self.waiting[0].not_before - self.clock())
 
     def _submit_ready(self) -> None:
         while self.ready and self.started:
@@ -139,21 +169,19 @@ class ShardScheduler:
 
     # -- outcomes ------------------------------------------------------------------------
     def _on_shard(self, ref: Any) -> None:
-        import ray
-
         actor_id, shard = self.running.pop(ref)
         self.pool.finished(actor_id)
-        try:
-            marker = ray.get(ref)
-        except ray.exceptions.RayError as e:
-            cause = self.pool.lost(actor_id, e) if isinstance(e, ray.exceptions.RayActorError) else nodes.DIED
-            if cause == nodes.DIED:
-                self._on_failure(shard, e)
+        outcome = self.pool.outcome(actor_id, ref)
+        if outcome.error is not None:
+            if outcome.cause == nodes.DIED:
+                self._on_failure(shard, outcome.error)
             else:
-                self._requeue_uncounted(shard, cause)
+                self._requeue_uncounted(shard, outcome.cause)
             return
-        self.stall.shard_finished(time.monotonic())
+        marker = outcome.marker
+        self.stall.shard_finished(self.clock())
         self.shard_seconds.append(marker.get("timings_s", {}).get("total", 0.0))
+        self.attempts.pop(shard.shard_id, None)
         self.progress.record(ShardOutcome(shard.shard_id, shard.num_images, marker=marker))
         self.metrics.shard_committed(marker)
         if shard.shard_id in self.previously_failed:
@@ -172,14 +200,14 @@ class ShardScheduler:
         if retryable and attempts <= self.spec.max_retries:
             delay = backoff_s(attempts)
             self._note(f"shard {shard.shard_id}: {error_text(e)}; retry {attempts}/{self.spec.max_retries} in {delay:.0f} s")
-            heapq.heappush(self.waiting, _Waiting(time.monotonic() + delay, shard))
+            heapq.heappush(self.waiting, _Waiting(self.clock() + delay, shard))
             self.metrics.shard_retried("retry")
             return
-        self.stall.shard_finished(time.monotonic())
+        self.stall.shard_finished(self.clock())
         self._record_failed(shard, error_text(e), _ANSI.sub("", str(e)), retryable)
 
     def _record_failed(self, shard: Shard, error: str, detail: str, retryable: bool) -> None:
-        attempts = self.attempts.get(shard.shard_id, 0)
+        attempts = self.attempts.pop(shard.shard_id, 0)
         try:
             resume.record_failure(self.out, shard, error, detail, attempts, retryable)
         except Exception as e:  # noqa: BLE001 - the shard stays pending without its marker
@@ -191,7 +219,15 @@ class ShardScheduler:
         self.progress.note(f"turbobatch: {message}")
 
 
+def worker_target(spec: JobSpec, pending: list[Shard]) -> int:
+    """How many actors the job starts: --workers, but never more than there are shards."""
+    return min(spec.workers or 1, len(pending))
+
+
 def render_shards(pending: list[Shard], spec: JobSpec, out: Folder, progress: Progress,
                   previously_failed: set[int] = frozenset()) -> None:  # fmt: skip
     """Render every pending shard on RenderWorker actors (see ShardScheduler)."""
-    ShardScheduler(spec, out, progress, set(previously_failed)).run(pending)
+    if not pending:
+        return
+    pool = ActorPool(spec, worker_target(spec, pending), lambda message: progress.note(f"turbobatch: {message}"))
+    ShardScheduler(spec, out, progress, set(previously_failed), pool, DriverMetrics(spec.model)).run(pending)

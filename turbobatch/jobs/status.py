@@ -67,16 +67,27 @@ def device_kinds(markers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     throughput table (jobs/throughput.json)."""
     kinds: dict[str, dict[str, Any]] = {}
     for marker in markers:
-        entry = kinds.setdefault(marker.get("device_kind") or "unknown",
-                                 {"shards": 0, "images": 0, "device_s": 0.0, "images_per_s": None})  # fmt: skip
-        t = marker.get("timings_s", {})
-        entry["shards"] += 1
-        entry["images"] += marker.get("ok", 0)
-        entry["device_s"] += t.get("render", 0.0) + t.get("device_idle_before", 0.0)
-    for entry in kinds.values():
-        entry["device_s"] = round(entry["device_s"], 3)
-        entry["images_per_s"] = round(entry["images"] / entry["device_s"], 2) if entry["device_s"] > 0 else None
-    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]["shards"]))
+        tally_device(kinds, marker)
+    return finish_device_kinds(kinds)
+
+
+def tally_device(kinds: dict[str, dict[str, Any]], marker: dict[str, Any]) -> None:
+    """Add one marker to ``kinds`` (the driver tallies as shards commit, keeping no marker)."""
+    entry = kinds.setdefault(marker.get("device_kind") or "unknown", {"shards": 0, "images": 0, "device_s": 0.0})
+    t = marker.get("timings_s", {})
+    entry["shards"] += 1
+    entry["images"] += marker.get("ok", 0)
+    entry["device_s"] += t.get("render", 0.0) + t.get("device_idle_before", 0.0)
+
+
+def finish_device_kinds(kinds: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The tallies rounded, with images per device-second, most shards first."""
+    done = {}
+    for kind, entry in kinds.items():
+        seconds = round(entry["device_s"], 3)
+        rate = round(entry["images"] / seconds, 2) if seconds > 0 else None
+        done[kind] = {"shards": entry["shards"], "images": entry["images"], "device_s": seconds, "images_per_s": rate}
+    return dict(sorted(done.items(), key=lambda kv: -kv[1]["shards"]))
 
 
 PER_WORKER_RATE = "images/s per worker while rendering (device time)"
