@@ -15,7 +15,7 @@ from typing import Any
 
 from turbobatch.jobs import resume, schedule
 from turbobatch.jobs.card import write_card
-from turbobatch.jobs.cli import parse_render_command
+from turbobatch.jobs.cli import exit_code_of, exit_without_teardown, parse_render_command
 from turbobatch.jobs.cluster import SIGTERM_RECEIVED, ClusterInfo, capacity_note, ray_session, resolve_spec
 from turbobatch.jobs.columns import with_kept_columns
 from turbobatch.jobs.errors import JobError, JobStalled
@@ -152,4 +152,4 @@ def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.r
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(exit_code_of(main))
