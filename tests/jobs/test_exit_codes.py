@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -164,3 +165,16 @@ def test_ctrl_c_to_the_process_group_exits_130(prompts, tmp_path):
         assert_nothing_left(driver.pid)
     finally:
         kill_session(driver.pid)
+
+
+@pytest.mark.slow
+def test_a_plain_local_run_prints_no_warning_it_did_not_cause(tmp_path):
+    """`make demo`'s command on a local Ray: no Ray "Token authentication is enabled" warning (the local Ray
+    gets token auth explicitly: jobs/cluster.py _explicit_auth_mode), no Python warnings, exit 0."""
+    command = [*ENTRY_POINTS[1], "examples/prompts.parquet", str(tmp_path / "demo"), "--model", "tiny-sd-turbo",
+               "--shard-size", "10"]  # fmt: skip
+    result = subprocess.run(command, env=local_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line for line in result.stderr.splitlines() if "WARNING" in line] == []
+    assert re.findall(r"\w+Warning\b.*", result.stderr) == []
+    assert "shards: 5/5 committed" in result.stdout

@@ -70,7 +70,9 @@ def ray_session() -> Iterator[ClusterInfo]:
         return
     with contextlib.ExitStack() as stack:
         local = _starts_local_ray()
-        stack.callback(ray.shutdown)
+        if local:
+            stack.enter_context(_explicit_auth_mode())
+        stack.callback(ray.shutdown)  # runs before the auth mode is restored
         _init_ray(local)
         stack.enter_context(sigterm_interrupts())
         yield cluster_info()
@@ -136,6 +138,37 @@ def _own_process_groups() -> Iterator[None]:
         services.ConsolePopen = original
 
 
+@contextlib.contextmanager
+def _explicit_auth_mode() -> Iterator[None]:
+    """Give the Ray started here the token auth that Ray gives it by default, without Ray's warning.
+
+    A local ``ray.init()`` with RAY_AUTH_MODE unset turns token auth on and warns "Token authentication is enabled
+    for this Ray cluster" on every run; with the mode set it is respected silently
+    (ray/_private/authentication/authentication_token_setup.py enable_token_auth_by_default). Same security as
+    Ray's default (a token in ~/.ray/auth_token, created if missing), one warning less. A mode the user set wins;
+    a cluster the user joins is never touched (this runs only when ``ray.init`` starts a Ray). Ray's C++ config
+    caches the mode when ray is imported, so it is reloaded after each change, as Ray's _enable_token_auth does."""
+    if os.environ.get(AUTH_MODE_ENV) is not None:
+        yield
+        return
+    _set_auth_mode("token")
+    try:
+        yield
+    finally:
+        _set_auth_mode(None)
+
+
+def _set_auth_mode(mode: str | None) -> None:
+    from ray._raylet import Config
+
+    if mode is None:
+        os.environ.pop(AUTH_MODE_ENV, None)
+    else:
+        os.environ[AUTH_MODE_ENV] = mode
+    Config.initialize("")
+
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 # Set when SIGTERM (`ray job stop`, Kubernetes, Slurm, `timeout`) interrupted the driver, so it can say so.
 SIGTERM_RECEIVED = threading.Event()
 # After a SIGTERM the driver ends within this many seconds even when its cleanup hangs (its GCS signalled too, as
