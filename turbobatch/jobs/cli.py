@@ -212,7 +212,8 @@ def exit_without_teardown(code: int) -> NoReturn:
     """End the process with ``code`` once Ray is shut down and every output is flushed, skipping the
     interpreter's teardown: Arrow's thread pools can abort it ("terminate called without an active exception",
     exit 134 after the work is done: apache/arrow#34314). Seen after ``verify`` had printed "ok", and in 2 of
-    37 runs of a render with duplicate keys (the key check reads the key column with Arrow's threads).
+    37 runs of a render with duplicate keys (1 of 40 when measured again; the key check reads the key column with
+    Arrow's threads).
 
     What teardown would still do is done here first: Ray shut down (a no-op after render's ray_session),
     atexit handlers run (logging flushes its handlers there), stdout and stderr flushed."""
