@@ -15,8 +15,9 @@ from typing import Any
 
 from turbobatch.jobs import resume, schedule
 from turbobatch.jobs.card import write_card
-from turbobatch.jobs.cli import parse_render_command
-from turbobatch.jobs.cluster import SIGTERM_RECEIVED, ClusterInfo, capacity_note, ray_session, resolve_spec
+from turbobatch.jobs.cli import exit_code_of, exit_without_teardown, parse_render_command
+from turbobatch.jobs.cluster import (SIGTERM_RECEIVED, TERMINATED_MESSAGE, ClusterInfo, capacity_note, ray_session,
+                                     resolve_spec, sigterm_interrupts)
 from turbobatch.jobs.columns import with_kept_columns
 from turbobatch.jobs.errors import JobError, JobStalled
 from turbobatch.jobs.expand import images_per_row
@@ -135,22 +136,28 @@ def run(spec: JobSpec) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.render") -> int:
-    try:
-        spec, options = parse_render_command(argv, prog)
-        if options.dry_run or options.calibrate:
-            from turbobatch.jobs.dryrun import dry_run
+    """Run the job and return its exit code: 0 done, 1 failed shards or stalled, 2 bad job, 130 Ctrl-C, 143 SIGTERM.
 
-            return dry_run(spec, options)
-        return run(spec)
-    except JobError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_JOB
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM once Ray runs (jobs/cluster.py)
-        terminated = SIGTERM_RECEIVED.is_set()
-        what = "terminated" if terminated else "interrupted"
-        print(f"\n{what}: committed shards are kept; run the same command again to resume", file=sys.stderr)
-        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    SIGTERM is handled from the first line (jobs/cluster.py sigterm_interrupts), so it gives 143 and the resume
+    line in every step, and the driver ends within cluster.TERMINATE_GRACE_S of it even if Ray's shutdown hangs."""
+    with sigterm_interrupts():
+        try:
+            spec, options = parse_render_command(argv, prog)
+            if options.dry_run or options.calibrate:
+                from turbobatch.jobs.dryrun import dry_run
+
+                return dry_run(spec, options)
+            return run(spec)
+        except JobError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_JOB
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (jobs/cluster.py); Ray is shut down by now
+            if SIGTERM_RECEIVED.is_set():
+                print(f"\n{TERMINATED_MESSAGE}", file=sys.stderr)
+                return EXIT_TERMINATED
+            print("\ninterrupted: committed shards are kept; run the same command again to resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(exit_code_of(main))
