@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from turbobatch.jobs.sampling import SamplingParams
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.spec.sampling import SamplingParams
+from turbobatch.spec.job import JobSpec
 from turbobatch.workers.actor import RenderWorker
 
 

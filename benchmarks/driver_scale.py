@@ -1,9 +1,9 @@
 """The driver alone at cluster scale: can one driver keep 1,000 GPUs busy?
 
-Two measurements, both of the real scheduler (jobs/schedule.py) and the real ActorPool logic
-(jobs/pool.py: actor choice, drains, losses, replacements):
+Two measurements, both of the real scheduler (jobs/run/schedule.py) and the real ActorPool logic
+(jobs/run/pool.py: actor choice, drains, losses, replacements):
 
-1. **Simulated**: a pool whose Ray calls (jobs/pool.py's ``_wait``, ``_get``, ``_kill``,
+1. **Simulated**: a pool whose Ray calls (jobs/run/pool.py's ``_wait``, ``_get``, ``_kill``,
    ``_draining_nodes``, ``_new_actor``, ``_loss_cause``) are an event simulation in simulated time:
    1,000 actors on 125 nodes of 8, 2 shards in flight each, shard times drawn around a mean, some
    actors dying, some nodes draining, a few shards failing (bugs, and storage timeouts that are
@@ -36,13 +36,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from turbobatch.jobs import nodes  # noqa: E402
-from turbobatch.jobs.plan import Shard  # noqa: E402
-from turbobatch.jobs.pool import ActorPool, Worker  # noqa: E402
-from turbobatch.jobs.progress import Progress  # noqa: E402
-from turbobatch.jobs.schedule import ShardScheduler  # noqa: E402
-from turbobatch.jobs.spec import JobSpec  # noqa: E402
-from turbobatch.jobs.storage import Folder  # noqa: E402
+from turbobatch.jobs.run import nodes# noqa: E402
+from turbobatch.jobs.prepare.plan import Shard# noqa: E402
+from turbobatch.jobs.run.pool import ActorPool, Worker# noqa: E402
+from turbobatch.jobs.run.progress import Progress# noqa: E402
+from turbobatch.jobs.run.schedule import ShardScheduler# noqa: E402
+from turbobatch.spec.job import JobSpec# noqa: E402
+from turbobatch.output.storage import Folder# noqa: E402
 
 GPUS_PER_NODE = 8
 
@@ -288,7 +288,7 @@ def real_ray(shards: int, actors: int, in_flight: int, mean_s: float) -> dict[st
     progress bar and Ray metrics."""
     import ray
 
-    from turbobatch.jobs.metrics import DriverMetrics
+    from turbobatch.jobs.run.metrics import DriverMetrics
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:

@@ -55,7 +55,7 @@ def main() -> None:
     """FLOPs per 512x512 1-step image of both turbo models, with their VAE and with a TAESD decoder."""
     from types import SimpleNamespace
 
-    from turbobatch.workers.random_weights import RANDOM_MODELS, build_components, tiny_autoencoder
+    from turbobatch.models.random_weights import RANDOM_MODELS, build_components, tiny_autoencoder
 
     print("| model | decoder | text encoders | UNet | decode | total |\n|---|---|---|---|---|---|")
     for model in RANDOM_MODELS:

@@ -10,7 +10,7 @@ start-up and the first batch's warm-up fall outside. Runs alternate a, b, a, b, 
 median ratio of each marginal throughput to the mean of the two loops around it is printed, with
 the end-to-end ratio and the fixed cost (end-to-end time minus the images at the marginal rate).
 
-Then the actor's profile, from the done markers' ``timings_s`` of the last run (jobs/status.py):
+Then the actor's profile, from the done markers' ``timings_s`` of the last run (jobs/inspect/status.py):
 the share of device time spent in pipeline calls and where the rest went.
 
     .venv/bin/python benchmarks/overhead.py --rows 960 --runs 3 --batch-size 8
@@ -36,9 +36,9 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from turbobatch.jobs.render import main as render  # noqa: E402
-from turbobatch.jobs.status import profile_line, summed_timings  # noqa: E402
-from turbobatch.workers.tiny import tiny_model_path  # noqa: E402
+from turbobatch.jobs.run.render import main as render# noqa: E402
+from turbobatch.jobs.inspect.status import profile_line, summed_timings# noqa: E402
+from turbobatch.models.tiny import tiny_model_path# noqa: E402
 
 SIZE = 64
 
@@ -66,7 +66,7 @@ def system(data: Path, out: Path, shard_size: int, batch: int) -> tuple[float, f
                    "--height", str(SIZE), "--width", str(SIZE), "--batch-size", str(batch)])  # fmt: skip
     elapsed = time.perf_counter() - started
     if code != 0:
-        raise SystemExit(f"jobs.render exited {code}")
+        raise SystemExit(f"turbobatch render exited {code}")
     markers = [json.loads(p.read_text()) for p in (out / "_done").glob("*.json")]
     commits = sorted((datetime.fromisoformat(m["committed_at"]), m["ok"]) for m in markers)
     marginal = sum(ok for _, ok in commits[1:]) / (commits[-1][0] - commits[0][0]).total_seconds()

@@ -1,10 +1,10 @@
-"""jobs.render against the Ray Data script a new user would write, end to end, on this CPU.
+"""turbobatch render against the Ray Data script a new user would write, end to end, on this CPU.
 
 (a) Ray Data: ``read_parquet -> map_batches(a class holding the pipeline, batch_size=B,
     concurrency=1) -> write_parquet`` of PNG bytes (the script below, as a new user writes it
     from Ray's docs: its actor gets Ray's default of 1 CPU, so torch runs 1 thread; asking for
     the machine's 2 CPUs left no CPU for the read tasks and the job hung here);
-(b) ``python -m turbobatch.jobs.render`` with 1 worker: the same rows, model, size and batch size, into tars,
+(b) ``python -m turbobatch.jobs.run.render`` with 1 worker: the same rows, model, size and batch size, into tars,
     metadata and done markers.
 Each run is a fresh process (Ray start and model load included), alternating a, b, a, b, ...;
 the median wall times and their ratio are printed.
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 RAY_DATA_SCRIPT = '''
 import io, sys, ray, torch
 from diffusers import AutoPipelineForText2Image
-from turbobatch.workers.tiny import tiny_model_path
+from turbobatch.models.tiny import tiny_model_path
 
 src, dst, size, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 
@@ -82,7 +82,7 @@ def main() -> None:
         shutil.rmtree(work / "b", ignore_errors=True)
         ray_data.append(timed([sys.executable, str(script), str(data), str(work / "a"), str(args.size),
                                str(args.batch_size)]))  # fmt: skip
-        turbobatch.append(timed([sys.executable, "-m", "turbobatch.jobs.render", str(data), str(work / "b"), "--model",
+        turbobatch.append(timed([sys.executable, "-m", "turbobatch.jobs.run.render", str(data), str(work / "b"), "--model",
                                  "tiny-sd-turbo", "--workers", "1", "--height", str(args.size), "--width",
                                  str(args.size), "--batch-size", str(args.batch_size), "--shard-size", "120"]))
         print(f"run {i + 1}: Ray Data script {ray_data[-1]:.1f} s, jobs.render {turbobatch[-1]:.1f} s", flush=True)

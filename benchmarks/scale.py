@@ -1,7 +1,7 @@
 """Planning and resume at scale: 10M rows in 1,000 Parquet files, 10,000 done markers.
 
-Plans by reading footers only (jobs/inputs.py + jobs/plan.py) and computes resume state from one
-listing of _done/ (jobs/resume.py), locally and on moto's S3 server through the counting proxy,
+Plans by reading footers only (jobs/prepare/inputs.py + jobs/prepare/plan.py) and computes resume state from one
+listing of _done/ (jobs/prepare/resume.py), locally and on moto's S3 server through the counting proxy,
 where the listing is paged (1,000 keys a page). Prints seconds and listing calls.
 
     .venv/bin/python benchmarks/scale.py --files 1000 --rows-per-file 10000 --markers 10000
@@ -21,10 +21,11 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from benchmarks.local_s3 import local_s3, options  # noqa: E402
-from turbobatch.jobs import layout, resume  # noqa: E402
-from turbobatch.jobs.inputs import scan_inputs  # noqa: E402
-from turbobatch.jobs.plan import make_plan  # noqa: E402
-from turbobatch.jobs.storage import Folder  # noqa: E402
+from turbobatch.output import layout
+from turbobatch.jobs.prepare import resume# noqa: E402
+from turbobatch.jobs.prepare.inputs import scan_inputs# noqa: E402
+from turbobatch.jobs.prepare.plan import make_plan# noqa: E402
+from turbobatch.output.storage import Folder# noqa: E402
 
 
 class CountingFolder(Folder):

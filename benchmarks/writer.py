@@ -1,6 +1,6 @@
 """Encode + write throughput of 512x512 images: PNG, JPEG and WebP, one thread and the pool.
 
-Uses the worker's own encoder (workers/encode.py), output folder (jobs/storage.py) and pool
+Uses the worker's own encoder (workers/sinks/encode.py), output folder (output/storage.py) and pool
 size (workers/actor.py ENCODE_THREADS). Random-ish images: smooth gradients plus noise, so PNG
 and WebP do real work.
 
@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from turbobatch.jobs.spec import DEFAULT_QUALITY, IMAGE_EXTENSIONS  # noqa: E402
-from turbobatch.jobs.storage import Folder  # noqa: E402
+from turbobatch.spec.job import DEFAULT_QUALITY, IMAGE_EXTENSIONS# noqa: E402
+from turbobatch.output.storage import Folder# noqa: E402
 from turbobatch.workers.actor import ENCODE_THREADS  # noqa: E402
-from turbobatch.workers.encode import encode_image  # noqa: E402
+from turbobatch.workers.sinks.encode import encode_image# noqa: E402
 
 
 def images(n: int, size: int = 512) -> list[np.ndarray]:

@@ -30,7 +30,7 @@ def write_parquet(path: Path, columns: dict[str, list[Any]], row_group_size: int
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    from turbobatch.workers.tiny import tiny_model_path
+    from turbobatch.models.tiny import tiny_model_path
 
     return tiny_model_path("tiny-sd-turbo")
 
@@ -95,7 +95,7 @@ def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def no_actors(monkeypatch: pytest.MonkeyPatch) -> None:
     """Bad jobs must stop before any actor starts: starting the actor pool fails the test."""
-    from turbobatch.jobs import pool
+    from turbobatch.jobs.run import pool
 
     def forbidden(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("an actor was started for a bad job")

@@ -1,4 +1,4 @@
-"""A scripted stand-in for jobs/pool.py's ActorPool, so the scheduler's logic (requeue, retries,
+"""A scripted stand-in for jobs/run/pool.py's ActorPool, so the scheduler's logic (requeue, retries,
 stalls, ordering, --min-workers) tests in milliseconds without Ray.
 
 Time is simulated: ``wait`` ends the oldest in-flight shard at once (with the outcome the test
@@ -12,9 +12,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from turbobatch.jobs import nodes
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.pool import Outcome
+from turbobatch.jobs.run import nodes
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.jobs.run.pool import Outcome
 
 OK = "ok"
 

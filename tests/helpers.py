@@ -153,7 +153,7 @@ def metadata_without_timings(out: Path) -> list[dict]:
 
 def assert_complete_and_clean(out: Path, shards: int, rows: int, images_per_row: int = 1) -> None:
     """Every shard committed, every row's images once, every object whole and marked, nothing left over."""
-    from turbobatch.jobs.storage import TEMP_MARK
+    from turbobatch.output.storage import TEMP_MARK
 
     done = sorted(p.name for p in (out / "_done").iterdir())
     assert done == [f"{i:06d}.json" for i in range(shards)]

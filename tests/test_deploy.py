@@ -131,7 +131,7 @@ def test_a_lost_node_costs_only_its_in_flight_shards(tiny_model_dir: Path, tmp_p
         wait_for(lambda: "/2.0 CPU" in head.ray("status", "--address", head.gcs_address), 60, "the second node")
         env = {**head.env, "RAY_ADDRESS": head.gcs_address, "TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"],
                "HF_HUB_OFFLINE": "1", faults.ENV: json.dumps({"delay_s": 0.4})}  # fmt: skip
-        driver = subprocess.Popen([sys.executable, "-m", "turbobatch.jobs.render", str(data), str(out), "--model", "tiny-sd-turbo",
+        driver = subprocess.Popen([sys.executable, "-m", "turbobatch.jobs.run.render", str(data), str(out), "--model", "tiny-sd-turbo",
                                    "--shard-size", "4", "--workers", "2", "--max-retries", "0", *SIZE],
                                   cwd=REPO, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip

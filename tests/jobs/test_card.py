@@ -11,9 +11,9 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard
 
 from turbobatch.jobs import card
-from turbobatch.jobs.columns import encode_schema
-from turbobatch.jobs.features import features_yaml
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.output.columns import encode_schema
+from turbobatch.output.features import features_yaml
+from turbobatch.spec.job import JobSpec
 
 SECRET = "card-test-secret-5e1"
 

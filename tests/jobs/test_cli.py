@@ -11,7 +11,7 @@ import pytest
 
 from turbobatch.jobs.cli import main as turbobatch
 from turbobatch.jobs.cli import parse_render_args
-from turbobatch.jobs.errors import JobError
+from turbobatch.errors import JobError
 from tests.conftest import REPO
 
 COMMAND_LINES = ("    render    render a Parquet prompt dataset", "    status    show where a job stands",
@@ -61,7 +61,7 @@ def _run(*cmd: str) -> subprocess.CompletedProcess:
 
 
 def test_each_entry_point_names_itself():
-    """The installed command, ``python -m turbobatch`` and ``python -m turbobatch.jobs.render``."""
+    """The installed command, ``python -m turbobatch`` and ``python -m turbobatch.jobs.run.render``."""
     script = str(Path(sys.executable).parent / "turbobatch")
     done = _run(script, "--help")
     assert done.returncode == 0 and done.stdout.startswith("usage: turbobatch [-h] COMMAND"), done.stderr
@@ -73,5 +73,5 @@ def test_each_entry_point_names_itself():
     assert done.returncode == 2 and "usage: turbobatch render INPUT OUTPUT" in done.stderr, done.stderr
     done = _run(sys.executable, "-m", "turbobatch", "render")
     assert done.returncode == 2 and "usage: python -m turbobatch render INPUT OUTPUT" in done.stderr, done.stderr
-    done = _run(sys.executable, "-m", "turbobatch.jobs.render")
-    assert done.returncode == 2 and "usage: python -m turbobatch.jobs.render INPUT OUTPUT" in done.stderr, done.stderr
+    done = _run(sys.executable, "-m", "turbobatch.jobs.run.render")
+    assert done.returncode == 2 and "usage: python -m turbobatch.jobs.run.render INPUT OUTPUT" in done.stderr, done.stderr

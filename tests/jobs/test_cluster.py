@@ -1,11 +1,11 @@
-"""resolve_spec (jobs/cluster.py): worker resources and what may wait for the cluster to grow."""
+"""resolve_spec (jobs/run/cluster.py): worker resources and what may wait for the cluster to grow."""
 
 import pytest
 
-from turbobatch.jobs.cluster import ClusterInfo, actor_resources, capacity_note, resolve_spec
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.workers.models import ModelInfo
+from turbobatch.jobs.run.cluster import ClusterInfo, actor_resources, capacity_note, resolve_spec
+from turbobatch.errors import JobError
+from turbobatch.spec.job import JobSpec
+from turbobatch.models.resolve import ModelInfo
 
 MODEL = ModelInfo("m", "m", "StableDiffusionPipeline", 512, 512, 1024, None, 4, 8)
 CPU_NODE = {"CPU": 2.0}
@@ -85,7 +85,7 @@ def test_an_autoscaler_whose_node_types_cannot_hold_an_actor_fails_the_job_at_on
         env = {**head.env, "RAY_ADDRESS": head.gcs_address, "TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"],
                "HF_HUB_OFFLINE": "1"}  # fmt: skip
         subprocess.run([sys.executable, "-c", PUBLISH_NODE_TYPES], env=env, timeout=120, check=True)
-        result = subprocess.run([sys.executable, "-m", "turbobatch.jobs.render", str(data), str(tmp_path / "out"), "--model",
+        result = subprocess.run([sys.executable, "-m", "turbobatch.jobs.run.render", str(data), str(tmp_path / "out"), "--model",
                                  "tiny-sd-turbo", "--worker-cpus", "2", "--stall-timeout", "3600"], cwd=REPO, env=env,
                                 capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from turbobatch.jobs import render as render_module
-from turbobatch.jobs.columns import (METADATA_SCHEMA, data_schema, kept_schema, kept_values, metadata_schema,
-                          with_kept_columns)  # fmt: skip
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.inputs import scan_inputs
-from turbobatch.jobs.render import main as render
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.run import render as render_module
+from turbobatch.output.columns import (METADATA_SCHEMA, data_schema, kept_schema, kept_values, metadata_schema, with_kept_columns)  # fmt: skip
+from turbobatch.errors import JobError
+from turbobatch.jobs.prepare.inputs import scan_inputs
+from turbobatch.jobs.run.render import main as render
+from turbobatch.spec.job import JobSpec
 from tests.conftest import write_parquet
 
 
@@ -172,7 +171,7 @@ def test_bad_kept_columns_stop_the_job_before_any_actor(tmp_path, monkeypatch, c
 
 
 def test_a_resume_with_other_kept_columns_is_a_changed_job(two_files):
-    from turbobatch.jobs.plan import describe_changes, fingerprint
+    from turbobatch.jobs.prepare.plan import describe_changes, fingerprint
 
     files = scan_inputs(str(two_files))
     first, again = resolve(two_files, keep_columns="*"), resolve(two_files, keep_columns="label,category,tags,box,extra,flag")

@@ -1,4 +1,4 @@
-"""The throughput table (jobs/throughput.json) and the estimate (jobs/estimate.py), without Ray."""
+"""The throughput table (jobs/estimate/throughput.json) and the estimate (jobs/estimate/estimate.py), without Ray."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import tomllib
 
 import pytest
 
-from turbobatch.jobs import estimate as est
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.estimate import estimate as est
+from turbobatch.spec.job import JobSpec
 from tests.conftest import REPO
 
 SD, SDXL = "StableDiffusionPipeline", "StableDiffusionXLPipeline"
@@ -115,9 +115,9 @@ def test_the_table_is_built_from_docs_benchmarks_and_ships_with_the_package():
     for family in ("sd", "sdxl"):
         for value in (table["flops_per_image_512"][family]["text_encoders"], table["flops_per_image_512"][family]["unet"]):
             assert re.search(rf"\b{value} TFLOP\b", benchmarks), value
-    assert "jobs/throughput.json" in benchmarks  # BENCHMARKS says where the table lives and how to extend it
+    assert "jobs/estimate/throughput.json" in benchmarks  # BENCHMARKS says where the table lives and how to extend it
     package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert "throughput.json" in package_data["turbobatch.jobs"]
+    assert "throughput.json" in package_data["turbobatch.jobs.estimate"]
 
 
 def test_what_the_estimate_prints_names_versions_and_dates_not_issue_numbers():

@@ -30,7 +30,7 @@ RESUME_LINE = "terminated: committed shards are kept; run the same command again
 # The three ways to run a render; PYTHONPATH (local_env) makes the installed command run this checkout.
 ENTRY_POINTS = ([str(Path(sys.executable).parent / "turbobatch"), "render"],
                 [sys.executable, "-m", "turbobatch", "render"],
-                [sys.executable, "-m", "turbobatch.jobs.render"])  # fmt: skip
+                [sys.executable, "-m", "turbobatch.jobs.run.render"])  # fmt: skip
 
 
 def local_env(**extra: str) -> dict[str, str]:
@@ -170,7 +170,7 @@ def test_ctrl_c_to_the_process_group_exits_130(prompts, tmp_path):
 @pytest.mark.slow
 def test_a_plain_local_run_prints_no_warning_it_did_not_cause(tmp_path):
     """`make demo`'s command on a local Ray: no Ray "Token authentication is enabled" warning (the local Ray
-    gets token auth explicitly: jobs/cluster.py _explicit_auth_mode), no Python warnings, exit 0."""
+    gets token auth explicitly: jobs/run/cluster.py _explicit_auth_mode), no Python warnings, exit 0."""
     command = [*ENTRY_POINTS[1], "examples/prompts.parquet", str(tmp_path / "demo"), "--model", "tiny-sd-turbo",
                "--shard-size", "10"]  # fmt: skip
     result = subprocess.run(command, env=local_env(), cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -1,4 +1,4 @@
-"""jobs/expand.py: the image order, seeds and keys of an expanded job, and the sweep as given."""
+"""spec/expand.py: the image order, seeds and keys of an expanded job, and the sweep as given."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pyarrow as pa
 import pytest
 
 from turbobatch.jobs.cli import parse_render_args
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.expand import Expansion, merge_sweeps, normalize_sweep, sweep_schema
-from turbobatch.jobs.inputs import InputFile
-from turbobatch.jobs.plan import describe_changes, fingerprint, make_plan
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.errors import JobError
+from turbobatch.spec.expand import Expansion, merge_sweeps, normalize_sweep, sweep_schema
+from turbobatch.jobs.prepare.inputs import InputFile
+from turbobatch.jobs.prepare.plan import describe_changes, fingerprint, make_plan
+from turbobatch.spec.job import JobSpec
 
 SWEEP = [["steps", [1, 2]], ["style", ["ink", "oil", "chalk"]]]
 

@@ -1,4 +1,4 @@
-"""jobs/features.py declares what `datasets` itself makes of the same Arrow schema."""
+"""output/features.py declares what `datasets` itself makes of the same Arrow schema."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import datasets  # a test extra: the real consumer library
 import pyarrow as pa
 import pytest
 
-from turbobatch.jobs.columns import IMAGE_TYPE, data_schema, metadata_schema
-from turbobatch.jobs.features import features_dict, features_yaml, with_features_metadata
+from turbobatch.output.columns import IMAGE_TYPE, data_schema, metadata_schema
+from turbobatch.output.features import features_dict, features_yaml, with_features_metadata
 
 KEPT = pa.schema([
     ("i8", pa.int8()), ("u64", pa.uint64()), ("f32", pa.float32()), ("f64", pa.float64()), ("b", pa.bool_()),

@@ -1,4 +1,4 @@
-"""jobs/globs.py: whether two fsspec globs share a path, checked against fsspec's own matching."""
+"""jobs/prepare/globs.py: whether two fsspec globs share a path, checked against fsspec's own matching."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import pytest
 from fsspec.utils import glob_translate
 
-from turbobatch.jobs.globs import may_overlap
+from turbobatch.jobs.prepare.globs import may_overlap
 
 # Every string of up to 5 characters over this alphabet: where two globs of these letters overlap, a
 # short witness exists, so brute force over it is the oracle.

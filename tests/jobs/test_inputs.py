@@ -1,9 +1,9 @@
 import pyarrow as pa
 import pytest
 
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.inputs import check_columns, scan_inputs
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.errors import JobError
+from turbobatch.jobs.prepare.inputs import check_columns, scan_inputs
+from turbobatch.spec.job import JobSpec
 from tests.conftest import write_parquet
 
 

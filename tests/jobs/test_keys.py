@@ -1,8 +1,8 @@
 import pytest
 
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.inputs import scan_inputs
-from turbobatch.jobs.keys import MAX_KEY_CHARS, check_unique_keys, index_key, sanitize_key
+from turbobatch.errors import JobError
+from turbobatch.jobs.prepare.inputs import scan_inputs
+from turbobatch.output.keys import MAX_KEY_CHARS, check_unique_keys, index_key, sanitize_key
 from tests.conftest import write_parquet
 
 

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from turbobatch.jobs import resume
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.render import main
-from turbobatch.jobs.storage import Folder
+from turbobatch.jobs.prepare import resume
+from turbobatch.errors import JobError
+from turbobatch.jobs.run.render import main
+from turbobatch.output.storage import Folder
 from tests.conftest import s3_options, write_parquet
 from tests.jobs.test_output_in_input import tree
 

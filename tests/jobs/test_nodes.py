@@ -1,6 +1,6 @@
-"""Pure helpers of jobs/nodes.py: what fits where, and how a waiting actor is explained."""
+"""Pure helpers of jobs/run/nodes.py: what fits where, and how a waiting actor is explained."""
 
-from turbobatch.jobs.nodes import describe, pending_reason, room, slots
+from turbobatch.jobs.run.nodes import describe, pending_reason, room, slots
 
 
 def test_slots_take_the_scarcest_resource_and_allow_fractions():

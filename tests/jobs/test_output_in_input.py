@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.inputs import check_output_apart
-from turbobatch.jobs.render import main
-from turbobatch.jobs.storage import Folder
+from turbobatch.errors import JobError
+from turbobatch.jobs.prepare.inputs import check_output_apart
+from turbobatch.jobs.run.render import main
+from turbobatch.output.storage import Folder
 from tests.conftest import s3_options, write_parquet
 
 TINY = ["--model", "tiny-sd-turbo", "--height", "32", "--width", "32", "--shard-size", "2"]

@@ -1,6 +1,6 @@
-from turbobatch.jobs.inputs import InputFile
-from turbobatch.jobs.plan import describe_changes, fingerprint, make_plan
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.prepare.inputs import InputFile
+from turbobatch.jobs.prepare.plan import describe_changes, fingerprint, make_plan
+from turbobatch.spec.job import JobSpec
 
 
 def files(*rows: int) -> list[InputFile]:

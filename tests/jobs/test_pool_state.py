@@ -1,4 +1,4 @@
-"""jobs/pool.py's bookkeeping without Ray: its Ray calls (``_new_actor``, ``_get``, ``_kill``,
+"""jobs/run/pool.py's bookkeeping without Ray: its Ray calls (``_new_actor``, ``_get``, ``_kill``,
 ``_draining_nodes``, ``_loss_cause``) answered in process. The real-cluster behaviour is in test_pool.py."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from turbobatch.jobs import nodes
-from turbobatch.jobs.pool import ActorPool
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.run import nodes
+from turbobatch.jobs.run.pool import ActorPool
+from turbobatch.spec.job import JobSpec
 
 
 class ActorId(bytes):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from turbobatch.jobs import progress as progress_module
-from turbobatch.jobs.progress import Progress, ShardOutcome
+from turbobatch.jobs.run import progress as progress_module
+from turbobatch.jobs.run.progress import Progress, ShardOutcome
 
 
 def marker(shard: int, ok: int, render_s: float) -> dict:

@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from turbobatch.jobs.render import main
+from turbobatch.jobs.run.render import main
 from tests.conftest import write_parquet
-from turbobatch.workers.dataset_parquet import ROW_GROUP_ROWS
+from turbobatch.workers.sinks.parquet import ROW_GROUP_ROWS
 
 pytestmark = pytest.mark.slow
 SIZE = ["--height", "48", "--width", "40"]  # PIL size (40, 48)

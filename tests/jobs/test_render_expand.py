@@ -15,10 +15,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from turbobatch.jobs import layout
-from turbobatch.jobs.render import main
-from turbobatch.jobs.status import main as status
-from turbobatch.jobs.verify import main as verify
+from turbobatch.output import layout
+from turbobatch.jobs.run.render import main
+from turbobatch.jobs.inspect.status import main as status
+from turbobatch.jobs.inspect.verify import main as verify
 from tests.conftest import REPO, write_parquet
 from tests.helpers import (
     assert_complete_and_clean,
@@ -183,7 +183,7 @@ def test_a_killed_expanded_driver_is_finished_by_the_same_command(tmp_path):
             "--images-per-prompt", "3", "--sweep", "steps=1,2"]  # 8 rows x 6 = 48 images, 6 shards  # fmt: skip
 
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "turbobatch.jobs.render", str(prompts), str(out), *args]
+        return [sys.executable, "-m", "turbobatch.jobs.run.render", str(prompts), str(out), *args]
 
     reference = tmp_path / "reference"
     first = subprocess.run(command(reference), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

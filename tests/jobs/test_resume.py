@@ -1,11 +1,12 @@
 import pytest
 
-from turbobatch.jobs import layout, resume
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.inputs import InputFile
-from turbobatch.jobs.plan import fingerprint, make_plan
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.storage import Folder
+from turbobatch.output import layout
+from turbobatch.jobs.prepare import resume
+from turbobatch.errors import JobError
+from turbobatch.jobs.prepare.inputs import InputFile
+from turbobatch.jobs.prepare.plan import fingerprint, make_plan
+from turbobatch.spec.job import JobSpec
+from turbobatch.output.storage import Folder
 
 FILES = [InputFile("file:///d/a.parquet", 10, 5, {"prompt": "string"})]
 

@@ -7,8 +7,8 @@ import socket
 import pytest
 from botocore.exceptions import ClientError
 
-from turbobatch.jobs.retry import InfrastructureError, backoff_s, is_retryable
-from turbobatch.jobs.storage import Folder
+from turbobatch.jobs.run.retry import InfrastructureError, backoff_s, is_retryable
+from turbobatch.output.storage import Folder
 from tests.helpers import corrupt_parquet
 
 

@@ -1,9 +1,9 @@
-"""jobs/sampling.py: one rule set for the sampling parameters, in flags, sweeps and rows."""
+"""spec/sampling.py: one rule set for the sampling parameters, in flags, sweeps and rows."""
 
 import pytest
 
-from turbobatch.jobs import sampling
-from turbobatch.jobs.sampling import SamplingParams
+from turbobatch.spec import sampling
+from turbobatch.spec.sampling import SamplingParams
 
 
 @pytest.mark.parametrize("name, value, why", [

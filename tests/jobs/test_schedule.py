@@ -1,4 +1,4 @@
-"""jobs/schedule.py's logic against a fake pool (tests/fakepool.py): no Ray, milliseconds each.
+"""jobs/run/schedule.py's logic against a fake pool (tests/fakepool.py): no Ray, milliseconds each.
 What only a real cluster shows (actors dying, nodes draining in Ray's GCS) stays in test_pool.py
 and test_fault_tolerance.py."""
 
@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from tests.fakepool import OK, FakePool, RecordingMetrics, shards
-from turbobatch.jobs import layout, nodes, schedule
-from turbobatch.jobs.errors import JobError, JobStalled
-from turbobatch.jobs.progress import Progress
-from turbobatch.jobs.retry import InfrastructureError
-from turbobatch.jobs.schedule import ShardScheduler
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.storage import Folder
+from turbobatch.output import layout
+from turbobatch.jobs.run import nodes, schedule
+from turbobatch.errors import JobError, JobStalled
+from turbobatch.jobs.run.progress import Progress
+from turbobatch.jobs.run.retry import InfrastructureError
+from turbobatch.jobs.run.schedule import ShardScheduler
+from turbobatch.spec.job import JobSpec
+from turbobatch.output.storage import Folder
 
 
 def run(tmp_path: Path, pool: FakePool, n: int = 6, previously_failed: set[int] = frozenset(), **spec_fields):

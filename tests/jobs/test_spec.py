@@ -3,8 +3,8 @@ import json
 import pytest
 
 from turbobatch.jobs.cli import parse_render_args
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.errors import JobError
+from turbobatch.spec.job import JobSpec
 
 
 def parse(*argv: str) -> JobSpec:
@@ -128,7 +128,7 @@ def test_yaml_wrong_type_is_named(tmp_path):
 
 
 def test_missing_input_and_output_are_errors():
-    with pytest.raises(JobError, match="input: missing; usage: python -m turbobatch.jobs.render INPUT OUTPUT"):
+    with pytest.raises(JobError, match="input: missing; usage: python -m turbobatch.jobs.run.render INPUT OUTPUT"):
         parse_render_args([])
 
 

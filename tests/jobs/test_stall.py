@@ -1,6 +1,6 @@
-"""The stall rule (jobs/stall.py), on a hand-driven clock."""
+"""The stall rule (jobs/run/stall.py), on a hand-driven clock."""
 
-from turbobatch.jobs.stall import NO_ACTOR, NO_COMMIT, StallWatch
+from turbobatch.jobs.run.stall import NO_ACTOR, NO_COMMIT, StallWatch
 
 
 def test_no_ready_actor_for_the_timeout_stalls():

@@ -1,6 +1,6 @@
 """Start-up over actors, from their first done markers."""
 
-from turbobatch.jobs.startup import startup_line, startup_report
+from turbobatch.jobs.inspect.startup import startup_line, startup_report
 
 
 def first_marker(fetch, load, first_batch, *actions, size=2**20, kind="NVIDIA H200"):

@@ -1,6 +1,6 @@
 import pytest
 
-from turbobatch.jobs.storage import TEMP_MARK, Folder
+from turbobatch.output.storage import TEMP_MARK, Folder
 
 
 def test_atomic_writer_leaves_nothing_when_the_block_fails(tmp_path):

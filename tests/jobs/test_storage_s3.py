@@ -11,10 +11,11 @@ import time
 
 import pytest
 
-from turbobatch.jobs import layout, resume
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.inputs import scan_inputs
-from turbobatch.jobs.storage import Folder
+from turbobatch.output import layout
+from turbobatch.jobs.prepare import resume
+from turbobatch.errors import JobError
+from turbobatch.jobs.prepare.inputs import scan_inputs
+from turbobatch.output.storage import Folder
 from tests.conftest import REPO, s3_options
 from tests.faultproxy import FaultProxy
 from tests.helpers import wait_for
@@ -87,7 +88,7 @@ def test_access_denied_is_named(s3_with_auth):
 
 UPLOAD_WRITER = """
 import os, sys, json
-from turbobatch.jobs.storage import Folder
+from turbobatch.output.storage import Folder
 out = Folder(sys.argv[1], json.loads(sys.argv[2]))
 out.write_bytes("shards/000003.tar", os.urandom(101 * 2**20))  # over 2 x 50 MiB: s3fs uploads in parts
 """

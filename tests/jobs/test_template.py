@@ -1,13 +1,13 @@
-"""jobs/template.py: a prompt built from a row's columns; checked against the inputs, then per row."""
+"""spec/template.py: a prompt built from a row's columns; checked against the inputs, then per row."""
 
 from __future__ import annotations
 
 import pytest
 
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.inputs import InputFile, check_columns
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.template import Template
+from turbobatch.errors import JobError
+from turbobatch.jobs.prepare.inputs import InputFile, check_columns
+from turbobatch.spec.job import JobSpec
+from turbobatch.spec.template import Template
 
 
 def spec(template: str, **kw) -> JobSpec:

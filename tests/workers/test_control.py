@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.spec.job import JobSpec
 from tests.conftest import write_parquet
 from tests.helpers import assert_within_one_level, read_metadata, read_tar_images
 from turbobatch.workers.actor import RenderWorker
 from turbobatch.workers.control import CANNY_HIGH, CANNY_LOW
-from turbobatch.workers.tiny import tiny_model_path
+from turbobatch.models.tiny import tiny_model_path
 
 
 def control_png(seed: int, size: tuple[int, int] = (90, 70)) -> bytes:

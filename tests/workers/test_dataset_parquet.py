@@ -13,13 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from turbobatch.jobs import layout
-from turbobatch.jobs.columns import data_schema, encode_schema, metadata_schema
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.storage import Folder
+from turbobatch.output import layout
+from turbobatch.output.columns import data_schema, encode_schema, metadata_schema
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.storage import Folder
 from tests.workers.test_actor import resolved_spec
-from turbobatch.workers.dataset_parquet import ROW_GROUP_ROWS
-from turbobatch.workers.renderer import Rendered
+from turbobatch.workers.sinks.parquet import ROW_GROUP_ROWS
+from turbobatch.workers.batches import Rendered
 from turbobatch.workers.rows import Row
 from turbobatch.workers.writer import ShardWriter
 
@@ -94,8 +94,8 @@ def test_metadata_and_tar_json_carry_every_field_typed_whatever_the_values(tmp_p
 def test_a_sweep_job_writes_its_sweep_columns_typed_in_every_file(tmp_path):
     """Two shards of a swept job, one holding only error images: both data and metadata files have
     the sweep_<name> columns with the job's types, and each image its own values."""
-    from turbobatch.jobs.columns import job_data_schema, job_metadata_schema
-    from turbobatch.jobs.sampling import SamplingParams
+    from turbobatch.output.columns import job_data_schema, job_metadata_schema
+    from turbobatch.spec.sampling import SamplingParams
 
     spec = resolved_spec(tmp_path, shard_size=4, format="parquet", prompt_template="{prompt} in {style}",
                          sweep={"style": ["ink", "oil"], "steps": [1, 2]}, height=8, width=8)  # fmt: skip

@@ -1,5 +1,5 @@
-"""workers/decoder_ops.py on CPU: the fold is exact math, and each rewrite (with the decoder's norm fusion,
-workers/norm_fusion.py) leaves decoded images put."""
+"""workers/speedups/decoder_ops.py on CPU: the fold is exact math, and each rewrite (with the decoder's norm fusion,
+workers/speedups/norm_fusion.py) leaves decoded images put."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from torch import nn
 
 from turbobatch.kernels import postprocess_uint8
 from tests.conftest import REPO
-from turbobatch.workers import decoder_ops as ops
-from turbobatch.workers.norm_fusion import fuse_group_norms
-from turbobatch.workers.tiny import tiny_model_path
+from turbobatch.workers.speedups import decoder_ops as ops
+from turbobatch.workers.speedups.norm_fusion import fuse_group_norms
+from turbobatch.models.tiny import tiny_model_path
 
 SIZES = [(1, 1), (1, 5), (2, 3), (7, 4), (5, 5), (8, 8), (13, 6)]  # odd, even, non-square
 CHANNELS = [(1, 1), (3, 5), (8, 8), (16, 4)]
@@ -144,7 +144,7 @@ def latents(dtype: torch.dtype) -> torch.Tensor:
 
 def decode_uint8(vae: nn.Module, z: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
-        return postprocess_uint8(vae.decode(z, return_dict=False)[0]).int()  # as workers/renderer.py calls it
+        return postprocess_uint8(vae.decode(z, return_dict=False)[0]).int()  # as workers/batches.py calls it
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -161,9 +161,9 @@ def test_counts_follow_structure(vaes, model):
 
 @pytest.mark.parametrize("model", ["sd-turbo", "sdxl-turbo"])
 def test_counts_full_size_configs(model):
-    """The real VAE architectures (workers/configs, on the meta device: no weights): 3 upsamplers;
+    """The real VAE architectures (models/configs, on the meta device: no weights): 3 upsamplers;
     GroupNorms: (2 mid + 4 up blocks x 3) ResnetBlock2D x 2 + mid attention + conv_norm_out = 30."""
-    config = json.loads((REPO / "workers" / "configs" / model / "vae.json").read_text())
+    config = json.loads((REPO / "turbobatch" / "models" / "configs" / model / "vae.json").read_text())
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(config)
     assert (ops.fold_upsamplers(vae), fuse_group_norms(vae)) == (3, 30)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.sampling import SamplingParams
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.spec.sampling import SamplingParams
+from turbobatch.spec.job import JobSpec
 from turbobatch.workers.images import image_rows
 from turbobatch.workers.rows import Row
 

@@ -8,7 +8,7 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.prepare.plan import Shard
 from tests.helpers import read_metadata
 from tests.workers.test_actor import resolved_spec
 from turbobatch.workers.actor import RenderWorker
@@ -47,8 +47,8 @@ def test_messy_prompts_each_end_in_one_row(tmp_path):
 def test_three_images_per_messy_prompt_each_once_with_unique_keys(tmp_path):
     """--images-per-prompt 3: every row makes 3 metadata rows (the null prompt 3 error rows), with
     keys <row key>_<j>, seeds job seed + global_index * 3 + j, and one tar image per ok one."""
-    from turbobatch.jobs.plan import make_plan
-    from turbobatch.jobs.inputs import scan_inputs
+    from turbobatch.jobs.prepare.plan import make_plan
+    from turbobatch.jobs.prepare.inputs import scan_inputs
 
     data = tmp_path / "messy.parquet"
     pq.write_table(pa.table({"prompt": pa.array(MESSY).dictionary_encode()}), data, row_group_size=1)

@@ -18,9 +18,9 @@ import torch
 from tests.conftest import REPO, s3_options
 from tests.faultproxy import FaultProxy
 from tests.helpers import upload_folder, wait_for
-from turbobatch.workers import model_cache
-from turbobatch.workers.model_source import open_source
-from turbobatch.workers.variants import needed_files
+from turbobatch.models import cache as model_cache
+from turbobatch.models.source import open_source
+from turbobatch.models.variants import needed_files
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def s3_model(s3_endpoint, s3_bucket, tiny_fp16_model_dir) -> str:
 
 
 def entry(url: str, options: dict, variant: str = "fp16") -> dict:
-    """The spec entry the driver makes for a pipeline folder (workers/models.py resolve_weights)."""
+    """The spec entry the driver makes for a pipeline folder (models/resolve.py resolve_weights)."""
     source = open_source("model", url, options)
     index = source.read_json("model_index.json")
     components = tuple(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and all(v))
@@ -97,7 +97,7 @@ def test_a_copy_killed_midway_is_never_loaded_and_is_redone(cache, tmp_path, s3_
     options = s3_options(s3_endpoint)
     source = entry(s3_model, options)
     (tmp_path / "source.json").write_text(json.dumps({"source": source, "options": options}))
-    script = ("import json, sys; from workers import model_cache; a = json.load(open(sys.argv[1])); "
+    script = ("import json, sys; from turbobatch.models import cache as model_cache; a = json.load(open(sys.argv[1])); "
               "model_cache.fetch('model', a['source'], a['options'])")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "TURBOBATCH_TEST_FAULTS": json.dumps({"copy_delay_s": 3})}
     copier = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "source.json")], env=env, cwd=REPO)

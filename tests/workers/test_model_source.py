@@ -8,10 +8,10 @@ import socket
 import pytest
 import s3fs
 
-from turbobatch.jobs.errors import JobError
+from turbobatch.errors import JobError
 from tests.conftest import s3_options
 from tests.helpers import upload_folder
-from turbobatch.workers.model_source import HUB, LOCAL, REMOTE, is_remote_url, open_source
+from turbobatch.models.source import HUB, LOCAL, REMOTE, is_remote_url, open_source
 
 
 def test_kinds_of_names(tiny_model_dir):
@@ -62,7 +62,7 @@ def test_offline_a_hub_id_is_listed_from_this_machines_hugging_face_cache(tmp_pa
 
     from huggingface_hub import constants
 
-    from turbobatch.workers.models import resolve_model
+    from turbobatch.models.resolve import resolve_model
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     repo = tmp_path / "hub" / "models--someone--tiny-sd-turbo"

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from turbobatch.jobs.errors import JobError
-from turbobatch.workers.models import resolve_controlnet, resolve_model, resolve_vae
-from turbobatch.workers.tiny import tiny_model_path
+from turbobatch.errors import JobError
+from turbobatch.models.resolve import resolve_controlnet, resolve_model, resolve_vae
+from turbobatch.models.tiny import tiny_model_path
 
 
 def test_families_and_native_sizes():
@@ -51,11 +51,11 @@ def test_a_vae_and_a_controlnet_from_a_bucket_load_from_the_nodes_copies(s3_endp
     """resolve_weights on the driver, then what an actor does: fetch each component, load the copies."""
     import s3fs
 
-    from turbobatch.jobs.spec import JobSpec
+    from turbobatch.spec.job import JobSpec
     from tests.conftest import s3_options
     from tests.helpers import upload_folder
-    from turbobatch.workers import model_cache
-    from turbobatch.workers.models import load_pipeline, resolve_vae, resolve_weights
+    from turbobatch.models import cache as model_cache
+    from turbobatch.models.resolve import load_pipeline, resolve_vae, resolve_weights
 
     monkeypatch.setenv("TURBOBATCH_CACHE", str(tmp_path / "cache"))
     options = s3_options(s3_endpoint)

@@ -1,4 +1,4 @@
-"""workers/norm_fusion.py on CPU, where kernels.group_norm is its torch reference: a fused block,
+"""workers/speedups/norm_fusion.py on CPU, where kernels.group_norm is its torch reference: a fused block,
 decoder or UNet computes bit for bit what the stock one does, and only what is proven equal is fused."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from tests.conftest import REPO
-from turbobatch.workers import norm_fusion as nf
-from turbobatch.workers.tiny import tiny_model_path
+from turbobatch.workers.speedups import norm_fusion as nf
+from turbobatch.models.tiny import tiny_model_path
 
 
 class _OwnForward(ResnetBlock2D):
@@ -84,9 +84,9 @@ def group_norms(module: nn.Module) -> int:
 
 @pytest.mark.parametrize("model", ["sd-turbo", "sdxl-turbo"])
 def test_every_group_norm_of_the_real_unets_is_fused(model):
-    """The real UNet architectures (workers/configs, on the meta device: no weights). sd-turbo:
+    """The real UNet architectures (models/configs, on the meta device: no weights). sd-turbo:
     22 resnets x 2 + 16 transformers + conv_norm_out = 61; sdxl-turbo: 17 x 2 + 11 + 1 = 46."""
-    config = json.loads((REPO / "workers" / "configs" / model / "unet.json").read_text())
+    config = json.loads((REPO / "turbobatch" / "models" / "configs" / model / "unet.json").read_text())
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config)
     assert group_norms(unet) == {"sd-turbo": 61, "sdxl-turbo": 46}[model]

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.workers.models import resolve_model
-from turbobatch.workers.random_weights import build_components
+from turbobatch.errors import JobError
+from turbobatch.spec.job import JobSpec
+from turbobatch.models.resolve import resolve_model
+from turbobatch.models.random_weights import build_components
 
 
 def params(module: torch.nn.Module) -> float:
@@ -43,7 +43,7 @@ def test_random_models_resolve_without_the_hub():
 @pytest.mark.slow
 def test_a_random_weight_sd_turbo_renders_through_the_worker(tmp_path):
     """The full-size path end to end, small image: real architecture, meaningless pixels."""
-    from turbobatch.jobs.plan import Shard
+    from turbobatch.jobs.prepare.plan import Shard
     from tests.conftest import write_parquet
     from tests.helpers import read_metadata
     from turbobatch.workers.actor import RenderWorker
@@ -59,7 +59,7 @@ def test_a_random_weight_sd_turbo_renders_through_the_worker(tmp_path):
 def test_tiny_autoencoder_has_the_published_taesd_architecture():
     """madebyollin/taesd: 64 channels everywhere, 1+3+3+3 encoder / 3+3+3+1 decoder blocks, 8x;
     its parameter count (about 2.45M) is the published checkpoint's."""
-    from turbobatch.workers.random_weights import tiny_autoencoder
+    from turbobatch.models.random_weights import tiny_autoencoder
 
     with torch.device("meta"):
         vae = tiny_autoencoder()

@@ -1,4 +1,4 @@
-"""workers/renderer.py with images that differ in size, steps and guidance: one kind per call.
+"""workers/batches.py with images that differ in size, steps and guidance: one kind per call.
 
 The real tiny pipeline; the sampler is watched (not replaced) to see what each call held.
 """
@@ -10,12 +10,12 @@ import json
 import pytest
 import torch
 
-from turbobatch.jobs.sampling import SamplingParams
+from turbobatch.spec.sampling import SamplingParams
 from tests.helpers import assert_within_one_level
 from tests.workers.test_actor import resolved_spec
 from tests.workers.test_control import plain_pipeline
 from turbobatch.workers import faults
-from turbobatch.workers.renderer import PipelineRenderer, Rendered
+from turbobatch.workers.batches import PipelineRenderer, Rendered
 from turbobatch.workers.rows import Row
 
 SMALL, WIDE, TWO_STEPS, GUIDED = (SamplingParams(1, 0.0, 32, 32), SamplingParams(1, 0.0, 32, 48),

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from turbobatch.jobs.plan import Shard
+from turbobatch.jobs.prepare.plan import Shard
 from tests.conftest import write_parquet
 from tests.helpers import read_metadata, read_tar_images
 from tests.workers.test_actor import resolved_spec

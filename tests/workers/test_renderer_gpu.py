@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.spec.job import JobSpec
 from tests.helpers import assert_within_one_level
 from tests.workers.test_control import plain_pipeline
-from turbobatch.workers import speedups
-from turbobatch.workers.renderer import PipelineRenderer, Rendered
+from turbobatch.workers.speedups import registry as speedups
+from turbobatch.workers.batches import PipelineRenderer, Rendered
 from turbobatch.workers.rows import Row
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.storage import Folder
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.storage import Folder
 from turbobatch.kernels import reference
 from tests.conftest import write_parquet
 from tests.helpers import read_metadata, read_tar_images
@@ -22,7 +22,7 @@ from tests.workers.test_actor import resolved_spec
 from tests.workers.test_control import plain_pipeline, spec_for
 from turbobatch.workers import decode as decode_module
 from turbobatch.workers.actor import RenderWorker
-from turbobatch.workers.renderer import PipelineRenderer, Rendered
+from turbobatch.workers.batches import PipelineRenderer, Rendered
 from turbobatch.workers.rows import Row
 from turbobatch.workers.writer import ShardWriter
 

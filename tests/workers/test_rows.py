@@ -1,7 +1,7 @@
 import pyarrow as pa
 
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.spec.job import JobSpec
 from tests.conftest import write_parquet
 from turbobatch.workers.rows import ShardReader, rows_from_table
 
@@ -62,7 +62,7 @@ def test_key_column_and_negative_prompts(tmp_path):
 
 
 def test_rows_carry_their_kept_columns_cast_to_the_job_types(tmp_path):
-    from turbobatch.jobs.columns import encode_schema
+    from turbobatch.output.columns import encode_schema
 
     path = write_parquet(tmp_path / "a.parquet", {"prompt": ["x", "y", None],
                                                   "cat": pa.array(["u", None, "v"]).dictionary_encode(),

@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.spec.job import JobSpec
 from tests.helpers import assert_within_one_level
 from tests.workers.test_control import plain_pipeline
-from turbobatch.workers.renderer import PipelineRenderer, Rendered
+from turbobatch.workers.batches import PipelineRenderer, Rendered
 from turbobatch.workers.rows import Row
-from turbobatch.workers import speedups
+from turbobatch.workers.speedups import registry as speedups
 from turbobatch.workers.sampler import TurboSampler
-from turbobatch.jobs.sampling import SamplingParams
+from turbobatch.spec.sampling import SamplingParams
 
 SIZE = (48, 40)  # height, width: not square, not the native size
 PROMPTS = ["a red fox in the snow", "a lighthouse at dusk, oil painting " * 12, ""]  # the 2nd is truncated

@@ -1,13 +1,13 @@
-"""workers/speedups.py on real tiny pipelines (CPU): each change is applied, and images stay within 1 level."""
+"""workers/speedups/registry.py on real tiny pipelines (CPU): each change is applied, and images stay within 1 level."""
 
 import numpy as np
 import pytest
 import torch
 
-from turbobatch.jobs.spec import DEFAULT_SPEEDUPS, SPEEDUPS, JobSpec
-from turbobatch.workers import speedups
+from turbobatch.spec.job import DEFAULT_SPEEDUPS, SPEEDUPS, JobSpec
+from turbobatch.workers.speedups import registry as speedups
 from turbobatch.workers.actor import RenderWorker
-from turbobatch.workers.renderer import Rendered
+from turbobatch.workers.batches import Rendered
 from turbobatch.workers.rows import Row
 
 PROMPTS = ["a red fox", "a lighthouse at dusk, oil painting", ""]
@@ -43,13 +43,13 @@ def worker_with(out, model: str, changes: str) -> RenderWorker:
 
 
 def check_fold_upsample(pipe) -> None:
-    from turbobatch.workers.decoder_ops import FoldedUpsampleConv
+    from turbobatch.workers.speedups.decoder_ops import FoldedUpsampleConv
 
     assert any(isinstance(m, FoldedUpsampleConv) for m in pipe.vae.modules())
 
 
 def check_fused_norms(pipe) -> None:
-    from turbobatch.workers.norm_fusion import FusedGroupNorm
+    from turbobatch.workers.speedups.norm_fusion import FusedGroupNorm
 
     assert any(isinstance(m, FusedGroupNorm) for m in pipe.vae.decoder.modules())
     assert not any(type(m) is torch.nn.GroupNorm for m in pipe.vae.decoder.modules())
@@ -57,7 +57,7 @@ def check_fused_norms(pipe) -> None:
 
 
 def check_unet_fused_norms(pipe) -> None:
-    from turbobatch.workers.norm_fusion import FusedGroupNorm
+    from turbobatch.workers.speedups.norm_fusion import FusedGroupNorm
 
     assert any(isinstance(m, FusedGroupNorm) for m in pipe.unet.modules())
     assert not any(type(m) is torch.nn.GroupNorm for m in pipe.unet.modules())

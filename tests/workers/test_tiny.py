@@ -2,8 +2,8 @@ import json
 
 import torch
 
-from turbobatch.workers import tiny
-from turbobatch.workers.models import resolve_model
+from turbobatch.models import tiny
+from turbobatch.models.resolve import resolve_model
 
 
 def test_tiny_sd_turbo_has_sd_turbo_classes_and_scheduler(tiny_model_dir):

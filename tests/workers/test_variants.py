@@ -2,8 +2,8 @@
 
 import pytest
 
-from turbobatch.jobs.errors import JobError
-from turbobatch.workers.variants import choose_variant, fp16_folders, hub_allow_patterns, is_weight_file, needed_files
+from turbobatch.errors import JobError
+from turbobatch.models.variants import choose_variant, fp16_folders, hub_allow_patterns, is_weight_file, needed_files
 
 # stabilityai/sd-turbo's layout, plus what other repositories put next to it.
 SD_TURBO = [

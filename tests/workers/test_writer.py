@@ -8,13 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.storage import Folder
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.storage import Folder
 from tests.helpers import read_metadata, read_tar_images
 from tests.workers.test_actor import resolved_spec
-from turbobatch.workers import sinks
+from turbobatch.workers.sinks import base as sinks
 from turbobatch.workers import writer as writer_module
-from turbobatch.workers.renderer import Rendered
+from turbobatch.workers.batches import Rendered
 from turbobatch.workers.rows import Row
 
 

@@ -5,7 +5,7 @@ the done markers and the resolved spec. Its YAML front matter has ``configs`` na
 committed data files of the job's format (tars for ``tar``, ``data/*.parquet`` for ``parquet``,
 the metadata files for ``files``), so ``datasets.load_dataset(OUT)`` reads exactly the
 committed shards, and ``dataset_info`` declaring their features (the job's one schema,
-jobs/columns.py) and the number of examples, so no reader has to infer types. The text says
+output/columns.py) and the number of examples, so no reader has to infer types. The text says
 what is in it, how and when it was made (model, VAE, ControlNet, sampling, the spec without
 secrets) and that the images inherit the model's license terms.
 """
@@ -23,14 +23,14 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from turbobatch.jobs import layout
-from turbobatch.jobs import sampling
-from turbobatch.jobs.columns import IMAGE_TYPE, job_data_schema, job_metadata_schema, kept_schema
-from turbobatch.jobs.expand import Expansion
-from turbobatch.jobs.features import features_yaml
-from turbobatch.jobs.resume import committed_shards
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.storage import Folder
+from turbobatch.output import layout
+from turbobatch.spec import sampling
+from turbobatch.output.columns import IMAGE_TYPE, job_data_schema, job_metadata_schema, kept_schema
+from turbobatch.spec.expand import Expansion
+from turbobatch.output.features import features_yaml
+from turbobatch.jobs.prepare.resume import committed_shards
+from turbobatch.spec.job import JobSpec
+from turbobatch.output.storage import Folder
 
 MARK = "<!-- Written by turbobatch at the end of every run (jobs/card.py): edits are overwritten. -->"
 

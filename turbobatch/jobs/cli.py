@@ -1,4 +1,4 @@
-"""Command line: ``turbobatch render|status|verify`` and the flag set of ``python -m turbobatch.jobs.render``.
+"""Command line: ``turbobatch render|status|verify`` and the flag set of ``python -m turbobatch.jobs.run.render``.
 
 Option names are a contract other tools and docs rely on; each flag's ``dest`` is the
 JobSpec field of the same name, so YAML files and flags share one vocabulary.
@@ -18,12 +18,11 @@ from typing import Any, NoReturn
 
 import yaml
 
-from turbobatch.jobs.errors import JobError, MissingArgument
-from turbobatch.jobs.spec import (COMPILE_MODES, CONTROL_PREPROCESS, DEFAULT_SPEEDUPS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS,
-                       SPEEDUPS, VARIANTS, WEIGHTS, JobSpec)
+from turbobatch.errors import JobError, MissingArgument
+from turbobatch.spec.job import (COMPILE_MODES, CONTROL_PREPROCESS, DEFAULT_SPEEDUPS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS, SPEEDUPS, VARIANTS, WEIGHTS, JobSpec)
 
 
-def build_render_parser(prog: str = "python -m turbobatch.jobs.render") -> argparse.ArgumentParser:
+def build_render_parser(prog: str = "python -m turbobatch.jobs.run.render") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Render a Parquet prompt dataset into an image dataset on a Ray cluster. "
@@ -134,7 +133,7 @@ def build_render_parser(prog: str = "python -m turbobatch.jobs.render") -> argpa
     plan.add_argument("--dry-run", action="store_true", help="run every check a real run makes before work "
                       "(inputs, columns, model configs, output, cluster resources), print the plan (rows, images, "
                       "shards, workers) and an estimate of wall time and GPU-hours from the throughput table "
-                      "(jobs/throughput.json), naming each setting it has no measured figure for; exit 0, or 2 for a "
+                      "(jobs/estimate/throughput.json), naming each setting it has no measured figure for; exit 0, or 2 for a "
                       "bad job")
     plan.add_argument("--calibrate", action="store_true", help="a dry run that also renders the job's first images "
                       "on one worker of the cluster (a warm-up batch, then at least 3 batches and 5 s, measured), into "
@@ -171,12 +170,12 @@ def json_object(flag: str):
     return parse
 
 
-def parse_render_args(argv: list[str] | None, prog: str = "python -m turbobatch.jobs.render") -> JobSpec:
+def parse_render_args(argv: list[str] | None, prog: str = "python -m turbobatch.jobs.run.render") -> JobSpec:
     """Flags (and the YAML named by --config) -> a validated JobSpec. Raises JobError."""
     return parse_render_command(argv, prog)[0]
 
 
-def parse_render_command(argv: list[str] | None, prog: str = "python -m turbobatch.jobs.render") -> tuple[JobSpec, RunOptions]:
+def parse_render_command(argv: list[str] | None, prog: str = "python -m turbobatch.jobs.run.render") -> tuple[JobSpec, RunOptions]:
     """Flags (and the YAML named by --config) -> a validated JobSpec and how to run it. Raises JobError."""
     args = vars(build_render_parser(prog).parse_args(argv))
     options = RunOptions(**{f.name: args.pop(f.name) for f in dataclasses.fields(RunOptions) if f.name in args})
@@ -254,7 +253,7 @@ def exit_code_of(command: Callable[[], int]) -> int:
     except SystemExit as e:
         return _exit_code(e.code)
     except KeyboardInterrupt:  # between render's own handlers and here: rare, but the code must still say so
-        from turbobatch.jobs.cluster import SIGTERM_RECEIVED
+        from turbobatch.jobs.run.cluster import SIGTERM_RECEIVED
 
         return 128 + (signal.SIGTERM if SIGTERM_RECEIVED.is_set() else signal.SIGINT)
     except Exception:
@@ -317,11 +316,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"{prog}: error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     if argv[0] == "render":
-        from turbobatch.jobs.render import main as command
+        from turbobatch.jobs.run.render import main as command
     elif argv[0] == "status":
-        from turbobatch.jobs.status import main as command
+        from turbobatch.jobs.inspect.status import main as command
     else:
-        from turbobatch.jobs.verify import main as command
+        from turbobatch.jobs.inspect.verify import main as command
     return command(argv[1:], prog=f"{prog} {argv[0]}")
 
 

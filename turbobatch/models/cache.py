@@ -2,7 +2,7 @@
 
 Every actor of a node needs the same weights; a hundred nodes downloading them from the Hub at once
 meet its rate limits, and a private network has no Hub at all. So each node copies the files the
-driver chose (workers/variants.py: only the chosen variant's weights) once into
+driver chose (models/variants.py: only the chosen variant's weights) once into
 ``$TURBOBATCH_CACHE/models/<name>-<variant>-<hash>/`` and its actors load that folder:
 
 - a file lock (``fcntl.flock`` on ``.<key>.lock`` next to it) makes the actors of a node take
@@ -33,12 +33,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.storage import Folder
+from turbobatch.spec.job import JobSpec
+from turbobatch.output.storage import Folder
 from turbobatch.workers import faults
-from turbobatch.workers.model_source import HUB, REMOTE, loads_in_place
-from turbobatch.workers.tiny import cache_dir
-from turbobatch.workers.variants import hub_allow_patterns
+from turbobatch.models.source import HUB, REMOTE, loads_in_place
+from turbobatch.models.tiny import cache_dir
+from turbobatch.models.variants import hub_allow_patterns
 
 MANIFEST = ".turbobatch-copy.json"
 COPY_THREADS = 8  # files fetched at once (object stores serve parallel GETs faster than one)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from turbobatch.workers.tiny import SD_TURBO_SCHEDULER, SDXL_TURBO_SCHEDULER, _tokenizer
+from turbobatch.models.tiny import SD_TURBO_SCHEDULER, SDXL_TURBO_SCHEDULER, _tokenizer
 
 CONFIGS = Path(__file__).with_name("configs")
 RANDOM_MODELS = {"stabilityai/sd-turbo": "sd-turbo", "stabilityai/sdxl-turbo": "sdxl-turbo"}

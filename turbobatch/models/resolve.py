@@ -1,7 +1,7 @@
 """Resolve a model name and load its pipeline through diffusers' ``from_pretrained``.
 
 ``resolve_model``, ``resolve_controlnet`` and ``resolve_vae`` read only a listing and configs
-(workers/model_source.py: local folder, fsspec URL or Hub id), so the driver can reject a model
+(models/source.py: local folder, fsspec URL or Hub id), so the driver can reject a model
 that cannot load, or a ControlNet or VAE that does not fit, and learn the native size, before any
 actor starts; ``resolve_weights`` then picks each one's variant (once the dtype is known) and the
 files a node fetches. ``load_pipeline`` runs in each actor, on the node's copies.
@@ -15,13 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.workers.model_source import REMOTE, ModelSource, cannot_load, loads_in_place, open_source
-from turbobatch.workers.random_weights import RANDOM_MODELS, build_random_pipeline
-from turbobatch.workers.random_weights import config as random_config
-from turbobatch.workers.tiny import TINY_MODELS, tiny_model_path
-from turbobatch.workers.variants import choose_variant, needed_files
+from turbobatch.errors import JobError
+from turbobatch.spec.job import JobSpec
+from turbobatch.models.source import REMOTE, ModelSource, cannot_load, loads_in_place, open_source
+from turbobatch.models.random_weights import RANDOM_MODELS, build_random_pipeline
+from turbobatch.models.random_weights import config as random_config
+from turbobatch.models.tiny import TINY_MODELS, tiny_model_path
+from turbobatch.models.variants import choose_variant, needed_files
 
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 # AutoencoderTiny: TAESD-class decoders (madebyollin/taesd, taesdxl), far cheaper than the full VAE.
@@ -217,7 +217,7 @@ def load_pipeline(spec: JobSpec, locations: Mapping[str, str] | None = None) -> 
     optional ControlNet (AutoPipeline then picks the matching ControlNet pipeline class).
 
     ``locations``: component -> the folder to load it from (this node's copies,
-    workers/model_cache.py); a component not in it loads from its name. Each loads the variant the
+    models/cache.py); a component not in it loads from its name. Each loads the variant the
     driver chose (``spec.model_variant``, ...: "fp16" passes ``variant="fp16"``)."""
     import diffusers
     import torch

@@ -4,13 +4,13 @@
 
 - local: a folder on this machine (or a tiny model's cache folder); actors load it in place;
 - remote: any fsspec URL (``s3://bucket/models/sd-turbo/``, ``gs://...``), read with the input side's
-  storage options; each node copies the files it needs once (workers/model_cache.py);
+  storage options; each node copies the files it needs once (models/cache.py);
 - hub: a Hugging Face id; its revision is pinned to a commit here, so every node fetches the same
   files, once per node. With ``HF_HUB_OFFLINE`` set the listing comes from this machine's Hugging
   Face cache, and each node loads from its own, as diffusers does.
 
 One listing per model (names, sizes, a content tag) is all the driver reads besides the configs;
-it decides the variant (workers/variants.py) and travels in the spec to the actors, which fetch
+it decides the variant (models/variants.py) and travels in the spec to the actors, which fetch
 exactly those files and nothing else.
 """
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.storage import Folder, check_endpoint, describe_error
-from turbobatch.workers.tiny import TINY_MODELS, tiny_model_path
+from turbobatch.errors import JobError
+from turbobatch.output.storage import Folder, check_endpoint, describe_error
+from turbobatch.models.tiny import TINY_MODELS, tiny_model_path
 
 LOCAL, REMOTE, HUB = "local", "remote", "hub"
 _LOCAL_PROTOCOLS = ("file", "local")

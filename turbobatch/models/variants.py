@@ -19,8 +19,8 @@ import glob
 import re
 from collections.abc import Iterable, Mapping
 
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.spec import VARIANTS
+from turbobatch.errors import JobError
+from turbobatch.spec.job import VARIANTS
 
 LOW_PRECISION = ("float16", "bfloat16")
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.expand import sweep_schema
-from turbobatch.jobs.inputs import InputFile
-from turbobatch.jobs.spec import KEEP_ALL, JobSpec
+from turbobatch.errors import JobError
+from turbobatch.spec.expand import sweep_schema
+from turbobatch.jobs.prepare.inputs import InputFile
+from turbobatch.spec.job import KEEP_ALL, JobSpec
 
 METADATA_SCHEMA = pa.schema(
     [
@@ -236,7 +236,7 @@ def kept_schema(spec: JobSpec) -> pa.Schema:
 
 def metadata_schema(kept: pa.Schema, swept: pa.Schema = pa.schema([])) -> pa.Schema:
     """metadata/SSSSSS.parquet and the tar json members: every written field, the sweep's values
-    (``sweep_<name>``, jobs/expand.py), then the kept columns."""
+    (``sweep_<name>``, spec/expand.py), then the kept columns."""
     return pa.schema([*METADATA_SCHEMA, *swept, *kept])
 
 

@@ -3,7 +3,7 @@
 Two spellings of the same declaration: the JSON form that `datasets` stores in a Parquet file's
 schema metadata (key ``huggingface``, read by ``Features.from_arrow_schema``: it is what makes
 an Image column decode), and the YAML list of a dataset card's ``dataset_info.features``. Only
-the types the job writes are covered (jobs/columns.py): integers, floats, strings, bools,
+the types the job writes are covered (output/columns.py): integers, floats, strings, bools,
 nulls, binary, lists, structs, and Image columns (named in ``images``).
 """
 

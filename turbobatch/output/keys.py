@@ -13,9 +13,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.inputs import InputFile
-from turbobatch.jobs.storage import open_fs
+from turbobatch.errors import JobError
+from turbobatch.jobs.prepare.inputs import InputFile
+from turbobatch.output.storage import open_fs
 
 MAX_KEY_CHARS = 120
 _UNSAFE = re.compile(r"[^\w\-=+@,]", re.UNICODE)

@@ -5,12 +5,12 @@ A redone shard therefore overwrites its own objects and never leaves a second co
 
 from __future__ import annotations
 
-from turbobatch.jobs.spec import IMAGE_EXTENSIONS
-from turbobatch.jobs.storage import TEMP_MARK
+from turbobatch.spec.job import IMAGE_EXTENSIONS
+from turbobatch.output.storage import TEMP_MARK
 
 SPEC = "_job/spec.json"
 PLAN = "_job/plan.json"
-WRITE_PROBE = "_job/.write-probe"  # written and removed by the first step of a run (jobs/resume.py)
+WRITE_PROBE = "_job/.write-probe"  # written and removed by the first step of a run (jobs/prepare/resume.py)
 DONE_DIR = "_done"
 FAILED_DIR = "_failed"
 CARD = "README.md"  # the dataset card (jobs/card.py), rewritten at the end of every run
@@ -21,7 +21,7 @@ DATA_DIRS = ("shards", "images", "data", "metadata")
 TEMP_LEFTOVER_DIRS = ("_job", "_done", "_failed", "shards", "data", "metadata")
 # Every file a run may write below OUT, as fsspec globs ("*": a shard id or a key, never "/"); each may also
 # appear as a temp file (TEMP_MARK and a suffix). An input that could match one would read the run's own
-# files as prompts (jobs/inputs.py check_output_apart).
+# files as prompts (jobs/prepare/inputs.py check_output_apart).
 WRITTEN = ("metadata/*.parquet", "data/*.parquet", "shards/*.tar", f"{DONE_DIR}/*.json", f"{FAILED_DIR}/*.json",
            SPEC, PLAN, WRITE_PROBE, CARD, *(f"images/*/*.{ext}" for ext in sorted(IMAGE_EXTENSIONS.values())))
 # What --overwrite removes: per folder, the suffix of a shard's file there and the kind the message names.

@@ -9,7 +9,7 @@ job's images are numbered in one order, the image index:
 Combinations count in the sweep's declared order with the last name varying fastest, as nested
 loops over the names in order (``itertools.product``): for ``steps: [1, 2]`` then
 ``style: [ink, oil]``, c = 0..3 is (1, ink), (1, oil), (2, ink), (2, oil). Nothing is ever
-materialized: a shard is a range of image indices (jobs/plan.py), each index maps back to its
+materialized: a shard is a range of image indices (jobs/prepare/plan.py), each index maps back to its
 (row, combination, j) by this arithmetic, and a worker reads only the rows its range needs.
 
 Seeds: image ``j`` of a row takes ``s + j`` when the row has its own seed ``s``, else
@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from turbobatch.jobs import sampling
-from turbobatch.jobs.errors import JobError
+from turbobatch.spec import sampling
+from turbobatch.errors import JobError
 
 if TYPE_CHECKING:
-    from turbobatch.jobs.spec import JobSpec
+    from turbobatch.spec.job import JobSpec
 
 MAX_IMAGES_PER_PROMPT = 100_000
 MAX_COMBINATIONS = 1_000_000
@@ -99,7 +99,7 @@ class Expansion:
     @staticmethod
     def seed(first_seed: int, j: int) -> tuple[int | None, str | None]:
         """Image j's seed from its row's first (``s``, or ``job seed + g * N``): ``first + j``."""
-        from turbobatch.jobs.spec import MAX_SEED
+        from turbobatch.spec.job import MAX_SEED
 
         seed = first_seed + j
         if seed >= MAX_SEED:

@@ -14,23 +14,23 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from turbobatch.jobs import sampling
-from turbobatch.jobs.errors import JobError, MissingArgument
-from turbobatch.jobs.expand import MAX_IMAGES_PER_PROMPT, check_sweep_names, merge_sweeps, normalize_sweep
-from turbobatch.jobs.sampling import SamplingParams
-from turbobatch.jobs.template import Template
+from turbobatch.spec import sampling
+from turbobatch.errors import JobError, MissingArgument
+from turbobatch.spec.expand import MAX_IMAGES_PER_PROMPT, check_sweep_names, merge_sweeps, normalize_sweep
+from turbobatch.spec.sampling import SamplingParams
+from turbobatch.spec.template import Template
 
 DTYPES = ("float16", "bfloat16", "float32")
 DEVICES = ("cuda", "cpu")
 CONTROL_PREPROCESS = ("none", "canny")
 WEIGHTS = ("pretrained", "random")
 # Which weight files load (--variant): "auto" picks fp16 files (half the bytes to fetch) when the
-# job renders in float16 or bfloat16 and the model has them; workers/variants.py decides.
+# job renders in float16 or bfloat16 and the model has them; models/variants.py decides.
 VARIANTS = ("auto", "fp16", "none")
 RESOLVED_VARIANTS = ("fp16", "none")
 # torch.compile modes for the UNet (--compile); "off" compiles nothing.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
-# The worker's speed changes (--speedups; implementations in workers/speedups.py), each measured
+# The worker's speed changes (--speedups; implementations in workers/speedups/registry.py), each measured
 # alone and together by benchmarks/gpu.py. Like --batch-size they may change low bits of images
 # (within 1 level), never what an image shows, so a resume may change them. The default holds
 # what measured faster: fold_upsample was 0.91x on CPU (oneDNN's transposed convolution is
@@ -73,12 +73,12 @@ class JobSpec:
     seed_column: str = "seed"
     key_column: str | None = None
     # Input columns copied into every output row: "a,b", or "*" for every column the job does not
-    # use otherwise. The driver resolves it (jobs/columns.py) to the column names, and sets
+    # use otherwise. The driver resolves it (output/columns.py) to the column names, and sets
     # kept_schema to their Arrow types, the same for every shard.
     keep_columns: str | None = None
-    # Several images per row (jobs/expand.py): N per prompt, times the sweep's combinations.
+    # Several images per row (spec/expand.py): N per prompt, times the sweep's combinations.
     images_per_prompt: int = 1
-    prompt_template: str | None = None  # "a {style} photo of a {subject}": fields name columns (jobs/template.py)
+    prompt_template: str | None = None  # "a {style} photo of a {subject}": fields name columns (spec/template.py)
     # {name: [values]} as given; validate() makes it [[name, [values]], ...] in declared order (the
     # order is part of the job: it numbers the combinations). Names: sampling parameters, template fields.
     sweep: Any = None
@@ -100,7 +100,7 @@ class JobSpec:
     variant: str = "auto"  # weight files of --model, --vae and --controlnet: auto, fp16 or none
     # Set by the driver from --variant, the dtype and each model's listing (never by the user):
     # the variant each component loads ("fp16" or "none"; None when not used), and per component
-    # where its files are and which of them a node fetches (workers/model_source.py, to_spec).
+    # where its files are and which of them a node fetches (models/source.py, to_spec).
     model_variant: str | None = None
     vae_variant: str | None = None
     controlnet_variant: str | None = None

@@ -1,6 +1,6 @@
 """The sampling parameters an image may vary in: steps, guidance scale, width and height.
 
-A job sets them once (flags / YAML); a sweep (jobs/expand.py) or a per-row column
+A job sets them once (flags / YAML); a sweep (spec/expand.py) or a per-row column
 (``--steps-column``, ...) varies them per image. All three go through the one rule set here,
 so a value a flag would refuse is refused the same way in a sweep (a job error) and in a row
 (that row's error), with the same words.
@@ -26,7 +26,7 @@ SIZE_NAMES = ("width", "height")  # must be multiples of 8 (the VAE needs it)
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """What one pipeline call samples with; images of a batch share all four (workers/renderer.py)."""
+    """What one pipeline call samples with; images of a batch share all four (workers/batches.py)."""
 
     steps: int
     guidance_scale: float

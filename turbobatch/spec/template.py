@@ -1,7 +1,7 @@
 """``--prompt-template "a {style} photo of a {subject}"``: prompts built from a row's columns.
 
 A template is Python format syntax whose fields are plain names: an input column, ``{prompt}``
-for the prompt column (``--prompt-column``), or a name the sweep varies (jobs/expand.py), which
+for the prompt column (``--prompt-column``), or a name the sweep varies (spec/expand.py), which
 takes the sweep's value rather than a column's. Conversions and format specs work as in
 ``str.format`` (``{n:03d}``). Checked twice:
 
@@ -19,11 +19,11 @@ import string
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from turbobatch.jobs.errors import JobError
+from turbobatch.errors import JobError
 
 if TYPE_CHECKING:
-    from turbobatch.jobs.inputs import InputFile
-    from turbobatch.jobs.spec import JobSpec
+    from turbobatch.jobs.prepare.inputs import InputFile
+    from turbobatch.spec.job import JobSpec
 
 PROMPT_FIELD = "prompt"  # {prompt} is the prompt column, whatever its name
 _FORMATTABLE = ("string", "large_string", "string_view", "null", "bool", "int8", "int16", "int32", "int64",

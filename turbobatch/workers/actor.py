@@ -1,7 +1,7 @@
 """RenderWorker: one long-lived pipeline that renders and commits whole shards.
 
-A plain class: the driver wraps it in a Ray actor (jobs/pool.py); tests and the GPU
-machine use it without Ray, which it never imports: its metrics (jobs/metrics.py) are recorded
+A plain class: the driver wraps it in a Ray actor (jobs/run/pool.py); tests and the GPU
+machine use it without Ray, which it never imports: its metrics (jobs/run/metrics.py) are recorded
 only when it runs under Ray. The actor runs two shards at once (Ray's ``max_concurrency``), but
 every pipeline call runs on one "device" thread, one shard at a time (the pipeline is not
 thread-safe): while one shard renders, the other reads its rows or finishes encodes and uploads
@@ -20,16 +20,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from turbobatch.jobs.metrics import WorkerMetrics
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.retry import InfrastructureError, is_retryable
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.storage import Folder
-from turbobatch.workers import faults, model_cache, speedups
+from turbobatch.jobs.run.metrics import WorkerMetrics
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.jobs.run.retry import InfrastructureError, is_retryable
+from turbobatch.spec.job import JobSpec
+from turbobatch.output.storage import Folder
+from turbobatch.workers import faults
+from turbobatch.models import cache as model_cache
+from turbobatch.workers.speedups import registry as speedups
 from turbobatch.workers.control import ControlImageError, ControlImageLoader
 from turbobatch.workers.images import image_rows
-from turbobatch.workers.models import load_pipeline
-from turbobatch.workers.renderer import PipelineRenderer
+from turbobatch.models.resolve import load_pipeline
+from turbobatch.workers.batches import PipelineRenderer
 from turbobatch.workers.rows import Row, ShardReader, rows_from_table
 from turbobatch.workers.writer import ShardWriter
 
@@ -74,7 +76,7 @@ class RenderWorker:
         # the device's kind as torch names it ("NVIDIA H200", or "cpu"): what measured runs are keyed by.
         self.origin = {"worker": socket.gethostname(), "node_id": ray_node_id(), "pid": os.getpid(),
                        "device_kind": device_kind(spec.device)}  # fmt: skip
-        # Ray's metrics (jobs/metrics.py) when running under Ray; None without it (benchmarks, tests).
+        # Ray's metrics (jobs/run/metrics.py) when running under Ray; None without it (benchmarks, tests).
         self.metrics = WorkerMetrics.start(spec.model, self.origin)
 
     def ready(self) -> dict[str, Any]:

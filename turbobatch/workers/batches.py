@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.spec.job import JobSpec
 from turbobatch.workers import faults
 from turbobatch.workers.decode import Decoded, Decoder
 from turbobatch.workers.rows import Row
-from turbobatch.jobs.sampling import SamplingParams
+from turbobatch.spec.sampling import SamplingParams
 from turbobatch.workers.sampler import TurboSampler
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from turbobatch.jobs.inputs import dataset_root
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.storage import open_fs
+from turbobatch.jobs.prepare.inputs import dataset_root
+from turbobatch.spec.job import JobSpec
+from turbobatch.output.storage import open_fs
 
 CANNY_LOW, CANNY_HIGH = 100, 200  # the thresholds ControlNet's Canny models were trained with
 

@@ -13,7 +13,7 @@ The variable holds JSON with any of:
   lands mid-copy).
 
 Unset (always, outside tests), :func:`before_pipeline_call` and :func:`on_worker_start` do nothing.
-The driver forwards the variable to actors (jobs/cluster.py) so end-to-end tests reach workers in
+The driver forwards the variable to actors (jobs/run/cluster.py) so end-to-end tests reach workers in
 other processes.
 """
 
@@ -66,7 +66,7 @@ def on_worker_start() -> None:
 
 
 def before_model_file_copy() -> None:
-    """Inject the configured delay before one file of a model copy (workers/model_cache.py)."""
+    """Inject the configured delay before one file of a model copy (models/cache.py)."""
     delay = _faults().get("copy_delay_s")
     if delay:
         time.sleep(float(delay))

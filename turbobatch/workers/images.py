@@ -1,9 +1,9 @@
-"""A shard's images from its input rows: the job's expansion (jobs/expand.py), as a recipe.
+"""A shard's images from its input rows: the job's expansion (spec/expand.py), as a recipe.
 
 For each image index of the shard, in order, find its row, combination ``c`` and ``j``, then:
 
 1. key and seed: ``<row key>``, ``<row key>_<j>`` or ``<row key>_<c>_<j>``, and the row's first
-   seed + j (jobs/expand.py);
+   seed + j (spec/expand.py);
 2. sampling parameters: the job's, then what the row's columns set (--steps-column, ...), then
    the combination's swept values (a parameter is never both swept and set by a column);
 3. prompt: the row's, or the template filled with the row's columns and the swept values;
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from turbobatch.jobs import sampling
-from turbobatch.jobs.expand import Expansion
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.template import Template, template_of
+from turbobatch.spec import sampling
+from turbobatch.spec.expand import Expansion
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.spec.job import JobSpec
+from turbobatch.spec.template import Template, template_of
 from turbobatch.workers.rows import Row
 
 

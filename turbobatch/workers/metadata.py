@@ -2,7 +2,7 @@
 
 Each row starts as a record (a dict of every field, None where empty, plus the kept input
 columns); the same record is a tar member's json and a data Parquet row. The file is written
-with the job's one metadata schema (jobs/columns.metadata_schema), never with types inferred
+with the job's one metadata schema (output/columns.metadata_schema), never with types inferred
 from the values, so every shard's file has the same columns and types.
 """
 
@@ -14,15 +14,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from turbobatch.jobs import layout
-from turbobatch.jobs.columns import job_metadata_schema
-from turbobatch.jobs.expand import SWEEP_PREFIX
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.storage import Folder
+from turbobatch.output import layout
+from turbobatch.output.columns import job_metadata_schema
+from turbobatch.spec.expand import SWEEP_PREFIX
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.spec.job import JobSpec
+from turbobatch.output.storage import Folder
 from turbobatch.workers.control import control_reference
 from turbobatch.workers.rows import Row
-from turbobatch.workers.sinks import file_entry
+from turbobatch.workers.sinks.base import file_entry
 
 
 def new_record(row: Row, shard: Shard, spec: JobSpec, status: str, **extra: Any) -> dict[str, Any]:

@@ -15,14 +15,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from turbobatch.jobs import sampling
-from turbobatch.jobs.columns import kept_schema, kept_values
-from turbobatch.jobs.keys import index_key, sanitize_key
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.sampling import SamplingParams
-from turbobatch.jobs.spec import MAX_SEED, JobSpec
-from turbobatch.jobs.storage import open_fs
-from turbobatch.jobs.template import template_of
+from turbobatch.spec import sampling
+from turbobatch.output.columns import kept_schema, kept_values
+from turbobatch.output.keys import index_key, sanitize_key
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.spec.sampling import SamplingParams
+from turbobatch.spec.job import MAX_SEED, JobSpec
+from turbobatch.output.storage import open_fs
+from turbobatch.spec.template import template_of
 
 
 @dataclass

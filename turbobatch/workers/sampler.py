@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from turbobatch.jobs.sampling import SamplingParams
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.spec.sampling import SamplingParams
+from turbobatch.spec.job import JobSpec
 
 
 @dataclass

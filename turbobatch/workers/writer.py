@@ -1,7 +1,7 @@
 """Write one shard: images (tar, files or data Parquet), metadata, then the done marker LAST.
 
 Encoding runs on a thread pool, so it overlaps the next pipeline call. Images reach the
-format's sink (workers/sinks.py, workers/dataset_parquet.py) in render order as their encodes
+format's sink (workers/sinks/base.py, workers/sinks/parquet.py) in render order as their encodes
 finish (bounded queue, so memory stays small); metadata is workers/metadata.py. Only a shard with
 a done marker exists for readers, status and resume; every data object is written whole (temp
 name + rename locally, one PUT on object stores) before that marker.
@@ -19,14 +19,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
-from turbobatch.jobs import layout
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.storage import Folder
+from turbobatch.output import layout
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.spec.job import JobSpec
+from turbobatch.output.storage import Folder
 from turbobatch.workers.metadata import new_record, write_metadata
-from turbobatch.workers.renderer import Rendered
+from turbobatch.workers.batches import Rendered
 from turbobatch.workers.rows import Row
-from turbobatch.workers.sinks import ImageSink, open_sink
+from turbobatch.workers.sinks.base import ImageSink, open_sink
 
 
 class ShardWriter:

@@ -1,6 +1,6 @@
 """``--dry-run`` and ``--calibrate``: plan a job and estimate its time and cost without running it.
 
-The dry run makes the recipe's own checks (jobs/render.py steps 1-5: check_job, resolve_job,
+The dry run makes the recipe's own checks (jobs/run/render.py steps 1-5: check_job, resolve_job,
 plan_job) with nothing written: the output is checked without a write probe, the output folder is
 inspected (resume.inspect: the same fingerprint checks as a run, which committed shards it keeps)
 but never claimed, and the cluster's resources are read as the pool would need them (a request no
@@ -8,7 +8,7 @@ node can hold fails as in a run) without starting a render actor. One exception,
 the cluster exists: ``--device cuda --workers N --gpu-kind KIND`` that the cluster there is cannot
 place is estimated for the cluster it describes (N workers of KIND), and the report says what the
 cluster there has and the error a run there stops with. It prints the plan (rows, images,
-shards, workers) and the estimate (jobs/estimate.py: the throughput table, every unmeasured setting
+shards, workers) and the estimate (jobs/estimate/estimate.py: the throughput table, every unmeasured setting
 named). Exit 0, or 2 for a bad job, as a run.
 
 ``--calibrate`` also starts exactly one render actor (the job's resources), which renders into a
@@ -29,16 +29,17 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from turbobatch.jobs import nodes, resume
+from turbobatch.jobs.run import nodes
+from turbobatch.jobs.prepare import resume
 from turbobatch.jobs.cli import RunOptions
-from turbobatch.jobs.cluster import ClusterInfo, actor_resources, capacity_note, ray_session
-from turbobatch.jobs.errors import JobError, error_text
-from turbobatch.jobs.estimate import Figure, calibrated_figure, estimate, figure_for, format_estimate, job_settings
-from turbobatch.jobs.inputs import InputFile
-from turbobatch.jobs.plan import Shard, make_plan
-from turbobatch.jobs.render import EXIT_FAILED_SHARDS, EXIT_OK, CheckedJob, check_job, plan_job, resolve_job
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.workers.models import describe_weights
+from turbobatch.jobs.run.cluster import ClusterInfo, actor_resources, capacity_note, ray_session
+from turbobatch.errors import JobError, error_text
+from turbobatch.jobs.estimate.estimate import (Figure, calibrated_figure, estimate, figure_for, format_estimate, job_settings)
+from turbobatch.jobs.prepare.inputs import InputFile
+from turbobatch.jobs.prepare.plan import Shard, make_plan
+from turbobatch.jobs.run.render import EXIT_FAILED_SHARDS, EXIT_OK, CheckedJob, check_job, plan_job, resolve_job
+from turbobatch.spec.job import JobSpec
+from turbobatch.models.resolve import describe_weights
 
 ACCELERATOR = "accelerator_type:"  # Ray's node resource naming the GPU kind, e.g. accelerator_type:H200
 
@@ -250,7 +251,7 @@ def calibrate(job: CheckedJob) -> Measurement | None:
     CALIBRATE_BATCHES batches and CALIBRATE_SECONDS seconds; None when it cannot (said why)."""
     import ray
 
-    from turbobatch.jobs.cluster import actor_env
+    from turbobatch.jobs.run.cluster import actor_env
 
     spec = job.spec
     cls = ray.remote(CalibrationWorker).options(num_cpus=spec.worker_cpus, num_gpus=spec.worker_gpus or 0,

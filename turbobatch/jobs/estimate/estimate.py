@@ -1,4 +1,4 @@
-"""How long a job will take and what it will cost, from the throughput table (jobs/throughput.json).
+"""How long a job will take and what it will cost, from the throughput table (jobs/estimate/throughput.json).
 
 The table holds one render worker's images/s for settings that were measured (docs/BENCHMARKS.md):
 model, decoder (the model's VAE or a TAESD-class tiny autoencoder), size, steps, guidance, dtype,
@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turbobatch.jobs import sampling
-from turbobatch.jobs.expand import Expansion
-from turbobatch.jobs.sampling import SamplingParams
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.spec import sampling
+from turbobatch.spec.expand import Expansion
+from turbobatch.spec.sampling import SamplingParams
+from turbobatch.spec.job import JobSpec
 
 TABLE_PATH = Path(__file__).with_name("throughput.json")
 FAMILY_OF_PIPELINE = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
@@ -149,7 +149,7 @@ def _threads(row: dict[str, Any]) -> str:
 
 def _differences(s: Setting, row: dict[str, Any], ratio: float) -> list[str]:
     """What the job does that the measured row did not, each saying what stood in for it."""
-    scaled = f"scaled by FLOPs per image (x{ratio:.3g}, turbobatch/jobs/throughput.json's rule)"
+    scaled = f"scaled by FLOPs per image (x{ratio:.3g}, turbobatch/jobs/estimate/throughput.json's rule)"
     notes = []
     if row["model"] != s.model:
         how = "the same architecture" if s.family == _known(row["model"], "family") else f"another architecture, {scaled}"

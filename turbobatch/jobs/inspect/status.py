@@ -1,9 +1,9 @@
-"""``python -m turbobatch.jobs.status OUTPUT [--json] [--watch [SECONDS]]``: where a job stands, from its output alone.
+"""``python -m turbobatch.jobs.inspect.status OUTPUT [--json] [--watch [SECONDS]]``: where a job stands, from its output alone.
 
 Reads ``_job/`` (plan, spec), one listing each of ``_done/`` and ``_failed/``, and the done
 markers (counts, timings: where the devices' time went, and which node rendered each shard). Needs no Ray, no model and no
 input: it works while a job runs, after it died, or from another machine. ``--watch`` follows a
-running job (jobs/watch.py).
+running job (jobs/inspect/watch.py).
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import json
 import sys
 from typing import Any
 
-from turbobatch.jobs import layout, resume
+from turbobatch.output import layout
+from turbobatch.jobs.prepare import resume
 from turbobatch.jobs.cli import exit_without_teardown, json_object
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.startup import startup_line, startup_report
-from turbobatch.jobs.storage import Folder, describe_error
+from turbobatch.errors import JobError
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.jobs.inspect.startup import startup_line, startup_report
+from turbobatch.output.storage import Folder, describe_error
 
 
 def job_status(out: Folder) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def device_kinds(markers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per device kind (markers' ``device_kind``: "NVIDIA H200", "cpu"; "unknown" in markers written
     before it existed): shards, ok images, device-seconds (held by shards or idle before one) and
     images per device-second, i.e. one worker's images/s: what a measured run adds to the
-    throughput table (jobs/throughput.json)."""
+    throughput table (jobs/estimate/throughput.json)."""
     kinds: dict[str, dict[str, Any]] = {}
     for marker in markers:
         tally_device(kinds, marker)
@@ -198,8 +199,8 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.status") -> int:
-    from turbobatch.jobs.watch import DEFAULT_INTERVAL_S, watch_output  # jobs.watch imports this module
+def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.inspect.status") -> int:
+    from turbobatch.jobs.inspect.watch import DEFAULT_INTERVAL_S, watch_output# jobs.watch imports this module
 
     p = argparse.ArgumentParser(prog=prog, description="Show a render job's progress from its output folder.")
     p.add_argument("output", help="the job's output folder URL")

@@ -4,7 +4,7 @@ For every shard with a done marker: each object the marker lists exists with the
 sha256 it records, the metadata has the shard's rows, and the image count (tar members, data
 Parquet rows, image files checked against the metadata's sha256) matches the marker. One listing
 of each data folder finds orphans: data objects no marker claims (what dead runs, a copy or a
-sync left). Reads only the output folder, through jobs/storage.Folder (local, s3://, ...).
+sync left). Reads only the output folder, through output/storage.Folder (local, s3://, ...).
 
 ``--repair`` removes the done marker of each broken shard, then its objects, and the orphans:
 never an object of a good committed shard. The same render command then redoes exactly the
@@ -28,10 +28,11 @@ from typing import IO, Any
 
 import pyarrow.parquet as pq
 
-from turbobatch.jobs import layout, resume
+from turbobatch.output import layout
+from turbobatch.jobs.prepare import resume
 from turbobatch.jobs.cli import exit_without_teardown, json_object
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.storage import Folder, describe_error
+from turbobatch.errors import JobError
+from turbobatch.output.storage import Folder, describe_error
 
 EXIT_OK, EXIT_BROKEN, EXIT_NOT_AN_OUTPUT = 0, 1, 2
 _CHUNK = 1 << 20
@@ -266,7 +267,7 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.verify") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.inspect.verify") -> int:
     p = argparse.ArgumentParser(prog=prog, description="Check an output folder's committed shards against their "
                                 "done markers, and find orphan objects; exit 1 if anything is wrong.")  # fmt: skip
     p.add_argument("output", help="the job's output folder URL")

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
-from turbobatch.jobs import layout, resume
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.status import planned_images
-from turbobatch.jobs.storage import Folder, bucket_of, check_endpoint
+from turbobatch.output import layout
+from turbobatch.jobs.prepare import resume
+from turbobatch.errors import JobError
+from turbobatch.jobs.inspect.status import planned_images
+from turbobatch.output.storage import Folder, bucket_of, check_endpoint
 
 DEFAULT_INTERVAL_S = 10.0
 RATE_WINDOW_S = 300.0  # images/s over the commits of the last 5 minutes: recent, yet over several commits

@@ -12,13 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from turbobatch.jobs import layout
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.globs import may_overlap
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.storage import Folder, bucket_of, check_endpoint, describe_error, endpoint_of, open_fs
-from turbobatch.jobs.template import PROMPT_FIELD, template_of
-from turbobatch.jobs.template import check_columns as check_template_columns
+from turbobatch.output import layout
+from turbobatch.errors import JobError
+from turbobatch.jobs.prepare.globs import may_overlap
+from turbobatch.spec.job import JobSpec
+from turbobatch.output.storage import Folder, bucket_of, check_endpoint, describe_error, endpoint_of, open_fs
+from turbobatch.spec.template import PROMPT_FIELD, template_of
+from turbobatch.spec.template import check_columns as check_template_columns
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Cut the job's images into shards in a fixed order, and fingerprint what the output depends on.
 
 Order: sorted file URLs, then row order within a file; every row gets a stable global index, and
-each row's images (jobs/expand.py: images per prompt x sweep combinations) follow in the image
+each row's images (spec/expand.py: images per prompt x sweep combinations) follow in the image
 index order. A shard is a contiguous range of image indices, ``shard_size`` long, so shards cost
 the same however many images a row makes; it may cut a row's images in two, and it never spans
 two files, so a worker reads one contiguous row range. The plan comes from the footers' row
@@ -14,8 +14,8 @@ import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from turbobatch.jobs.inputs import InputFile
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.prepare.inputs import InputFile
+from turbobatch.spec.job import JobSpec
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from turbobatch.jobs import layout
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.expand import images_per_row
-from turbobatch.jobs.plan import Shard, describe_changes
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.storage import TEMP_MARK, Folder, check_endpoint, describe_error
+from turbobatch.output import layout
+from turbobatch.errors import JobError
+from turbobatch.spec.expand import images_per_row
+from turbobatch.jobs.prepare.plan import Shard, describe_changes
+from turbobatch.spec.job import JobSpec
+from turbobatch.output.storage import TEMP_MARK, Folder, check_endpoint, describe_error
 
 
 def check_writable(out: Folder) -> None:

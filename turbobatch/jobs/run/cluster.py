@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turbobatch.jobs.errors import JobError
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.workers.models import ModelInfo
+from turbobatch.errors import JobError
+from turbobatch.spec.job import JobSpec
+from turbobatch.models.resolve import ModelInfo
 
 # Passed to actors so that a joined cluster's workers find the same caches as the driver.
 # Never a secret: runtime_env values can reach Ray's logs (credentials stay in each node's env).
@@ -41,7 +41,7 @@ def cluster_info() -> ClusterInfo:
     """The cluster as it is now (call after ``ray.init``)."""
     import ray
 
-    from turbobatch.jobs import nodes
+    from turbobatch.jobs.run import nodes
 
     resources = ray.cluster_resources()
     types = nodes.node_types()
@@ -325,7 +325,7 @@ def _check_fits(spec: JobSpec, cluster: ClusterInfo) -> None:
     """A job whose actors can never be placed fails here, naming the flag: a local Ray that cannot
     grow, or an autoscaler none of whose node types holds one actor. Otherwise more workers than
     fit now is fine: they start as nodes join."""
-    from turbobatch.jobs import nodes
+    from turbobatch.jobs.run import nodes
 
     bundle, flags = actor_resources(spec), "--worker-gpus / --worker-cpus"
     if cluster.node_types is not None and not any(nodes.slots(t, bundle) for t in cluster.node_types):
@@ -343,7 +343,7 @@ def _check_fits(spec: JobSpec, cluster: ClusterInfo) -> None:
 
 def capacity_note(spec: JobSpec, cluster: ClusterInfo) -> str | None:
     """One line when the job starts with fewer actors than --workers and waits for the rest."""
-    from turbobatch.jobs import nodes
+    from turbobatch.jobs.run import nodes
 
     room = nodes.room(cluster.nodes, actor_resources(spec))
     if room >= spec.workers:

@@ -1,6 +1,6 @@
 """A running job's metrics in Ray's metrics system (Prometheus): every definition, in one place.
 
-Recorded with ``ray.util.metrics`` where the events happen. The driver (jobs/schedule.py) counts
+Recorded with ``ray.util.metrics`` where the events happen. The driver (jobs/run/schedule.py) counts
 shards committed, failed and retried and sets the render actors ready and starting; each render
 actor (workers/actor.py) counts the images and error rows of the shards it commits and records its
 images/s, the share of its device time in pipeline calls and each shard's time per stage.

@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from turbobatch.jobs import nodes
-from turbobatch.jobs.cluster import actor_env, actor_resources
-from turbobatch.jobs.errors import error_text
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.spec import JobSpec
+from turbobatch.jobs.run import nodes
+from turbobatch.jobs.run.cluster import actor_env, actor_resources
+from turbobatch.errors import error_text
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.spec.job import JobSpec
 
 @dataclass(frozen=True)
 class Outcome:

@@ -10,8 +10,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from turbobatch.jobs.startup import startup_line, startup_report
-from turbobatch.jobs.status import devices_line, finish_device_kinds, tally_device
+from turbobatch.jobs.inspect.startup import startup_line, startup_report
+from turbobatch.jobs.inspect.status import devices_line, finish_device_kinds, tally_device
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Progress:
     errors: int = 0  # images that ended as error rows this run
     failed: list[ShardOutcome] = field(default_factory=list)
     startup_markers: list[dict[str, Any]] = field(default_factory=list)  # one per actor: its first shard's
-    kinds: dict[str, dict[str, Any]] = field(default_factory=dict)  # device kinds, tallied (jobs/status.py)
+    kinds: dict[str, dict[str, Any]] = field(default_factory=dict)  # device kinds, tallied (jobs/inspect/status.py)
 
     def __post_init__(self) -> None:
         # In a log (ray job logs, CI) redraws become lines: print one every 30 s there.

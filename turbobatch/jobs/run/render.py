@@ -1,8 +1,8 @@
-"""``python -m turbobatch.jobs.render INPUT OUTPUT [options]``: the render job, as a recipe.
+"""``python -m turbobatch.jobs.run.render INPUT OUTPUT [options]``: the render job, as a recipe.
 
 Every check that can fail a job runs before any actor starts; then shards without a done
 marker are rendered and committed by the actors. Rerun the same command to resume. Steps 1-5's
-checks and plan are functions (check_job, resolve_job, plan_job) that the dry run (jobs/dryrun.py,
+checks and plan are functions (check_job, resolve_job, plan_job) that the dry run (jobs/estimate/dryrun.py,
 ``--dry-run``) runs too, without writing anything.
 """
 
@@ -13,22 +13,21 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from turbobatch.jobs import resume, schedule
+from turbobatch.jobs.prepare import resume
+from turbobatch.jobs.run import schedule
 from turbobatch.jobs.card import write_card
 from turbobatch.jobs.cli import exit_code_of, exit_without_teardown, parse_render_command
-from turbobatch.jobs.cluster import (SIGTERM_RECEIVED, TERMINATED_MESSAGE, ClusterInfo, capacity_note, ray_session,
-                                     resolve_spec, sigterm_interrupts)
-from turbobatch.jobs.columns import with_kept_columns
-from turbobatch.jobs.errors import JobError, JobStalled
-from turbobatch.jobs.expand import images_per_row
-from turbobatch.jobs.inputs import InputFile, check_columns, check_output_apart, scan_inputs
-from turbobatch.jobs.keys import check_unique_keys
-from turbobatch.jobs.plan import Shard, fingerprint, make_plan
-from turbobatch.jobs.progress import Progress
-from turbobatch.jobs.spec import MAX_SEED, JobSpec
-from turbobatch.jobs.storage import Folder
-from turbobatch.workers.models import (ControlNetInfo, ModelInfo, VaeInfo, describe_weights, resolve_controlnet, resolve_model,
-                            resolve_vae, resolve_weights)
+from turbobatch.jobs.run.cluster import (SIGTERM_RECEIVED, TERMINATED_MESSAGE, ClusterInfo, capacity_note, ray_session, resolve_spec, sigterm_interrupts)
+from turbobatch.output.columns import with_kept_columns
+from turbobatch.errors import JobError, JobStalled
+from turbobatch.spec.expand import images_per_row
+from turbobatch.jobs.prepare.inputs import InputFile, check_columns, check_output_apart, scan_inputs
+from turbobatch.output.keys import check_unique_keys
+from turbobatch.jobs.prepare.plan import Shard, fingerprint, make_plan
+from turbobatch.jobs.run.progress import Progress
+from turbobatch.spec.job import MAX_SEED, JobSpec
+from turbobatch.output.storage import Folder
+from turbobatch.models.resolve import (ControlNetInfo, ModelInfo, VaeInfo, describe_weights, resolve_controlnet, resolve_model, resolve_vae, resolve_weights)
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_BAD_JOB, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -135,23 +134,23 @@ def run(spec: JobSpec) -> int:
     return EXIT_FAILED_SHARDS if len(progress.failed) > spec.max_failed_shards else EXIT_OK
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.render") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.run.render") -> int:
     """Run the job and return its exit code: 0 done, 1 failed shards or stalled, 2 bad job, 130 Ctrl-C, 143 SIGTERM.
 
-    SIGTERM is handled from the first line (jobs/cluster.py sigterm_interrupts), so it gives 143 and the resume
+    SIGTERM is handled from the first line (jobs/run/cluster.py sigterm_interrupts), so it gives 143 and the resume
     line in every step, and the driver ends within cluster.TERMINATE_GRACE_S of it even if Ray's shutdown hangs."""
     with sigterm_interrupts():
         try:
             spec, options = parse_render_command(argv, prog)
             if options.dry_run or options.calibrate:
-                from turbobatch.jobs.dryrun import dry_run
+                from turbobatch.jobs.estimate.dryrun import dry_run
 
                 return dry_run(spec, options)
             return run(spec)
         except JobError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_JOB
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (jobs/cluster.py); Ray is shut down by now
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (jobs/run/cluster.py); Ray is shut down by now
             if SIGTERM_RECEIVED.is_set():
                 print(f"\n{TERMINATED_MESSAGE}", file=sys.stderr)
                 return EXIT_TERMINATED

@@ -1,6 +1,6 @@
 """Feed shards to the render actors, pull-style, and outlive their failures.
 
-The actors come and go (jobs/pool.py); this module owns the shard queue. Rendering starts once
+The actors come and go (jobs/run/pool.py); this module owns the shard queue. Rendering starts once
 ``--min-workers`` actors are ready, and each ready actor keeps ``INFLIGHT_PER_ACTOR`` shards in flight.
 
 A shard whose actor left with its node (drained, preempted, lost) goes back to the front of the queue
@@ -9,12 +9,12 @@ storage timed out or answered 5xx) puts it back after a backoff, up to ``--max-r
 that fails otherwise (bad data, a bug), or runs out of retries, gets a ``_failed/`` marker and the job
 goes on with the others. When nothing can progress for ``--stall-timeout`` seconds the job stops
 (JobStalled) naming what it waited for. Shards committed, failed and retried and the actors ready
-or starting also go to Ray's metrics (jobs/metrics.py).
+or starting also go to Ray's metrics (jobs/run/metrics.py).
 
 The scheduler is given its pool and its metrics and never calls Ray itself (as Ray Data keeps its
 executor's state apart from the loop that drives it): tests drive it with a fake pool in
 milliseconds, benchmarks/driver_scale.py with a simulated one of 1,000 actors, and a run with
-jobs/pool.py's ActorPool of real actors.
+jobs/run/pool.py's ActorPool of real actors.
 """
 
 from __future__ import annotations
@@ -28,23 +28,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from turbobatch.jobs import nodes, resume
-from turbobatch.jobs.errors import JobError, JobStalled, error_text
-from turbobatch.jobs.metrics import DriverMetrics
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.pool import ActorPool, Outcome
-from turbobatch.jobs.progress import Progress, ShardOutcome
-from turbobatch.jobs.retry import backoff_s, is_retryable
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.stall import NO_ACTOR, StallWatch
-from turbobatch.jobs.storage import Folder
+from turbobatch.jobs.run import nodes
+from turbobatch.jobs.prepare import resume
+from turbobatch.errors import JobError, JobStalled, error_text
+from turbobatch.jobs.run.metrics import DriverMetrics
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.jobs.run.pool import ActorPool, Outcome
+from turbobatch.jobs.run.progress import Progress, ShardOutcome
+from turbobatch.jobs.run.retry import backoff_s, is_retryable
+from turbobatch.spec.job import JobSpec
+from turbobatch.jobs.run.stall import NO_ACTOR, StallWatch
+from turbobatch.output.storage import Folder
 
 POLL_S = 1.0  # the loop wakes at least this often (drains, stall clock, progress)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the remote traceback
 
 
 class Pool(Protocol):
-    """What the scheduler needs of its render actors (jobs/pool.py's ActorPool is the real one)."""
+    """What the scheduler needs of its render actors (jobs/run/pool.py's ActorPool is the real one)."""
 
     starting: dict[Any, Any]  # actors not ready yet
     crash_cause: str | None
@@ -65,7 +66,7 @@ class Pool(Protocol):
 
 
 class Metrics(Protocol):
-    """What the scheduler reports (jobs/metrics.py's DriverMetrics is the real one)."""
+    """What the scheduler reports (jobs/run/metrics.py's DriverMetrics is the real one)."""
 
     def shard_committed(self, marker: dict[str, Any]) -> None: ...
     def shard_failed(self) -> None: ...

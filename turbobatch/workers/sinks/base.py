@@ -1,5 +1,5 @@
 """Where a shard's images go, one sink per ``--format``: a WebDataset tar, one file per image, or
-a data Parquet (workers/dataset_parquet.py).
+a data Parquet (workers/sinks/parquet.py).
 
 The writer (workers/writer.py) hands each sink every ok image in render order, as its encode
 finishes; ``close`` completes the sink's objects and returns what the done marker records of
@@ -18,11 +18,11 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 
-from turbobatch.jobs import layout
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.storage import TEMP_MARK, Folder
-from turbobatch.workers.encode import encode_image
+from turbobatch.output import layout
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.spec.job import JobSpec
+from turbobatch.output.storage import TEMP_MARK, Folder
+from turbobatch.workers.sinks.encode import encode_image
 
 
 class HashingWriter:
@@ -72,7 +72,7 @@ def open_sink(out: Folder, shard: Shard, spec: JobSpec, stack: contextlib.ExitSt
     if spec.format == "tar":
         return TarSink(out, shard, spec, stack)
     if spec.format == "parquet":
-        from turbobatch.workers.dataset_parquet import DataParquetSink
+        from turbobatch.workers.sinks.parquet import DataParquetSink
 
         return DataParquetSink(out, shard, spec, stack)
     return FilesSink(out, shard, spec)

@@ -1,6 +1,6 @@
 """``--format parquet``: data/SSSSSS.parquet, the shard's images and their fields in one table.
 
-One row per ok image, with the job's data schema (jobs/columns.data_schema): the image as a
+One row per ok image, with the job's data schema (output/columns.data_schema): the image as a
 Hugging Face `datasets` Image value (struct of ``bytes`` and ``path``), key, prompt, seed, the
 kept columns and the other metadata fields. The schema carries the ``huggingface`` feature
 metadata, so ``datasets.load_dataset("parquet", ...)`` decodes the column as images. Rows are
@@ -18,13 +18,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from turbobatch.jobs import layout
-from turbobatch.jobs.columns import job_data_schema
-from turbobatch.jobs.features import with_features_metadata
-from turbobatch.jobs.plan import Shard
-from turbobatch.jobs.spec import JobSpec
-from turbobatch.jobs.storage import Folder
-from turbobatch.workers.sinks import HashingWriter, encode
+from turbobatch.output import layout
+from turbobatch.output.columns import job_data_schema
+from turbobatch.output.features import with_features_metadata
+from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.spec.job import JobSpec
+from turbobatch.output.storage import Folder
+from turbobatch.workers.sinks.base import HashingWriter, encode
 
 ROW_GROUP_ROWS = 100  # images per row group: ~40 MB of 512x512 PNGs, what the Hub's viewer reads well
 

@@ -8,7 +8,7 @@ shared/PERF-NOTES.md, "The VAE decoder", for why each may pay off on a GPU):
 - ``fold_upsamplers``: nearest 2x upsample + 3x3 conv -> one 4x4 stride-2 transposed conv.
 - ``to_channels_last``: NHWC weights and decoder input.
 
-(GroupNorm + SiLU as one kernel pass, in the decoder and the UNet, is workers/norm_fusion.py.)
+(GroupNorm + SiLU as one kernel pass, in the decoder and the UNet, is workers/speedups/norm_fusion.py.)
 """
 
 from __future__ import annotations

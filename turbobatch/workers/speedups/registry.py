@@ -1,9 +1,9 @@
 """The worker's speed changes, one function each, applied to a loaded pipeline by ``--speedups``.
 
 Each is switchable and timed alone and together, side by side, by ``benchmarks/gpu.py``
-(results in docs/BENCHMARKS.md); the default set (jobs/spec.py ``DEFAULT_SPEEDUPS``) is what
+(results in docs/BENCHMARKS.md); the default set (spec/job.py ``DEFAULT_SPEEDUPS``) is what
 measured faster without changing images beyond 1 level of 255. ``overlap`` is the renderer's
-(two batches in flight, workers/renderer.py), not a change to the pipeline.
+(two batches in flight, workers/batches.py), not a change to the pipeline.
 
 Outside ``--speedups``: ``compile_unet`` is ``--compile MODE`` (opt-in: it compiles for tens of
 seconds per worker), and ``tiny_vae`` is what ``--vae madebyollin/taesd`` does, with random
@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from turbobatch.workers import decoder_ops, norm_fusion
+from turbobatch.workers.speedups import decoder_ops, norm_fusion
 
 
 def fold_upsample(pipe: Any) -> None:
     """Nearest 2x upsample + 3x3 convolution in the decoder as one transposed convolution with
     folded weights: the same function with 16 instead of 36 multiply-adds per low-resolution pixel
-    and no interpolate pass (workers/decoder_ops.py)."""
+    and no interpolate pass (workers/speedups/decoder_ops.py)."""
     decoder_ops.fold_upsamplers(pipe.vae)
 
 
@@ -36,7 +36,7 @@ def fused_norms(pipe: Any) -> None:
 
 
 def unet_fused_norms(pipe: Any) -> None:
-    """The same kernel in the UNet (workers/norm_fusion.py): its resnets' GroupNorm -> SiLU pairs,
+    """The same kernel in the UNet (workers/speedups/norm_fusion.py): its resnets' GroupNorm -> SiLU pairs,
     its transformers' input GroupNorms and its output norm. The UNet is 16-24% of a batch's time
     on an H200 and the VAE 49-62% (docs/BENCHMARKS.md), so this is timed on its own."""
     norm_fusion.fuse_unet_group_norms(pipe.unet)
@@ -77,7 +77,7 @@ COMPILING = frozenset({"compile_decoder"})  # first use costs tens of seconds (b
 
 
 def apply(pipe: Any, names: Iterable[str]) -> None:
-    """Apply the named changes (of jobs/spec.py SPEEDUPS) to ``pipe`` in place, in that order."""
+    """Apply the named changes (of spec/job.py SPEEDUPS) to ``pipe`` in place, in that order."""
     chosen = set(names)
     unknown = chosen - set(PIPELINE_CHANGES)
     if unknown:
@@ -98,7 +98,7 @@ def tiny_vae(pipe: Any) -> None:
     """Benchmarks only: decode with a TAESD-architecture AutoencoderTiny with random weights, the
     cost of ``--vae madebyollin/taesd`` (about 1/18 of the VAE's decode FLOPs) without a download.
     Changes the images by design."""
-    from turbobatch.workers.random_weights import tiny_autoencoder
+    from turbobatch.models.random_weights import tiny_autoencoder
 
     vae = tiny_autoencoder(pipe.vae.config.latent_channels, pipe.vae_scale_factor)
     pipe.register_modules(vae=vae.to(pipe.vae.device, pipe.vae.dtype))
