@@ -36,13 +36,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from turbobatch.jobs.run import nodes# noqa: E402
-from turbobatch.jobs.prepare.plan import Shard# noqa: E402
-from turbobatch.jobs.run.pool import ActorPool, Worker# noqa: E402
-from turbobatch.jobs.run.progress import Progress# noqa: E402
-from turbobatch.jobs.run.schedule import ShardScheduler# noqa: E402
-from turbobatch.spec.job import JobSpec# noqa: E402
-from turbobatch.output.storage import Folder# noqa: E402
+from turbobatch.jobs.run import nodes  # noqa: E402
+from turbobatch.output.shard import Shard  # noqa: E402
+from turbobatch.jobs.run.pool import ActorPool, Worker  # noqa: E402
+from turbobatch.jobs.run.progress import Progress  # noqa: E402
+from turbobatch.jobs.run.schedule import ShardScheduler  # noqa: E402
+from turbobatch.spec.job import JobSpec  # noqa: E402
+from turbobatch.output.storage import Folder  # noqa: E402
 
 GPUS_PER_NODE = 8
 
@@ -288,7 +288,7 @@ def real_ray(shards: int, actors: int, in_flight: int, mean_s: float) -> dict[st
     progress bar and Ray metrics."""
     import ray
 
-    from turbobatch.jobs.run.metrics import DriverMetrics
+    from turbobatch.metrics import DriverMetrics
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:

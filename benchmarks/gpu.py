@@ -42,10 +42,10 @@ import torch  # noqa: E402
 from benchmarks.baselines import naive_loop, previous_worker, sync  # noqa: E402
 from benchmarks.breakdown import breakdown_line, component_times  # noqa: E402
 from benchmarks.flops import flops_per_image  # noqa: E402
-from turbobatch.jobs.prepare.plan import Shard# noqa: E402
-from turbobatch.spec.job import DEFAULT_SPEEDUPS, SPEEDUPS, JobSpec, normalize_speedups# noqa: E402
-from turbobatch.jobs.inspect.status import profile_line, summed_timings# noqa: E402
-from turbobatch.workers.speedups import registry as speedups# noqa: E402
+from turbobatch.output.shard import Shard  # noqa: E402
+from turbobatch.spec.job import DEFAULT_SPEEDUPS, SPEEDUPS, JobSpec, normalize_speedups  # noqa: E402
+from turbobatch.jobs.inspect.status import profile_line, summed_timings  # noqa: E402
+from turbobatch.workers.speedups import registry as speedups  # noqa: E402
 from turbobatch.workers.actor import RenderWorker  # noqa: E402
 from turbobatch.workers.rows import rows_from_table  # noqa: E402
 

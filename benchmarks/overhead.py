@@ -36,9 +36,9 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from turbobatch.jobs.run.render import main as render# noqa: E402
-from turbobatch.jobs.inspect.status import profile_line, summed_timings# noqa: E402
-from turbobatch.models.tiny import tiny_model_path# noqa: E402
+from turbobatch.jobs.run.render import main as render  # noqa: E402
+from turbobatch.jobs.inspect.status import profile_line, summed_timings  # noqa: E402
+from turbobatch.models.tiny import tiny_model_path  # noqa: E402
 
 SIZE = 64
 

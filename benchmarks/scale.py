@@ -22,10 +22,10 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from benchmarks.local_s3 import local_s3, options  # noqa: E402
 from turbobatch.output import layout
-from turbobatch.jobs.prepare import resume# noqa: E402
-from turbobatch.jobs.prepare.inputs import scan_inputs# noqa: E402
-from turbobatch.jobs.prepare.plan import make_plan# noqa: E402
-from turbobatch.output.storage import Folder# noqa: E402
+from turbobatch.jobs.prepare import resume  # noqa: E402
+from turbobatch.jobs.prepare.inputs import scan_inputs  # noqa: E402
+from turbobatch.jobs.prepare.plan import make_plan  # noqa: E402
+from turbobatch.output.storage import Folder  # noqa: E402
 
 
 class CountingFolder(Folder):

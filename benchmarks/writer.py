@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from turbobatch.spec.job import DEFAULT_QUALITY, IMAGE_EXTENSIONS# noqa: E402
-from turbobatch.output.storage import Folder# noqa: E402
+from turbobatch.spec.job import DEFAULT_QUALITY, IMAGE_EXTENSIONS  # noqa: E402
+from turbobatch.output.storage import Folder  # noqa: E402
 from turbobatch.workers.actor import ENCODE_THREADS  # noqa: E402
-from turbobatch.workers.sinks.encode import encode_image# noqa: E402
+from turbobatch.workers.sinks.encode import encode_image  # noqa: E402
 
 
 def images(n: int, size: int = 512) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from turbobatch.jobs.run import nodes
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.jobs.run.pool import Outcome
 
 OK = "ok"

@@ -26,7 +26,7 @@ import yaml
 from tests.conftest import REPO, write_parquet
 from tests.helpers import corrupt_parquet, processes_titled, read_metadata, wait_for
 from tests.raycluster import Head, started_head, started_worker_node
-from turbobatch.workers import faults
+from turbobatch import faults
 
 MAX_UPLOAD_BYTES = 5 * 2**20
 SIZE = ["--height", "32", "--width", "32"]

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import REPO, write_parquet
 from tests.helpers import _ancestors, assert_complete_and_clean, done_count, kill_session, wait_for
-from turbobatch.workers import faults
+from turbobatch import faults
 
 SMALL = ["--model", "tiny-sd-turbo", "--height", "32", "--width", "32", "--shard-size", "4", "--workers", "1"]
 PROMPTS = [f"prompt {i}" for i in range(24)]  # 6 shards

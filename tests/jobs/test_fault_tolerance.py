@@ -35,7 +35,7 @@ from tests.helpers import (
     read_metadata,
     wait_for,
 )
-from turbobatch.workers import faults
+from turbobatch import faults
 
 pytestmark = pytest.mark.slow
 SMALL = ["--model", "tiny-sd-turbo", "--height", "32", "--width", "32", "--shard-size", "4"]

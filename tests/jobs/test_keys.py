@@ -2,7 +2,8 @@ import pytest
 
 from turbobatch.errors import JobError
 from turbobatch.jobs.prepare.inputs import scan_inputs
-from turbobatch.output.keys import MAX_KEY_CHARS, check_unique_keys, index_key, sanitize_key
+from turbobatch.jobs.prepare.unique_keys import check_unique_keys
+from turbobatch.output.keys import MAX_KEY_CHARS, index_key, sanitize_key
 from tests.conftest import write_parquet
 
 

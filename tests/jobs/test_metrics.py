@@ -1,4 +1,4 @@
-"""Ray metrics (jobs/run/metrics.py): a job submitted to a real `ray start --head --metrics-export-port`
+"""Ray metrics (turbobatch/metrics.py): a job submitted to a real `ray start --head --metrics-export-port`
 exports its `turbobatch_` counts on that port; the Grafana dashboard reads only series that exist.
 
 Ray's export is periodic (every 10 s, per process, to its node's agent), so the test polls the
@@ -15,11 +15,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from turbobatch.jobs.run import metrics
+from turbobatch import metrics
 from tests.conftest import REPO, write_parquet
 from tests.helpers import corrupt_parquet, done_count, processes_titled, wait_for
 from tests.raycluster import Head, started_head
-from turbobatch.workers import faults
+from turbobatch import faults
 
 DASHBOARD = REPO / "deploy" / "grafana-dashboard.json"
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")

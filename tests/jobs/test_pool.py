@@ -30,7 +30,7 @@ from tests.helpers import (
     wait_for,
 )
 from tests.raycluster import BIN, Head, started_head, started_worker_node
-from turbobatch.workers import faults
+from turbobatch import faults
 
 SMALL = ["--model", "tiny-sd-turbo", "--height", "32", "--width", "32", "--shard-size", "4"]
 PROMPTS = [f"prompt {i} 🎨" if i % 5 else "" for i in range(48)]  # 12 shards

@@ -29,7 +29,7 @@ from tests.helpers import (
     read_metadata,
     read_tar_images,
 )
-from turbobatch.workers import faults
+from turbobatch import faults
 
 pytestmark = pytest.mark.slow
 # 4 rows x 2 sweep sizes x 2 step counts x 2 images per prompt = 32 images, shards of 5 cut rows.

@@ -7,7 +7,8 @@ import socket
 import pytest
 from botocore.exceptions import ClientError
 
-from turbobatch.jobs.run.retry import InfrastructureError, backoff_s, is_retryable
+from turbobatch.errors import InfrastructureError, is_retryable
+from turbobatch.jobs.run.retry import backoff_s
 from turbobatch.output.storage import Folder
 from tests.helpers import corrupt_parquet
 

@@ -11,9 +11,8 @@ import pytest
 from tests.fakepool import OK, FakePool, RecordingMetrics, shards
 from turbobatch.output import layout
 from turbobatch.jobs.run import nodes, schedule
-from turbobatch.errors import JobError, JobStalled
+from turbobatch.errors import InfrastructureError, JobError, JobStalled
 from turbobatch.jobs.run.progress import Progress
-from turbobatch.jobs.run.retry import InfrastructureError
 from turbobatch.jobs.run.schedule import ShardScheduler
 from turbobatch.spec.job import JobSpec
 from turbobatch.output.storage import Folder

@@ -16,14 +16,14 @@ import pytest
 
 from turbobatch.output import layout
 from turbobatch.jobs.cli import main as turbobatch
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.jobs.inspect.status import job_status
 from turbobatch.jobs.inspect.status import main as status
 from turbobatch.output.storage import Folder
 from turbobatch.jobs.inspect.watch import (Commit, OutputWatcher, eta_seconds, format_duration, images_per_second, watch_output)
 from tests.conftest import REPO, s3_options, write_parquet
 from tests.helpers import kill_session
-from turbobatch.workers import faults
+from turbobatch import faults
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from turbobatch.output import layout
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.spec.job import JobSpec
 from tests.conftest import write_parquet
 from tests.helpers import assert_within_one_level, plain_diffusers_image, read_metadata, read_tar_images
@@ -154,7 +154,7 @@ def test_without_ray_the_marker_has_no_node_id_and_this_process(tmp_path, prompt
 
     from tests.conftest import REPO
 
-    code = (f"import json, os, sys; from turbobatch.jobs.prepare.plan import Shard; from tests.workers.test_actor import resolved_spec; "
+    code = (f"import json, os, sys; from turbobatch.output.shard import Shard; from tests.workers.test_actor import resolved_spec; "
             f"from turbobatch.workers.actor import RenderWorker; w = RenderWorker(resolved_spec({str(tmp_path)!r})); "
             f"m = w.render_shard(Shard(0, 'file://{prompts_file}', 0, 2, 0, 9)); "
             f"print(json.dumps([m['worker'], m['node_id'], m['pid'], os.getpid(), w.ready(), 'ray' in sys.modules, "

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.spec.job import JobSpec
 from tests.conftest import write_parquet
 from tests.helpers import assert_within_one_level, read_metadata, read_tar_images

@@ -15,7 +15,7 @@ from PIL import Image
 
 from turbobatch.output import layout
 from turbobatch.output.columns import data_schema, encode_schema, metadata_schema
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.output.storage import Folder
 from tests.workers.test_actor import resolved_spec
 from turbobatch.workers.sinks.parquet import ROW_GROUP_ROWS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.spec.sampling import SamplingParams
 from turbobatch.spec.job import JobSpec
 from turbobatch.workers.images import image_rows

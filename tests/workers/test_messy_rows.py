@@ -8,7 +8,7 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from tests.helpers import read_metadata
 from tests.workers.test_actor import resolved_spec
 from turbobatch.workers.actor import RenderWorker

@@ -43,7 +43,7 @@ def test_random_models_resolve_without_the_hub():
 @pytest.mark.slow
 def test_a_random_weight_sd_turbo_renders_through_the_worker(tmp_path):
     """The full-size path end to end, small image: real architecture, meaningless pixels."""
-    from turbobatch.jobs.prepare.plan import Shard
+    from turbobatch.output.shard import Shard
     from tests.conftest import write_parquet
     from tests.helpers import read_metadata
     from turbobatch.workers.actor import RenderWorker

@@ -14,7 +14,7 @@ from turbobatch.spec.sampling import SamplingParams
 from tests.helpers import assert_within_one_level
 from tests.workers.test_actor import resolved_spec
 from tests.workers.test_control import plain_pipeline
-from turbobatch.workers import faults
+from turbobatch import faults
 from turbobatch.workers.batches import PipelineRenderer, Rendered
 from turbobatch.workers.rows import Row
 

@@ -1,18 +1,18 @@
 """A row that makes the pipeline raise fails alone; a GPU out-of-memory halves the batch.
 
 Neither fault can be made for real on this CPU machine, so both are injected through
-workers/faults.py (TURBOBATCH_TEST_FAULTS) into the real tiny pipeline.
+turbobatch/faults.py (TURBOBATCH_TEST_FAULTS) into the real tiny pipeline.
 """
 
 import json
 
 import pytest
 
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from tests.conftest import write_parquet
 from tests.helpers import read_metadata, read_tar_images
 from tests.workers.test_actor import resolved_spec
-from turbobatch.workers import faults
+from turbobatch import faults
 from turbobatch.workers.actor import PipelineFailedEveryRow, RenderWorker
 
 PROMPTS = [f"prompt {i}" for i in range(7)]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.output.storage import Folder
 from turbobatch.kernels import reference
 from tests.conftest import write_parquet

@@ -1,6 +1,6 @@
 import pyarrow as pa
 
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.spec.job import JobSpec
 from tests.conftest import write_parquet
 from turbobatch.workers.rows import ShardReader, rows_from_table

@@ -8,11 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.output.storage import Folder
 from tests.helpers import read_metadata, read_tar_images
 from tests.workers.test_actor import resolved_spec
-from turbobatch.workers.sinks import base as sinks
+from turbobatch.workers.sinks import tar as sinks
 from turbobatch.workers import writer as writer_module
 from turbobatch.workers.batches import Rendered
 from turbobatch.workers.rows import Row

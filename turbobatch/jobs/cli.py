@@ -1,4 +1,4 @@
-"""Command line: ``turbobatch render|status|verify`` and the flag set of ``python -m turbobatch.jobs.run.render``.
+"""Command line: ``turbobatch render|status|verify`` (``python -m turbobatch``): the render flags and each command's entry.
 
 Option names are a contract other tools and docs rely on; each flag's ``dest`` is the
 JobSpec field of the same name, so YAML files and flags share one vocabulary.
@@ -18,11 +18,16 @@ from typing import Any, NoReturn
 
 import yaml
 
-from turbobatch.errors import JobError, MissingArgument
-from turbobatch.spec.job import (COMPILE_MODES, CONTROL_PREPROCESS, DEFAULT_SPEEDUPS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS, SPEEDUPS, VARIANTS, WEIGHTS, JobSpec)
+from turbobatch.errors import EXIT_BAD_JOB, EXIT_INTERRUPTED, EXIT_TERMINATED, JobError, MissingArgument
+from turbobatch.jobs.console import exit_code_of, exit_without_teardown, invoked_as, json_object
+from turbobatch.jobs.estimate.dryrun import dry_run
+from turbobatch.jobs.inspect import status, verify
+from turbobatch.jobs.run import render
+from turbobatch.jobs.run.cluster import SIGTERM_RECEIVED, TERMINATED_MESSAGE, sigterm_interrupts
+from turbobatch.spec.job import (COMPILE_MODES, CONTROL_PREPROCESS, DEFAULT_SPEEDUPS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS, SPEEDUPS, VARIANTS, WEIGHTS, JobSpec, RunOptions)
 
 
-def build_render_parser(prog: str = "python -m turbobatch.jobs.run.render") -> argparse.ArgumentParser:
+def build_render_parser(prog: str = "turbobatch render") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Render a Parquet prompt dataset into an image dataset on a Ray cluster. "
@@ -146,36 +151,7 @@ def build_render_parser(prog: str = "python -m turbobatch.jobs.run.render") -> a
     return p
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run a job, beside what the job is (JobSpec): a dry run, a calibration, its estimate."""
-
-    dry_run: bool = False
-    calibrate: bool = False
-    gpu_hour_price: float | None = None
-    gpu_kind: str | None = None
-
-
-def json_object(flag: str):
-    def parse(text: str) -> dict[str, Any]:
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at character {e.pos})") from None
-        if not isinstance(value, dict):
-            raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
-        return value
-
-    parse.__name__ = flag  # argparse names the type in its error message
-    return parse
-
-
-def parse_render_args(argv: list[str] | None, prog: str = "python -m turbobatch.jobs.run.render") -> JobSpec:
-    """Flags (and the YAML named by --config) -> a validated JobSpec. Raises JobError."""
-    return parse_render_command(argv, prog)[0]
-
-
-def parse_render_command(argv: list[str] | None, prog: str = "python -m turbobatch.jobs.run.render") -> tuple[JobSpec, RunOptions]:
+def parse_render_command(argv: list[str] | None, prog: str = "turbobatch render") -> tuple[JobSpec, RunOptions]:
     """Flags (and the YAML named by --config) -> a validated JobSpec and how to run it. Raises JobError."""
     args = vars(build_render_parser(prog).parse_args(argv))
     options = RunOptions(**{f.name: args.pop(f.name) for f in dataclasses.fields(RunOptions) if f.name in args})
@@ -211,30 +187,6 @@ def _read_yaml(path: str) -> dict[str, Any]:
     return values
 
 
-def exit_without_teardown(code: int) -> NoReturn:
-    """End the process with ``code`` once Ray is shut down and every output is flushed, skipping the
-    interpreter's teardown: Arrow's thread pools can abort it ("terminate called without an active exception",
-    exit 134 after the work is done: apache/arrow#34314). Seen after ``verify`` had printed "ok", and in 2 of
-    37 runs of a render with duplicate keys (1 of 40 when measured again; the key check reads the key column with
-    Arrow's threads).
-
-    What teardown would still do is done here first: Ray shut down (a no-op after render's ray_session),
-    atexit handlers run (logging flushes its handlers there), stdout and stderr flushed."""
-    import atexit
-    import contextlib
-
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
-    try:
-        atexit._run_exitfuncs()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
-
-
 def console_main() -> None:
     """The ``turbobatch`` command (pyproject's script) and ``python -m turbobatch``: ``main``, then an exit
     without teardown (exit_without_teardown), so the exit code is always the command's: 0 done, 1 failed shards,
@@ -243,32 +195,26 @@ def console_main() -> None:
     exit_without_teardown(exit_code_of(main))
 
 
-def exit_code_of(command: Callable[[], int]) -> int:
-    """``command()``'s return value, or the exit code of what ended it early (see console_main)."""
-    import signal
-    import traceback
+def render_main(argv: list[str] | None = None, prog: str = "turbobatch render") -> int:
+    """Run the job and return its exit code: 0 done, 1 failed shards or stalled, 2 bad job, 130 Ctrl-C, 143 SIGTERM.
 
-    try:
-        return command()
-    except SystemExit as e:
-        return _exit_code(e.code)
-    except KeyboardInterrupt:  # between render's own handlers and here: rare, but the code must still say so
-        from turbobatch.jobs.run.cluster import SIGTERM_RECEIVED
-
-        return 128 + (signal.SIGTERM if SIGTERM_RECEIVED.is_set() else signal.SIGINT)
-    except Exception:
-        traceback.print_exc()
-        return 1
-
-
-def _exit_code(code: object) -> int:
-    """What ``sys.exit(code)`` would end the process with (a message is printed, as Python does)."""
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
-    return 1
+    SIGTERM is handled from the first line (jobs/run/cluster.py sigterm_interrupts), so it gives 143 and the resume
+    line in every step, and the driver ends within cluster.TERMINATE_GRACE_S of it even if Ray's shutdown hangs."""
+    with sigterm_interrupts():
+        try:
+            spec, options = parse_render_command(argv, prog)
+            if options.dry_run or options.calibrate:
+                return dry_run(spec, options)
+            return render.run(spec)
+        except JobError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_JOB
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (jobs/run/cluster.py); Ray is shut down by now
+            if SIGTERM_RECEIVED.is_set():
+                print(f"\n{TERMINATED_MESSAGE}", file=sys.stderr)
+                return EXIT_TERMINATED
+            print("\ninterrupted: committed shards are kept; run the same command again to resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
 
 COMMANDS = {
@@ -278,14 +224,6 @@ COMMANDS = {
     "verify": "check an output folder's committed shards against their done markers, and find orphans; "
     "--repair removes broken shards so the render command redoes them",
 }
-
-
-def invoked_as() -> str:
-    """The command the user typed to start this process, for usage lines: ``python -m turbobatch`` (or
-    ``python -m turbobatch.jobs.cli``) when run as a module, else the installed ``turbobatch`` command."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    name = spec.name.removesuffix(".__main__") if spec is not None else ""
-    return f"python -m {name}" if name == "turbobatch" or name.startswith("turbobatch.") else "turbobatch"
 
 
 def build_main_parser(prog: str) -> argparse.ArgumentParser:
@@ -315,12 +253,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{prog}: error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    if argv[0] == "render":
-        from turbobatch.jobs.run.render import main as command
-    elif argv[0] == "status":
-        from turbobatch.jobs.inspect.status import main as command
-    else:
-        from turbobatch.jobs.inspect.verify import main as command
+    command = {"render": render_main, "status": status.main, "verify": verify.main}[argv[0]]
     return command(argv[1:], prog=f"{prog} {argv[0]}")
 
 

@@ -4,7 +4,7 @@ Each op runs the CUDA kernel from kernels/*.cu on CUDA tensors when pycuda (the 
 extra) and a libcuda are usable, else the torch reference (kernels/reference.py), which has
 diffusers' exact semantics and is the kernels' test oracle. ``BACKEND`` says which one CUDA
 tensors get in this process and ``BACKEND_REASON`` why. Importing this package never needs
-pycuda, libcuda or nvcc.
+pycuda, libcuda or nvcc. It stands alone: it imports no other package of turbobatch.
 """
 
 from turbobatch.kernels.ops import canny, cuda_status, dhash64, group_norm, image_stats, postprocess_uint8, postprocess_with_stats

@@ -35,7 +35,7 @@ from typing import Any
 
 from turbobatch.spec.job import JobSpec
 from turbobatch.output.storage import Folder
-from turbobatch.workers import faults
+from turbobatch import faults
 from turbobatch.models.source import HUB, REMOTE, loads_in_place
 from turbobatch.models.tiny import cache_dir
 from turbobatch.models.variants import hub_allow_patterns

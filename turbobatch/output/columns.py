@@ -20,14 +20,16 @@ import base64
 import dataclasses
 import functools
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from turbobatch.errors import JobError
 from turbobatch.spec.expand import sweep_schema
-from turbobatch.jobs.prepare.inputs import InputFile
 from turbobatch.spec.job import KEEP_ALL, JobSpec
+
+if TYPE_CHECKING:  # the input files are the driver's (jobs/prepare); only their type is needed here
+    from turbobatch.jobs.prepare.inputs import InputFile
 
 METADATA_SCHEMA = pa.schema(
     [

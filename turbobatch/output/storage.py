@@ -8,6 +8,7 @@ temporary name and renamed; object stores get one whole PUT (or a completed mult
 from __future__ import annotations
 
 import contextlib
+import glob as globlib
 import json
 import os
 import socket
@@ -244,3 +245,22 @@ class Folder:
     def remove_tree(self, rel: str) -> None:
         if self.exists(rel):
             self.fs.rm(self.path(rel), recursive=True)
+
+
+def dataset_root(url: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The folder that relative paths in the data (control images) start from: INPUT itself
+    when it is a folder, else its parent (for a glob, the folder before the first wildcard)."""
+    fs, root = open_fs(url, storage_options)
+    return fs.unstrip_protocol(base_folder(fs, root))
+
+
+def base_folder(fs: fsspec.AbstractFileSystem, root: str) -> str:
+    """INPUT's folder as a path of ``fs``: itself, its parent, or a glob's folder before the first wildcard."""
+    if globlib.has_magic(root):
+        magic = min(i for i, c in enumerate(root) if c in "*?[")
+        base = root[:magic].rsplit("/", 1)[0]
+    elif fs.isdir(root):
+        base = root
+    else:
+        base = root.rsplit("/", 1)[0]
+    return base.rstrip("/")

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from turbobatch.spec import sampling
+from turbobatch.spec.sampling import MAX_SEED
 from turbobatch.errors import JobError
 
 if TYPE_CHECKING:
@@ -99,8 +100,6 @@ class Expansion:
     @staticmethod
     def seed(first_seed: int, j: int) -> tuple[int | None, str | None]:
         """Image j's seed from its row's first (``s``, or ``job seed + g * N``): ``first + j``."""
-        from turbobatch.spec.job import MAX_SEED
-
         seed = first_seed + j
         if seed >= MAX_SEED:
             return None, f"seed {first_seed} + {j} (image {j} of the row) is outside [0, 2**63)"

@@ -17,7 +17,7 @@ from typing import Any
 from turbobatch.spec import sampling
 from turbobatch.errors import JobError, MissingArgument
 from turbobatch.spec.expand import MAX_IMAGES_PER_PROMPT, check_sweep_names, merge_sweeps, normalize_sweep
-from turbobatch.spec.sampling import SamplingParams
+from turbobatch.spec.sampling import MAX_SEED, SamplingParams
 from turbobatch.spec.template import Template
 
 DTYPES = ("float16", "bfloat16", "float32")
@@ -42,7 +42,6 @@ FORMATS = ("tar", "files", "parquet")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 IMAGE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 DEFAULT_QUALITY = {"jpeg": 95, "webp": 90}
-MAX_SEED = 2**63  # seeds live in [0, 2**63)
 
 
 @dataclass
@@ -395,3 +394,13 @@ def _require_choice(flag: str, value: Any, choices: tuple[str, ...], optional: b
         return
     if value not in choices:
         raise JobError(f"--{flag}: {value!r} is not valid; choose one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a job, beside what the job is (JobSpec): a dry run, a calibration, its estimate."""
+
+    dry_run: bool = False
+    calibrate: bool = False
+    gpu_hour_price: float | None = None
+    gpu_kind: str | None = None

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+MAX_SEED = 2**63  # seeds live in [0, 2**63)
+
 # name -> (kind, low, high): the valid values of each parameter.
 RANGES: dict[str, tuple[type, float, float]] = {
     "steps": (int, 1, 100),

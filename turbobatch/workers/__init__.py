@@ -1,4 +1,6 @@
-"""Actor side of turbobatch: pipeline loading, rendering a shard, writing a shard.
+"""The render actor: read a shard's rows, expand them into images, batch and sample them on the
+device, decode, encode and write, then commit the shard (done marker last). Nothing here imports Ray,
+so a worker runs (and is tested) without a cluster.
 
-Nothing here imports Ray, so a worker can run (and be tested) without a cluster.
+May import: turbobatch.errors, .faults, .metrics, .kernels, .spec, .output, .models.
 """

@@ -1,7 +1,7 @@
 """RenderWorker: one long-lived pipeline that renders and commits whole shards.
 
 A plain class: the driver wraps it in a Ray actor (jobs/run/pool.py); tests and the GPU
-machine use it without Ray, which it never imports: its metrics (jobs/run/metrics.py) are recorded
+machine use it without Ray, which it never imports: its metrics (turbobatch/metrics.py) are recorded
 only when it runs under Ray. The actor runs two shards at once (Ray's ``max_concurrency``), but
 every pipeline call runs on one "device" thread, one shard at a time (the pipeline is not
 thread-safe): while one shard renders, the other reads its rows or finishes encodes and uploads
@@ -20,12 +20,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from turbobatch.jobs.run.metrics import WorkerMetrics
-from turbobatch.jobs.prepare.plan import Shard
-from turbobatch.jobs.run.retry import InfrastructureError, is_retryable
+from turbobatch.metrics import WorkerMetrics
+from turbobatch.output.shard import Shard
+from turbobatch.errors import InfrastructureError, is_retryable
 from turbobatch.spec.job import JobSpec
 from turbobatch.output.storage import Folder
-from turbobatch.workers import faults
+from turbobatch import faults
 from turbobatch.models import cache as model_cache
 from turbobatch.workers.speedups import registry as speedups
 from turbobatch.workers.control import ControlImageError, ControlImageLoader
@@ -76,7 +76,7 @@ class RenderWorker:
         # the device's kind as torch names it ("NVIDIA H200", or "cpu"): what measured runs are keyed by.
         self.origin = {"worker": socket.gethostname(), "node_id": ray_node_id(), "pid": os.getpid(),
                        "device_kind": device_kind(spec.device)}  # fmt: skip
-        # Ray's metrics (jobs/run/metrics.py) when running under Ray; None without it (benchmarks, tests).
+        # Ray's metrics (turbobatch/metrics.py) when running under Ray; None without it (benchmarks, tests).
         self.metrics = WorkerMetrics.start(spec.model, self.origin)
 
     def ready(self) -> dict[str, Any]:

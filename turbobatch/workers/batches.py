@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from turbobatch.spec.job import JobSpec
-from turbobatch.workers import faults
+from turbobatch import faults
 from turbobatch.workers.decode import Decoded, Decoder
 from turbobatch.workers.rows import Row
 from turbobatch.spec.sampling import SamplingParams

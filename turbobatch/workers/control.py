@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from turbobatch.jobs.prepare.inputs import dataset_root
+from turbobatch.output.storage import dataset_root
 from turbobatch.spec.job import JobSpec
 from turbobatch.output.storage import open_fs
 

@@ -20,7 +20,7 @@ import dataclasses
 
 from turbobatch.spec import sampling
 from turbobatch.spec.expand import Expansion
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.spec.job import JobSpec
 from turbobatch.spec.template import Template, template_of
 from turbobatch.workers.rows import Row

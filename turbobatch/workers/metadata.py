@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from turbobatch.output import layout
 from turbobatch.output.columns import job_metadata_schema
 from turbobatch.spec.expand import SWEEP_PREFIX
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.spec.job import JobSpec
 from turbobatch.output.storage import Folder
 from turbobatch.workers.control import control_reference

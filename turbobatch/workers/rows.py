@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 from turbobatch.spec import sampling
 from turbobatch.output.columns import kept_schema, kept_values
 from turbobatch.output.keys import index_key, sanitize_key
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.spec.sampling import SamplingParams
-from turbobatch.spec.job import MAX_SEED, JobSpec
+from turbobatch.spec.job import JobSpec
+from turbobatch.spec.sampling import MAX_SEED
 from turbobatch.output.storage import open_fs
 from turbobatch.spec.template import template_of
 

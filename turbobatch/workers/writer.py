@@ -20,13 +20,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 from turbobatch.output import layout
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.spec.job import JobSpec
 from turbobatch.output.storage import Folder
 from turbobatch.workers.metadata import new_record, write_metadata
 from turbobatch.workers.batches import Rendered
 from turbobatch.workers.rows import Row
-from turbobatch.workers.sinks.base import ImageSink, open_sink
+from turbobatch.workers.sinks.base import ImageSink
+from turbobatch.workers.sinks.files import FilesSink
+from turbobatch.workers.sinks.parquet import DataParquetSink
+from turbobatch.workers.sinks.tar import TarSink
 
 
 class ShardWriter:
@@ -112,3 +115,12 @@ class ShardWriter:
             raise RuntimeError(f"shard {sid}: an ok row has no written image")
         self.out.write_json(layout.done_path(sid), marker)
         return marker
+
+
+def open_sink(out: Folder, shard: Shard, spec: JobSpec, stack: contextlib.ExitStack) -> ImageSink:
+    """The sink of ``spec.format``; its temp objects are discarded if ``stack`` exits by an error."""
+    if spec.format == "tar":
+        return TarSink(out, shard, spec, stack)
+    if spec.format == "parquet":
+        return DataParquetSink(out, shard, spec, stack)
+    return FilesSink(out, shard, spec)

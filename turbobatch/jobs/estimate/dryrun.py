@@ -31,14 +31,15 @@ from typing import Any
 
 from turbobatch.jobs.run import nodes
 from turbobatch.jobs.prepare import resume
-from turbobatch.jobs.cli import RunOptions
 from turbobatch.jobs.run.cluster import ClusterInfo, actor_resources, capacity_note, ray_session
 from turbobatch.errors import JobError, error_text
 from turbobatch.jobs.estimate.estimate import (Figure, calibrated_figure, estimate, figure_for, format_estimate, job_settings)
 from turbobatch.jobs.prepare.inputs import InputFile
-from turbobatch.jobs.prepare.plan import Shard, make_plan
-from turbobatch.jobs.run.render import EXIT_FAILED_SHARDS, EXIT_OK, CheckedJob, check_job, plan_job, resolve_job
-from turbobatch.spec.job import JobSpec
+from turbobatch.jobs.prepare.plan import make_plan
+from turbobatch.output.shard import Shard
+from turbobatch.errors import EXIT_FAILED_SHARDS, EXIT_OK
+from turbobatch.jobs.run.render import CheckedJob, check_job, plan_job, resolve_job
+from turbobatch.spec.job import JobSpec, RunOptions
 from turbobatch.models.resolve import describe_weights
 
 ACCELERATOR = "accelerator_type:"  # Ray's node resource naming the GPU kind, e.g. accelerator_type:H200

@@ -1,4 +1,4 @@
-"""``python -m turbobatch.jobs.inspect.status OUTPUT [--json] [--watch [SECONDS]]``: where a job stands, from its output alone.
+"""``turbobatch status OUTPUT [--json] [--watch [SECONDS]]``: where a job stands, from its output alone.
 
 Reads ``_job/`` (plan, spec), one listing each of ``_done/`` and ``_failed/``, and the done
 markers (counts, timings: where the devices' time went, and which node rendered each shard). Needs no Ray, no model and no
@@ -15,9 +15,10 @@ from typing import Any
 
 from turbobatch.output import layout
 from turbobatch.jobs.prepare import resume
-from turbobatch.jobs.cli import exit_without_teardown, json_object
+from turbobatch.jobs.console import json_object
 from turbobatch.errors import JobError
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.jobs.inspect.watch import DEFAULT_INTERVAL_S, watch_output
+from turbobatch.output.shard import planned_images
 from turbobatch.jobs.inspect.startup import startup_line, startup_report
 from turbobatch.output.storage import Folder, describe_error
 
@@ -104,12 +105,6 @@ def devices_line(kinds: dict[str, dict[str, Any]]) -> str | None:
              + (f", {e['images_per_s']:.2f} {PER_WORKER_RATE}" if e["images_per_s"] else "")
              for kind, e in kinds.items()]  # fmt: skip
     return "devices: " + "; ".join(parts)
-
-
-def planned_images(plan: dict[str, Any]) -> dict[int, int]:
-    """plan.json's shards -> their images (Shard.num_images: plans made before images had their
-    own range make one image per row)."""
-    return {s["shard_id"]: Shard(**s).num_images for s in plan["shards"]}
 
 
 def per_node(markers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -199,9 +194,7 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.inspect.status") -> int:
-    from turbobatch.jobs.inspect.watch import DEFAULT_INTERVAL_S, watch_output# jobs.watch imports this module
-
+def main(argv: list[str] | None = None, prog: str = "turbobatch status") -> int:
     p = argparse.ArgumentParser(prog=prog, description="Show a render job's progress from its output folder.")
     p.add_argument("output", help="the job's output folder URL")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
@@ -235,6 +228,3 @@ def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.i
     print(json.dumps(status, indent=1) if args.json else format_status(status))
     return 0
 
-
-if __name__ == "__main__":
-    exit_without_teardown(main())

@@ -30,11 +30,10 @@ import pyarrow.parquet as pq
 
 from turbobatch.output import layout
 from turbobatch.jobs.prepare import resume
-from turbobatch.jobs.cli import exit_without_teardown, json_object
-from turbobatch.errors import JobError
+from turbobatch.jobs.console import json_object
+from turbobatch.errors import EXIT_BROKEN, EXIT_NOT_AN_OUTPUT, EXIT_OK, JobError
 from turbobatch.output.storage import Folder, describe_error
 
-EXIT_OK, EXIT_BROKEN, EXIT_NOT_AN_OUTPUT = 0, 1, 2
 _CHUNK = 1 << 20
 _FLAT_DIRS = tuple(d for d in layout.DATA_DIRS if d != "images")
 
@@ -267,7 +266,7 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.inspect.verify") -> int:
+def main(argv: list[str] | None = None, prog: str = "turbobatch verify") -> int:
     p = argparse.ArgumentParser(prog=prog, description="Check an output folder's committed shards against their "
                                 "done markers, and find orphan objects; exit 1 if anything is wrong.")  # fmt: skip
     p.add_argument("output", help="the job's output folder URL")
@@ -293,6 +292,3 @@ def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.i
     print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
     return EXIT_OK if report.ok else EXIT_BROKEN
 
-
-if __name__ == "__main__":
-    exit_without_teardown(main())

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from turbobatch.output import layout
 from turbobatch.jobs.prepare import resume
 from turbobatch.errors import JobError
-from turbobatch.jobs.inspect.status import planned_images
+from turbobatch.output.shard import planned_images
 from turbobatch.output.storage import Folder, bucket_of, check_endpoint
 
 DEFAULT_INTERVAL_S = 10.0

@@ -16,7 +16,8 @@ from turbobatch.output import layout
 from turbobatch.errors import JobError
 from turbobatch.jobs.prepare.globs import may_overlap
 from turbobatch.spec.job import JobSpec
-from turbobatch.output.storage import Folder, bucket_of, check_endpoint, describe_error, endpoint_of, open_fs
+from turbobatch.output.storage import (Folder, base_folder, bucket_of, check_endpoint, describe_error, endpoint_of,
+                                       open_fs)
 from turbobatch.spec.template import PROMPT_FIELD, template_of
 from turbobatch.spec.template import check_columns as check_template_columns
 
@@ -43,7 +44,7 @@ def scan_inputs(url: str, storage_options: dict[str, Any] | None = None) -> list
         check_endpoint(url, storage_options)
         fs, root = open_fs(url, storage_options)
         paths = _list_paths(fs, root, url)
-        base = _base_folder(fs, root)
+        base = base_folder(fs, root)
         files = [_read_footer(fs, path, path[len(base) + 1 :] if path.startswith(base + "/") else path)
                  for path in paths]  # fmt: skip
     except JobError:
@@ -91,25 +92,6 @@ def check_output_apart(url: str, storage_options: dict[str, Any] | None, out: Fo
 def _real(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """A local path with its symlinks resolved (two spellings of one folder are one folder); others as they are."""
     return os.path.realpath(path) if isinstance(fs, LocalFileSystem) else path
-
-
-def dataset_root(url: str, storage_options: dict[str, Any] | None = None) -> str:
-    """The folder that relative paths in the data (control images) start from: INPUT itself
-    when it is a folder, else its parent (for a glob, the folder before the first wildcard)."""
-    fs, root = open_fs(url, storage_options)
-    return fs.unstrip_protocol(_base_folder(fs, root))
-
-
-def _base_folder(fs: fsspec.AbstractFileSystem, root: str) -> str:
-    """INPUT's folder as a path of ``fs``: itself, its parent, or a glob's folder before the first wildcard."""
-    if globlib.has_magic(root):
-        magic = min(i for i, c in enumerate(root) if c in "*?[")
-        base = root[:magic].rsplit("/", 1)[0]
-    elif fs.isdir(root):
-        base = root
-    else:
-        base = root.rsplit("/", 1)[0]
-    return base.rstrip("/")
 
 
 def _list_paths(fs: fsspec.AbstractFileSystem, root: str, url: str) -> list[str]:

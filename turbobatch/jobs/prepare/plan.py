@@ -11,44 +11,11 @@ counts alone: one entry per shard, never one per image.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from turbobatch.jobs.prepare.inputs import InputFile
+from turbobatch.output.shard import Shard
 from turbobatch.spec.job import JobSpec
-
-
-@dataclass(frozen=True)
-class Shard:
-    shard_id: int
-    file: str  # URL of the Parquet file
-    row_start: int  # first row in the file (inclusive)
-    row_end: int  # last row in the file (exclusive)
-    first_index: int  # global index of row_start
-    key_width: int  # digits of zero-padded index keys, the same for the whole job
-    # The job's image indices the shard renders, [image_start, image_end); None: one image per row
-    # (image index = global index), every image of rows row_start..row_end.
-    image_start: int | None = None
-    image_end: int | None = None
-
-    @property
-    def num_rows(self) -> int:
-        """Input rows the shard reads (a row whose images span two shards is read by both)."""
-        return self.row_end - self.row_start
-
-    @property
-    def images(self) -> range:
-        if self.image_start is None or self.image_end is None:
-            return range(self.first_index, self.first_index + self.num_rows)
-        return range(self.image_start, self.image_end)
-
-    @property
-    def num_images(self) -> int:
-        """Images the shard makes: its metadata rows (ok or error)."""
-        return len(self.images)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def make_plan(files: list[InputFile], shard_size: int, images_per_row: int = 1) -> list[Shard]:

@@ -20,7 +20,8 @@ from typing import Any
 from turbobatch.output import layout
 from turbobatch.errors import JobError
 from turbobatch.spec.expand import images_per_row
-from turbobatch.jobs.prepare.plan import Shard, describe_changes
+from turbobatch.jobs.prepare.plan import describe_changes
+from turbobatch.output.shard import Shard
 from turbobatch.spec.job import JobSpec
 from turbobatch.output.storage import TEMP_MARK, Folder, check_endpoint, describe_error
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turbobatch.errors import JobError
+from turbobatch.errors import EXIT_TERMINATED, JobError
 from turbobatch.spec.job import JobSpec
 from turbobatch.models.resolve import ModelInfo
 
@@ -281,7 +281,6 @@ def _reap(pids: set[int], timeout: float) -> None:
         time.sleep(0.02)
 
 
-EXIT_TERMINATED = 128 + signal.SIGTERM
 TERMINATED_MESSAGE = "terminated: committed shards are kept; run the same command again to resume"
 
 

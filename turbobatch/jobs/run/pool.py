@@ -22,7 +22,7 @@ from typing import Any
 from turbobatch.jobs.run import nodes
 from turbobatch.jobs.run.cluster import actor_env, actor_resources
 from turbobatch.errors import error_text
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.spec.job import JobSpec
 
 @dataclass(frozen=True)

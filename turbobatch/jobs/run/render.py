@@ -1,4 +1,4 @@
-"""``python -m turbobatch.jobs.run.render INPUT OUTPUT [options]``: the render job, as a recipe.
+"""The render job, as a recipe (``turbobatch render INPUT OUTPUT [options]``; jobs/cli.py parses it).
 
 Every check that can fail a job runs before any actor starts; then shards without a done
 marker are rendered and committed by the actors. Rerun the same command to resume. Steps 1-5's
@@ -16,20 +16,20 @@ from typing import Any
 from turbobatch.jobs.prepare import resume
 from turbobatch.jobs.run import schedule
 from turbobatch.jobs.card import write_card
-from turbobatch.jobs.cli import exit_code_of, exit_without_teardown, parse_render_command
-from turbobatch.jobs.run.cluster import (SIGTERM_RECEIVED, TERMINATED_MESSAGE, ClusterInfo, capacity_note, ray_session, resolve_spec, sigterm_interrupts)
+from turbobatch.jobs.run.cluster import ClusterInfo, capacity_note, ray_session, resolve_spec
 from turbobatch.output.columns import with_kept_columns
-from turbobatch.errors import JobError, JobStalled
+from turbobatch.errors import EXIT_FAILED_SHARDS, EXIT_OK, JobError, JobStalled
 from turbobatch.spec.expand import images_per_row
 from turbobatch.jobs.prepare.inputs import InputFile, check_columns, check_output_apart, scan_inputs
-from turbobatch.output.keys import check_unique_keys
-from turbobatch.jobs.prepare.plan import Shard, fingerprint, make_plan
+from turbobatch.jobs.prepare.unique_keys import check_unique_keys
+from turbobatch.jobs.prepare.plan import fingerprint, make_plan
+from turbobatch.output.shard import Shard
 from turbobatch.jobs.run.progress import Progress
-from turbobatch.spec.job import MAX_SEED, JobSpec
+from turbobatch.spec.job import JobSpec
+from turbobatch.spec.sampling import MAX_SEED
 from turbobatch.output.storage import Folder
 from turbobatch.models.resolve import (ControlNetInfo, ModelInfo, VaeInfo, describe_weights, resolve_controlnet, resolve_model, resolve_vae, resolve_weights)
 
-EXIT_OK, EXIT_FAILED_SHARDS, EXIT_BAD_JOB, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 @dataclass(frozen=True)
@@ -132,31 +132,3 @@ def run(spec: JobSpec) -> int:
         print(f"error: {stalled}\ncommitted shards are kept; run the same command again to resume", file=sys.stderr)
         return EXIT_FAILED_SHARDS
     return EXIT_FAILED_SHARDS if len(progress.failed) > spec.max_failed_shards else EXIT_OK
-
-
-def main(argv: list[str] | None = None, prog: str = "python -m turbobatch.jobs.run.render") -> int:
-    """Run the job and return its exit code: 0 done, 1 failed shards or stalled, 2 bad job, 130 Ctrl-C, 143 SIGTERM.
-
-    SIGTERM is handled from the first line (jobs/run/cluster.py sigterm_interrupts), so it gives 143 and the resume
-    line in every step, and the driver ends within cluster.TERMINATE_GRACE_S of it even if Ray's shutdown hangs."""
-    with sigterm_interrupts():
-        try:
-            spec, options = parse_render_command(argv, prog)
-            if options.dry_run or options.calibrate:
-                from turbobatch.jobs.estimate.dryrun import dry_run
-
-                return dry_run(spec, options)
-            return run(spec)
-        except JobError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_BAD_JOB
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (jobs/run/cluster.py); Ray is shut down by now
-            if SIGTERM_RECEIVED.is_set():
-                print(f"\n{TERMINATED_MESSAGE}", file=sys.stderr)
-                return EXIT_TERMINATED
-            print("\ninterrupted: committed shards are kept; run the same command again to resume", file=sys.stderr)
-            return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    exit_without_teardown(exit_code_of(main))

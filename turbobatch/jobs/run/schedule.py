@@ -9,7 +9,7 @@ storage timed out or answered 5xx) puts it back after a backoff, up to ``--max-r
 that fails otherwise (bad data, a bug), or runs out of retries, gets a ``_failed/`` marker and the job
 goes on with the others. When nothing can progress for ``--stall-timeout`` seconds the job stops
 (JobStalled) naming what it waited for. Shards committed, failed and retried and the actors ready
-or starting also go to Ray's metrics (jobs/run/metrics.py).
+or starting also go to Ray's metrics (turbobatch/metrics.py).
 
 The scheduler is given its pool and its metrics and never calls Ray itself (as Ray Data keeps its
 executor's state apart from the loop that drives it): tests drive it with a fake pool in
@@ -30,12 +30,12 @@ from typing import Any, Protocol
 
 from turbobatch.jobs.run import nodes
 from turbobatch.jobs.prepare import resume
-from turbobatch.errors import JobError, JobStalled, error_text
-from turbobatch.jobs.run.metrics import DriverMetrics
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.errors import JobError, JobStalled, error_text, is_retryable
+from turbobatch.metrics import DriverMetrics
+from turbobatch.output.shard import Shard
 from turbobatch.jobs.run.pool import ActorPool, Outcome
 from turbobatch.jobs.run.progress import Progress, ShardOutcome
-from turbobatch.jobs.run.retry import backoff_s, is_retryable
+from turbobatch.jobs.run.retry import backoff_s
 from turbobatch.spec.job import JobSpec
 from turbobatch.jobs.run.stall import NO_ACTOR, StallWatch
 from turbobatch.output.storage import Folder
@@ -66,7 +66,7 @@ class Pool(Protocol):
 
 
 class Metrics(Protocol):
-    """What the scheduler reports (jobs/run/metrics.py's DriverMetrics is the real one)."""
+    """What the scheduler reports (turbobatch/metrics.py's DriverMetrics is the real one)."""
 
     def shard_committed(self, marker: dict[str, Any]) -> None: ...
     def shard_failed(self) -> None: ...

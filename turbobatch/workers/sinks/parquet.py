@@ -21,10 +21,11 @@ import pyarrow.parquet as pq
 from turbobatch.output import layout
 from turbobatch.output.columns import job_data_schema
 from turbobatch.output.features import with_features_metadata
-from turbobatch.jobs.prepare.plan import Shard
+from turbobatch.output.shard import Shard
 from turbobatch.spec.job import JobSpec
 from turbobatch.output.storage import Folder
-from turbobatch.workers.sinks.base import HashingWriter, encode
+from turbobatch.workers.sinks.base import HashingWriter
+from turbobatch.workers.sinks.encode import encode_image
 
 ROW_GROUP_ROWS = 100  # images per row group: ~40 MB of 512x512 PNGs, what the Hub's viewer reads well
 
@@ -41,7 +42,7 @@ class DataParquetSink:
 
     def submit(self, pool: ThreadPoolExecutor, image: np.ndarray, record: dict[str, Any]) -> Future[bytes]:
         record["image"] = f"{record['key']}.{self.spec.image_extension}"  # the Image value's path, as in a tar
-        return pool.submit(encode, self.spec, image)
+        return pool.submit(encode_image, image, self.spec.image_format, self.spec.effective_quality)
 
     def add(self, record: dict[str, Any], data: bytes) -> None:
         self.rows.append({**record, "image": {"bytes": data, "path": record["image"]}})
