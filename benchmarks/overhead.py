@@ -2,7 +2,7 @@
 
 (a) a plain single-process loop: ``pipe(prompts[i:i+B], generator=[...])`` per batch of the same
     batch size B, PNG encode in memory;
-(b) ``jobs.render`` with 1 worker into a local folder, end to end (Ray start, actor start, model
+(b) ``turbobatch render`` with 1 worker into a local folder, end to end (Ray start, actor start, model
     load, Parquet, tars, metadata, done markers).
 Its marginal throughput — what a long job gets once started — is the images committed after its
 first shard over the time from the first commit to the last (done markers' ``committed_at``):
@@ -36,7 +36,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from turbobatch.jobs.run.render import main as render  # noqa: E402
+from turbobatch.jobs.cli import render_main as render  # noqa: E402
 from turbobatch.jobs.inspect.status import profile_line, summed_timings  # noqa: E402
 from turbobatch.models.tiny import tiny_model_path  # noqa: E402
 
@@ -54,12 +54,12 @@ def bare_loop(pipe, prompts: list[str], batch: int) -> float:
 
 
 def bracket(loop: list[float], run: int) -> float:
-    """The loop's images/s around jobs.render run ``run``: the mean of the loops before and after it."""
+    """The loop's images/s around turbobatch render run ``run``: the mean of the loops before and after it."""
     return (loop[run] + loop[run + 1]) / 2
 
 
 def system(data: Path, out: Path, shard_size: int, batch: int) -> tuple[float, float, dict[str, float]]:
-    """End-to-end seconds of jobs.render, its marginal images/s, and its shards' timings summed."""
+    """End-to-end seconds of turbobatch render, its marginal images/s, and its shards' timings summed."""
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     code = render([str(data), str(out), "--model", "tiny-sd-turbo", "--workers", "1", "--shard-size", str(shard_size),
@@ -82,7 +82,7 @@ def run(rows: int, runs: int, shard_size: int, batch: int) -> None:
     pipe = AutoPipelineForText2Image.from_pretrained(tiny_model_path("tiny-sd-turbo"))
     pipe.set_progress_bar_config(disable=True)
     bare_loop(pipe, prompts[: 2 * batch], batch)  # warm-up
-    # Each jobs.render run is bracketed by two loops (loop, run, loop, run, ..., loop) and compared
+    # Each turbobatch render run is bracketed by two loops (loop, run, loop, run, ..., loop) and compared
     # with their mean: this machine's speed drifts from minute to minute, and a bracket cancels a
     # steady drift that a single neighbour would put into the ratio.
     loop, marginal, end_to_end, fixed = [rows / bare_loop(pipe, prompts, batch)], [], [], []
@@ -92,15 +92,15 @@ def run(rows: int, runs: int, shard_size: int, batch: int) -> None:
         marginal.append(rate)
         end_to_end.append(rows / elapsed)
         fixed.append(elapsed - rows / rate)
-        print(f"run {i + 1}: batched loop {loop[-2]:.1f} then {loop[-1]:.1f} img/s | jobs.render {rate:.1f} img/s "
+        print(f"run {i + 1}: batched loop {loop[-2]:.1f} then {loop[-1]:.1f} img/s | turbobatch render {rate:.1f} img/s "
               f"marginal ({rate / bracket(loop, i):.3f}x), {end_to_end[-1]:.1f} img/s end to end over {rows} rows",
               flush=True)  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
     median = statistics.median
     print(f"\n{rows} rows, {SIZE}x{SIZE}, tiny-sd-turbo, batch size {batch}, torch threads "
           f"{torch.get_num_threads()}, {os.cpu_count()} CPUs")  # fmt: skip
-    print(f"median images/s: batched loop {median(loop):.1f}, jobs.render marginal {median(marginal):.1f}")
-    print(f"median ratio jobs.render / batched loop (the mean of the loops before and after each run): "
+    print(f"median images/s: batched loop {median(loop):.1f}, turbobatch render marginal {median(marginal):.1f}")
+    print(f"median ratio turbobatch render / batched loop (the mean of the loops before and after each run): "
           f"{median(m / bracket(loop, i) for i, m in enumerate(marginal)):.3f} marginal, "
           f"{median(e / bracket(loop, i) for i, e in enumerate(end_to_end)):.3f} end to end ({rows} rows)")  # fmt: skip
     print(f"median fixed cost (Ray start, actor start, model load, planning): {median(fixed):.1f} s per run")

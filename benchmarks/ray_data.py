@@ -4,7 +4,7 @@
     concurrency=1) -> write_parquet`` of PNG bytes (the script below, as a new user writes it
     from Ray's docs: its actor gets Ray's default of 1 CPU, so torch runs 1 thread; asking for
     the machine's 2 CPUs left no CPU for the read tasks and the job hung here);
-(b) ``python -m turbobatch.jobs.run.render`` with 1 worker: the same rows, model, size and batch size, into tars,
+(b) ``python -m turbobatch render`` with 1 worker: the same rows, model, size and batch size, into tars,
     metadata and done markers.
 Each run is a fresh process (Ray start and model load included), alternating a, b, a, b, ...;
 the median wall times and their ratio are printed.
@@ -82,14 +82,14 @@ def main() -> None:
         shutil.rmtree(work / "b", ignore_errors=True)
         ray_data.append(timed([sys.executable, str(script), str(data), str(work / "a"), str(args.size),
                                str(args.batch_size)]))  # fmt: skip
-        turbobatch.append(timed([sys.executable, "-m", "turbobatch.jobs.run.render", str(data), str(work / "b"), "--model",
+        turbobatch.append(timed([sys.executable, "-m", "turbobatch", "render", str(data), str(work / "b"), "--model",
                                  "tiny-sd-turbo", "--workers", "1", "--height", str(args.size), "--width",
                                  str(args.size), "--batch-size", str(args.batch_size), "--shard-size", "120"]))
-        print(f"run {i + 1}: Ray Data script {ray_data[-1]:.1f} s, jobs.render {turbobatch[-1]:.1f} s", flush=True)
+        print(f"run {i + 1}: Ray Data script {ray_data[-1]:.1f} s, turbobatch render {turbobatch[-1]:.1f} s", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     a, b = statistics.median(ray_data), statistics.median(turbobatch)
     print(f"\n{args.rows} rows, {args.size}x{args.size}, tiny-sd-turbo, batch size {args.batch_size}, end to end")
-    print(f"median wall time: Ray Data script {a:.1f} s, jobs.render {b:.1f} s; jobs.render takes {b / a:.2f}x "
+    print(f"median wall time: Ray Data script {a:.1f} s, turbobatch render {b:.1f} s; turbobatch render takes {b / a:.2f}x "
           f"the Ray Data script's time ({a / b:.2f}x its throughput)")  # fmt: skip
 
 

@@ -22,7 +22,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from benchmarks.local_s3 import local_s3, options  # noqa: E402
-from turbobatch.jobs.run.render import main as render  # noqa: E402
+from turbobatch.jobs.cli import render_main as render  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402
 
 

@@ -28,6 +28,10 @@ from tests.helpers import corrupt_parquet, processes_titled, read_metadata, wait
 from tests.raycluster import Head, started_head, started_worker_node
 from turbobatch import faults
 
+
+def parse_render_spec(argv, prog="turbobatch render"):
+    return parse_render_command(argv, prog)[0]
+
 MAX_UPLOAD_BYTES = 5 * 2**20
 SIZE = ["--height", "32", "--width", "32"]
 
@@ -131,7 +135,7 @@ def test_a_lost_node_costs_only_its_in_flight_shards(tiny_model_dir: Path, tmp_p
         wait_for(lambda: "/2.0 CPU" in head.ray("status", "--address", head.gcs_address), 60, "the second node")
         env = {**head.env, "RAY_ADDRESS": head.gcs_address, "TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"],
                "HF_HUB_OFFLINE": "1", faults.ENV: json.dumps({"delay_s": 0.4})}  # fmt: skip
-        driver = subprocess.Popen([sys.executable, "-m", "turbobatch.jobs.run.render", str(data), str(out), "--model", "tiny-sd-turbo",
+        driver = subprocess.Popen([sys.executable, "-m", "turbobatch", "render", str(data), str(out), "--model", "tiny-sd-turbo",
                                    "--shard-size", "4", "--workers", "2", "--max-retries", "0", *SIZE],
                                   cwd=REPO, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -249,7 +253,7 @@ def test_rayjob_manifest_has_what_kuberay_requires() -> None:
     """Fields KubeRay's CRD (ray.io/v1) requires, and how this job uses them."""
     from ray.runtime_env import RuntimeEnv
 
-    from turbobatch.jobs.cli import parse_render_args
+    from turbobatch.jobs.cli import parse_render_command
 
     job = load_yaml("deploy/rayjob.yaml")
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
@@ -262,7 +266,7 @@ def test_rayjob_manifest_has_what_kuberay_requires() -> None:
     # The same entrypoint as everywhere else, with flags the CLI accepts.
     argv = shlex.split(spec["entrypoint"])
     assert argv[:4] == ["python", "-m", "turbobatch", "render"], argv
-    render = parse_render_args(argv[4:])
+    render = parse_render_spec(argv[4:])
     assert render.input.startswith("s3://") and render.output.startswith("s3://")
     assert render.device == "cuda", "GPU nodes start at 0: --device cuda, or the job would pick CPU"
 

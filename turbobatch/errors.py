@@ -37,7 +37,7 @@ class MissingArgument(JobError):
     user typed (``turbobatch render``, ``python -m turbobatch render``, ...).
     """
 
-    def __init__(self, name: str, prog: str = "python -m turbobatch.jobs.run.render") -> None:
+    def __init__(self, name: str, prog: str = "python -m turbobatch render") -> None:
         self.name = name
         super().__init__(f"{name}: missing; usage: {prog} INPUT OUTPUT [options] (or {name}: in the --config file); "
                          "--help lists the options")  # fmt: skip

@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 
 from turbobatch.jobs.cli import main as turbobatch
-from turbobatch.jobs.cli import parse_render_args
+from turbobatch.jobs.cli import parse_render_command
 from turbobatch.errors import JobError
 from tests.conftest import REPO
+
+
+def parse_render_spec(argv, prog="turbobatch render"):
+    return parse_render_command(argv, prog)[0]
 
 COMMAND_LINES = ("    render    render a Parquet prompt dataset", "    status    show where a job stands",
                  "    verify    check an output folder's committed shards")  # fmt: skip
@@ -52,7 +56,7 @@ def test_a_subcommand_usage_names_the_command_typed(capsys):
 def test_the_missing_argument_message_takes_the_prog():
     with pytest.raises(JobError, match=r"^output: missing; usage: turbobatch render INPUT OUTPUT \[options\] "
                                        r"\(or output: in the --config file\)"):  # fmt: skip
-        parse_render_args(["in.parquet"], prog="turbobatch render")
+        parse_render_spec(["in.parquet"], prog="turbobatch render")
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess:
@@ -61,7 +65,7 @@ def _run(*cmd: str) -> subprocess.CompletedProcess:
 
 
 def test_each_entry_point_names_itself():
-    """The installed command, ``python -m turbobatch`` and ``python -m turbobatch.jobs.run.render``."""
+    """The installed command, ``python -m turbobatch`` and ``python -m turbobatch render``."""
     script = str(Path(sys.executable).parent / "turbobatch")
     done = _run(script, "--help")
     assert done.returncode == 0 and done.stdout.startswith("usage: turbobatch [-h] COMMAND"), done.stderr
@@ -73,5 +77,3 @@ def test_each_entry_point_names_itself():
     assert done.returncode == 2 and "usage: turbobatch render INPUT OUTPUT" in done.stderr, done.stderr
     done = _run(sys.executable, "-m", "turbobatch", "render")
     assert done.returncode == 2 and "usage: python -m turbobatch render INPUT OUTPUT" in done.stderr, done.stderr
-    done = _run(sys.executable, "-m", "turbobatch.jobs.run.render")
-    assert done.returncode == 2 and "usage: python -m turbobatch.jobs.run.render INPUT OUTPUT" in done.stderr, done.stderr

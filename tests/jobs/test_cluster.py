@@ -85,7 +85,7 @@ def test_an_autoscaler_whose_node_types_cannot_hold_an_actor_fails_the_job_at_on
         env = {**head.env, "RAY_ADDRESS": head.gcs_address, "TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"],
                "HF_HUB_OFFLINE": "1"}  # fmt: skip
         subprocess.run([sys.executable, "-c", PUBLISH_NODE_TYPES], env=env, timeout=120, check=True)
-        result = subprocess.run([sys.executable, "-m", "turbobatch.jobs.run.render", str(data), str(tmp_path / "out"), "--model",
+        result = subprocess.run([sys.executable, "-m", "turbobatch", "render", str(data), str(tmp_path / "out"), "--model",
                                  "tiny-sd-turbo", "--worker-cpus", "2", "--stall-timeout", "3600"], cwd=REPO, env=env,
                                 capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]

@@ -9,7 +9,7 @@ from turbobatch.jobs.run import render as render_module
 from turbobatch.output.columns import (METADATA_SCHEMA, data_schema, kept_schema, kept_values, metadata_schema, with_kept_columns)  # fmt: skip
 from turbobatch.errors import JobError
 from turbobatch.jobs.prepare.inputs import scan_inputs
-from turbobatch.jobs.run.render import main as render
+from turbobatch.jobs.cli import render_main as render
 from turbobatch.spec.job import JobSpec
 from tests.conftest import write_parquet
 

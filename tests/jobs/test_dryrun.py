@@ -13,7 +13,7 @@ import pytest
 
 from turbobatch.jobs.estimate import dryrun
 from turbobatch.jobs.prepare.inputs import scan_inputs
-from turbobatch.jobs.run.render import main as render
+from turbobatch.jobs.cli import render_main as render
 from turbobatch.spec.job import JobSpec
 from tests.conftest import REPO, write_parquet
 from tests.helpers import wait_for
@@ -210,7 +210,7 @@ def test_a_gpu_job_is_estimated_for_the_clusters_gpu_kind_with_its_cost(tmp_path
         env = {**head.env, "RAY_ADDRESS": head.gcs_address, "TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"]}
         texts = {}
         for model in ("stabilityai/sd-turbo", "stabilityai/sdxl-turbo"):
-            command = [sys.executable, "-m", "turbobatch.jobs.run.render", str(EXAMPLE), str(out), "--model", model, "--weights",
+            command = [sys.executable, "-m", "turbobatch", "render", str(EXAMPLE), str(out), "--model", model, "--weights",
                        "random", "--device", "cuda", "--workers", "4", "--shard-size", "10",
                        "--gpu-hour-price", "2.5", "--dry-run"]  # fmt: skip
             result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -30,7 +30,7 @@ RESUME_LINE = "terminated: committed shards are kept; run the same command again
 # The three ways to run a render; PYTHONPATH (local_env) makes the installed command run this checkout.
 ENTRY_POINTS = ([str(Path(sys.executable).parent / "turbobatch"), "render"],
                 [sys.executable, "-m", "turbobatch", "render"],
-                [sys.executable, "-m", "turbobatch.jobs.run.render"])  # fmt: skip
+                [sys.executable, "-m", "turbobatch", "render"])  # fmt: skip
 
 
 def local_env(**extra: str) -> dict[str, str]:

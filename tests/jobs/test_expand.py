@@ -7,12 +7,16 @@ import itertools
 import pyarrow as pa
 import pytest
 
-from turbobatch.jobs.cli import parse_render_args
+from turbobatch.jobs.cli import parse_render_command
 from turbobatch.errors import JobError
 from turbobatch.spec.expand import Expansion, merge_sweeps, normalize_sweep, sweep_schema
 from turbobatch.jobs.prepare.inputs import InputFile
 from turbobatch.jobs.prepare.plan import describe_changes, fingerprint, make_plan
 from turbobatch.spec.job import JobSpec
+
+
+def parse_render_spec(argv, prog="turbobatch render"):
+    return parse_render_command(argv, prog)[0]
 
 SWEEP = [["steps", [1, 2]], ["style", ["ink", "oil", "chalk"]]]
 
@@ -117,7 +121,7 @@ def test_sweeps_from_flags_and_yaml_are_typed_and_merged(tmp_path):
     assert normalize_sweep(None) is None and normalize_sweep({}) is None
     config = tmp_path / "job.yaml"
     config.write_text("prompt_template: 'a {style} {prompt}'\nsweep:\n  style: [ink, oil]\n  steps: [1, 2]\n")
-    parsed = parse_render_args(["in", "out", "--config", str(config), "--sweep", "steps=3,4", "--sweep", "width=64"])
+    parsed = parse_render_spec(["in", "out", "--config", str(config), "--sweep", "steps=3,4", "--sweep", "width=64"])
     assert parsed.sweep == [["style", ["ink", "oil"]], ["steps", [3, 4]], ["width", [64]]]  # a flag wins per name
     assert merge_sweeps(None, ["steps=1"]) == [["steps", [1]]]
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from turbobatch.jobs.run import retry
-from turbobatch.jobs.run.render import main
+from turbobatch.jobs.cli import render_main as main
 from tests.conftest import REPO, write_parquet
 from tests.helpers import (
     assert_complete_and_clean,
@@ -86,7 +86,7 @@ def test_a_killed_driver_is_finished_by_the_same_command(prompts, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "turbobatch.jobs.run.render", str(prompts), str(out), *SMALL, "--workers", "1"]
+        return [sys.executable, "-m", "turbobatch", "render", str(prompts), str(out), *SMALL, "--workers", "1"]
 
     reference = tmp_path / "reference"
     first = subprocess.run(command(reference), env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -110,7 +110,7 @@ def test_sigterm_stops_the_driver_cleanly_and_the_same_command_resumes(prompts, 
     143, and its actors are gone (nothing is committed after it exits)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "turbobatch.jobs.run.render", str(prompts), str(out), *SMALL, "--workers", "1"]
+    command = [sys.executable, "-m", "turbobatch", "render", str(prompts), str(out), *SMALL, "--workers", "1"]
     slow_env = {**env, faults.ENV: json.dumps({"delay_s": 0.25})}
     driver = subprocess.Popen(command, env=slow_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, start_new_session=True)  # fmt: skip

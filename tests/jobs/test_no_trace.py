@@ -15,7 +15,7 @@ import s3fs
 
 from turbobatch.jobs.prepare import resume
 from turbobatch.errors import JobError
-from turbobatch.jobs.run.render import main
+from turbobatch.jobs.cli import render_main as main
 from turbobatch.output.storage import Folder
 from tests.conftest import s3_options, write_parquet
 from tests.jobs.test_output_in_input import tree

@@ -14,7 +14,7 @@ import s3fs
 
 from turbobatch.errors import JobError
 from turbobatch.jobs.prepare.inputs import check_output_apart
-from turbobatch.jobs.run.render import main
+from turbobatch.jobs.cli import render_main as main
 from turbobatch.output.storage import Folder
 from tests.conftest import s3_options, write_parquet
 

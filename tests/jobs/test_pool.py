@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from turbobatch.jobs.run.pool import CRASH_LOOP_STARTS, DRAIN_MARGIN_S, INFLIGHT_PER_ACTOR, ActorPool, Worker
-from turbobatch.jobs.run.render import main
+from turbobatch.jobs.cli import render_main as main
 from tests.conftest import REPO, write_parquet
 from tests.helpers import (
     assert_complete_and_clean,
@@ -47,21 +47,21 @@ def reference(prompts: Path, tmp_path_factory) -> dict[str, str]:
     """Image digests of an uninterrupted run: one 1-CPU actor on a Ray of the driver's own."""
     out = tmp_path_factory.mktemp("reference") / "out"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    command = [sys.executable, "-m", "turbobatch.jobs.run.render", str(prompts), str(out), *SMALL, "--worker-cpus", "1"]
+    command = [sys.executable, "-m", "turbobatch", "render", str(prompts), str(out), *SMALL, "--worker-cpus", "1"]
     result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return image_digests(out)
 
 
 class Driver:
-    """`python -m turbobatch.jobs.run.render` against ``head``, its stderr in a file readable mid-run."""
+    """`python -m turbobatch render` against ``head``, its stderr in a file readable mid-run."""
 
     def __init__(self, head: Head, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         env = {**head.env, "RAY_ADDRESS": head.gcs_address, "TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"],
                "HF_HUB_OFFLINE": "1", **(env or {})}  # fmt: skip
         with log.open("w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "turbobatch.jobs.run.render", *args], cwd=REPO, env=env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "turbobatch", "render", *args], cwd=REPO, env=env,
                                          stdout=subprocess.PIPE, stderr=err, text=True)  # fmt: skip
 
     def finish(self, timeout_s: float = 600) -> tuple[int, str, str]:

@@ -1,4 +1,4 @@
-"""End to end: jobs.render on a real local Ray, real Parquet files, the tiny model."""
+"""End to end: turbobatch render on a real local Ray, real Parquet files, the tiny model."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from turbobatch.output import layout
-from turbobatch.jobs.run.render import main
+from turbobatch.jobs.cli import render_main as main
 from tests.conftest import REPO, write_parquet
 from tests.helpers import assert_within_one_level, plain_diffusers_image, read_metadata, read_tar_images
 
@@ -183,7 +183,7 @@ def test_bad_jobs_fail_before_any_actor(ray_cluster, no_actors, tmp_path, capsys
 
 def test_cli_entry_points_document_every_option():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for cmd in ([sys.executable, "-m", "turbobatch.jobs.run.render", "--help"], [str(Path(sys.executable).parent / "turbobatch"), "render", "--help"]):
+    for cmd in ([sys.executable, "-m", "turbobatch", "render", "--help"], [str(Path(sys.executable).parent / "turbobatch"), "render", "--help"]):
         text = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
         for flag in ("--model", "--steps", "--guidance-scale", "--height", "--width", "--batch-size", "--dtype",
                      "--workers", "--shard-size", "--format", "--image-format", "--quality", "--seed",
@@ -198,7 +198,7 @@ def test_driver_starts_and_stops_its_own_ray(tmp_path):
     """As `make demo` runs it: a fresh process, no Ray running for it, the example prompts."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     result = subprocess.run(
-        [sys.executable, "-m", "turbobatch.jobs.run.render", str(REPO / "examples" / "prompts.parquet"), str(tmp_path / "demo"),
+        [sys.executable, "-m", "turbobatch", "render", str(REPO / "examples" / "prompts.parquet"), str(tmp_path / "demo"),
          "--model", "tiny-sd-turbo", "--shard-size", "25", "--height", "32", "--width", "32"],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
     )  # fmt: skip

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from turbobatch.jobs.run.render import main
+from turbobatch.jobs.cli import render_main as main
 from tests.conftest import write_parquet
 from turbobatch.workers.sinks.parquet import ROW_GROUP_ROWS
 

@@ -1,5 +1,5 @@
 """End to end: several images per prompt, prompt templates, sweeps and per-row sampling columns,
-through jobs.render on a real local Ray, with the tiny model; then resume and a killed driver."""
+through turbobatch render on a real local Ray, with the tiny model; then resume and a killed driver."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from turbobatch.output import layout
-from turbobatch.jobs.run.render import main
+from turbobatch.jobs.cli import render_main as main
 from turbobatch.jobs.inspect.status import main as status
 from turbobatch.jobs.inspect.verify import main as verify
 from tests.conftest import REPO, write_parquet
@@ -183,7 +183,7 @@ def test_a_killed_expanded_driver_is_finished_by_the_same_command(tmp_path):
             "--images-per-prompt", "3", "--sweep", "steps=1,2"]  # 8 rows x 6 = 48 images, 6 shards  # fmt: skip
 
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "turbobatch.jobs.run.render", str(prompts), str(out), *args]
+        return [sys.executable, "-m", "turbobatch", "render", str(prompts), str(out), *args]
 
     reference = tmp_path / "reference"
     first = subprocess.run(command(reference), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

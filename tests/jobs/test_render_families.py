@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from turbobatch.jobs.run.render import main
+from turbobatch.jobs.cli import render_main as main
 from tests.conftest import write_parquet
 from tests.helpers import read_metadata, read_tar_images
 from tests.workers.test_control import control_png

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from turbobatch.jobs.run.render import main
+from turbobatch.jobs.cli import render_main as main
 from turbobatch.jobs.inspect.status import main as status_main
 from tests.conftest import S3_SECRET, s3_options
 from tests.faultproxy import FaultProxy

@@ -1,4 +1,4 @@
-"""End to end through jobs.render.main on a local Ray: which weight files a job reads (--variant),
+"""End to end through turbobatch render (cli.render_main) on a local Ray: which weight files a job reads (--variant),
 models in a bucket (moto's S3 server) copied once per node, and start-up in the summary and status."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from turbobatch.jobs.run.render import main
+from turbobatch.jobs.cli import render_main as main
 from turbobatch.jobs.inspect.status import main as status_main
 from tests.conftest import S3_SECRET, s3_options, write_parquet
 from tests.faultproxy import FaultProxy

@@ -2,13 +2,17 @@ import json
 
 import pytest
 
-from turbobatch.jobs.cli import parse_render_args
+from turbobatch.jobs.cli import parse_render_command
 from turbobatch.errors import JobError
 from turbobatch.spec.job import JobSpec
 
 
+def parse_render_spec(argv, prog="turbobatch render"):
+    return parse_render_command(argv, prog)[0]
+
+
 def parse(*argv: str) -> JobSpec:
-    return parse_render_args(["in.parquet", "out", *argv])
+    return parse_render_spec(["in.parquet", "out", *argv])
 
 
 def test_defaults_match_the_documented_contract():
@@ -95,7 +99,7 @@ def test_speedups_are_normalized_from_any_spelling(tmp_path):
     assert parse("--speedups", "default,fused-norms").speedups == "overlap,fused_norms"
     config = tmp_path / "job.yaml"
     config.write_text("input: a\noutput: b\nspeedups: [channels_last, overlap]\n")
-    assert parse_render_args(["--config", str(config)]).speedups == "overlap,channels_last"
+    assert parse_render_spec(["--config", str(config)]).speedups == "overlap,channels_last"
     assert "speedups" not in JobSpec.OUTPUT_FIELDS  # like --batch-size: a resume may change it
 
 
@@ -108,7 +112,7 @@ def test_argparse_rejects_unknown_choices(capsys):
 def test_yaml_fields_then_flags_override(tmp_path):
     config = tmp_path / "job.yaml"
     config.write_text("input: data/\noutput: s3://b/out\nsteps: 3\nguidance-scale: 0.5\nshard_size: 5\n")
-    spec = parse_render_args(["--config", str(config), "--steps", "2"])
+    spec = parse_render_spec(["--config", str(config), "--steps", "2"])
     assert (spec.input, spec.output, spec.steps, spec.guidance_scale, spec.shard_size) == (
         "data/", "s3://b/out", 2, 0.5, 5)  # fmt: skip
 
@@ -117,19 +121,19 @@ def test_yaml_unknown_field_lists_valid_ones(tmp_path):
     config = tmp_path / "job.yaml"
     config.write_text("input: a\noutput: b\nstep: 2\n")
     with pytest.raises(JobError, match=r"--config: unknown field 'step'; valid fields: .*steps"):
-        parse_render_args(["--config", str(config)])
+        parse_render_spec(["--config", str(config)])
 
 
 def test_yaml_wrong_type_is_named(tmp_path):
     config = tmp_path / "job.yaml"
     config.write_text("input: a\noutput: b\nsteps: two\n")
     with pytest.raises(JobError, match="--steps: 'two' is not an integer"):
-        parse_render_args(["--config", str(config)])
+        parse_render_spec(["--config", str(config)])
 
 
 def test_missing_input_and_output_are_errors():
-    with pytest.raises(JobError, match="input: missing; usage: python -m turbobatch.jobs.run.render INPUT OUTPUT"):
-        parse_render_args([])
+    with pytest.raises(JobError, match="input: missing; usage: turbobatch render INPUT OUTPUT"):
+        parse_render_spec([])
 
 
 def test_output_hash_changes_only_with_output_fields():
@@ -161,13 +165,13 @@ def test_storage_options_must_be_a_json_object(capsys):
 
 def test_the_example_job_yaml_is_a_valid_job():
     """examples/job.yaml is what a newcomer copies: it must parse and validate as it is."""
-    from turbobatch.jobs.cli import parse_render_args
+    from turbobatch.jobs.cli import parse_render_command
     from tests.conftest import REPO
 
-    spec = parse_render_args(["--config", str(REPO / "examples" / "job.yaml")])
+    spec = parse_render_spec(["--config", str(REPO / "examples" / "job.yaml")])
     assert (spec.model, spec.image_format, spec.shard_size) == ("stabilityai/sd-turbo", "jpeg", 1000)
     assert spec.output_options()["config_kwargs"]["retries"]["max_attempts"] == 8
-    overridden = parse_render_args(["--config", str(REPO / "examples" / "job.yaml"), "--steps", "2"])
+    overridden = parse_render_spec(["--config", str(REPO / "examples" / "job.yaml"), "--steps", "2"])
     assert overridden.steps == 2  # flags win over the file
 
 
@@ -177,8 +181,8 @@ def test_variant_is_chosen_by_the_user_and_resolved_by_the_driver(tmp_path):
     config = tmp_path / "job.yaml"
     config.write_text("input: a\noutput: b\nvariant: fp32\n")
     with pytest.raises(JobError, match="--variant: 'fp32' is not valid; choose one of auto, fp16, none"):
-        parse_render_args(["--config", str(config)])
+        parse_render_spec(["--config", str(config)])
     config.write_text("input: a\noutput: b\nmodel_variant: fp16\n")
     with pytest.raises(JobError, match="--config: field 'model_variant' is set by the job itself"):
-        parse_render_args(["--config", str(config)])
+        parse_render_spec(["--config", str(config)])
 

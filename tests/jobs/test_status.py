@@ -1,4 +1,4 @@
-"""``python -m turbobatch.jobs.inspect.status OUT``: shards committed / failed / pending from the output alone."""
+"""``python -m turbobatch status OUT``: shards committed / failed / pending from the output alone."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import re
 
 from turbobatch.jobs.cli import main as turbobatch
-from turbobatch.jobs.run.render import main as render
+from turbobatch.jobs.cli import render_main as render
 from turbobatch.jobs.inspect.status import main as status
 from turbobatch.jobs.inspect.status import per_node, profile_line, summed_timings
 from tests.conftest import write_parquet

@@ -12,7 +12,7 @@ import pytest
 import s3fs
 
 from turbobatch.jobs.cli import main as turbobatch
-from turbobatch.jobs.run.render import main as render
+from turbobatch.jobs.cli import render_main as render
 from turbobatch.jobs.inspect.verify import main as verify
 from tests.conftest import REPO, s3_options, write_parquet
 from tests.helpers import read_metadata
@@ -70,7 +70,7 @@ def test_a_good_output_verifies(rendered, tmp_path, capsys):
     assert (code, report["ok"], report["committed"], report["broken"], report["orphans"]) == (0, True, 4, [], [])
     assert turbobatch(["verify", str(out)]) == 0
     assert capsys.readouterr().out.rstrip().endswith("\nok")
-    module = subprocess.run([sys.executable, "-m", "turbobatch.jobs.inspect.verify", str(out)], capture_output=True, text=True,
+    module = subprocess.run([sys.executable, "-m", "turbobatch", "verify", str(out)], capture_output=True, text=True,
                             cwd=REPO, timeout=120)  # fmt: skip
     assert module.returncode == 0, module.stderr
     assert module.stdout.rstrip().endswith("\nok")  # printed before the exit that skips teardown

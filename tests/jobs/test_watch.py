@@ -182,7 +182,7 @@ def test_watch_flags_are_checked(tmp_path, capsys):
 
 
 def test_ctrl_c_ends_a_watch_quietly_with_130(tmp_path):
-    watch = subprocess.Popen([sys.executable, "-m", "turbobatch.jobs.inspect.status", str(tmp_path / "not-yet"), "--watch", "0.1"],
+    watch = subprocess.Popen([sys.executable, "-m", "turbobatch", "status", str(tmp_path / "not-yet"), "--watch", "0.1"],
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert "waiting for the job" in watch.stdout.readline() + watch.stdout.readline()
@@ -225,13 +225,13 @@ def test_watch_follows_a_job_in_another_process_until_it_ends(tmp_path):
     prompts = write_parquet(tmp_path / "in" / "prompts.parquet", {"prompt": [f"prompt {i}" for i in range(16)]})
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the job starts its own local Ray
-    job = subprocess.Popen([sys.executable, "-m", "turbobatch.jobs.run.render", str(prompts), str(out), "--model", "tiny-sd-turbo",
+    job = subprocess.Popen([sys.executable, "-m", "turbobatch", "render", str(prompts), str(out), "--model", "tiny-sd-turbo",
                             "--height", "32", "--width", "32", "--shard-size", "2", "--workers", "1"],
                            env={**env, faults.ENV: json.dumps({"delay_s": 0.3})},  # 0.6 s per shard of 2
                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)  # fmt: skip
     try:
-        watch = subprocess.run([sys.executable, "-m", "turbobatch.jobs.inspect.status", str(out), "--watch", "0.5", "--json"],
+        watch = subprocess.run([sys.executable, "-m", "turbobatch", "status", str(out), "--watch", "0.5", "--json"],
                                env=env, cwd=REPO, capture_output=True, text=True, timeout=240)  # fmt: skip
         _, job_err = job.communicate(timeout=120)
     finally:
