@@ -46,9 +46,14 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest --durations=25
 
-# The tests that start no Ray actors (minutes, not half an hour): CI runs them on the newest versions.
+# ruff: the checks (pyproject's [tool.ruff.lint]) and the formatter's layout; CI runs it first.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The unit tests (tests/unit: no Ray, minutes): CI runs them on the newest versions too.
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest tests/unit -m "not slow" -q
 
 # CPU measurements (never asserted in tests); results go to docs/BENCHMARKS.md.
 bench: setup

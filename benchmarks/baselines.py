@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from turbobatch.spec.sampling import SamplingParams
 from turbobatch.spec.job import JobSpec
+from turbobatch.spec.sampling import SamplingParams
 from turbobatch.workers.actor import RenderWorker
 
 
@@ -45,15 +45,29 @@ class PipelineCallSampler:
         self.pipe, self.spec, self.device = pipe, spec, device
         self.params = spec.sampling()  # the renderer groups rows by these (as for TurboSampler)
 
-    def sample(self, prompts: list[str], negatives: list[str] | None, seeds: list[int],
-               control_images: list[Any] | None = None,
-               params: SamplingParams | None = None) -> tuple[torch.Tensor, list[bool]]:  # fmt: skip
+    def sample(
+        self,
+        prompts: list[str],
+        negatives: list[str] | None,
+        seeds: list[int],
+        control_images: list[Any] | None = None,
+        params: SamplingParams | None = None,
+    ) -> tuple[torch.Tensor, list[bool]]:
         spec, tokenizer, p = self.spec, self.pipe.tokenizer, params or self.params
-        extra = {"image": control_images, "controlnet_conditioning_scale": spec.controlnet_scale} if control_images else {}
-        latents = self.pipe(prompt=prompts, negative_prompt=negatives, num_inference_steps=p.steps,
-                            guidance_scale=p.guidance_scale, height=p.height, width=p.width,
-                            generator=[torch.Generator(self.device).manual_seed(s) for s in seeds],
-                            output_type="latent", **extra).images  # fmt: skip
+        extra = (
+            {"image": control_images, "controlnet_conditioning_scale": spec.controlnet_scale} if control_images else {}
+        )
+        latents = self.pipe(
+            prompt=prompts,
+            negative_prompt=negatives,
+            num_inference_steps=p.steps,
+            guidance_scale=p.guidance_scale,
+            height=p.height,
+            width=p.width,
+            generator=[torch.Generator(self.device).manual_seed(s) for s in seeds],
+            output_type="latent",
+            **extra,
+        ).images
         truncated = [len(ids) > tokenizer.model_max_length for ids in tokenizer(prompts, truncation=False).input_ids]
         return latents, truncated
 

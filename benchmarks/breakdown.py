@@ -51,8 +51,11 @@ def component_times(pipe: Any, cuda: bool) -> Iterator[dict[str, float]]:
         for module in filter(None, (_module(pipe, p) for p in paths)):
             started: list[Any] = []
             handles.append(module.register_forward_pre_hook(lambda m, a, s=started: s.append(clock.mark())))
-            handles.append(module.register_forward_hook(
-                lambda m, a, o, s=started, c=component: marks[c].append((s.pop(), clock.mark()))))  # fmt: skip
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, a, o, s=started, c=component: marks[c].append((s.pop(), clock.mark()))
+                )
+            )
     totals: dict[str, float] = {}
     try:
         yield totals
@@ -73,4 +76,8 @@ def breakdown_line(totals: dict[str, float], images: int, wall_s: float, flops: 
         rate = f", {flops[component] / ms / 1e9:.1f} TFLOP/s" if ms > 0 else ""
         parts.append(f"{component} {ms:.2f} ms/image ({100 * ms / wall_ms:.0f}%{rate})")
     rest = wall_ms - sum(totals.values()) / images
-    return f"{wall_ms:.2f} ms/image: " + ", ".join(parts) + f"; everything else {rest:.2f} ms/image ({100 * rest / wall_ms:.0f}%)"
+    return (
+        f"{wall_ms:.2f} ms/image: "
+        + ", ".join(parts)
+        + f"; everything else {rest:.2f} ms/image ({100 * rest / wall_ms:.0f}%)"
+    )

@@ -37,12 +37,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from turbobatch.jobs.run import nodes  # noqa: E402
-from turbobatch.output.shard import Shard  # noqa: E402
 from turbobatch.jobs.run.pool import ActorPool, Worker  # noqa: E402
 from turbobatch.jobs.run.progress import Progress  # noqa: E402
 from turbobatch.jobs.run.schedule import ShardScheduler  # noqa: E402
-from turbobatch.spec.job import JobSpec  # noqa: E402
+from turbobatch.output.shard import Shard  # noqa: E402
 from turbobatch.output.storage import Folder  # noqa: E402
+from turbobatch.spec.job import JobSpec  # noqa: E402
 
 GPUS_PER_NODE = 8
 
@@ -98,8 +98,14 @@ class Simulation:
         if roll < self.death_rate + self.fail_rate:
             cause = ValueError("bad row") if self.rng.random() < 0.5 else TimeoutError("storage timed out")
             return self.resolve_at(SimRef(self.now + took, error=_task_error(cause)))
-        marker = {"shard": shard.shard_id, "ok": shard.num_images, "error": 0, "node_id": actor.node_id,
-                  "timings_s": {"total": took, "render": took * 0.9}, "device_kind": "H100"}  # fmt: skip
+        marker = {
+            "shard": shard.shard_id,
+            "ok": shard.num_images,
+            "error": 0,
+            "node_id": actor.node_id,
+            "timings_s": {"total": took, "render": took * 0.9},
+            "device_kind": "H100",
+        }
         return self.resolve_at(SimRef(self.now + took, value=marker))
 
     def wait(self, timeout: float) -> list[SimRef]:
@@ -145,8 +151,11 @@ class SimActor:
         self.node_id = f"node-{index // GPUS_PER_NODE % nodes_total:04d}"
         self._actor_id = bytes.fromhex(f"{index:032x}")
         self.dead_at: float | None = None
-        self.ready = _Method(lambda: sim.resolve_at(SimRef(sim.now + sim.rng.uniform(1, 20),
-                                                           value={"node_id": self.node_id, "host": self.node_id})))
+        self.ready = _Method(
+            lambda: sim.resolve_at(
+                SimRef(sim.now + sim.rng.uniform(1, 20), value={"node_id": self.node_id, "host": self.node_id})
+            )
+        )
         self.render_shard = _Method(lambda shard: sim.shard_ref(self, shard))
 
 
@@ -224,8 +233,9 @@ def simulate(actors: int, shards: int, mean_s: float, seed: int = 0) -> dict[str
     """One simulated run in this process: the scheduler's wall and CPU time, its peak RSS."""
     with tempfile.TemporaryDirectory() as out:
         spec = JobSpec(input="in.parquet", output=out, workers=actors, max_retries=3, stall_timeout=3600)
-        sim = Simulation(mean_s, random.Random(seed), death_rate=0.0005, drain_every=max(50, shards // 20),
-                         fail_rate=0.0005)  # fmt: skip
+        sim = Simulation(
+            mean_s, random.Random(seed), death_rate=0.0005, drain_every=max(50, shards // 20), fail_rate=0.0005
+        )
         pending = plan(shards)
         progress = Progress(len(pending), 0, sum(s.num_images for s in pending))
         pool = SimulatedPool(spec, actors, sim)
@@ -236,16 +246,29 @@ def simulate(actors: int, shards: int, mean_s: float, seed: int = 0) -> dict[str
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         progress.close()
     ended = progress.committed + len(progress.failed)
-    return {"actors": actors, "shards": shards, "in_flight": actors * pool.inflight, "ended": ended,
-            "completions_per_s": ended / wall, "cpu_ms_per_shard": 1000 * cpu / ended, "wall_s": wall,
-            "simulated_s": sim.now, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "events": metrics.counts}  # fmt: skip
+    return {
+        "actors": actors,
+        "shards": shards,
+        "in_flight": actors * pool.inflight,
+        "ended": ended,
+        "completions_per_s": ended / wall,
+        "cpu_ms_per_shard": 1000 * cpu / ended,
+        "wall_s": wall,
+        "simulated_s": sim.now,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "events": metrics.counts,
+    }
 
 
 def simulate_in_child(actors: int, shards: int, mean_s: float) -> dict[str, Any]:
     """``simulate`` in a fresh process, so each size has its own peak RSS."""
-    done = subprocess.run([sys.executable, __file__, "--child", str(actors), str(shards), str(mean_s)],
-                          capture_output=True, text=True, check=True, env={**os.environ, "TQDM_DISABLE": "1"})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", str(actors), str(shards), str(mean_s)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -264,20 +287,35 @@ def main() -> None:
         print(json.dumps(simulate(int(args.child[0]), int(args.child[1]), float(args.child[2]))))
         return
     rows = []
-    for actors, shards in ((10, args.shards // 100), (100, args.shards // 10), (1000, args.shards // 10),
-                           (1000, args.shards)):  # fmt: skip
+    for actors, shards in (
+        (10, args.shards // 100),
+        (100, args.shards // 10),
+        (1000, args.shards // 10),
+        (1000, args.shards),
+    ):
         row = simulate_in_child(actors, shards, args.mean_s)
         rows.append(row)
-        print(f"simulated: {actors:5d} actors, {row['in_flight']:5d} in flight, {shards:7d} shards: "
-              f"{row['completions_per_s']:8.0f} completions/s, {row['cpu_ms_per_shard']:.3f} ms CPU per shard, "
-              f"peak RSS {row['peak_rss_mb']:.0f} MB ({row['wall_s']:.1f} s wall, {row['simulated_s']:.0f} s "
-              f"simulated; {row['events']})", flush=True)  # fmt: skip
+        print(
+            f"simulated: {actors:5d} actors, {row['in_flight']:5d} in flight, {shards:7d} shards: "
+            f"{row['completions_per_s']:8.0f} completions/s, {row['cpu_ms_per_shard']:.3f} ms CPU per shard, "
+            f"peak RSS {row['peak_rss_mb']:.0f} MB ({row['wall_s']:.1f} s wall, {row['simulated_s']:.0f} s "
+            f"simulated; {row['events']})",
+            flush=True,
+        )
     ray_row = {} if args.skip_ray else real_ray(args.ray_shards, args.ray_actors, args.ray_in_flight, args.ray_mean_s)
     big = rows[-1]
-    print(json.dumps({"actors": big["actors"], "in_flight": big["in_flight"], "shards": big["shards"],
-                      "simulated_completions_per_s": round(big["completions_per_s"]),
-                      "ray_completions_per_s": round(ray_row["completions_per_s"]) if ray_row else None,
-                      "driver_peak_rss_mb": round(big["peak_rss_mb"])}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "actors": big["actors"],
+                "in_flight": big["in_flight"],
+                "shards": big["shards"],
+                "simulated_completions_per_s": round(big["completions_per_s"]),
+                "ray_completions_per_s": round(ray_row["completions_per_s"]) if ray_row else None,
+                "driver_peak_rss_mb": round(big["peak_rss_mb"]),
+            }
+        )
+    )
 
 
 # -- real Ray -------------------------------------------------------------------------------
@@ -309,11 +347,21 @@ def real_ray(shards: int, actors: int, in_flight: int, mean_s: float) -> dict[st
         ray.shutdown()
     ended = progress.committed + len(progress.failed)
     # The actors start inside the timed run; their first ~mean_s is filling the pipeline.
-    row = {"shards": shards, "actors": actors, "in_flight": in_flight, "completions_per_s": ended / wall,
-           "cpu_ms_per_shard": 1000 * cpu / ended, "wall_s": wall, "ceiling_per_s": in_flight / mean_s}  # fmt: skip
-    print(f"real Ray: {actors} sleeping actors x {per_actor} in flight, {shards} shards of {mean_s:g} s: "
-          f"{row['completions_per_s']:.0f} completions/s (ceiling {row['ceiling_per_s']:.0f}/s), "
-          f"{row['cpu_ms_per_shard']:.3f} ms driver CPU per shard, {wall:.1f} s", flush=True)  # fmt: skip
+    row = {
+        "shards": shards,
+        "actors": actors,
+        "in_flight": in_flight,
+        "completions_per_s": ended / wall,
+        "cpu_ms_per_shard": 1000 * cpu / ended,
+        "wall_s": wall,
+        "ceiling_per_s": in_flight / mean_s,
+    }
+    print(
+        f"real Ray: {actors} sleeping actors x {per_actor} in flight, {shards} shards of {mean_s:g} s: "
+        f"{row['completions_per_s']:.0f} completions/s (ceiling {row['ceiling_per_s']:.0f}/s), "
+        f"{row['cpu_ms_per_shard']:.3f} ms driver CPU per shard, {wall:.1f} s",
+        flush=True,
+    )
     return row
 
 

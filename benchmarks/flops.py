@@ -39,8 +39,12 @@ def flops_per_image(pipe: Any, height: int, width: int, steps: int = 1) -> dict[
     extra = {}
     if unet.config.addition_embed_type == "text_time":
         pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-        extra = {"added_cond_kwargs": {"text_embeds": torch.zeros(1, pooled, device="meta"),
-                                       "time_ids": torch.zeros(1, 6, device="meta")}}  # fmt: skip
+        extra = {
+            "added_cond_kwargs": {
+                "text_embeds": torch.zeros(1, pooled, device="meta"),
+                "time_ids": torch.zeros(1, 6, device="meta"),
+            }
+        }
     t = torch.tensor([999], device="meta")
     counts = {
         "text_encoders": sum(_count(lambda e=e: e(ids)) for e in encoders),

@@ -42,18 +42,23 @@ import torch  # noqa: E402
 from benchmarks.baselines import naive_loop, previous_worker, sync  # noqa: E402
 from benchmarks.breakdown import breakdown_line, component_times  # noqa: E402
 from benchmarks.flops import flops_per_image  # noqa: E402
+from turbobatch.jobs.inspect.status import profile_line, summed_timings  # noqa: E402
 from turbobatch.output.shard import Shard  # noqa: E402
 from turbobatch.spec.job import DEFAULT_SPEEDUPS, SPEEDUPS, JobSpec, normalize_speedups  # noqa: E402
-from turbobatch.jobs.inspect.status import profile_line, summed_timings  # noqa: E402
-from turbobatch.workers.speedups import registry as speedups  # noqa: E402
 from turbobatch.workers.actor import RenderWorker  # noqa: E402
 from turbobatch.workers.rows import rows_from_table  # noqa: E402
+from turbobatch.workers.speedups import registry as speedups  # noqa: E402
 
 COMPARED_IMAGES = 4  # at least; on a GPU one full batch, so a compiled model sees no new shape
 ALL = ",".join(n for n in SPEEDUPS if n not in speedups.COMPILING)
 # label -> --speedups of that worker ("previous" is the pipeline-call worker, no speedups)
-STANDARD = {"previous": "none", "none": "none", **{n: n for n in SPEEDUPS if n not in speedups.COMPILING},
-            "default": ",".join(DEFAULT_SPEEDUPS), "all": ALL}  # fmt: skip
+STANDARD = {
+    "previous": "none",
+    "none": "none",
+    **{n: n for n in SPEEDUPS if n not in speedups.COMPILING},
+    "default": ",".join(DEFAULT_SPEEDUPS),
+    "all": ALL,
+}
 
 
 def matmul_rate(n: int = 8192, reps: int = 20) -> float:
@@ -117,8 +122,15 @@ def first_images(v: Variant, data: Path) -> list[np.ndarray]:
 def plain_images(pipe: Any, spec: JobSpec, prompts: list[str], n: int) -> list[np.ndarray]:
     """What plain diffusers calls give for the first rows' prompts and seeds (job seed + index)."""
     gens = [torch.Generator(spec.device).manual_seed(spec.seed + i) for i in range(n)]
-    out = pipe(prompts[:n], num_inference_steps=spec.steps, guidance_scale=0.0, height=spec.height,
-               width=spec.width, generator=gens, output_type="np").images  # fmt: skip
+    out = pipe(
+        prompts[:n],
+        num_inference_steps=spec.steps,
+        guidance_scale=0.0,
+        height=spec.height,
+        width=spec.width,
+        generator=gens,
+        output_type="np",
+    ).images
     return [(image * 255).round().astype(np.uint8) for image in out]
 
 
@@ -143,8 +155,10 @@ def build(label: str, changes: str, spec: JobSpec, pipe: Any, vae: Any, data: Pa
 
 def diff_line(images: list[np.ndarray], plain: list[np.ndarray]) -> str:
     diffs = [np.abs(a.astype(np.int16) - b.astype(np.int16)) for a, b in zip(images, plain)]
-    return f"vs plain diffusers over {len(diffs)} images: max abs diff {max(int(d.max()) for d in diffs)}, " \
-           f"mean {np.mean([d.mean() for d in diffs]):.4f}"  # fmt: skip
+    return (
+        f"vs plain diffusers over {len(diffs)} images: max abs diff {max(int(d.max()) for d in diffs)}, "
+        f"mean {np.mean([d.mean() for d in diffs]):.4f}"
+    )
 
 
 def make_job(model: str, args: argparse.Namespace, work: Path) -> tuple[JobSpec, list[str], Path]:
@@ -152,9 +166,19 @@ def make_job(model: str, args: argparse.Namespace, work: Path) -> tuple[JobSpec,
     prompts = [f"a photo of object {i}, detailed, studio light" for i in range(args.images)]
     data = work / "prompts.parquet"
     pq.write_table(pa.table({"prompt": prompts}), data)
-    spec = JobSpec(input=str(data), output=str(work / "worker"), model=model, device=device, dtype=dtype,
-                   weights="pretrained" if args.smoke else "random", height=size, width=size,
-                   batch_size=args.batch_size, shard_size=len(prompts), image_format="jpeg")  # fmt: skip
+    spec = JobSpec(
+        input=str(data),
+        output=str(work / "worker"),
+        model=model,
+        device=device,
+        dtype=dtype,
+        weights="pretrained" if args.smoke else "random",
+        height=size,
+        width=size,
+        batch_size=args.batch_size,
+        shard_size=len(prompts),
+        image_format="jpeg",
+    )
     return spec, prompts, data
 
 
@@ -209,18 +233,21 @@ def bench(model: str, decoder: str, args: argparse.Namespace, work: Path, peak: 
     return lines
 
 
-def profile_lines(name: str, v: Variant, data: Path, rows: int, args: argparse.Namespace,
-                  flops: dict[str, float]) -> list[str]:  # fmt: skip
+def profile_lines(
+    name: str, v: Variant, data: Path, rows: int, args: argparse.Namespace, flops: dict[str, float]
+) -> list[str]:
     """Where the chosen worker's time goes: per component (hooked shard), device-time profile,
     and with --trace a torch.profiler table of one more shard."""
     device = v.worker.spec.device
     timed = summed_timings(v.markers)
     with component_times(v.worker.renderer.pipe, cuda=device == "cuda") as totals:
         rate = run_shard(v, data, rows)
-    lines = [f"{name} [{v.label}] time per component (hooked shard; % of wall time): "
-             f"{breakdown_line(totals, rows, rows / rate, flops)}",
-             f"{name} [{v.label}] profile (share of device time in the timed runs): "
-             f"{profile_line({**timed, 'device_idle_before': 0.0})}"]  # fmt: skip
+    lines = [
+        f"{name} [{v.label}] time per component (hooked shard; % of wall time): "
+        f"{breakdown_line(totals, rows, rows / rate, flops)}",
+        f"{name} [{v.label}] profile (share of device time in the timed runs): "
+        f"{profile_line({**timed, 'device_idle_before': 0.0})}",
+    ]
     if args.trace:
         path = args.trace / f"profile-{name.replace('/', '-').replace(' ', '-')}.txt"
         trace_shard(v, data, rows, path)
@@ -250,9 +277,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=128, help="rows per shard (one shard per timed run)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--variants", default=",".join(STANDARD), metavar="LABEL[,LABEL...]",
-                        help=f"workers to time: {', '.join(STANDARD)}, or any --speedups list written with '+' "
-                             "(e.g. fold_upsample+fused_norms); compile_decoder compiles for minutes")  # fmt: skip
+    parser.add_argument(
+        "--variants",
+        default=",".join(STANDARD),
+        metavar="LABEL[,LABEL...]",
+        help=f"workers to time: {', '.join(STANDARD)}, or any --speedups list written with '+' "
+        "(e.g. fold_upsample+fused_norms); compile_decoder compiles for minutes",
+    )
     parser.add_argument("--trace", type=Path, metavar="DIR", help="also a torch.profiler table of one shard")
     parser.add_argument("--smoke", action="store_true", help="CPU + tiny model: exercise the code, measure nothing")
     args = parser.parse_args(argv)

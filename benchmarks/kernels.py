@@ -41,8 +41,9 @@ def diffusers_path() -> tuple[str, Callable[[torch.Tensor], np.ndarray]]:
 
         return "diffusers np path (inline copy; diffusers not installed)", inline
     processor = VaeImageProcessor()
-    return "diffusers VaeImageProcessor.postprocess + round", lambda x: (
-        (processor.postprocess(x, output_type="np") * 255).round().astype(np.uint8)
+    return (
+        "diffusers VaeImageProcessor.postprocess + round",
+        lambda x: (processor.postprocess(x, output_type="np") * 255).round().astype(np.uint8),
     )
 
 
@@ -73,19 +74,33 @@ def cases(x: torch.Tensor, cuda: bool) -> list[Case]:
     both reference passes; the copies with the reference's own copy)."""
     u8 = reference.postprocess_uint8(x)
     label, diffusers_fn = diffusers_path()
-    post, both, dhash, canny = ("postprocess_uint8 torch reference", "postprocess_uint8 + image_stats torch reference",
-                                "dhash64 torch reference", "canny torch reference (100, 200)")  # fmt: skip
+    post, both, dhash, canny = (
+        "postprocess_uint8 torch reference",
+        "postprocess_uint8 + image_stats torch reference",
+        "dhash64 torch reference",
+        "canny torch reference (100, 200)",
+    )
     out: list[Case] = []
     if cuda:
         pinned = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)  # what the worker copies into
         out += [
             ("postprocess_uint8 kernel", lambda: kernels.postprocess_uint8(x, backend="cuda"), post),
-            ("postprocess_uint8 kernel + .cpu() (pageable)", lambda: kernels.postprocess_uint8(x, backend="cuda").cpu(),
-             post + " + .cpu()"),
-            ("postprocess_uint8 kernel + copy to pinned memory (the worker's)",
-             lambda: pinned.copy_(kernels.postprocess_uint8(x, backend="cuda"), non_blocking=True), post + " + .cpu()"),
-            ("postprocess + image_stats kernel (fused)", lambda: kernels.postprocess_with_stats(x, backend="cuda"), both),
-        ]  # fmt: skip
+            (
+                "postprocess_uint8 kernel + .cpu() (pageable)",
+                lambda: kernels.postprocess_uint8(x, backend="cuda").cpu(),
+                post + " + .cpu()",
+            ),
+            (
+                "postprocess_uint8 kernel + copy to pinned memory (the worker's)",
+                lambda: pinned.copy_(kernels.postprocess_uint8(x, backend="cuda"), non_blocking=True),
+                post + " + .cpu()",
+            ),
+            (
+                "postprocess + image_stats kernel (fused)",
+                lambda: kernels.postprocess_with_stats(x, backend="cuda"),
+                both,
+            ),
+        ]
     out += [
         (post, lambda: reference.postprocess_uint8(x), None),
         (post + " + .cpu()", lambda: reference.postprocess_uint8(x).cpu(), None),
@@ -94,24 +109,34 @@ def cases(x: torch.Tensor, cuda: bool) -> list[Case]:
         (label, lambda: diffusers_fn(x), post),
     ]
     if cuda:
-        out += [("dhash64 kernel", lambda: kernels.dhash64(u8, backend="cuda"), dhash),
-                ("canny kernel (100, 200)", lambda: kernels.canny(u8, 100, 200, backend="cuda"), canny)]  # fmt: skip
+        out += [
+            ("dhash64 kernel", lambda: kernels.dhash64(u8, backend="cuda"), dhash),
+            ("canny kernel (100, 200)", lambda: kernels.canny(u8, 100, 200, backend="cuda"), canny),
+        ]
     out += [(dhash, lambda: reference.dhash64(u8), None), (canny, lambda: reference.canny(u8, 100, 200), None)]
     return out
 
 
 def decoder_norm_shapes(batch: int, size: int) -> list[tuple[int, int, int, int]]:
     """The VAE decoder's GroupNorm inputs for `batch` images of size x size (latent = size / 8)."""
-    return [(batch, 512, size // 8, size // 8), (batch, 512, size // 4, size // 4),
-            (batch, 256, size // 2, size // 2), (batch, 128, size, size)]  # fmt: skip
+    return [
+        (batch, 512, size // 8, size // 8),
+        (batch, 512, size // 4, size // 4),
+        (batch, 256, size // 2, size // 2),
+        (batch, 128, size, size),
+    ]
 
 
 def unet_norm_shapes(batch: int, size: int) -> list[tuple[int, int, int, int]]:
     """sd-turbo's UNet GroupNorm inputs (block widths 320, 640, 1280, 1280 at latent / 1, 2, 4, 8),
     for ``--speedups unet_fused_norms``."""
     latent = size // 8
-    return [(batch, 320, latent, latent), (batch, 640, latent // 2, latent // 2),
-            (batch, 1280, latent // 4, latent // 4), (batch, 1280, latent // 8, latent // 8)]  # fmt: skip
+    return [
+        (batch, 320, latent, latent),
+        (batch, 640, latent // 2, latent // 2),
+        (batch, 1280, latent // 4, latent // 4),
+        (batch, 1280, latent // 8, latent // 8),
+    ]
 
 
 def group_norm_cases(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, cuda: bool) -> list[Case]:
@@ -127,13 +152,21 @@ def group_norm_cases(shape: tuple[int, int, int, int], dtype: torch.dtype, devic
         plain, fused = f"F.group_norm {layout} {tag}", f"F.silu(F.group_norm) {layout} {tag}"
         if cuda:
             out += [
-                (f"group_norm kernel {layout} {tag}",
-                 lambda t=t: kernels.group_norm(t, 32, w, b, 1e-6, backend="cuda"), plain),
-                (f"group_norm + silu kernel (fused) {layout} {tag}",
-                 lambda t=t: kernels.group_norm(t, 32, w, b, 1e-6, silu=True, backend="cuda"), fused),
-            ]  # fmt: skip
-        out += [(plain, lambda t=t: F.group_norm(t, 32, w, b, 1e-6), None),
-                (fused, lambda t=t: F.silu(F.group_norm(t, 32, w, b, 1e-6)), None)]  # fmt: skip
+                (
+                    f"group_norm kernel {layout} {tag}",
+                    lambda t=t: kernels.group_norm(t, 32, w, b, 1e-6, backend="cuda"),
+                    plain,
+                ),
+                (
+                    f"group_norm + silu kernel (fused) {layout} {tag}",
+                    lambda t=t: kernels.group_norm(t, 32, w, b, 1e-6, silu=True, backend="cuda"),
+                    fused,
+                ),
+            ]
+        out += [
+            (plain, lambda t=t: F.group_norm(t, 32, w, b, 1e-6), None),
+            (fused, lambda t=t: F.silu(F.group_norm(t, 32, w, b, 1e-6)), None),
+        ]
     return out
 
 

@@ -21,8 +21,13 @@ def local_s3(bucket: str) -> Iterator[tuple[int, Any]]:
     server.start()
     try:
         port = server.get_host_and_port()[1]
-        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                              aws_access_key_id="k", aws_secret_access_key="s")  # fmt: skip
+        client = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            aws_access_key_id="k",
+            aws_secret_access_key="s",
+        )
         client.create_bucket(Bucket=bucket)
         yield port, client
     finally:

@@ -46,8 +46,14 @@ SIZE = 64
 def bare_loop(pipe, prompts: list[str], batch: int) -> float:
     started = time.perf_counter()
     for i in range(0, len(prompts), batch):
-        images = pipe(prompts[i : i + batch], num_inference_steps=1, guidance_scale=0.0, height=SIZE, width=SIZE,
-                      generator=[torch.Generator("cpu").manual_seed(j) for j in range(i, i + batch)]).images  # fmt: skip
+        images = pipe(
+            prompts[i : i + batch],
+            num_inference_steps=1,
+            guidance_scale=0.0,
+            height=SIZE,
+            width=SIZE,
+            generator=[torch.Generator("cpu").manual_seed(j) for j in range(i, i + batch)],
+        ).images
         for image in images:
             image.save(io.BytesIO(), format="PNG")
     return time.perf_counter() - started
@@ -62,8 +68,24 @@ def system(data: Path, out: Path, shard_size: int, batch: int) -> tuple[float, f
     """End-to-end seconds of turbobatch render, its marginal images/s, and its shards' timings summed."""
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    code = render([str(data), str(out), "--model", "tiny-sd-turbo", "--workers", "1", "--shard-size", str(shard_size),
-                   "--height", str(SIZE), "--width", str(SIZE), "--batch-size", str(batch)])  # fmt: skip
+    code = render(
+        [
+            str(data),
+            str(out),
+            "--model",
+            "tiny-sd-turbo",
+            "--workers",
+            "1",
+            "--shard-size",
+            str(shard_size),
+            "--height",
+            str(SIZE),
+            "--width",
+            str(SIZE),
+            "--batch-size",
+            str(batch),
+        ]
+    )
     elapsed = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"turbobatch render exited {code}")
@@ -92,17 +114,23 @@ def run(rows: int, runs: int, shard_size: int, batch: int) -> None:
         marginal.append(rate)
         end_to_end.append(rows / elapsed)
         fixed.append(elapsed - rows / rate)
-        print(f"run {i + 1}: batched loop {loop[-2]:.1f} then {loop[-1]:.1f} img/s | turbobatch render {rate:.1f} img/s "
-              f"marginal ({rate / bracket(loop, i):.3f}x), {end_to_end[-1]:.1f} img/s end to end over {rows} rows",
-              flush=True)  # fmt: skip
+        print(
+            f"run {i + 1}: batched loop {loop[-2]:.1f} then {loop[-1]:.1f} img/s | turbobatch render {rate:.1f} img/s "
+            f"marginal ({rate / bracket(loop, i):.3f}x), {end_to_end[-1]:.1f} img/s end to end over {rows} rows",
+            flush=True,
+        )
     shutil.rmtree(work, ignore_errors=True)
     median = statistics.median
-    print(f"\n{rows} rows, {SIZE}x{SIZE}, tiny-sd-turbo, batch size {batch}, torch threads "
-          f"{torch.get_num_threads()}, {os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"\n{rows} rows, {SIZE}x{SIZE}, tiny-sd-turbo, batch size {batch}, torch threads "
+        f"{torch.get_num_threads()}, {os.cpu_count()} CPUs"
+    )
     print(f"median images/s: batched loop {median(loop):.1f}, turbobatch render marginal {median(marginal):.1f}")
-    print(f"median ratio turbobatch render / batched loop (the mean of the loops before and after each run): "
-          f"{median(m / bracket(loop, i) for i, m in enumerate(marginal)):.3f} marginal, "
-          f"{median(e / bracket(loop, i) for i, e in enumerate(end_to_end)):.3f} end to end ({rows} rows)")  # fmt: skip
+    print(
+        f"median ratio turbobatch render / batched loop (the mean of the loops before and after each run): "
+        f"{median(m / bracket(loop, i) for i, m in enumerate(marginal)):.3f} marginal, "
+        f"{median(e / bracket(loop, i) for i, e in enumerate(end_to_end)):.3f} end to end ({rows} rows)"
+    )
     print(f"median fixed cost (Ray start, actor start, model load, planning): {median(fixed):.1f} s per run")
     print(f"actor profile, last run (share of device time): {profile_line(timings)}")
 

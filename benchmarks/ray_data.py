@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-RAY_DATA_SCRIPT = '''
+RAY_DATA_SCRIPT = """
 import io, sys, ray, torch
 from diffusers import AutoPipelineForText2Image
 from turbobatch.models.tiny import tiny_model_path
@@ -50,7 +50,7 @@ class Render:
 ray.init(include_dashboard=False, logging_level="ERROR")
 ds = ray.data.read_parquet(src).map_batches(Render, batch_size=batch, concurrency=1)
 ds.write_parquet(dst)
-'''
+"""
 
 
 def timed(command: list[str]) -> float:
@@ -73,24 +73,52 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="tb-raydata-"))
     data = work / "prompts.parquet"
-    pq.write_table(pa.table({"prompt": [f"a photo of object number {i}, studio light" for i in range(args.rows)]}), data)
+    pq.write_table(
+        pa.table({"prompt": [f"a photo of object number {i}, studio light" for i in range(args.rows)]}), data
+    )
     script = work / "ray_data_job.py"
     script.write_text(RAY_DATA_SCRIPT)
     ray_data, turbobatch = [], []
     for i in range(args.runs):
         shutil.rmtree(work / "a", ignore_errors=True)
         shutil.rmtree(work / "b", ignore_errors=True)
-        ray_data.append(timed([sys.executable, str(script), str(data), str(work / "a"), str(args.size),
-                               str(args.batch_size)]))  # fmt: skip
-        turbobatch.append(timed([sys.executable, "-m", "turbobatch", "render", str(data), str(work / "b"), "--model",
-                                 "tiny-sd-turbo", "--workers", "1", "--height", str(args.size), "--width",
-                                 str(args.size), "--batch-size", str(args.batch_size), "--shard-size", "120"]))
-        print(f"run {i + 1}: Ray Data script {ray_data[-1]:.1f} s, turbobatch render {turbobatch[-1]:.1f} s", flush=True)
+        ray_data.append(
+            timed([sys.executable, str(script), str(data), str(work / "a"), str(args.size), str(args.batch_size)])
+        )
+        turbobatch.append(
+            timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "turbobatch",
+                    "render",
+                    str(data),
+                    str(work / "b"),
+                    "--model",
+                    "tiny-sd-turbo",
+                    "--workers",
+                    "1",
+                    "--height",
+                    str(args.size),
+                    "--width",
+                    str(args.size),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--shard-size",
+                    "120",
+                ]
+            )
+        )
+        print(
+            f"run {i + 1}: Ray Data script {ray_data[-1]:.1f} s, turbobatch render {turbobatch[-1]:.1f} s", flush=True
+        )
     shutil.rmtree(work, ignore_errors=True)
     a, b = statistics.median(ray_data), statistics.median(turbobatch)
     print(f"\n{args.rows} rows, {args.size}x{args.size}, tiny-sd-turbo, batch size {args.batch_size}, end to end")
-    print(f"median wall time: Ray Data script {a:.1f} s, turbobatch render {b:.1f} s; turbobatch render takes {b / a:.2f}x "
-          f"the Ray Data script's time ({a / b:.2f}x its throughput)")  # fmt: skip
+    print(
+        f"median wall time: Ray Data script {a:.1f} s, turbobatch render {b:.1f} s; turbobatch render takes {b / a:.2f}x "
+        f"the Ray Data script's time ({a / b:.2f}x its throughput)"
+    )
 
 
 if __name__ == "__main__":

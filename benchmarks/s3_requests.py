@@ -22,8 +22,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from benchmarks.local_s3 import local_s3, options  # noqa: E402
-from turbobatch.jobs.cli import render_main as render  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402
+from turbobatch.jobs.cli import render_main as render  # noqa: E402
 
 
 def run(shards: int, shard_size: int, size: int) -> None:
@@ -34,9 +34,24 @@ def run(shards: int, shard_size: int, size: int) -> None:
         client.put_object(Bucket="bench", Key="prompts/p.parquet", Body=buf.getvalue())
         with FaultProxy(port) as proxy:
             started = time.perf_counter()
-            code = render(["s3://bench/prompts/", "s3://bench/out", "--model", "tiny-sd-turbo", "--shard-size",
-                           str(shard_size), "--height", str(size), "--width", str(size), "--image-format", "jpeg",
-                           "--storage-options", json.dumps(options(proxy.url))])  # fmt: skip
+            code = render(
+                [
+                    "s3://bench/prompts/",
+                    "s3://bench/out",
+                    "--model",
+                    "tiny-sd-turbo",
+                    "--shard-size",
+                    str(shard_size),
+                    "--height",
+                    str(size),
+                    "--width",
+                    str(size),
+                    "--image-format",
+                    "jpeg",
+                    "--storage-options",
+                    json.dumps(options(proxy.url)),
+                ]
+            )
             elapsed = time.perf_counter() - started
     counts = dict(sorted(proxy.requests.items()))
     puts = sum(n for op, n in counts.items() if op in ("PUT", "PUT_PART", "CREATE_MULTIPART", "COMPLETE_MULTIPART"))
@@ -44,6 +59,7 @@ def run(shards: int, shard_size: int, size: int) -> None:
     print(f"requests by kind: {counts}")
     print(f"total requests {sum(counts.values())}: {sum(counts.values()) / rows:.4f} per image")
     print(f"PUT-class requests {puts}: {puts / rows:.4f} per image, {puts / shards:.1f} per shard")
+
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -21,10 +21,10 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from benchmarks.local_s3 import local_s3, options  # noqa: E402
-from turbobatch.output import layout
 from turbobatch.jobs.prepare import resume  # noqa: E402
 from turbobatch.jobs.prepare.inputs import scan_inputs  # noqa: E402
 from turbobatch.jobs.prepare.plan import make_plan  # noqa: E402
+from turbobatch.output import layout
 from turbobatch.output.storage import Folder  # noqa: E402
 
 
@@ -54,7 +54,9 @@ def plan_local(files: int, rows: int) -> None:
         plan = make_plan(inputs, 1000)
         elapsed = time.perf_counter() - started
         total = sum(f.num_rows for f in inputs)
-        print(f"plan: {total:,} rows in {len(inputs):,} files -> {len(plan):,} shards in {elapsed:.2f} s (footers only)")
+        print(
+            f"plan: {total:,} rows in {len(inputs):,} files -> {len(plan):,} shards in {elapsed:.2f} s (footers only)"
+        )
 
 
 def resume_local(markers: int) -> None:
@@ -66,8 +68,10 @@ def resume_local(markers: int) -> None:
         CountingFolder.listings = 0
         started = time.perf_counter()
         done = resume.committed_shards(out)
-        print(f"resume (local): {len(done):,} done markers in {time.perf_counter() - started:.3f} s, "
-              f"{CountingFolder.listings} listing call(s)")  # fmt: skip
+        print(
+            f"resume (local): {len(done):,} done markers in {time.perf_counter() - started:.3f} s, "
+            f"{CountingFolder.listings} listing call(s)"
+        )
 
 
 def resume_s3(markers: int) -> None:
@@ -82,8 +86,11 @@ def resume_s3(markers: int) -> None:
             started = time.perf_counter()
             done = resume.committed_shards(out)
             elapsed = time.perf_counter() - started
-    print(f"resume (S3, moto): {len(done):,} done markers in {elapsed:.2f} s, {CountingFolder.listings} listing "
-          f"call(s) = {proxy.requests['LIST']} LIST request(s) (pages of 1,000)")  # fmt: skip
+    print(
+        f"resume (S3, moto): {len(done):,} done markers in {elapsed:.2f} s, {CountingFolder.listings} listing "
+        f"call(s) = {proxy.requests['LIST']} LIST request(s) (pages of 1,000)"
+    )
+
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

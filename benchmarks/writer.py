@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from turbobatch.spec.job import DEFAULT_QUALITY, IMAGE_EXTENSIONS  # noqa: E402
 from turbobatch.output.storage import Folder  # noqa: E402
+from turbobatch.spec.job import DEFAULT_QUALITY, IMAGE_EXTENSIONS  # noqa: E402
 from turbobatch.workers.actor import ENCODE_THREADS  # noqa: E402
 from turbobatch.workers.sinks.encode import encode_image  # noqa: E402
 
@@ -53,7 +53,9 @@ def run(n: int) -> None:
         for fmt in ("png", "jpeg", "webp"):
             single = throughput(batch, fmt, 1, out)
             pooled = throughput(batch, fmt, ENCODE_THREADS, out)
-            print(f"{fmt:5s}: {single:7.1f} img/s on 1 thread, {pooled:7.1f} img/s on the pool ({pooled / single:.2f}x)")
+            print(
+                f"{fmt:5s}: {single:7.1f} img/s on 1 thread, {pooled:7.1f} img/s on the pool ({pooled / single:.2f}x)"
+            )
 
 
 if __name__ == "__main__":

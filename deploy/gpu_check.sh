@@ -87,7 +87,7 @@ nvidia-smi -L 2>&1 | head -4
 if step install install; then
     if step backend backend; then
         step fatbins "$PY" -m turbobatch.kernels.build
-        step gpu-tests "$PY" -m pytest tests/kernels tests/workers/test_renderer_gpu.py -m gpu --noconftest \
+        step gpu-tests "$PY" -m pytest tests/unit/kernels tests/unit/workers/test_batches_gpu.py -m gpu --noconftest \
             -p no:cacheprovider -q -rs
         step kernel-bench "$PY" -m benchmarks.kernels --markdown "$OUT/benchmarks.md"
     fi

@@ -15,10 +15,25 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SUBJECTS = ["a red fox", "a lighthouse", "a bowl of ramen", "an astronaut", "a cathedral", "a koi pond",
-            "a vintage car", "a snowy mountain", "a robot gardener", "a paper boat"]  # fmt: skip
-STYLES = ["at sunset, oil painting", "in the rain, photograph", "isometric pixel art",
-          "watercolor, soft light", "studio lighting, 85mm"]  # fmt: skip
+SUBJECTS = [
+    "a red fox",
+    "a lighthouse",
+    "a bowl of ramen",
+    "an astronaut",
+    "a cathedral",
+    "a koi pond",
+    "a vintage car",
+    "a snowy mountain",
+    "a robot gardener",
+    "a paper boat",
+]
+STYLES = [
+    "at sunset, oil painting",
+    "in the rain, photograph",
+    "isometric pixel art",
+    "watercolor, soft light",
+    "studio lighting, 85mm",
+]
 
 
 def prompts() -> list[str | None]:
@@ -41,14 +56,17 @@ def prompts() -> list[str | None]:
 def write_inputs(folder: Path, tiny: bool = False) -> list[Path]:
     """The README's example inputs in ``folder``; returns the files written."""
     small, large = (32, 48) if tiny else (512, 768)
-    per_row = pa.table({
-        "prompt": [f"{s} {style}" for s, style in zip(SUBJECTS[:8], STYLES * 2)],
-        "steps": pa.array([1, 2, None, 4, 1, None, 2, 1], pa.int64()),
-        "w": pa.array([small, large, None, small, None, large, small, None], pa.int64()),
-        "h": pa.array([small, small, None, large, None, large, small, None], pa.int64()),
-    })  # fmt: skip
-    subjects = pa.table({"subject": ["red fox", "lighthouse", "bowl of ramen"],
-                         "style": ["black-and-white", "hazy", "macro"]})  # fmt: skip
+    per_row = pa.table(
+        {
+            "prompt": [f"{s} {style}" for s, style in zip(SUBJECTS[:8], STYLES * 2)],
+            "steps": pa.array([1, 2, None, 4, 1, None, 2, 1], pa.int64()),
+            "w": pa.array([small, large, None, small, None, large, small, None], pa.int64()),
+            "h": pa.array([small, small, None, large, None, large, small, None], pa.int64()),
+        }
+    )
+    subjects = pa.table(
+        {"subject": ["red fox", "lighthouse", "bowl of ramen"], "style": ["black-and-white", "hazy", "macro"]}
+    )
     paths = [folder / "prompts" / "part-0.parquet", folder / "subjects.parquet"]
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     for table, path in zip((per_row, subjects), paths):

@@ -9,7 +9,6 @@ import re
 import sys
 from importlib.metadata import distributions
 
-
 # Installed beside the lock on purpose: the venv's tools, torch (installed first) and the project.
 NOT_LOCKED = {"pip", "setuptools", "wheel", "uv", "torch", "turbobatch"}
 

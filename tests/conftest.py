@@ -20,8 +20,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TURBOBATCH_CACHE", str(REPO / ".pytest_cache" / "turbobatch"))
 
 
-def write_parquet(path: Path, columns: dict[str, list[Any]], row_group_size: int | None = None,
-                  schema: pa.Schema | None = None) -> Path:  # fmt: skip
+def write_parquet(
+    path: Path, columns: dict[str, list[Any]], row_group_size: int | None = None, schema: pa.Schema | None = None
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table(columns, schema=schema) if schema else pa.table(columns)
     pq.write_table(table, path, row_group_size=row_group_size)
@@ -76,8 +77,11 @@ def s3_endpoint() -> str:
 
 
 def s3_options(endpoint: str) -> dict[str, Any]:
-    return {"key": "tb-test-key", "secret": S3_SECRET,
-            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}  # fmt: skip
+    return {
+        "key": "tb-test-key",
+        "secret": S3_SECRET,
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
 
 
 @pytest.fixture
@@ -86,8 +90,13 @@ def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
     import boto3
 
     name = "tb-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                          aws_access_key_id="tb-test-key", aws_secret_access_key=S3_SECRET)  # fmt: skip
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="tb-test-key",
+        aws_secret_access_key=S3_SECRET,
+    )
     client.create_bucket(Bucket=name)
     return name
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from turbobatch.jobs.run import nodes
-from turbobatch.output.shard import Shard
 from turbobatch.jobs.run.pool import Outcome
+from turbobatch.output.shard import Shard
 
 OK = "ok"
 
@@ -140,4 +140,3 @@ class RecordingMetrics:
 
 def shards(n: int, rows: int = 4) -> list[Shard]:
     return [Shard(i, "in.parquet", i * rows, (i + 1) * rows, i * rows, 6) for i in range(n)]
-

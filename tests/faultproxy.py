@@ -49,8 +49,15 @@ def s3_operation(method: str, path: str) -> str:
 
 
 class FaultProxy:
-    def __init__(self, upstream_port: int, refuse: float = 0.0, reset: float = 0.0, error_503: float = 0.0,
-                 seed: int = 0, unavailable: tuple[str, int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        upstream_port: int,
+        refuse: float = 0.0,
+        reset: float = 0.0,
+        error_503: float = 0.0,
+        seed: int = 0,
+        unavailable: tuple[str, int] | None = None,
+    ) -> None:
         self.upstream_port = upstream_port
         self.unavailable_path, self.unavailable_left = unavailable or ("", 0)
         self.refuse, self.reset, self.error_503 = refuse, reset, error_503
@@ -185,7 +192,9 @@ class FaultProxy:
                 data = response.read()
                 self.send_response(response.status, response.reason)
                 for key, value in response.getheaders():
-                    if key.lower() not in HOP_BY_HOP and not (key.lower() == "content-length" and self.command != "HEAD"):
+                    if key.lower() not in HOP_BY_HOP and not (
+                        key.lower() == "content-length" and self.command != "HEAD"
+                    ):
                         self.send_header(key, value)
                 if self.command != "HEAD":
                     self.send_header("Content-Length", str(len(data)))

@@ -44,8 +44,15 @@ def read_tar_images(out: Path) -> dict[str, np.ndarray]:
 
 def plain_diffusers_image(pipe, prompt: str, seed: int, height: int, width: int, steps: int = 1) -> np.ndarray:
     """What a user gets from a plain diffusers call with the row's generator."""
-    out = pipe(prompt, num_inference_steps=steps, guidance_scale=0.0, height=height, width=width,
-               generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images  # fmt: skip
+    out = pipe(
+        prompt,
+        num_inference_steps=steps,
+        guidance_scale=0.0,
+        height=height,
+        width=width,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="np",
+    ).images
     return (out[0] * 255).round().astype(np.uint8)
 
 
@@ -217,12 +224,14 @@ def upload_folder(fs, folder: Path, url: str) -> str:
     return url
 
 
-def kill_driver_mid_run(command: list[str], out: Path, env: dict[str, str], cwd: Path, commits: int = 2,
-                        timeout: float = 300) -> int:  # fmt: skip
+def kill_driver_mid_run(
+    command: list[str], out: Path, env: dict[str, str], cwd: Path, commits: int = 2, timeout: float = 300
+) -> int:
     """Start a driver, SIGKILL it (and its session: its local Ray) once ``commits`` shards of
     ``out`` are committed; returns the shards committed when it died."""
-    driver = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)  # fmt: skip
+    driver = subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         wait_for(lambda: done_count(out) >= commits, timeout, f"{commits} committed shards")
         driver.send_signal(signal.SIGKILL)

@@ -76,8 +76,15 @@ class Head:
 
     def ray(self, *args: str, timeout: float = 120) -> str:
         """Run a `ray` CLI command against this head; returns stdout + stderr."""
-        result = subprocess.run([str(BIN / "ray"), *args], check=False, cwd=REPO, env=self.env, timeout=timeout,
-                                capture_output=True, text=True)  # fmt: skip
+        result = subprocess.run(
+            [str(BIN / "ray"), *args],
+            check=False,
+            cwd=REPO,
+            env=self.env,
+            timeout=timeout,
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, f"ray {shlex.join(args)} -> {result.returncode}\n{result.stdout}{result.stderr}"
         return result.stdout + result.stderr
 
@@ -86,15 +93,32 @@ class Head:
         to the end; returns (status, status output, job logs)."""
         return self.follow(self.submit(*render_args), timeout_s)
 
-    def submit(self, *render_args: str, env: dict[str, str] | None = None,
-               entrypoint: tuple[str, ...] = ("python", "-m", "turbobatch", "render")) -> str:  # fmt: skip
+    def submit(
+        self,
+        *render_args: str,
+        env: dict[str, str] | None = None,
+        entrypoint: tuple[str, ...] = ("python", "-m", "turbobatch", "render"),
+    ) -> str:
         """`ray job submit --no-wait` of `python -m turbobatch render ...` (or another entrypoint) with the
         checkout as working dir; returns the job id."""
         job_id = f"turbobatch-{secrets.token_hex(4)}"
         env_vars = {"TURBOBATCH_CACHE": os.environ["TURBOBATCH_CACHE"], "HF_HUB_OFFLINE": "1", **(env or {})}
-        self.ray("job", "submit", "--address", self.address, "--submission-id", job_id, "--no-wait",
-                 "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": env_vars}),
-                 "--", *entrypoint, *render_args)  # fmt: skip
+        self.ray(
+            "job",
+            "submit",
+            "--address",
+            self.address,
+            "--submission-id",
+            job_id,
+            "--no-wait",
+            "--working-dir",
+            ".",
+            "--runtime-env-json",
+            json.dumps({"env_vars": env_vars}),
+            "--",
+            *entrypoint,
+            *render_args,
+        )
         return job_id
 
     def follow(self, job_id: str, timeout_s: float = 300) -> tuple[str, str, str]:
@@ -151,11 +175,25 @@ def stop_head(proc: subprocess.Popen, grace_s: float = 20) -> None:
     proc.wait(timeout=10)
 
 
-HEAD_PORT_FLAGS = ["--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port",
-                   "--object-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                   "--runtime-env-agent-port", "--metrics-export-port"]  # fmt: skip
-NODE_PORT_FLAGS = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-                   "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port"]  # fmt: skip
+HEAD_PORT_FLAGS = [
+    "--port",
+    "--dashboard-port",
+    "--ray-client-server-port",
+    "--node-manager-port",
+    "--object-manager-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+]
+NODE_PORT_FLAGS = [
+    "--node-manager-port",
+    "--object-manager-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+]
 
 
 def port_args(flags: list[str]) -> tuple[list[str], int]:
@@ -173,19 +211,43 @@ def started_head(num_cpus: int) -> Iterator[Head]:
     token = temp_dir / "auth_token"  # our own token: ~/.ray/auth_token stays untouched
     token.write_text(secrets.token_hex(32))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token),
+        RAY_USAGE_STATS_ENABLED="0",
+    )
     ports, base = port_args(HEAD_PORT_FLAGS)
-    command = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", str(num_cpus), "--num-gpus", "0",
-               "--disable-usage-stats", "--temp-dir", str(temp_dir), "--dashboard-host", "127.0.0.1", *ports]  # fmt: skip
+    command = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus",
+        str(num_cpus),
+        "--num-gpus",
+        "0",
+        "--disable-usage-stats",
+        "--temp-dir",
+        str(temp_dir),
+        "--dashboard-host",
+        "127.0.0.1",
+        *ports,
+    ]
     log_path = temp_dir / "head.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         address = f"http://127.0.0.1:{base + 1}"
         wait_until_up(address, proc, log_path)
-        yield Head(address, env, temp_dir, gcs_address=f"127.0.0.1:{base}",
-                   metrics_port=base + HEAD_PORT_FLAGS.index("--metrics-export-port"), session=proc.pid)
+        yield Head(
+            address,
+            env,
+            temp_dir,
+            gcs_address=f"127.0.0.1:{base}",
+            metrics_port=base + HEAD_PORT_FLAGS.index("--metrics-export-port"),
+            session=proc.pid,
+        )
     finally:
         stop_head(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -223,15 +285,28 @@ class Node:
 
 
 @contextlib.contextmanager
-def started_worker_node(head: Head, num_cpus: int, num_gpus: int = 0,
-                        resources: dict[str, float] | None = None) -> Iterator[Node]:  # fmt: skip
+def started_worker_node(
+    head: Head, num_cpus: int, num_gpus: int = 0, resources: dict[str, float] | None = None
+) -> Iterator[Node]:
     """A raylet joining ``head`` (`ray start --address`) with its own temp dir and ports.
     ``num_gpus`` and ``resources`` are logical (Ray schedules by them; no device is touched): a GPU
     node as the driver plans for it, e.g. ``{"accelerator_type:H200": 1}``."""
     temp_dir = Path(tempfile.mkdtemp(prefix="tb-node-", dir="/tmp"))  # short: Unix socket paths
     ports, _ = port_args(NODE_PORT_FLAGS)
-    command = [str(BIN / "ray"), "start", "--address", head.gcs_address, "--block", "--num-cpus", str(num_cpus),
-               "--num-gpus", str(num_gpus), "--temp-dir", str(temp_dir), *ports]  # fmt: skip
+    command = [
+        str(BIN / "ray"),
+        "start",
+        "--address",
+        head.gcs_address,
+        "--block",
+        "--num-cpus",
+        str(num_cpus),
+        "--num-gpus",
+        str(num_gpus),
+        "--temp-dir",
+        str(temp_dir),
+        *ports,
+    ]
     if resources:
         command += ["--resources", json.dumps(resources)]
     with (temp_dir / "node.log").open("wb") as log:

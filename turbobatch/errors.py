@@ -21,7 +21,6 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM): a scheduler, ray job stop, Kubernetes
 
 
-
 class JobError(ValueError):
     """A bad job, found before any actor starts.
 
@@ -37,10 +36,12 @@ class MissingArgument(JobError):
     user typed (``turbobatch render``, ``python -m turbobatch render``, ...).
     """
 
-    def __init__(self, name: str, prog: str = "python -m turbobatch render") -> None:
+    def __init__(self, name: str, prog: str = "turbobatch render") -> None:
         self.name = name
-        super().__init__(f"{name}: missing; usage: {prog} INPUT OUTPUT [options] (or {name}: in the --config file); "
-                         "--help lists the options")  # fmt: skip
+        super().__init__(
+            f"{name}: missing; usage: {prog} INPUT OUTPUT [options] (or {name}: in the --config file); "
+            "--help lists the options"
+        )
 
 
 class JobStalled(RuntimeError):
@@ -60,21 +61,60 @@ def error_text(e: BaseException) -> str:
 
 # Ray's own failures of the machinery, never of our code (ray.exceptions names).
 _RAY_INFRA = {
-    "RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError",
-    "LocalRayletDiedError", "ObjectLostError", "OwnerDiedError", "ObjectFetchTimedOutError",
-    "ObjectReconstructionFailedError", "ObjectStoreFullError", "OutOfDiskError", "RaySystemError",
-}  # fmt: skip
+    "RayActorError",
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "WorkerCrashedError",
+    "NodeDiedError",
+    "LocalRayletDiedError",
+    "ObjectLostError",
+    "OwnerDiedError",
+    "ObjectFetchTimedOutError",
+    "ObjectReconstructionFailedError",
+    "ObjectStoreFullError",
+    "OutOfDiskError",
+    "RaySystemError",
+}
 # Network failures of the storage clients (botocore, aiohttp, urllib3, gcsfs, adlfs).
 _NETWORK = {
-    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-    "ResponseStreamingError", "IncompleteReadError", "ClientConnectorError", "ServerDisconnectedError",
-    "ClientPayloadError", "ClientOSError", "ServerTimeoutError", "ProtocolError",
-    "ServiceRequestError", "ServiceResponseError",
-}  # fmt: skip
-_RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-                    "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}  # fmt: skip
-_NETWORK_ERRNOS = {errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE,
-                   errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN}  # fmt: skip
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+    "ResponseStreamingError",
+    "IncompleteReadError",
+    "ClientConnectorError",
+    "ServerDisconnectedError",
+    "ClientPayloadError",
+    "ClientOSError",
+    "ServerTimeoutError",
+    "ProtocolError",
+    "ServiceRequestError",
+    "ServiceResponseError",
+}
+_RETRYABLE_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+    "502",
+    "504",
+}
+_NETWORK_ERRNOS = {
+    errno.ETIMEDOUT,
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.EPIPE,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+}
 
 
 class InfrastructureError(RuntimeError):

@@ -16,7 +16,7 @@ shows it; not ``job``, which Prometheus sets to its scrape job), ``model``, ``no
 (the Ray node id's first 12 hex digits, as ``turbobatch status`` shows it) and, per worker,
 ``worker`` (its pid) and ``device`` (its GPU kind, or cpu). Never a prompt, a key or a storage option.
 
-What Ray does with them, seen with Ray 2.60 (tests/jobs/test_metrics.py checks the counts): each
+What Ray does with them, seen with Ray 2.60 (tests/unit/test_metrics.py checks the counts): each
 process sends its values to its node's agent every ``metrics_report_interval_ms`` (10 s), and what
 it recorded just before it exits or is killed still arrives. The agent keeps counters and
 histograms after the process is gone; a gauge not set again for two intervals (20 s) disappears,
@@ -45,29 +45,52 @@ RETRY_CAUSES = ("retry", "drained", "node lost")  # backoff after a failure; req
 DRIVER_TAGS = ("ray_job", "model")  # not "job": Prometheus keeps that for its scrape job
 WORKER_TAGS = ("ray_job", "model", "node", "device")
 DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "turbobatch_shards_committed": ("counter", "Shards committed (done marker written), by the node that rendered",
-                                    (*DRIVER_TAGS, "node")),
-    "turbobatch_shards_failed": ("counter", "Shards failed for good (a _failed/ marker; the next run retries them)",
-                                 DRIVER_TAGS),
-    "turbobatch_shards_retried": ("counter", "Shard attempts given again: after an infrastructure failure "
-                                  "(cause retry), or requeued from a drained or lost node (not counted as retries)",
-                                  (*DRIVER_TAGS, "cause")),
+    "turbobatch_shards_committed": (
+        "counter",
+        "Shards committed (done marker written), by the node that rendered",
+        (*DRIVER_TAGS, "node"),
+    ),
+    "turbobatch_shards_failed": (
+        "counter",
+        "Shards failed for good (a _failed/ marker; the next run retries them)",
+        DRIVER_TAGS,
+    ),
+    "turbobatch_shards_retried": (
+        "counter",
+        "Shard attempts given again: after an infrastructure failure "
+        "(cause retry), or requeued from a drained or lost node (not counted as retries)",
+        (*DRIVER_TAGS, "cause"),
+    ),
     "turbobatch_actors_ready": ("gauge", "Render actors ready and taking shards", DRIVER_TAGS),
     "turbobatch_actors_starting": ("gauge", "Render actors starting (placed or waiting for room)", DRIVER_TAGS),
     "turbobatch_images_rendered": ("counter", "Images rendered and committed (ok metadata rows)", WORKER_TAGS),
-    "turbobatch_rows_errored": ("counter", "Error metadata rows committed (bad rows, rows the pipeline raised on)",
-                                WORKER_TAGS),
-    "turbobatch_pipeline_seconds": ("counter", "Device time in pipeline calls (decode, stats and copy included)",
-                                    WORKER_TAGS),
-    "turbobatch_device_seconds": ("counter", "Device time held by shards or idle before one took it",
-                                  WORKER_TAGS),
-    "turbobatch_worker_images_per_second": ("gauge", "A worker's images/s over its last shard: ok images / "
-                                            "(device time held + idle before it)", (*WORKER_TAGS, "worker")),
-    "turbobatch_worker_pipeline_share": ("gauge", "A worker's share of device time in pipeline calls, since it "
-                                         "started (0..1)", (*WORKER_TAGS, "worker")),
-    "turbobatch_stage_seconds": ("histogram", "Seconds per shard in each stage: read, pipeline (calls), "
-                                 "encode_wait (blocked on the encode queue), commit", (*WORKER_TAGS, "stage")),
-}  # fmt: skip
+    "turbobatch_rows_errored": (
+        "counter",
+        "Error metadata rows committed (bad rows, rows the pipeline raised on)",
+        WORKER_TAGS,
+    ),
+    "turbobatch_pipeline_seconds": (
+        "counter",
+        "Device time in pipeline calls (decode, stats and copy included)",
+        WORKER_TAGS,
+    ),
+    "turbobatch_device_seconds": ("counter", "Device time held by shards or idle before one took it", WORKER_TAGS),
+    "turbobatch_worker_images_per_second": (
+        "gauge",
+        "A worker's images/s over its last shard: ok images / (device time held + idle before it)",
+        (*WORKER_TAGS, "worker"),
+    ),
+    "turbobatch_worker_pipeline_share": (
+        "gauge",
+        "A worker's share of device time in pipeline calls, since it started (0..1)",
+        (*WORKER_TAGS, "worker"),
+    ),
+    "turbobatch_stage_seconds": (
+        "histogram",
+        "Seconds per shard in each stage: read, pipeline (calls), encode_wait (blocked on the encode queue), commit",
+        (*WORKER_TAGS, "stage"),
+    ),
+}
 
 
 def exported_names() -> dict[str, list[str]]:
@@ -166,8 +189,12 @@ class WorkerMetrics:
     """A render actor's metrics: recorded once per committed shard, from its done marker."""
 
     def __init__(self, model: str, node_id: str | None, device_kind: str, pid: int) -> None:
-        self.tags = {"ray_job": _ray_job_id(), "model": model_tag(model), "node": node_tag(node_id),
-                     "device": device_kind}  # fmt: skip
+        self.tags = {
+            "ray_job": _ray_job_id(),
+            "model": model_tag(model),
+            "node": node_tag(node_id),
+            "device": device_kind,
+        }
         self.worker_tags = {**self.tags, "worker": str(pid)}
         self.images = _make("turbobatch_images_rendered")
         self.errors = _make("turbobatch_rows_errored")

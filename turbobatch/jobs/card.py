@@ -16,21 +16,21 @@ import json
 import os
 import re
 import shlex
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from typing import Any
 
 import pyarrow as pa
 import yaml
 
-from turbobatch.output import layout
-from turbobatch.spec import sampling
-from turbobatch.output.columns import IMAGE_TYPE, job_data_schema, job_metadata_schema, kept_schema
-from turbobatch.spec.expand import Expansion
-from turbobatch.output.features import features_yaml
 from turbobatch.jobs.prepare.resume import committed_shards
-from turbobatch.spec.job import JobSpec
+from turbobatch.output import layout
+from turbobatch.output.columns import IMAGE_TYPE, job_data_schema, job_metadata_schema, kept_schema
+from turbobatch.output.features import features_yaml
 from turbobatch.output.storage import Folder
+from turbobatch.spec import sampling
+from turbobatch.spec.expand import Expansion
+from turbobatch.spec.job import JobSpec
 
 MARK = "<!-- Written by turbobatch at the end of every run (jobs/card.py): edits are overwritten. -->"
 
@@ -51,8 +51,12 @@ def declared_schema(spec: JobSpec) -> tuple[pa.Schema, tuple[str, ...]]:
     """The columns a `datasets` reader gets from the config's files, and which of them are images."""
     if spec.format == "tar":  # the webdataset builder: one column per member extension, plus its own two
         ext = spec.image_extension
-        columns = [(ext, IMAGE_TYPE), ("json", pa.struct(list(job_metadata_schema(spec)))),
-                   ("__key__", pa.string()), ("__url__", pa.string())]  # fmt: skip
+        columns = [
+            (ext, IMAGE_TYPE),
+            ("json", pa.struct(list(job_metadata_schema(spec)))),
+            ("__key__", pa.string()),
+            ("__url__", pa.string()),
+        ]
         return pa.schema(columns), (ext,)
     if spec.format == "parquet":
         return job_data_schema(spec), ("image",)
@@ -85,13 +89,27 @@ def split_bytes(markers: list[dict[str, Any]], files: list[str]) -> int:
 
 
 # -- the text ----------------------------------------------------------------------------------
-def card_text(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]], license: str | None,
-              where: str, now: datetime | None = None) -> str:  # fmt: skip
-    now = now or datetime.now(timezone.utc)
+def card_text(
+    spec: JobSpec,
+    plan: dict[str, Any],
+    markers: list[dict[str, Any]],
+    license: str | None,
+    where: str,
+    now: datetime | None = None,
+) -> str:
+    now = now or datetime.now(UTC)
     head = yaml.safe_dump(front_matter(spec, markers), sort_keys=False, allow_unicode=True, width=1000)
-    sections = [f"---\n{head}---", MARK, f"# {_title(where)}", _summary(spec), _contents(spec, plan, markers),
-                _loading(spec, where), _how_made(spec, plan, markers, now), _license(spec, license),
-                _spec_section(spec)]  # fmt: skip
+    sections = [
+        f"---\n{head}---",
+        MARK,
+        f"# {_title(where)}",
+        _summary(spec),
+        _contents(spec, plan, markers),
+        _loading(spec, where),
+        _how_made(spec, plan, markers, now),
+        _license(spec, license),
+        _spec_section(spec),
+    ]
     return "\n\n".join(sections) + "\n"
 
 
@@ -105,8 +123,10 @@ def _summary(spec: JobSpec) -> str:
         extra += f" and the ControlNet `{spec.controlnet}`"
     per_row = Expansion.of(spec).per_row
     each = "one per input row" if per_row == 1 else f"{per_row} per input row ({_expansion_words(spec)})"
-    return (f"Synthetic images rendered from text prompts by `{spec.model}`{extra}, {each} that rendered, "
-            "by turbobatch (a Ray + diffusers batch renderer).")  # fmt: skip
+    return (
+        f"Synthetic images rendered from text prompts by `{spec.model}`{extra}, {each} that rendered, "
+        "by turbobatch (a Ray + diffusers batch renderer)."
+    )
 
 
 def _expansion_words(spec: JobSpec) -> str:
@@ -119,12 +139,12 @@ def _expansion_words(spec: JobSpec) -> str:
 
 _LAYOUT = {
     "tar": "WebDataset tars `shards/SSSSSS.tar`: per ok row `<key>.{ext}` (the image) and `<key>.json` (its "
-           "metadata row, every field, null where empty)",
+    "metadata row, every field, null where empty)",
     "parquet": "Parquet tables `data/SSSSSS.parquet`: per ok row the image (a `datasets` Image: bytes and "
-               "path), key, prompt, seed, the kept columns and the other metadata fields",
+    "path), key, prompt, seed, the kept columns and the other metadata fields",
     "files": "one file per image, `images/SSSSSS/<key>.{ext}`; the configs read the metadata (`image` is the "
-             "file's path in this folder)",
-}  # fmt: skip
+    "file's path in this folder)",
+}
 
 
 def _contents(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]]) -> str:
@@ -134,9 +154,12 @@ def _contents(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]]
     complete = "" if len(markers) == total else " (incomplete: run the same render command again to finish)"
     kept = kept_schema(spec)
     per_row = Expansion.of(spec).per_row
-    counted = (f"{ok + error:,}: {ok:,} ok (one image each), {error:,} error (no image; reason in metadata)"
-               if per_row == 1 else f"{ok + error:,} metadata rows, one per image ({per_row} per input row: "
-               f"{_expansion_words(spec)}): {ok:,} ok, {error:,} error (no image; reason in metadata)")  # fmt: skip
+    counted = (
+        f"{ok + error:,}: {ok:,} ok (one image each), {error:,} error (no image; reason in metadata)"
+        if per_row == 1
+        else f"{ok + error:,} metadata rows, one per image ({per_row} per input row: "
+        f"{_expansion_words(spec)}): {ok:,} ok, {error:,} error (no image; reason in metadata)"
+    )
     rows = [
         ("shards", f"{len(markers)} of {total} committed{complete}"),
         ("rows", counted),
@@ -149,17 +172,33 @@ def _contents(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]]
 
 
 def _loading(spec: JobSpec, where: str) -> str:
-    lines = ["## Loading", "", "```python", "from datasets import load_dataset", "",
-             f'ds = load_dataset("{where}", split="train")  # this folder (a local path or a Hub id)']  # fmt: skip
+    lines = [
+        "## Loading",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'ds = load_dataset("{where}", split="train")  # this folder (a local path or a Hub id)',
+    ]
     if spec.format == "tar":
-        lines += ["", "import glob", "import webdataset as wds", "",
-                  f'tars = sorted(glob.glob("{where}/shards/*.tar"))  # local; any list of tar URLs works',
-                  'images = wds.WebDataset(tars, shardshuffle=False).decode("pil")  # sample["' + spec.image_extension
-                  + '"], sample["json"]']  # fmt: skip
+        lines += [
+            "",
+            "import glob",
+            "import webdataset as wds",
+            "",
+            f'tars = sorted(glob.glob("{where}/shards/*.tar"))  # local; any list of tar URLs works',
+            'images = wds.WebDataset(tars, shardshuffle=False).decode("pil")  # sample["'
+            + spec.image_extension
+            + '"], sample["json"]',
+        ]
     if spec.format == "files":
         lines += [f'images = load_dataset("imagefolder", data_dir="{where}/images", split="train")  # images only']
-    lines += ["```", "", "Only shards with a done marker (`_done/SSSSSS.json`) are complete; the configs above list "
-              "exactly those. `turbobatch verify` checks the files against their markers."]  # fmt: skip
+    lines += [
+        "```",
+        "",
+        "Only shards with a done marker (`_done/SSSSSS.json`) are complete; the configs above list "
+        "exactly those. `turbobatch verify` checks the files against their markers.",
+    ]
     return "\n".join(lines)
 
 
@@ -169,18 +208,31 @@ def _how_made(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]]
     rows = [
         ("model", f"`{spec.model}`" + (" (random weights)" if spec.weights == "random" else "")),
         ("VAE", f"`{spec.vae}`" if spec.vae else "the model's own"),
-        ("ControlNet", f"`{spec.controlnet}`, scale {spec.controlnet_scale}, preprocess {spec.control_preprocess}, "
-                       f"control images from column `{spec.control_image_column}`" if spec.controlnet else "none"),
-        ("sampling", f"{spec.steps} step(s), guidance scale {spec.guidance_scale}, {spec.width}x{spec.height}, "
-                     f"{spec.dtype} on {spec.device}" + _varied(spec)),
+        (
+            "ControlNet",
+            f"`{spec.controlnet}`, scale {spec.controlnet_scale}, preprocess {spec.control_preprocess}, "
+            f"control images from column `{spec.control_image_column}`"
+            if spec.controlnet
+            else "none",
+        ),
+        (
+            "sampling",
+            f"{spec.steps} step(s), guidance scale {spec.guidance_scale}, {spec.width}x{spec.height}, "
+            f"{spec.dtype} on {spec.device}" + _varied(spec),
+        ),
         ("seeds", _seeds(spec)),
-        ("prompts", (f"template `{spec.prompt_template}`" if spec.prompt_template else f"column `{spec.prompt_column}`")
-                    + (f", negative prompts from `{spec.negative_prompt_column}`" if spec.negative_prompt_column
-                       else "")),
-        ("made with", f"turbobatch {version}; planned {plan.get('planned_at', '?')}; shards committed "
-                      f"{committed[0] if committed else '-'} to {committed[-1] if committed else '-'}; "
-                      f"card written {now.isoformat(timespec='seconds')}"),
-    ]  # fmt: skip
+        (
+            "prompts",
+            (f"template `{spec.prompt_template}`" if spec.prompt_template else f"column `{spec.prompt_column}`")
+            + (f", negative prompts from `{spec.negative_prompt_column}`" if spec.negative_prompt_column else ""),
+        ),
+        (
+            "made with",
+            f"turbobatch {version}; planned {plan.get('planned_at', '?')}; shards committed "
+            f"{committed[0] if committed else '-'} to {committed[-1] if committed else '-'}; "
+            f"card written {now.isoformat(timespec='seconds')}",
+        ),
+    ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return f"## How it was made\n\n| | |\n|---|---|\n{table}\n\nThe command (rerun it to resume):\n\n```\n{command_line(spec)}\n```"
 
@@ -203,8 +255,10 @@ def _seeds(spec: JobSpec) -> str:
     if n == 1:
         seeds = f"column `{spec.seed_column}` where present and valid, else {spec.seed} + the row's global index"
     else:
-        seeds = (f"image j of a row: column `{spec.seed_column}` + j where present and valid, else {spec.seed} + the "
-                 f"row's global index x {n} + j")  # fmt: skip
+        seeds = (
+            f"image j of a row: column `{spec.seed_column}` + j where present and valid, else {spec.seed} + the "
+            f"row's global index x {n} + j"
+        )
     return seeds + ("; every sweep combination of a row and j shares its seed" if spec.sweep else "")
 
 
@@ -225,15 +279,24 @@ def command_line(spec: JobSpec) -> str:
 
 
 def _license(spec: JobSpec, license: str | None) -> str:
-    terms = (f"its model card states the license **{license}**" if license
-             else "its model card could not be read here, so check the license there before you use or share them")  # fmt: skip
-    return (f"## License\n\nThe images were generated with `{spec.model}` and inherit the terms of that model's "
-            f"license; {terms}. The prompts and kept columns come from the input dataset and keep its terms.")  # fmt: skip
+    terms = (
+        f"its model card states the license **{license}**"
+        if license
+        else "its model card could not be read here, so check the license there before you use or share them"
+    )
+    return (
+        f"## License\n\nThe images were generated with `{spec.model}` and inherit the terms of that model's "
+        f"license; {terms}. The prompts and kept columns come from the input dataset and keep its terms."
+    )
 
 
 def _spec_section(spec: JobSpec) -> str:
     public = {k: v for k, v in spec.to_public_dict().items() if k not in spec.RESOLVED_FIELDS}
-    return "## Job spec\n\nSecrets in storage options are shown as `***`.\n\n```json\n" + json.dumps(public, indent=1) + "\n```"
+    return (
+        "## Job spec\n\nSecrets in storage options are shown as `***`.\n\n```json\n"
+        + json.dumps(public, indent=1)
+        + "\n```"
+    )
 
 
 def _version() -> str:

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
-import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
@@ -24,7 +20,20 @@ from turbobatch.jobs.estimate.dryrun import dry_run
 from turbobatch.jobs.inspect import status, verify
 from turbobatch.jobs.run import render
 from turbobatch.jobs.run.cluster import SIGTERM_RECEIVED, TERMINATED_MESSAGE, sigterm_interrupts
-from turbobatch.spec.job import (COMPILE_MODES, CONTROL_PREPROCESS, DEFAULT_SPEEDUPS, DEVICES, DTYPES, FORMATS, IMAGE_FORMATS, SPEEDUPS, VARIANTS, WEIGHTS, JobSpec, RunOptions)
+from turbobatch.spec.job import (
+    COMPILE_MODES,
+    CONTROL_PREPROCESS,
+    DEFAULT_SPEEDUPS,
+    DEVICES,
+    DTYPES,
+    FORMATS,
+    IMAGE_FORMATS,
+    SPEEDUPS,
+    VARIANTS,
+    WEIGHTS,
+    JobSpec,
+    RunOptions,
+)
 
 
 def build_render_parser(prog: str = "turbobatch render") -> argparse.ArgumentParser:
@@ -38,116 +47,251 @@ def build_render_parser(prog: str = "turbobatch render") -> argparse.ArgumentPar
     p.add_argument("input", nargs="?", help="Parquet file, folder or glob; any fsspec URL")
     p.add_argument("output", nargs="?", help="output folder URL (local path, s3://, gs://, ...)")
     p.add_argument("--config", help="job YAML file with the same fields (flags override it)")
-    p.add_argument("--model", help="Hugging Face id (stabilityai/sd-turbo, stabilityai/sdxl-turbo), local "
-                   "diffusers folder, fsspec URL of one (s3://bucket/models/sd-turbo/, read with the input storage "
-                   "options; each node copies it once), or tiny-sd-turbo / tiny-sdxl-turbo "
-                   "(default stabilityai/sd-turbo)")
-    p.add_argument("--variant", choices=VARIANTS, help="weight files of --model, --vae and --controlnet: auto loads "
-                   "the fp16 files (*.fp16.safetensors, half the download) when the job renders in float16 or "
-                   "bfloat16 and the model has them, else the plain ones; fp16 requires them; none never uses "
-                   "them (default auto)")
+    p.add_argument(
+        "--model",
+        help="Hugging Face id (stabilityai/sd-turbo, stabilityai/sdxl-turbo), local "
+        "diffusers folder, fsspec URL of one (s3://bucket/models/sd-turbo/, read with the input storage "
+        "options; each node copies it once), or tiny-sd-turbo / tiny-sdxl-turbo "
+        "(default stabilityai/sd-turbo)",
+    )
+    p.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        help="weight files of --model, --vae and --controlnet: auto loads "
+        "the fp16 files (*.fp16.safetensors, half the download) when the job renders in float16 or "
+        "bfloat16 and the model has them, else the plain ones; fp16 requires them; none never uses "
+        "them (default auto)",
+    )
     p.add_argument("--steps", type=int, help="denoising steps (default 1; turbo models use 1-4)")
-    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (default 0.0, "
-                   "as turbo models are trained)")
+    p.add_argument(
+        "--guidance-scale", type=float, help="classifier-free guidance (default 0.0, as turbo models are trained)"
+    )
     p.add_argument("--height", type=int, help="image height, multiple of 8 (default: the model's native size)")
     p.add_argument("--width", type=int, help="image width, multiple of 8 (default: the model's native size)")
-    p.add_argument("--batch-size", type=int, help="images per batch on every device (default 8); an image is the "
-                   "same within 1 level of 255 at any batch size")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per batch on every device (default 8); an image is the "
+        "same within 1 level of 255 at any batch size",
+    )
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default float16 on CUDA, float32 on CPU)")
-    p.add_argument("--device", choices=DEVICES, help="where actors render (default: cuda when the Ray "
-                   "cluster has GPUs, else cpu; say cuda for an autoscaling cluster whose GPU nodes start at 0)")
-    p.add_argument("--workers", type=int, help="the most render actors the job uses; more than the cluster has "
-                   "now start as nodes join (default: GPUs in the Ray cluster / --worker-gpus, else 1)")
-    p.add_argument("--min-workers", type=int, help="render actors that must be ready before rendering starts; "
-                   "the others join as they start (default 1)")
-    p.add_argument("--worker-gpus", type=float, help="GPUs per render actor; a fraction such as 0.5 puts two "
-                   "actors on one GPU (default 1 on CUDA)")
-    p.add_argument("--worker-cpus", type=float, help="CPUs per render actor; on CPU also torch's threads "
-                   "(default: 1 on CUDA; on CPU the cluster's CPUs divided by --workers at start)")
-    p.add_argument("--stall-timeout", type=float, help="stop with exit code 1 when no render actor is ready, "
-                   "or no shard committed while shards are in flight, for this many seconds (default 1800)")
-    p.add_argument("--shard-size", type=int, help="images per shard, the unit of commit and resume; a shard is a "
-                   "range of the job's images and may cut a row's images in two (default 1000)")
-    p.add_argument("--format", choices=FORMATS, help="tar: WebDataset shards/SSSSSS.tar; "
-                   "files: images/SSSSSS/<key>.<ext>; parquet: data/SSSSSS.parquet, images and fields in one "
-                   "Hugging Face table (default tar)")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        help="where actors render (default: cuda when the Ray "
+        "cluster has GPUs, else cpu; say cuda for an autoscaling cluster whose GPU nodes start at 0)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="the most render actors the job uses; more than the cluster has "
+        "now start as nodes join (default: GPUs in the Ray cluster / --worker-gpus, else 1)",
+    )
+    p.add_argument(
+        "--min-workers",
+        type=int,
+        help="render actors that must be ready before rendering starts; the others join as they start (default 1)",
+    )
+    p.add_argument(
+        "--worker-gpus",
+        type=float,
+        help="GPUs per render actor; a fraction such as 0.5 puts two actors on one GPU (default 1 on CUDA)",
+    )
+    p.add_argument(
+        "--worker-cpus",
+        type=float,
+        help="CPUs per render actor; on CPU also torch's threads "
+        "(default: 1 on CUDA; on CPU the cluster's CPUs divided by --workers at start)",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        help="stop with exit code 1 when no render actor is ready, "
+        "or no shard committed while shards are in flight, for this many seconds (default 1800)",
+    )
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        help="images per shard, the unit of commit and resume; a shard is a "
+        "range of the job's images and may cut a row's images in two (default 1000)",
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="tar: WebDataset shards/SSSSSS.tar; "
+        "files: images/SSSSSS/<key>.<ext>; parquet: data/SSSSSS.parquet, images and fields in one "
+        "Hugging Face table (default tar)",
+    )
     p.add_argument("--image-format", choices=IMAGE_FORMATS, help="image encoding (default png)")
     p.add_argument("--quality", type=int, help="jpeg/webp quality 1-100 (default jpeg 95, webp 90)")
-    p.add_argument("--seed", type=int, help="job seed: a row without its own seed uses seed + "
-                   "its global index (image j of N per prompt: seed + global index * N + j) (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="job seed: a row without its own seed uses seed + "
+        "its global index (image j of N per prompt: seed + global index * N + j) (default 0)",
+    )
     p.add_argument("--prompt-column", help="column holding the prompt (default prompt)")
     p.add_argument("--negative-prompt-column", help="column holding the negative prompt (default none)")
     p.add_argument("--seed-column", help="column of per-row seeds, used when present (default seed)")
-    p.add_argument("--key-column", help="column of unique row keys used to name images "
-                   "(default: the row's global index, zero-padded)")
-    p.add_argument("--images-per-prompt", type=int, metavar="N", help="images per input row (per sweep "
-                   "combination): image j takes seed s + j (s: the row's seed), else seed + global_index * N + j; "
-                   "key <key>_<j> (default 1)")
-    p.add_argument("--prompt-template", metavar="TEXT", help="build each row's prompt from its columns, e.g. "
-                   "'a {style} photo of a {subject}': fields name input columns ({prompt} is the prompt column) or "
-                   "swept names; a null field is that row's error (default: the prompt column as it is)")
-    p.add_argument("--sweep", action="append", metavar="NAME=V1,V2", help="render every combination of these "
-                   "values per row (repeat the flag per name; the last name varies fastest): steps, guidance_scale, "
-                   "width, height, or a template field, e.g. --sweep steps=1,2,4 --sweep style=ink,oil; a name given "
-                   "here replaces the --config file's values for it (default: no sweep)")
-    for name, what in (("steps", "denoising steps"), ("guidance-scale", "guidance scale"), ("width", "image width"),
-                       ("height", "image height")):  # fmt: skip
-        p.add_argument(f"--{name}-column", metavar="COLUMN", help=f"column of per-row {what}, checked as --{name} "
-                       f"is (a bad value is that row's error); null: --{name}; not with --sweep {name}")
-    p.add_argument("--keep-columns", metavar="LIST", help="input columns to copy into every metadata row, tar "
-                   "json and data row, comma-separated, with their types; '*' for every column the job does not "
-                   "use otherwise and whose name turbobatch does not write (default none)")
-    p.add_argument("--weights", choices=WEIGHTS, help="random: build stabilityai/sd-turbo or sdxl-turbo at full "
-                   "size from bundled configs with random weights (real FLOPs, meaningless pixels) for speed "
-                   "work without a download (default pretrained)")
-    p.add_argument("--vae", help="VAE to use instead of the pipeline's: Hugging Face id, local folder, fsspec URL or "
-                   "tiny-taesd; an AutoencoderKL (e.g. an fp16-fixed SDXL VAE) or an AutoencoderTiny "
-                   "(madebyollin/taesd for sd-turbo, madebyollin/taesdxl for sdxl-turbo: a much cheaper decode, "
-                   "slightly softer images)")
-    p.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the UNet in each worker with this "
-                   "mode (reduce-overhead adds CUDA graphs): faster calls after a first call that compiles for "
-                   "minutes, and again for each new batch shape; worth it for long jobs (default off)")
-    p.add_argument("--speedups", metavar="LIST", help=f"the worker's speed changes, comma-separated from "
-                   f"{', '.join(SPEEDUPS)}; 'default' = {','.join(DEFAULT_SPEEDUPS)}; 'none' for plain eager "
-                   "models (docs/BENCHMARKS.md has each one's measured effect; default: default)")
-    p.add_argument("--controlnet", help="ControlNet: Hugging Face id, local folder, fsspec URL, tiny-sd-controlnet or "
-                   "tiny-sdxl-controlnet; SD 2.1 ControlNets pair with sd-turbo, SDXL ones with sdxl-turbo")
-    p.add_argument("--control-image-column", help="column of control images: a path or URL relative to the "
-                   "dataset folder, an absolute fsspec URL, or raw image bytes")
-    p.add_argument("--control-preprocess", choices=CONTROL_PREPROCESS, help="turn control images into "
-                   "Canny edge maps first, or use them as they are (default none)")
+    p.add_argument(
+        "--key-column",
+        help="column of unique row keys used to name images (default: the row's global index, zero-padded)",
+    )
+    p.add_argument(
+        "--images-per-prompt",
+        type=int,
+        metavar="N",
+        help="images per input row (per sweep "
+        "combination): image j takes seed s + j (s: the row's seed), else seed + global_index * N + j; "
+        "key <key>_<j> (default 1)",
+    )
+    p.add_argument(
+        "--prompt-template",
+        metavar="TEXT",
+        help="build each row's prompt from its columns, e.g. "
+        "'a {style} photo of a {subject}': fields name input columns ({prompt} is the prompt column) or "
+        "swept names; a null field is that row's error (default: the prompt column as it is)",
+    )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        metavar="NAME=V1,V2",
+        help="render every combination of these "
+        "values per row (repeat the flag per name; the last name varies fastest): steps, guidance_scale, "
+        "width, height, or a template field, e.g. --sweep steps=1,2,4 --sweep style=ink,oil; a name given "
+        "here replaces the --config file's values for it (default: no sweep)",
+    )
+    for name, what in (
+        ("steps", "denoising steps"),
+        ("guidance-scale", "guidance scale"),
+        ("width", "image width"),
+        ("height", "image height"),
+    ):
+        p.add_argument(
+            f"--{name}-column",
+            metavar="COLUMN",
+            help=f"column of per-row {what}, checked as --{name} "
+            f"is (a bad value is that row's error); null: --{name}; not with --sweep {name}",
+        )
+    p.add_argument(
+        "--keep-columns",
+        metavar="LIST",
+        help="input columns to copy into every metadata row, tar "
+        "json and data row, comma-separated, with their types; '*' for every column the job does not "
+        "use otherwise and whose name turbobatch does not write (default none)",
+    )
+    p.add_argument(
+        "--weights",
+        choices=WEIGHTS,
+        help="random: build stabilityai/sd-turbo or sdxl-turbo at full "
+        "size from bundled configs with random weights (real FLOPs, meaningless pixels) for speed "
+        "work without a download (default pretrained)",
+    )
+    p.add_argument(
+        "--vae",
+        help="VAE to use instead of the pipeline's: Hugging Face id, local folder, fsspec URL or "
+        "tiny-taesd; an AutoencoderKL (e.g. an fp16-fixed SDXL VAE) or an AutoencoderTiny "
+        "(madebyollin/taesd for sd-turbo, madebyollin/taesdxl for sdxl-turbo: a much cheaper decode, "
+        "slightly softer images)",
+    )
+    p.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        help="torch.compile the UNet in each worker with this "
+        "mode (reduce-overhead adds CUDA graphs): faster calls after a first call that compiles for "
+        "minutes, and again for each new batch shape; worth it for long jobs (default off)",
+    )
+    p.add_argument(
+        "--speedups",
+        metavar="LIST",
+        help=f"the worker's speed changes, comma-separated from "
+        f"{', '.join(SPEEDUPS)}; 'default' = {','.join(DEFAULT_SPEEDUPS)}; 'none' for plain eager "
+        "models (docs/BENCHMARKS.md has each one's measured effect; default: default)",
+    )
+    p.add_argument(
+        "--controlnet",
+        help="ControlNet: Hugging Face id, local folder, fsspec URL, tiny-sd-controlnet or "
+        "tiny-sdxl-controlnet; SD 2.1 ControlNets pair with sd-turbo, SDXL ones with sdxl-turbo",
+    )
+    p.add_argument(
+        "--control-image-column",
+        help="column of control images: a path or URL relative to the "
+        "dataset folder, an absolute fsspec URL, or raw image bytes",
+    )
+    p.add_argument(
+        "--control-preprocess",
+        choices=CONTROL_PREPROCESS,
+        help="turn control images into Canny edge maps first, or use them as they are (default none)",
+    )
     p.add_argument("--controlnet-scale", type=float, help="ControlNet conditioning scale (default 1.0)")
-    p.add_argument("--storage-options", type=json_object("--storage-options"),
-                   help='fsspec options for input and output, as JSON, e.g. \'{"client_kwargs": '
-                   '{"endpoint_url": "http://127.0.0.1:9000"}}\' (default: the standard environment, '
-                   "AWS_ENDPOINT_URL, AWS_PROFILE, ...); secrets never reach spec.json or logs")
-    p.add_argument("--input-storage-options", type=json_object("--input-storage-options"),
-                   help="fsspec options for the input only, as JSON, on top of --storage-options; also used "
-                   "to read --model, --vae and --controlnet given as fsspec URLs")
-    p.add_argument("--output-storage-options", type=json_object("--output-storage-options"),
-                   help="fsspec options for the output only, as JSON, on top of --storage-options")
-    p.add_argument("--max-retries", type=int, help="retries per shard after an infrastructure failure "
-                   "(worker or node death, lost objects, storage timeouts and 5xx), with backoff; bad data "
-                   "and bugs are never retried (default 3)")
-    p.add_argument("--max-failed-shards", type=int, help="exit with code 1 when more shards than this "
-                   "failed; failed shards are recorded under _failed/ and retried by the next run (default 0)")
-    p.add_argument("--overwrite", action="store_const", const=True,
-                   help="discard an existing output made with other inputs or options "
-                   "(an output of this same job is resumed, not discarded)")
+    p.add_argument(
+        "--storage-options",
+        type=json_object("--storage-options"),
+        help='fsspec options for input and output, as JSON, e.g. \'{"client_kwargs": '
+        '{"endpoint_url": "http://127.0.0.1:9000"}}\' (default: the standard environment, '
+        "AWS_ENDPOINT_URL, AWS_PROFILE, ...); secrets never reach spec.json or logs",
+    )
+    p.add_argument(
+        "--input-storage-options",
+        type=json_object("--input-storage-options"),
+        help="fsspec options for the input only, as JSON, on top of --storage-options; also used "
+        "to read --model, --vae and --controlnet given as fsspec URLs",
+    )
+    p.add_argument(
+        "--output-storage-options",
+        type=json_object("--output-storage-options"),
+        help="fsspec options for the output only, as JSON, on top of --storage-options",
+    )
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        help="retries per shard after an infrastructure failure "
+        "(worker or node death, lost objects, storage timeouts and 5xx), with backoff; bad data "
+        "and bugs are never retried (default 3)",
+    )
+    p.add_argument(
+        "--max-failed-shards",
+        type=int,
+        help="exit with code 1 when more shards than this "
+        "failed; failed shards are recorded under _failed/ and retried by the next run (default 0)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_const",
+        const=True,
+        help="discard an existing output made with other inputs or options "
+        "(an output of this same job is resumed, not discarded)",
+    )
     plan = p.add_argument_group("planning a run (nothing is written to OUTPUT, no render actor starts)")
-    plan.add_argument("--dry-run", action="store_true", help="run every check a real run makes before work "
-                      "(inputs, columns, model configs, output, cluster resources), print the plan (rows, images, "
-                      "shards, workers) and an estimate of wall time and GPU-hours from the throughput table "
-                      "(jobs/estimate/throughput.json), naming each setting it has no measured figure for; exit 0, or 2 for a "
-                      "bad job")
-    plan.add_argument("--calibrate", action="store_true", help="a dry run that also renders the job's first images "
-                      "on one worker of the cluster (a warm-up batch, then at least 3 batches and 5 s, measured), into "
-                      "a temporary folder on that worker's node (never OUTPUT), and estimates from the measured images/s")
-    plan.add_argument("--gpu-hour-price", type=float, metavar="P", help="with --dry-run or --calibrate: the price of "
-                      "one GPU-hour, to print the estimated cost")
-    plan.add_argument("--gpu-kind", metavar="NAME", help="with --dry-run: the GPU kind to estimate for, e.g. H200 or "
-                      "'NVIDIA A10G' (default: the cluster's GPU nodes' accelerator type, when it has some now); with "
-                      "--device cuda --workers N, plans for N workers of that kind even before the cluster exists")
+    plan.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run every check a real run makes before work "
+        "(inputs, columns, model configs, output, cluster resources), print the plan (rows, images, "
+        "shards, workers) and an estimate of wall time and GPU-hours from the throughput table "
+        "(jobs/estimate/throughput.json), naming each setting it has no measured figure for; exit 0, or 2 for a "
+        "bad job",
+    )
+    plan.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="a dry run that also renders the job's first images "
+        "on one worker of the cluster (a warm-up batch, then at least 3 batches and 5 s, measured), into "
+        "a temporary folder on that worker's node (never OUTPUT), and estimates from the measured images/s",
+    )
+    plan.add_argument(
+        "--gpu-hour-price",
+        type=float,
+        metavar="P",
+        help="with --dry-run or --calibrate: the price of one GPU-hour, to print the estimated cost",
+    )
+    plan.add_argument(
+        "--gpu-kind",
+        metavar="NAME",
+        help="with --dry-run: the GPU kind to estimate for, e.g. H200 or "
+        "'NVIDIA A10G' (default: the cluster's GPU nodes' accelerator type, when it has some now); with "
+        "--device cuda --workers N, plans for N workers of that kind even before the cluster exists",
+    )
     return p
 
 
@@ -228,9 +372,12 @@ COMMANDS = {
 
 def build_main_parser(prog: str) -> argparse.ArgumentParser:
     """The top-level parser, for its help and usage text: each command parses its own arguments."""
-    p = argparse.ArgumentParser(prog=prog, description="Render Parquet prompt datasets into image datasets on a "
-                                "Ray cluster, resumably, and inspect the output.",
-                                epilog=f"'{prog} COMMAND --help' lists a command's options.")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Render Parquet prompt datasets into image datasets on a "
+        "Ray cluster, resumably, and inspect the output.",
+        epilog=f"'{prog} COMMAND --help' lists a command's options.",
+    )
     commands = p.add_subparsers(title="commands", metavar="COMMAND")
     for name, text in COMMANDS.items():
         commands.add_parser(name, help=text, add_help=False)

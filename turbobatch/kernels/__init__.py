@@ -7,7 +7,15 @@ tensors get in this process and ``BACKEND_REASON`` why. Importing this package n
 pycuda, libcuda or nvcc. It stands alone: it imports no other package of turbobatch.
 """
 
-from turbobatch.kernels.ops import canny, cuda_status, dhash64, group_norm, image_stats, postprocess_uint8, postprocess_with_stats
+from turbobatch.kernels.ops import (
+    canny,
+    cuda_status,
+    dhash64,
+    group_norm,
+    image_stats,
+    postprocess_uint8,
+    postprocess_with_stats,
+)
 from turbobatch.kernels.reference import hamming64
 from turbobatch.kernels.stats import ImageStats
 

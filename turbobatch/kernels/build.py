@@ -29,10 +29,21 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "postprocess.cu": ("postprocess_f32", "postprocess_f16", "postprocess_bf16"),
     "dhash.cu": ("dhash_cells", "dhash_bits"),
     "canny.cu": ("gray_u8", "sobel_mag", "canny_classify", "canny_hysteresis"),
-    "groupnorm.cu": ("gn_stats_nchw_f32", "gn_stats_nchw_f16", "gn_stats_nchw_bf16",
-                     "gn_stats_nhwc_f32", "gn_stats_nhwc_f16", "gn_stats_nhwc_bf16", "gn_finalize",
-                     "gn_apply_nchw_f32", "gn_apply_nchw_f16", "gn_apply_nchw_bf16",
-                     "gn_apply_nhwc_f32", "gn_apply_nhwc_f16", "gn_apply_nhwc_bf16"),  # fmt: skip
+    "groupnorm.cu": (
+        "gn_stats_nchw_f32",
+        "gn_stats_nchw_f16",
+        "gn_stats_nchw_bf16",
+        "gn_stats_nhwc_f32",
+        "gn_stats_nhwc_f16",
+        "gn_stats_nhwc_bf16",
+        "gn_finalize",
+        "gn_apply_nchw_f32",
+        "gn_apply_nchw_f16",
+        "gn_apply_nchw_bf16",
+        "gn_apply_nhwc_f32",
+        "gn_apply_nhwc_f16",
+        "gn_apply_nhwc_bf16",
+    ),
 }
 
 # Ampere, Ada, Hopper as SASS, plus compute_90 PTX that newer cards JIT once (driver cache).
@@ -153,8 +164,9 @@ def fatbin(name: str, targets: tuple[str, ...] | None = None) -> bytes:
         found = sorted(cache_dir().glob(f"{stem}-{src}-*.fatbin"), key=lambda p: p.stat().st_mtime)
         if found:
             return found[-1].read_bytes()
-        raise BuildError(f"nvcc not found on PATH (set $NVCC) and no prebuilt {stem} fatbin for "
-                         f"{','.join(targets)} in {cache_dir()}")
+        raise BuildError(
+            f"nvcc not found on PATH (set $NVCC) and no prebuilt {stem} fatbin for {','.join(targets)} in {cache_dir()}"
+        )
     path = cache_dir() / f"{stem}-{cache_key(text, targets, nvcc_version(nvcc))}.fatbin"
     if path.is_file():
         return path.read_bytes()
@@ -165,8 +177,9 @@ def fatbin(name: str, targets: tuple[str, ...] | None = None) -> bytes:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Prebuild the kernel fatbin cache.")
-    parser.add_argument("--arch", help="comma separated, e.g. sm_80,sm_90 (default: %(default)s)",
-                        default=",".join(arches()))
+    parser.add_argument(
+        "--arch", help="comma separated, e.g. sm_80,sm_90 (default: %(default)s)", default=",".join(arches())
+    )
     args = parser.parse_args(argv)
     targets = tuple(a.strip() for a in args.arch.split(",") if a.strip())
     for name in KERNELS:

@@ -1,7 +1,7 @@
 """Host side of every kernel op: check inputs, allocate outputs, pick grids, pack arguments.
 
 The same code drives the PyCUDA launcher (kernels/runtime.py) on GPU tensors and the host
-shim (tests/kernels/shim.py) on CPU tensors, so the CPU tests cover it too. A `Launch` is
+shim (tests/unit/kernels/shim.py) on CPU tensors, so the CPU tests cover it too. A `Launch` is
 ``launch(file, kernel, grid, block, args, device)`` with args as numpy scalars (pointers are
 ``np.uintp``), i.e. PyCUDA's calling convention.
 """
@@ -23,8 +23,7 @@ TB_TILE = 16  # must equal TB_TILE in kernels/canny.cu
 PIXELS_PER_THREAD = 4
 MAX_BLOCKS_PER_IMAGE = 1024
 
-_POSTPROCESS = {torch.float32: "postprocess_f32", torch.float16: "postprocess_f16",
-                torch.bfloat16: "postprocess_bf16"}  # fmt: skip
+_POSTPROCESS = {torch.float32: "postprocess_f32", torch.float16: "postprocess_f16", torch.bfloat16: "postprocess_bf16"}
 _DTYPE_SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 # groupnorm.cu: elements one stats block reduces, and one apply block writes (tuned on a GPU later).
 GN_STATS_ELEMS = 16384
@@ -33,8 +32,15 @@ GN_MAX_J = 8  # must equal TB_GN_MAXJ in kernels/groupnorm.cu: channels_last ker
 
 
 class Launch(Protocol):
-    def __call__(self, file: str, kernel: str, grid: tuple[int, int, int], block: tuple[int, int, int],
-                 args: list[np.generic], device: torch.device) -> None: ...  # fmt: skip
+    def __call__(
+        self,
+        file: str,
+        kernel: str,
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        args: list[np.generic],
+        device: torch.device,
+    ) -> None: ...
 
 
 def _ptr(t: torch.Tensor | None) -> np.uintp:
@@ -78,10 +84,22 @@ def dhash64(images: torch.Tensor, launch: Launch) -> torch.Tensor:
     if n == 0:
         return out
     cells = torch.empty((n, 72), dtype=torch.int64, device=images.device)
-    launch("dhash.cu", "dhash_cells", (72, n, 1), (TB_BLOCK, 1, 1),
-           [_ptr(images), _ptr(cells), np.int32(h), np.int32(w), np.int32(c)], images.device)  # fmt: skip
-    launch("dhash.cu", "dhash_bits", (-(-n // TB_BLOCK), 1, 1), (TB_BLOCK, 1, 1),
-           [_ptr(cells), _ptr(out), np.int32(h), np.int32(w), np.int32(n)], images.device)  # fmt: skip
+    launch(
+        "dhash.cu",
+        "dhash_cells",
+        (72, n, 1),
+        (TB_BLOCK, 1, 1),
+        [_ptr(images), _ptr(cells), np.int32(h), np.int32(w), np.int32(c)],
+        images.device,
+    )
+    launch(
+        "dhash.cu",
+        "dhash_bits",
+        (-(-n // TB_BLOCK), 1, 1),
+        (TB_BLOCK, 1, 1),
+        [_ptr(cells), _ptr(out), np.int32(h), np.int32(w), np.int32(n)],
+        images.device,
+    )
     return out
 
 
@@ -99,17 +117,29 @@ def canny(images: torch.Tensor, low: float, high: float, launch: Launch) -> torc
     edge_map = torch.empty((n, h, w), dtype=torch.uint8, device=dev)
     grid, block = (_blocks(total), 1, 1), (TB_BLOCK, 1, 1)
     launch("canny.cu", "gray_u8", grid, block, [_ptr(images), _ptr(gray), np.int64(total), np.int32(c)], dev)
-    launch("canny.cu", "sobel_mag", grid, block,
-           [_ptr(gray), _ptr(mag), np.int32(h), np.int32(w), np.int64(total)], dev)  # fmt: skip
-    launch("canny.cu", "canny_classify", grid, block,
-           [_ptr(gray), _ptr(mag), _ptr(edge_map), np.int32(h), np.int32(w), np.int64(total),
-            np.int32(lo), np.int32(hi)], dev)  # fmt: skip
+    launch(
+        "canny.cu", "sobel_mag", grid, block, [_ptr(gray), _ptr(mag), np.int32(h), np.int32(w), np.int64(total)], dev
+    )
+    launch(
+        "canny.cu",
+        "canny_classify",
+        grid,
+        block,
+        [_ptr(gray), _ptr(mag), _ptr(edge_map), np.int32(h), np.int32(w), np.int64(total), np.int32(lo), np.int32(hi)],
+        dev,
+    )
     changed = torch.zeros(1, dtype=torch.int32, device=dev)
     tiles = (-(-w // TB_TILE), -(-h // TB_TILE), n)
     while True:  # each round grows strong edges by at least one tile; ends when nothing changed
         changed.zero_()
-        launch("canny.cu", "canny_hysteresis", tiles, (TB_TILE, TB_TILE, 1),
-               [_ptr(edge_map), _ptr(changed), np.int32(h), np.int32(w)], dev)  # fmt: skip
+        launch(
+            "canny.cu",
+            "canny_hysteresis",
+            tiles,
+            (TB_TILE, TB_TILE, 1),
+            [_ptr(edge_map), _ptr(changed), np.int32(h), np.int32(w)],
+            dev,
+        )
         if int(changed.item()) == 0:
             break
     return (edge_map == 2).to(torch.uint8) * 255
@@ -129,8 +159,15 @@ def _gn_param(p: torch.Tensor | None, name: str, x: torch.Tensor) -> torch.Tenso
     return p.contiguous()
 
 
-def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-               eps: float, silu: bool, launch: Launch) -> torch.Tensor:
+def group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    silu: bool,
+    launch: Launch,
+) -> torch.Tensor:
     """GroupNorm (+ SiLU) of [N, C, *spatial] in x's memory format; see kernels/groupnorm.cu.
 
     Contiguous -> the NCHW kernels; 4-D channels_last (or 5-D channels_last_3d) -> the NHWC
@@ -165,27 +202,75 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bi
         rows = per_step * max(1, -(-GN_STATS_ELEMS // (c * per_step)))
         chunks = -(-s // rows)
         partials = torch.empty((n, groups, chunks, 3), dtype=torch.float32, device=dev)
-        launch("groupnorm.cu", f"gn_stats_nhwc_{suffix}", (chunks, n, 1), block,
-               [_ptr(x), _ptr(partials), np.int32(c), np.int32(s), np.int32(groups), np.int32(rows),
-                np.int32(chunks)], dev)  # fmt: skip
+        launch(
+            "groupnorm.cu",
+            f"gn_stats_nhwc_{suffix}",
+            (chunks, n, 1),
+            block,
+            [_ptr(x), _ptr(partials), np.int32(c), np.int32(s), np.int32(groups), np.int32(rows), np.int32(chunks)],
+            dev,
+        )
     else:
         group_len = cg * s
         chunk_len = max(TB_BLOCK, min(group_len, GN_STATS_ELEMS))
         chunks = -(-group_len // chunk_len)
         partials = torch.empty((n, groups, chunks, 3), dtype=torch.float32, device=dev)
-        launch("groupnorm.cu", f"gn_stats_nchw_{suffix}", (chunks, groups, n), block,
-               [_ptr(x), _ptr(partials), np.int32(group_len), np.int32(chunk_len), np.int32(chunks)], dev)
+        launch(
+            "groupnorm.cu",
+            f"gn_stats_nchw_{suffix}",
+            (chunks, groups, n),
+            block,
+            [_ptr(x), _ptr(partials), np.int32(group_len), np.int32(chunk_len), np.int32(chunks)],
+            dev,
+        )
     stats = torch.empty((n, groups, 2), dtype=torch.float32, device=dev)
-    launch("groupnorm.cu", "gn_finalize", (n * groups, 1, 1), block,
-           [_ptr(partials), _ptr(stats), np.int32(chunks), np.float32(eps)], dev)  # fmt: skip
+    launch(
+        "groupnorm.cu",
+        "gn_finalize",
+        (n * groups, 1, 1),
+        block,
+        [_ptr(partials), _ptr(stats), np.int32(chunks), np.float32(eps)],
+        dev,
+    )
     if nhwc:
         rows = per_step * max(1, -(-GN_APPLY_ELEMS // (c * per_step)))
-        launch("groupnorm.cu", f"gn_apply_nhwc_{suffix}", (-(-s // rows), n, 1), block,
-               [_ptr(x), _ptr(out), _ptr(w), _ptr(b), _ptr(stats), np.int32(c), np.int32(s), np.int32(groups),
-                np.int32(rows), np.int32(bool(silu))], dev)  # fmt: skip
+        launch(
+            "groupnorm.cu",
+            f"gn_apply_nhwc_{suffix}",
+            (-(-s // rows), n, 1),
+            block,
+            [
+                _ptr(x),
+                _ptr(out),
+                _ptr(w),
+                _ptr(b),
+                _ptr(stats),
+                np.int32(c),
+                np.int32(s),
+                np.int32(groups),
+                np.int32(rows),
+                np.int32(bool(silu)),
+            ],
+            dev,
+        )
     else:
         span = max(TB_BLOCK, min(s, GN_APPLY_ELEMS))
-        launch("groupnorm.cu", f"gn_apply_nchw_{suffix}", (-(-s // span), c, n), block,
-               [_ptr(x), _ptr(out), _ptr(w), _ptr(b), _ptr(stats), np.int32(s), np.int32(groups), np.int32(span),
-                np.int32(bool(silu))], dev)  # fmt: skip
+        launch(
+            "groupnorm.cu",
+            f"gn_apply_nchw_{suffix}",
+            (-(-s // span), c, n),
+            block,
+            [
+                _ptr(x),
+                _ptr(out),
+                _ptr(w),
+                _ptr(b),
+                _ptr(stats),
+                np.int32(s),
+                np.int32(groups),
+                np.int32(span),
+                np.int32(bool(silu)),
+            ],
+            dev,
+        )
     return out.contiguous(memory_format=layout)  # a no-op but where C > GN_MAX_J * TB_BLOCK ran as NCHW

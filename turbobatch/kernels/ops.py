@@ -60,11 +60,19 @@ def image_stats(x: torch.Tensor, *, backend: Backend = "auto") -> ImageStats:
     return postprocess_with_stats(x, backend=backend)[1]
 
 
-def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-               eps: float = 1e-6, *, silu: bool = False, backend: Backend = "auto") -> torch.Tensor:
+def group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float = 1e-6,
+    *,
+    silu: bool = False,
+    backend: Backend = "auto",
+) -> torch.Tensor:
     """GroupNorm (+ SiLU when ``silu``) of [N, C, *spatial], NCHW or channels_last, in x's memory
     format; semantics in reference.group_norm, which the kernel (kernels/groupnorm.cu) follows within
-    the tolerances stated in tests/kernels/test_groupnorm_cu.py (float32 reduction order only)."""
+    the tolerances stated in tests/unit/kernels/test_groupnorm_cu.py (float32 reduction order only)."""
     if _use_kernel(x, backend):
         return launchers.group_norm(x, num_groups, weight, bias, eps, silu, runtime.launcher())
     return reference.group_norm(x, num_groups, weight, bias, eps, silu)

@@ -28,8 +28,14 @@ def postprocess_uint8(x: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(scaled, nan=0.0).to(torch.uint8)
 
 
-def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-               eps: float, silu: bool = False) -> torch.Tensor:
+def group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    silu: bool = False,
+) -> torch.Tensor:
     """GroupNorm over [N, C, *spatial] (any memory format), then SiLU if ``silu``: exactly what
     diffusers' ``nn.GroupNorm`` followed by ``nn.SiLU`` computes (each rounds to x's dtype).
 

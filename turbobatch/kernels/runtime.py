@@ -87,8 +87,15 @@ class CudaLauncher:
             fn = self._functions[key]
         return fn
 
-    def __call__(self, file: str, kernel: str, grid: tuple[int, int, int], block: tuple[int, int, int],
-                 args: list[np.generic], device: torch.device) -> None:  # fmt: skip
+    def __call__(
+        self,
+        file: str,
+        kernel: str,
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        args: list[np.generic],
+        device: torch.device,
+    ) -> None:
         check_launch(grid, block)
         index = device.index if device.index is not None else torch.cuda.current_device()
         ctx = self._context(index)
@@ -108,9 +115,15 @@ class CudaLauncher:
         finally:
             self._drv.Context.pop()
 
-    def _launch_on_side_stream(self, fn: Any, args: list[np.generic], grid: tuple[int, int, int],
-                               block: tuple[int, int, int], index: int,
-                               current: torch.cuda.Stream) -> None:  # fmt: skip
+    def _launch_on_side_stream(
+        self,
+        fn: Any,
+        args: list[np.generic],
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        index: int,
+        current: torch.cuda.Stream,
+    ) -> None:
         key = (index, threading.get_ident())
         stream = self._streams.get(key)
         if stream is None:

@@ -33,12 +33,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from turbobatch.spec.job import JobSpec
-from turbobatch.output.storage import Folder
 from turbobatch import faults
 from turbobatch.models.source import HUB, REMOTE, loads_in_place
 from turbobatch.models.tiny import cache_dir
 from turbobatch.models.variants import hub_allow_patterns
+from turbobatch.output.storage import Folder
+from turbobatch.spec.job import JobSpec
 
 MANIFEST = ".turbobatch-copy.json"
 COPY_THREADS = 8  # files fetched at once (object stores serve parallel GETs faster than one)
@@ -137,8 +137,9 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _copy(source: dict[str, Any], files: dict[str, dict[str, Any]], root: Path, key: str,
-          storage_options: dict[str, Any]) -> int:  # fmt: skip
+def _copy(
+    source: dict[str, Any], files: dict[str, dict[str, Any]], root: Path, key: str, storage_options: dict[str, Any]
+) -> int:
     """Under the lock: build the copy in staging, manifest last, then rename it into place.
     Returns the bytes fetched (files unchanged since an older copy are linked, not fetched)."""
     target, staging = root / key, root / f".{key}.staging"
@@ -152,8 +153,10 @@ def _copy(source: dict[str, Any], files: dict[str, dict[str, Any]], root: Path, 
     need = sum(files[rel]["size"] for rel in missing)
     free = shutil.disk_usage(root).free
     if need > free:
-        raise OSError(f"no room for the model copy under {root}: it needs {need / 2**30:.2f} GiB, "
-                      f"{free / 2**30:.2f} GiB are free; free space or set TURBOBATCH_CACHE to a larger disk")
+        raise OSError(
+            f"no room for the model copy under {root}: it needs {need / 2**30:.2f} GiB, "
+            f"{free / 2**30:.2f} GiB are free; free space or set TURBOBATCH_CACHE to a larger disk"
+        )
     if source["kind"] == REMOTE:
         _copy_remote(source["location"], missing, staging, storage_options)
     else:
@@ -161,10 +164,17 @@ def _copy(source: dict[str, Any], files: dict[str, dict[str, Any]], root: Path, 
     for rel, meta in files.items():
         size = (staging / rel).stat().st_size if (staging / rel).exists() else None
         if size != meta["size"]:
-            raise OSError(f"model copy of {source['location']}: {rel} has {size} bytes, the driver's listing said "
-                          f"{meta['size']}: the model changed during the job; run it again")  # fmt: skip
-    manifest = {"source": source["location"], "kind": source["kind"], "revision": source.get("revision"),
-                "variant": source["variant"], "files": files}  # fmt: skip
+            raise OSError(
+                f"model copy of {source['location']}: {rel} has {size} bytes, the driver's listing said "
+                f"{meta['size']}: the model changed during the job; run it again"
+            )
+    manifest = {
+        "source": source["location"],
+        "kind": source["kind"],
+        "revision": source.get("revision"),
+        "variant": source["variant"],
+        "files": files,
+    }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     old = root / f".{key}.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -208,6 +218,11 @@ def _download_hub(repo_id: str, revision: str | None, names: list[str], staging:
     from huggingface_hub.utils import disable_progress_bars
 
     disable_progress_bars()  # one bar per file per actor floods the driver's log
-    snapshot_download(repo_id, revision=revision, local_dir=str(staging), allow_patterns=hub_allow_patterns(names),
-                      max_workers=COPY_THREADS)  # fmt: skip
+    snapshot_download(
+        repo_id,
+        revision=revision,
+        local_dir=str(staging),
+        allow_patterns=hub_allow_patterns(names),
+        max_workers=COPY_THREADS,
+    )
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's local_dir bookkeeping

@@ -23,7 +23,9 @@ def config(model: str, component: str) -> dict[str, Any]:
     return json.loads((CONFIGS / RANDOM_MODELS[model] / f"{component}.json").read_text())
 
 
-def build_components(model: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+def build_components(
+    model: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> dict[str, Any]:
     """UNet, VAE and text encoder(s) at full size, initialised on ``device`` ("meta" to count)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -51,9 +53,13 @@ def tiny_autoencoder(latent_channels: int = 4, scale_factor: int = 8) -> Any:
     if scale_factor != 2 ** (blocks - 1) or blocks < 2:
         raise ValueError(f"scale_factor must be a power of two >= 2, got {scale_factor}")
     torch.manual_seed(0)
-    return AutoencoderTiny(encoder_block_out_channels=(64,) * blocks, decoder_block_out_channels=(64,) * blocks,
-                           num_encoder_blocks=(1,) + (3,) * (blocks - 1), num_decoder_blocks=(3,) * (blocks - 1) + (1,),
-                           latent_channels=latent_channels)  # fmt: skip
+    return AutoencoderTiny(
+        encoder_block_out_channels=(64,) * blocks,
+        decoder_block_out_channels=(64,) * blocks,
+        num_encoder_blocks=(1,) + (3,) * (blocks - 1),
+        num_decoder_blocks=(3,) * (blocks - 1) + (1,),
+        latent_channels=latent_channels,
+    )
 
 
 def build_random_pipeline(model: str, device: str, dtype: torch.dtype) -> Any:
@@ -61,13 +67,23 @@ def build_random_pipeline(model: str, device: str, dtype: torch.dtype) -> Any:
         EulerAncestralDiscreteScheduler,
         EulerDiscreteScheduler,
         StableDiffusionPipeline,
-        StableDiffusionXLPipeline,  # fmt: skip
+        StableDiffusionXLPipeline,
     )
 
     parts = build_components(model, device, dtype)
     if RANDOM_MODELS[model] == "sdxl-turbo":
-        return StableDiffusionXLPipeline(**parts, tokenizer=_tokenizer(), tokenizer_2=_tokenizer(),
-                                         scheduler=EulerAncestralDiscreteScheduler(**SDXL_TURBO_SCHEDULER),
-                                         add_watermarker=False)  # fmt: skip
-    return StableDiffusionPipeline(**parts, tokenizer=_tokenizer(), scheduler=EulerDiscreteScheduler(**SD_TURBO_SCHEDULER),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+        return StableDiffusionXLPipeline(
+            **parts,
+            tokenizer=_tokenizer(),
+            tokenizer_2=_tokenizer(),
+            scheduler=EulerAncestralDiscreteScheduler(**SDXL_TURBO_SCHEDULER),
+            add_watermarker=False,
+        )
+    return StableDiffusionPipeline(
+        **parts,
+        tokenizer=_tokenizer(),
+        scheduler=EulerDiscreteScheduler(**SD_TURBO_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from turbobatch.errors import JobError
-from turbobatch.spec.job import JobSpec
-from turbobatch.models.source import REMOTE, ModelSource, cannot_load, loads_in_place, open_source
 from turbobatch.models.random_weights import RANDOM_MODELS, build_random_pipeline
 from turbobatch.models.random_weights import config as random_config
+from turbobatch.models.source import REMOTE, ModelSource, cannot_load, loads_in_place, open_source
 from turbobatch.models.tiny import TINY_MODELS, tiny_model_path
 from turbobatch.models.variants import choose_variant, needed_files
+from turbobatch.spec.job import JobSpec
 
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 # AutoencoderTiny: TAESD-class decoders (madebyollin/taesd, taesdxl), far cheaper than the full VAE.
@@ -98,19 +98,37 @@ def resolve_model(name: str, weights: str = "pretrained", storage_options: dict[
         raise JobError(
             f"--model: {name!r} is a {pipeline_class}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}"
         )
-    components = tuple(k for k, v in index.items()
-                       if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and all(v))  # fmt: skip
+    components = tuple(
+        k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and all(v)
+    )
     return _model_info(name, source.location, pipeline_class, unet, vae, components, source)
 
 
-def _model_info(name: str, location: str, pipeline_class: str, unet: dict, vae: dict,
-                components: tuple[str, ...] = (), source: ModelSource | None = None) -> ModelInfo:  # fmt: skip
+def _model_info(
+    name: str,
+    location: str,
+    pipeline_class: str,
+    unet: dict,
+    vae: dict,
+    components: tuple[str, ...] = (),
+    source: ModelSource | None = None,
+) -> ModelInfo:
     scale = _vae_scale_factor(vae)
     size = unet["sample_size"]
     height, width = (size, size) if isinstance(size, int) else size
-    return ModelInfo(name, location, pipeline_class, height * scale, width * scale, unet["cross_attention_dim"],
-                     unet.get("addition_embed_type"), unet.get("out_channels", 4), scale, components,
-                     source)  # fmt: skip
+    return ModelInfo(
+        name,
+        location,
+        pipeline_class,
+        height * scale,
+        width * scale,
+        unet["cross_attention_dim"],
+        unet.get("addition_embed_type"),
+        unet.get("out_channels", 4),
+        scale,
+        components,
+        source,
+    )
 
 
 def _vae_scale_factor(vae: dict[str, Any]) -> int:
@@ -135,8 +153,9 @@ def resolve_controlnet(name: str, model: ModelInfo, storage_options: dict[str, A
     """Check the ControlNet loads and pairs with the model: SD 2.1 ControlNets with sd-turbo,
     SDXL ControlNets with sdxl-turbo (their cross-attention widths and conditioning differ)."""
     source, config = _component_config("controlnet", name, ("ControlNetModel",), storage_options)
-    info = ControlNetInfo(name, source.location, config["cross_attention_dim"], config.get("addition_embed_type"),
-                          source)  # fmt: skip
+    info = ControlNetInfo(
+        name, source.location, config["cross_attention_dim"], config.get("addition_embed_type"), source
+    )
     if (info.cross_attention_dim, info.addition_embed_type) != (model.cross_attention_dim, model.addition_embed_type):
         raise JobError(
             f"--controlnet: {name!r} was made for {_family(info.addition_embed_type)} models (cross-attention "
@@ -161,8 +180,9 @@ def resolve_vae(name: str, model: ModelInfo, storage_options: dict[str, Any] | N
     return VaeInfo(name, vae_class, source)
 
 
-def _component_config(flag: str, name: str, expected: tuple[str, ...],
-                      storage_options: dict[str, Any] | None = None) -> tuple[ModelSource, dict[str, Any]]:  # fmt: skip
+def _component_config(
+    flag: str, name: str, expected: tuple[str, ...], storage_options: dict[str, Any] | None = None
+) -> tuple[ModelSource, dict[str, Any]]:
     """Listing and config of a single model folder (not a pipeline), of an expected class."""
     source = open_source(flag, name, storage_options)
     try:
@@ -176,8 +196,9 @@ def _component_config(flag: str, name: str, expected: tuple[str, ...],
     return source, config
 
 
-def resolve_weights(spec: JobSpec, model: ModelInfo, vae: VaeInfo | None = None,
-                    controlnet: ControlNetInfo | None = None) -> JobSpec:  # fmt: skip
+def resolve_weights(
+    spec: JobSpec, model: ModelInfo, vae: VaeInfo | None = None, controlnet: ControlNetInfo | None = None
+) -> JobSpec:
     """The variant of each component and the files each node fetches for it, decided once here from
     the listings, after resolve_spec chose the dtype (``--variant auto`` depends on it)."""
     if spec.weights == "random" or model.source is None:
@@ -185,9 +206,11 @@ def resolve_weights(spec: JobSpec, model: ModelInfo, vae: VaeInfo | None = None,
     sources: dict[str, Any] = {}
     variants: dict[str, str] = {}
     skip = ("vae",) if vae is not None else ()  # the pipeline's own VAE is replaced, not loaded
-    for component, source, components, skipped in (("model", model.source, model.components, skip),
-                                                   ("vae", vae and vae.source, None, ()),
-                                                   ("controlnet", controlnet and controlnet.source, None, ())):
+    for component, source, components, skipped in (
+        ("model", model.source, model.components, skip),
+        ("vae", vae and vae.source, None, ()),
+        ("controlnet", controlnet and controlnet.source, None, ()),
+    ):
         if source is None:
             continue
         variant = choose_variant(spec.variant, spec.dtype, source.files, components, component, source.name)
@@ -201,10 +224,16 @@ def describe_weights(spec: JobSpec) -> str | None:
     parts = []
     for component, source in spec.sources.items():
         size = sum(f["size"] for f in source["files"].values())
-        how = ("loaded in place" if loads_in_place(source)
-               else "copied once per node" if source["kind"] == REMOTE else "fetched from the Hub once per node")
-        parts.append(f"{component} variant {source['variant']} ({len(source['files'])} files, "
-                     f"{size / 2**20:,.1f} MiB, {how})")
+        how = (
+            "loaded in place"
+            if loads_in_place(source)
+            else "copied once per node"
+            if source["kind"] == REMOTE
+            else "fetched from the Hub once per node"
+        )
+        parts.append(
+            f"{component} variant {source['variant']} ({len(source['files'])} files, {size / 2**20:,.1f} MiB, {how})"
+        )
     return f"turbobatch: weights: {'; '.join(parts)}" if parts else None
 
 
@@ -264,4 +293,3 @@ def _load_config(location: str, subfolder: str | None) -> dict[str, Any]:
         config_name = "config.json"
 
     return _Reader.load_config(location, subfolder=subfolder)
-

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from turbobatch.errors import JobError
-from turbobatch.output.storage import Folder, check_endpoint, describe_error
 from turbobatch.models.tiny import TINY_MODELS, tiny_model_path
+from turbobatch.output.storage import Folder, check_endpoint, describe_error
 
 LOCAL, REMOTE, HUB = "local", "remote", "hub"
 _LOCAL_PROTOCOLS = ("file", "local")
@@ -59,8 +59,14 @@ class ModelSource:
     def to_spec(self, variant: str, needed: list[str]) -> dict[str, Any]:
         """What an actor needs to fetch and load it (no storage options: those stay in the spec's
         own fields, redacted in spec.json)."""
-        return {"kind": self.kind, "location": self.location, "revision": self.revision, "offline": self.offline,
-                "variant": variant, "files": {n: self.files[n] for n in needed}}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "location": self.location,
+            "revision": self.revision,
+            "offline": self.offline,
+            "variant": variant,
+            "files": {n: self.files[n] for n in needed},
+        }
 
 
 def loads_in_place(source: dict[str, Any]) -> bool:
@@ -114,8 +120,10 @@ def _remote(flag: str, name: str, options: dict[str, Any]) -> ModelSource:
     except Exception as e:  # noqa: BLE001 - missing bucket, denied, unreachable: all stop the job here
         raise JobError(f"--{flag}: cannot read {name}: {describe_error(e, url, options)}") from None
     if not files:
-        raise JobError(f"--{flag}: {name} holds no files (a missing or empty folder); expected a diffusers folder "
-                       "with model_index.json or config.json")  # fmt: skip
+        raise JobError(
+            f"--{flag}: {name} holds no files (a missing or empty folder); expected a diffusers folder "
+            "with model_index.json or config.json"
+        )
     return ModelSource(flag, name, REMOTE, url, files, storage_options=options)
 
 
@@ -129,10 +137,13 @@ def _hub(flag: str, name: str) -> ModelSource:
         snapshot = _cached_snapshot(name)
         if snapshot is None:  # not cached either: the online error says more
             raise cannot_load(flag, name, online_error) from None
-        return ModelSource(flag, name, HUB, name, Folder(snapshot).list_files(), revision=Path(snapshot).name,
-                           root=snapshot)  # fmt: skip
-    files = {s.rfilename: {"size": int(s.lfs.size if s.lfs else s.size or 0),
-                           "etag": s.lfs.sha256 if s.lfs else s.blob_id} for s in info.siblings or []}  # fmt: skip
+        return ModelSource(
+            flag, name, HUB, name, Folder(snapshot).list_files(), revision=Path(snapshot).name, root=snapshot
+        )
+    files = {
+        s.rfilename: {"size": int(s.lfs.size if s.lfs else s.size or 0), "etag": s.lfs.sha256 if s.lfs else s.blob_id}
+        for s in info.siblings or []
+    }
     return ModelSource(flag, name, HUB, name, files, revision=info.sha)
 
 

@@ -20,8 +20,14 @@ _BUILD_VERSION = "v3"  # bump when an architecture or seed below changes
 
 _BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 # The published schedulers: both trailing spacing, epsilon prediction.
-SD_TURBO_SCHEDULER = {**_BETAS, "prediction_type": "epsilon", "timestep_spacing": "trailing", "steps_offset": 1,
-                      "interpolation_type": "linear", "use_karras_sigmas": False}  # fmt: skip
+SD_TURBO_SCHEDULER = {
+    **_BETAS,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "trailing",
+    "steps_offset": 1,
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+}
 SDXL_TURBO_SCHEDULER = {**_BETAS, "prediction_type": "epsilon", "timestep_spacing": "trailing", "steps_offset": 1}
 
 
@@ -88,9 +94,18 @@ def _write_tokenizer_files(tokenizer_dir: Path) -> None:
 def _text_config(hidden: int) -> Any:
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(vocab_size=len(_byte_level_vocab()), hidden_size=hidden, intermediate_size=37,
-                          num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77,
-                          projection_dim=32, bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
+    return CLIPTextConfig(
+        vocab_size=len(_byte_level_vocab()),
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
 
 
 def _vae(scaling_factor: float, force_upcast: bool) -> Any:
@@ -98,10 +113,18 @@ def _vae(scaling_factor: float, force_upcast: bool) -> Any:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    return AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                         norm_num_groups=8, sample_size=64, scaling_factor=scaling_factor,
-                         force_upcast=force_upcast)  # fmt: skip
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+        force_upcast=force_upcast,
+    )
 
 
 # -- SD 2.1 family (sd-turbo) -------------------------------------------------------------
@@ -111,10 +134,18 @@ def _sd_unet() -> Any:
 
     torch.manual_seed(0)
     return UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
-    )  # fmt: skip
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        norm_num_groups=8,
+    )
 
 
 def _build_sd_turbo(folder: Path) -> None:
@@ -126,10 +157,15 @@ def _build_sd_turbo(folder: Path) -> None:
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(_text_config(32))
     StableDiffusionPipeline(
-        unet=_sd_unet(), vae=_vae(0.18215, force_upcast=True), text_encoder=text_encoder, tokenizer=_tokenizer(),
-        scheduler=EulerDiscreteScheduler(**SD_TURBO_SCHEDULER), safety_checker=None, feature_extractor=None,
+        unet=_sd_unet(),
+        vae=_vae(0.18215, force_upcast=True),
+        text_encoder=text_encoder,
+        tokenizer=_tokenizer(),
+        scheduler=EulerDiscreteScheduler(**SD_TURBO_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
-    ).save_pretrained(folder)  # fmt: skip
+    ).save_pretrained(folder)
     _write_tokenizer_files(folder / "tokenizer")
 
 
@@ -141,12 +177,22 @@ def _sdxl_unet() -> Any:
     torch.manual_seed(0)
     # text_time conditioning: 6 size/crop numbers x 8 + the pooled text embedding (32).
     return UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
-        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        norm_num_groups=8,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=80,
         transformer_layers_per_block=(1, 1),
-    )  # fmt: skip
+    )
 
 
 def _build_sdxl_turbo(folder: Path) -> None:
@@ -160,10 +206,15 @@ def _build_sdxl_turbo(folder: Path) -> None:
     torch.manual_seed(1)
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(32))
     StableDiffusionXLPipeline(
-        unet=_sdxl_unet(), vae=_vae(0.13025, force_upcast=True), text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2, tokenizer=_tokenizer(), tokenizer_2=_tokenizer(),
-        scheduler=EulerAncestralDiscreteScheduler(**SDXL_TURBO_SCHEDULER), add_watermarker=False,
-    ).save_pretrained(folder)  # fmt: skip
+        unet=_sdxl_unet(),
+        vae=_vae(0.13025, force_upcast=True),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=_tokenizer(),
+        tokenizer_2=_tokenizer(),
+        scheduler=EulerAncestralDiscreteScheduler(**SDXL_TURBO_SCHEDULER),
+        add_watermarker=False,
+    ).save_pretrained(folder)
     _write_tokenizer_files(folder / "tokenizer")
     _write_tokenizer_files(folder / "tokenizer_2")
 
@@ -176,8 +227,13 @@ def _build_taesd(folder: Path) -> None:
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(3)
-    vae = AutoencoderTiny(encoder_block_out_channels=(16, 16), decoder_block_out_channels=(16, 16),
-                          num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4)  # fmt: skip
+    vae = AutoencoderTiny(
+        encoder_block_out_channels=(16, 16),
+        decoder_block_out_channels=(16, 16),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=4,
+    )
     vae.save_pretrained(folder)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import glob
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from turbobatch.errors import JobError
 from turbobatch.spec.job import VARIANTS
@@ -39,8 +39,23 @@ _FP16 = re.compile(
 # Other variants of the same names (non_ema, ema, fp32, ...): never fetched.
 _OTHER_VARIANT = re.compile(rf"{_PREFIX}\.\w+(?:{_SHARD})?\.{_EXT}|{_PREFIX}\.{_EXT}\.(?:index\.\w+|\w+\.index)\.json")
 # Weights from_pretrained does not read from a diffusers folder: other formats, single-file checkpoints.
-_NOT_LOADED = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".onnx", ".onnx_data", ".pb", ".msgpack", ".h5",
-               ".gguf", ".npz", ".tflite", ".mlmodel", ".flashpack")  # fmt: skip
+_NOT_LOADED = (
+    ".safetensors",
+    ".bin",
+    ".ckpt",
+    ".pt",
+    ".pth",
+    ".onnx",
+    ".onnx_data",
+    ".pb",
+    ".msgpack",
+    ".h5",
+    ".gguf",
+    ".npz",
+    ".tflite",
+    ".mlmodel",
+    ".flashpack",
+)
 
 
 def is_weight_file(name: str) -> bool:
@@ -69,12 +84,16 @@ def folders(files: Iterable[str], components: tuple[str, ...] | None) -> dict[st
 
 def fp16_folders(files: Iterable[str], components: tuple[str, ...] | None) -> dict[str, bool]:
     """For each folder that holds weights: whether it has fp16 files."""
-    return {folder: bool(_weights(names, _FP16)) for folder, names in folders(files, components).items()
-            if any(is_weight_file(n) for n in names)}  # fmt: skip
+    return {
+        folder: bool(_weights(names, _FP16))
+        for folder, names in folders(files, components).items()
+        if any(is_weight_file(n) for n in names)
+    }
 
 
-def choose_variant(requested: str, dtype: str | None, files: Iterable[str], components: tuple[str, ...] | None,
-                   flag: str, name: str) -> str:  # fmt: skip
+def choose_variant(
+    requested: str, dtype: str | None, files: Iterable[str], components: tuple[str, ...] | None, flag: str, name: str
+) -> str:
     """``--variant`` for one model (``--flag name``): "fp16" or "none" (plain files).
 
     auto: fp16 when the job renders in float16 or bfloat16 and the model has fp16 files (folders
@@ -91,26 +110,33 @@ def choose_variant(requested: str, dtype: str | None, files: Iterable[str], comp
     no_plain = [f for f in has_fp16 if not _weights(groups[f], _PLAIN)]
     unloadable = sorted(f or "." for f in no_plain if not has_fp16[f])
     if unloadable:
-        raise JobError(f"--{flag}: {name!r} has no weights from_pretrained can load in {', '.join(unloadable)} "
-                       "(expected diffusion_pytorch_model[.fp16].safetensors, model[.fp16].safetensors or .bin)")
+        raise JobError(
+            f"--{flag}: {name!r} has no weights from_pretrained can load in {', '.join(unloadable)} "
+            "(expected diffusion_pytorch_model[.fp16].safetensors, model[.fp16].safetensors or .bin)"
+        )
     fp16_only = sorted(f or "." for f in no_plain)
     if requested == "fp16":
         if not any(has_fp16.values()):
-            raise JobError(f"--variant fp16: --{flag} {name!r} has no fp16 weight files (*.fp16.safetensors); "
-                           "use --variant auto or none to load its plain files")  # fmt: skip
+            raise JobError(
+                f"--variant fp16: --{flag} {name!r} has no fp16 weight files (*.fp16.safetensors); "
+                "use --variant auto or none to load its plain files"
+            )
         return "fp16"
     if requested == "none":
         if fp16_only:
-            raise JobError(f"--variant none: --{flag} {name!r} has only fp16 weight files in {', '.join(fp16_only)}; "
-                           "use --variant auto or fp16")  # fmt: skip
+            raise JobError(
+                f"--variant none: --{flag} {name!r} has only fp16 weight files in {', '.join(fp16_only)}; "
+                "use --variant auto or fp16"
+            )
         return "none"
     if any(has_fp16.values()) and (dtype in LOW_PRECISION or fp16_only):
         return "fp16"
     return "none"
 
 
-def needed_files(files: Iterable[str], variant: str, components: tuple[str, ...] | None,
-                 skip_weights_of: Iterable[str] = ()) -> list[str]:  # fmt: skip
+def needed_files(
+    files: Iterable[str], variant: str, components: tuple[str, ...] | None, skip_weights_of: Iterable[str] = ()
+) -> list[str]:
     """The files a node fetches to load the folder with ``variant``.
 
     A pipeline (``components``: its model_index.json folders): model_index.json, then per

@@ -75,10 +75,16 @@ READER_COLUMNS = ("__key__", "__url__")
 WRITTEN_COLUMNS = frozenset(METADATA_SCHEMA.names) | frozenset(READER_COLUMNS)
 # Input columns the job uses that turbobatch writes under their own name: keeping one of these
 # is no clash, the output carries it already (the key sanitized, the seed as used).
-_SAME_NAME_ROLES = {"prompt_column": "prompt", "negative_prompt_column": "negative_prompt",
-                    "seed_column": "seed", "key_column": "key", "steps_column": "steps",
-                    "guidance_scale_column": "guidance_scale", "width_column": "width",
-                    "height_column": "height"}  # fmt: skip
+_SAME_NAME_ROLES = {
+    "prompt_column": "prompt",
+    "negative_prompt_column": "negative_prompt",
+    "seed_column": "seed",
+    "key_column": "key",
+    "steps_column": "steps",
+    "guidance_scale_column": "guidance_scale",
+    "width_column": "width",
+    "height_column": "height",
+}
 _VALID_TYPES = "integers, floats, strings, bools or nulls, or lists or structs of them"
 
 
@@ -93,8 +99,9 @@ def with_kept_columns(files: list[InputFile], spec: JobSpec) -> JobSpec:
     kept = resolve_kept_schema(files, spec)
     if note := star_skipped_note(files, spec):
         print(note, file=sys.stderr)
-    return dataclasses.replace(spec, keep_columns=",".join(kept.names) or None,
-                               kept_schema=encode_schema(kept) if kept.names else None)  # fmt: skip
+    return dataclasses.replace(
+        spec, keep_columns=",".join(kept.names) or None, kept_schema=encode_schema(kept) if kept.names else None
+    )
 
 
 def resolve_kept_schema(files: list[InputFile], spec: JobSpec) -> pa.Schema:
@@ -102,8 +109,10 @@ def resolve_kept_schema(files: list[InputFile], spec: JobSpec) -> pa.Schema:
     for name in names:
         for f in files:
             if name not in f.columns:
-                raise JobError(f"--keep-columns: column {name!r} is not in {f.url}; its columns are: "
-                               f"{', '.join(f.columns) or '(none)'}")  # fmt: skip
+                raise JobError(
+                    f"--keep-columns: column {name!r} is not in {f.url}; its columns are: "
+                    f"{', '.join(f.columns) or '(none)'}"
+                )
     _check_no_clash(names, files, spec)
     return pa.schema([pa.field(name, _unified_type(name, files)) for name in names])
 
@@ -116,9 +125,11 @@ def star_skipped_note(files: list[InputFile], spec: JobSpec) -> str | None:
     if not skipped:
         return None
     one = len(skipped) == 1
-    return (f"turbobatch: --keep-columns '*' does not keep input column{'' if one else 's'} {', '.join(skipped)}: "
-            f"turbobatch writes a column of {'that name' if one else 'those names'} (rename "
-            f"{'it' if one else 'them'} in the input to keep {'it' if one else 'them'})")
+    return (
+        f"turbobatch: --keep-columns '*' does not keep input column{'' if one else 's'} {', '.join(skipped)}: "
+        f"turbobatch writes a column of {'that name' if one else 'those names'} (rename "
+        f"{'it' if one else 'them'} in the input to keep {'it' if one else 'them'})"
+    )
 
 
 def _written_columns(spec: JobSpec) -> frozenset[str]:
@@ -129,8 +140,14 @@ def _written_columns(spec: JobSpec) -> frozenset[str]:
 def _used_columns(spec: JobSpec) -> set[str]:
     """Input columns the job reads for rendering ('*' leaves them out; a template's columns stay in:
     they are the row's labels, and the prompt made from them is another column)."""
-    return {spec.prompt_column, spec.negative_prompt_column, spec.seed_column, spec.key_column,
-            spec.control_image_column, *spec.sampling_columns.values()} - {None}  # fmt: skip
+    return {
+        spec.prompt_column,
+        spec.negative_prompt_column,
+        spec.seed_column,
+        spec.key_column,
+        spec.control_image_column,
+        *spec.sampling_columns.values(),
+    } - {None}
 
 
 def _unused_columns(files: list[InputFile], spec: JobSpec) -> list[str]:
@@ -171,12 +188,16 @@ def _unified_type(name: str, files: list[InputFile]) -> pa.DataType:
     for f in files:
         kind = normalize_type(f.schema.field(name).type)
         if kind is None:
-            raise JobError(f"--keep-columns: column {name!r} in {f.url} has type {f.columns[name]}; a kept column "
-                           f"must hold {_VALID_TYPES} (cast it in the input, e.g. to a string)")  # fmt: skip
+            raise JobError(
+                f"--keep-columns: column {name!r} in {f.url} has type {f.columns[name]}; a kept column "
+                f"must hold {_VALID_TYPES} (cast it in the input, e.g. to a string)"
+            )
         merged = kind if unified is None else _unify(unified, kind)
         if merged is None:
-            raise JobError(f"--keep-columns: column {name!r} has type {unified} in {first} but {kind} in {f.url}; "
-                           "a kept column must have one type in every input file")  # fmt: skip
+            raise JobError(
+                f"--keep-columns: column {name!r} has type {unified} in {first} but {kind} in {f.url}; "
+                "a kept column must have one type in every input file"
+            )
         if unified is None or pa.types.is_null(unified):
             first = f.url
         unified = merged
@@ -214,7 +235,8 @@ def _unify(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
         children = [(fa.name, _unify(fa.type, fb.type)) for fa, fb in zip(a, b)]
         return None if any(c is None for _, c in children) else pa.struct(children)
     same_list = (pa.types.is_list(a) and pa.types.is_list(b)) or (
-        pa.types.is_fixed_size_list(a) and pa.types.is_fixed_size_list(b) and a.list_size == b.list_size)
+        pa.types.is_fixed_size_list(a) and pa.types.is_fixed_size_list(b) and a.list_size == b.list_size
+    )
     if same_list:
         item = _unify(a.value_type, b.value_type)
         return None if item is None else pa.list_(item, a.list_size if pa.types.is_fixed_size_list(a) else -1)
@@ -248,8 +270,7 @@ def data_schema(kept: pa.Schema, swept: pa.Schema = pa.schema([])) -> pa.Schema:
     kept columns, then the other metadata fields."""
     first = ("key", "prompt", "seed")
     rest = [f for f in METADATA_SCHEMA if f.name not in first and f.name != "image"]
-    return pa.schema([pa.field("image", IMAGE_TYPE), *(METADATA_SCHEMA.field(n) for n in first), *swept, *kept,
-                      *rest])  # fmt: skip
+    return pa.schema([pa.field("image", IMAGE_TYPE), *(METADATA_SCHEMA.field(n) for n in first), *swept, *kept, *rest])
 
 
 def job_metadata_schema(spec: JobSpec) -> pa.Schema:

@@ -54,7 +54,9 @@ def feature_yaml(t: pa.DataType) -> dict[str, Any]:
     if pa.types.is_list(t) or pa.types.is_fixed_size_list(t):
         item = feature_yaml(t.value_type)
         # a list of a plain value or of a struct is written in short: `list: int64`, `list: [fields]`
-        short = item.get("dtype", item.get("struct")) if len(item) == 1 and ("dtype" in item or "struct" in item) else None
+        short = (
+            item.get("dtype", item.get("struct")) if len(item) == 1 and ("dtype" in item or "struct" in item) else None
+        )
         entry: dict[str, Any] = {"list": short if short is not None else item}
         if pa.types.is_fixed_size_list(t):
             entry["length"] = t.list_size

@@ -11,8 +11,6 @@ import hashlib
 import re
 from typing import Any
 
-
-
 MAX_KEY_CHARS = 120
 _UNSAFE = re.compile(r"[^\w\-=+@,]", re.UNICODE)
 

@@ -5,8 +5,8 @@ A redone shard therefore overwrites its own objects and never leaves a second co
 
 from __future__ import annotations
 
-from turbobatch.spec.job import IMAGE_EXTENSIONS
 from turbobatch.output.storage import TEMP_MARK
+from turbobatch.spec.job import IMAGE_EXTENSIONS
 
 SPEC = "_job/spec.json"
 PLAN = "_job/plan.json"
@@ -22,12 +22,26 @@ TEMP_LEFTOVER_DIRS = ("_job", "_done", "_failed", "shards", "data", "metadata")
 # Every file a run may write below OUT, as fsspec globs ("*": a shard id or a key, never "/"); each may also
 # appear as a temp file (TEMP_MARK and a suffix). An input that could match one would read the run's own
 # files as prompts (jobs/prepare/inputs.py check_output_apart).
-WRITTEN = ("metadata/*.parquet", "data/*.parquet", "shards/*.tar", f"{DONE_DIR}/*.json", f"{FAILED_DIR}/*.json",
-           SPEC, PLAN, WRITE_PROBE, CARD, *(f"images/*/*.{ext}" for ext in sorted(IMAGE_EXTENSIONS.values())))
+WRITTEN = (
+    "metadata/*.parquet",
+    "data/*.parquet",
+    "shards/*.tar",
+    f"{DONE_DIR}/*.json",
+    f"{FAILED_DIR}/*.json",
+    SPEC,
+    PLAN,
+    WRITE_PROBE,
+    CARD,
+    *(f"images/*/*.{ext}" for ext in sorted(IMAGE_EXTENSIONS.values())),
+)
 # What --overwrite removes: per folder, the suffix of a shard's file there and the kind the message names.
-_SHARD_FILES = {DONE_DIR: (".json", "done marker"), FAILED_DIR: (".json", "failed marker"),
-                "metadata": (".parquet", "metadata file"), "shards": (".tar", "tar shard"),
-                "data": (".parquet", "data file")}  # fmt: skip
+_SHARD_FILES = {
+    DONE_DIR: (".json", "done marker"),
+    FAILED_DIR: (".json", "failed marker"),
+    "metadata": (".parquet", "metadata file"),
+    "shards": (".tar", "tar shard"),
+    "data": (".parquet", "data file"),
+}
 
 
 def shard_name(shard_id: int) -> str:

@@ -145,8 +145,11 @@ class Folder:
         except FileNotFoundError:
             return {}
         itself = self.path(rel).rstrip("/")  # an object store's folder marker object, if any
-        return {e["name"].rstrip("/").rsplit("/", 1)[-1]: None if e.get("type") == "directory" else int(e["size"])
-                for e in entries if e["name"].rstrip("/") != itself}  # fmt: skip
+        return {
+            e["name"].rstrip("/").rsplit("/", 1)[-1]: None if e.get("type") == "directory" else int(e["size"])
+            for e in entries
+            if e["name"].rstrip("/") != itself
+        }
 
     def open(self, rel: str) -> IO[bytes]:
         """A binary file to read (streamed: large objects are not loaded whole)."""
@@ -235,8 +238,9 @@ class Folder:
             for upload in page.get("Uploads", []):
                 if upload["Key"][len(prefix) :].split("/", 1)[0] in dirs:
                     with contextlib.suppress(FileNotFoundError):  # completed or aborted meanwhile
-                        self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
-                                        UploadId=upload["UploadId"])  # fmt: skip
+                        self.fs.call_s3(
+                            "abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
                         aborted += 1
             if not page.get("IsTruncated"):
                 return aborted

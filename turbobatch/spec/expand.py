@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from turbobatch.errors import JobError
 from turbobatch.spec import sampling
 from turbobatch.spec.sampling import MAX_SEED
-from turbobatch.errors import JobError
 
 if TYPE_CHECKING:
     from turbobatch.spec.job import JobSpec
@@ -137,8 +137,9 @@ def normalize_sweep(value: Any) -> Sweep | None:
     elif isinstance(value, (list, tuple)):
         items = [_parse_flag(item) if isinstance(item, str) else _pair(item) for item in value]
     else:
-        raise JobError(f"--sweep: {value!r} is not valid; expected a mapping of name: [values] (YAML) or "
-                       "--sweep NAME=V1,V2 flags")  # fmt: skip
+        raise JobError(
+            f"--sweep: {value!r} is not valid; expected a mapping of name: [values] (YAML) or --sweep NAME=V1,V2 flags"
+        )
     sweep: Sweep = []
     for raw_name, values in items:
         name = _name(raw_name)
@@ -164,8 +165,10 @@ def check_sweep_names(sweep: Sweep | None, template_fields: tuple[str, ...]) -> 
     for name, _ in sweep or []:
         if name not in sampling.NAMES and name not in template_fields:
             fields = ", ".join(template_fields) if template_fields else "none: no --prompt-template"
-            raise JobError(f"--sweep: unknown name {name!r}; valid names are the sampling parameters "
-                           f"{', '.join(sampling.NAMES)} and the prompt template's fields ({fields})")  # fmt: skip
+            raise JobError(
+                f"--sweep: unknown name {name!r}; valid names are the sampling parameters "
+                f"{', '.join(sampling.NAMES)} and the prompt template's fields ({fields})"
+            )
 
 
 def _parse_flag(text: str) -> tuple[str, list[str]]:
@@ -188,8 +191,10 @@ def _name(raw: Any) -> str:
     if name.replace("-", "_") in sampling.NAMES:
         name = name.replace("-", "_")  # guidance-scale, as the flag is spelled
     if name == "prompt":
-        raise JobError("--sweep: 'prompt' cannot be swept ({prompt} in a template is the prompt column); "
-                       "name the template field otherwise, e.g. {subject}")  # fmt: skip
+        raise JobError(
+            "--sweep: 'prompt' cannot be swept ({prompt} in a template is the prompt column); "
+            "name the template field otherwise, e.g. {subject}"
+        )
     return name
 
 
@@ -207,8 +212,9 @@ def _values(name: str, values: Any) -> list[Any]:
         typed = list(values)
         kinds = {"text" if isinstance(v, str) else "number" if _is_number(v) else "other" for v in typed}
         if "other" in kinds or len(kinds) > 1:
-            raise JobError(f"--sweep {name}: {values!r}: a template field's values must all be text or all be "
-                           "finite numbers")  # fmt: skip
+            raise JobError(
+                f"--sweep {name}: {values!r}: a template field's values must all be text or all be finite numbers"
+            )
     repeated = [v for i, v in enumerate(typed) if v in typed[:i]]
     if repeated:
         raise JobError(f"--sweep {name}: {repeated[0]!r} is listed twice; each value would render the same images")

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from turbobatch.spec import sampling
 from turbobatch.errors import JobError, MissingArgument
+from turbobatch.spec import sampling
 from turbobatch.spec.expand import MAX_IMAGES_PER_PROMPT, check_sweep_names, merge_sweeps, normalize_sweep
 from turbobatch.spec.sampling import MAX_SEED, SamplingParams
 from turbobatch.spec.template import Template
@@ -35,8 +35,15 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # (within 1 level), never what an image shows, so a resume may change them. The default holds
 # what measured faster: fold_upsample was 0.91x on CPU (oneDNN's transposed convolution is
 # slower than its convolution) and the GPU-only ones await a GPU measurement (docs/BENCHMARKS.md).
-SPEEDUPS = ("overlap", "fold_upsample", "fused_norms", "unet_fused_norms", "channels_last", "cudnn_benchmark",
-            "compile_decoder")
+SPEEDUPS = (
+    "overlap",
+    "fold_upsample",
+    "fused_norms",
+    "unet_fused_norms",
+    "channels_last",
+    "cudnn_benchmark",
+    "compile_decoder",
+)
 DEFAULT_SPEEDUPS = ("overlap",)
 FORMATS = ("tar", "files", "parquet")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
@@ -115,13 +122,40 @@ class JobSpec:
 
     # Fields that change what is written (pixels, names, layout): a resume must not mix them.
     OUTPUT_FIELDS = (
-        "model", "steps", "guidance_scale", "height", "width", "dtype", "device", "seed", "prompt_column",
-        "negative_prompt_column", "seed_column", "key_column", "keep_columns", "shard_size", "format",
-        "image_format", "quality", "weights", "vae", "controlnet", "control_image_column", "control_preprocess",
-        "controlnet_scale", "model_variant", "vae_variant", "controlnet_variant",
-        "images_per_prompt", "prompt_template", "sweep", "steps_column", "guidance_scale_column",
-        "width_column", "height_column",
-    )  # fmt: skip
+        "model",
+        "steps",
+        "guidance_scale",
+        "height",
+        "width",
+        "dtype",
+        "device",
+        "seed",
+        "prompt_column",
+        "negative_prompt_column",
+        "seed_column",
+        "key_column",
+        "keep_columns",
+        "shard_size",
+        "format",
+        "image_format",
+        "quality",
+        "weights",
+        "vae",
+        "controlnet",
+        "control_image_column",
+        "control_preprocess",
+        "controlnet_scale",
+        "model_variant",
+        "vae_variant",
+        "controlnet_variant",
+        "images_per_prompt",
+        "prompt_template",
+        "sweep",
+        "steps_column",
+        "guidance_scale_column",
+        "width_column",
+        "height_column",
+    )
     # Filled in by the driver; a YAML file naming them is an error.
     DRIVER_FIELDS = ("model_variant", "vae_variant", "controlnet_variant", "sources")
 
@@ -131,9 +165,11 @@ class JobSpec:
         loaded without a variant (plain files) for each component the job used; for any other
         field its default (the option did not exist yet)."""
         if name.endswith("_variant"):
-            used = {"model_variant": old_spec.get("weights", "pretrained") == "pretrained",
-                    "vae_variant": bool(old_spec.get("vae")),
-                    "controlnet_variant": bool(old_spec.get("controlnet"))}  # fmt: skip
+            used = {
+                "model_variant": old_spec.get("weights", "pretrained") == "pretrained",
+                "vae_variant": bool(old_spec.get("vae")),
+                "controlnet_variant": bool(old_spec.get("controlnet")),
+            }
             return "none" if used.get(name) else None
         defaults = {f.name: f.default for f in dataclasses.fields(JobSpec) if f.default is not dataclasses.MISSING}
         return defaults.get(name)
@@ -153,8 +189,10 @@ class JobSpec:
         for raw_key, value in yaml_values.items():
             key = str(raw_key).replace("-", "_")
             if key in cls.DRIVER_FIELDS:
-                raise JobError(f"--config: field {raw_key!r} is set by the job itself (from --variant and the "
-                               "model's files); use variant: auto, fp16 or none")  # fmt: skip
+                raise JobError(
+                    f"--config: field {raw_key!r} is set by the job itself (from --variant and the "
+                    "model's files); use variant: auto, fp16 or none"
+                )
             if key not in known:
                 valid = ", ".join(sorted(known - set(cls.DRIVER_FIELDS)))
                 raise JobError(f"--config: unknown field {raw_key!r}; valid fields: {valid}")
@@ -182,7 +220,9 @@ class JobSpec:
         _require_choice("compile", self.compile, COMPILE_MODES)
         self.speedups = normalize_speedups(self.speedups)
         if self.weights == "random" and (self.controlnet or self.vae):
-            raise JobError("--weights random: builds the whole pipeline from bundled configs; drop --controlnet and --vae")
+            raise JobError(
+                "--weights random: builds the whole pipeline from bundled configs; drop --controlnet and --vae"
+            )
         self._validate_workers()
         _require_int("shard-size", self.shard_size, 1, 1_000_000)
         _require_choice("format", self.format, FORMATS)
@@ -217,13 +257,17 @@ class JobSpec:
             _require_int("workers", self.workers, 1, 100_000)
         _require_int("min-workers", self.min_workers, 1, 100_000)
         if self.workers is not None and self.min_workers > self.workers:
-            raise JobError(f"--min-workers: {self.min_workers} is more than --workers {self.workers}; "
-                           "expected at most the number of workers")  # fmt: skip
+            raise JobError(
+                f"--min-workers: {self.min_workers} is more than --workers {self.workers}; "
+                "expected at most the number of workers"
+            )
         if self.worker_gpus is not None:
             _require_number("worker-gpus", self.worker_gpus, 0.0001, 64)
             if self.worker_gpus > 1 and not float(self.worker_gpus).is_integer():
-                raise JobError(f"--worker-gpus: {self.worker_gpus} is not valid; expected a fraction below 1 "
-                               "(actors share a GPU) or a whole number of GPUs")  # fmt: skip
+                raise JobError(
+                    f"--worker-gpus: {self.worker_gpus} is not valid; expected a fraction below 1 "
+                    "(actors share a GPU) or a whole number of GPUs"
+                )
         if self.worker_cpus is not None:
             _require_number("worker-cpus", self.worker_cpus, 0.0001, 1024)
         _require_number("stall-timeout", self.stall_timeout, 1, 7 * 24 * 3600)
@@ -238,8 +282,10 @@ class JobSpec:
             flag = f"{name.replace('_', '-')}-column"
             _require_text(flag, column)
             if name in swept:
-                raise JobError(f"--{flag}: {column!r} and --sweep {name} both set {name}; a row's value and the "
-                               f"sweep's cannot both apply: drop one")  # fmt: skip
+                raise JobError(
+                    f"--{flag}: {column!r} and --sweep {name} both set {name}; a row's value and the "
+                    f"sweep's cannot both apply: drop one"
+                )
 
     def _validate_controlnet(self) -> None:
         for name in ("vae", "controlnet", "control_image_column"):
@@ -344,8 +390,9 @@ def normalize_speedups(value: Any) -> str:
         elif name in SPEEDUPS:
             chosen.add(name)
         elif name not in ("none", ""):
-            raise JobError(f"--speedups: unknown change {raw!r}; choose from {', '.join(SPEEDUPS)}, "
-                           "or default, or none")  # fmt: skip
+            raise JobError(
+                f"--speedups: unknown change {raw!r}; choose from {', '.join(SPEEDUPS)}, or default, or none"
+            )
     return ",".join(n for n in SPEEDUPS if n in chosen) or "none"
 
 

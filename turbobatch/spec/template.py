@@ -26,8 +26,24 @@ if TYPE_CHECKING:
     from turbobatch.spec.job import JobSpec
 
 PROMPT_FIELD = "prompt"  # {prompt} is the prompt column, whatever its name
-_FORMATTABLE = ("string", "large_string", "string_view", "null", "bool", "int8", "int16", "int32", "int64",
-                "uint8", "uint16", "uint32", "uint64", "halffloat", "float", "double")  # fmt: skip
+_FORMATTABLE = (
+    "string",
+    "large_string",
+    "string_view",
+    "null",
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "halffloat",
+    "float",
+    "double",
+)
 
 
 @dataclass(frozen=True)
@@ -44,21 +60,27 @@ class Template:
         try:
             parsed = list(string.Formatter().parse(text))
         except ValueError as e:
-            raise JobError(f"--prompt-template: {text!r} is not a valid template ({e}); write a literal "
-                           "brace as {{ or }}") from None  # fmt: skip
+            raise JobError(
+                f"--prompt-template: {text!r} is not a valid template ({e}); write a literal brace as {{{{ or }}}}"
+            ) from None
         fields: list[str] = []
         for _, name, spec, _ in parsed:
             if name is None:
                 continue
             if name == "" or name.isdigit():
-                raise JobError(f"--prompt-template: {text!r} has a positional field {{{name}}}; name a column, "
-                               "e.g. {subject}")  # fmt: skip
+                raise JobError(
+                    f"--prompt-template: {text!r} has a positional field {{{name}}}; name a column, e.g. {{subject}}"
+                )
             if "." in name or "[" in name:
-                raise JobError(f"--prompt-template: field {{{name}}} is not a column name; fields name columns "
-                               "(no attributes or indexes)")  # fmt: skip
+                raise JobError(
+                    f"--prompt-template: field {{{name}}} is not a column name; fields name columns "
+                    "(no attributes or indexes)"
+                )
             if spec and "{" in spec:
-                raise JobError(f"--prompt-template: field {{{name}:{spec}}} nests a field in its format spec; "
-                               "format specs must be literal")  # fmt: skip
+                raise JobError(
+                    f"--prompt-template: field {{{name}:{spec}}} nests a field in its format spec; "
+                    "format specs must be literal"
+                )
             if name not in fields:
                 fields.append(name)
         return cls(text, tuple(fields))
@@ -99,9 +121,13 @@ def check_columns(files: list[InputFile], spec: JobSpec, swept: set[str]) -> Non
                 )  # ({prompt} is checked as --prompt-column, before)
             base = f.columns[column].removeprefix("dictionary<values=").split(",")[0]
             if base not in _FORMATTABLE:
-                raise JobError(f"--prompt-template: field {{{field}}}: column {column!r} in {f.url} has type "
-                               f"{f.columns[column]}; a template field must be text, a number or a bool")  # fmt: skip
+                raise JobError(
+                    f"--prompt-template: field {{{field}}}: column {column!r} in {f.url} has type "
+                    f"{f.columns[column]}; a template field must be text, a number or a bool"
+                )
         for field in template.fields:
             if field in swept and field in f.columns:
-                raise JobError(f"--sweep: {field!r} is also a column of {f.url}, so the template field {{{field}}} "
-                               "could mean either; rename the field in the template and the sweep")  # fmt: skip
+                raise JobError(
+                    f"--sweep: {field!r} is also a column of {f.url}, so the template field {{{field}}} "
+                    "could mean either; rename the field in the template and the sweep"
+                )

@@ -20,19 +20,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from turbobatch.metrics import WorkerMetrics
-from turbobatch.output.shard import Shard
-from turbobatch.errors import InfrastructureError, is_retryable
-from turbobatch.spec.job import JobSpec
-from turbobatch.output.storage import Folder
 from turbobatch import faults
+from turbobatch.errors import InfrastructureError, is_retryable
+from turbobatch.metrics import WorkerMetrics
 from turbobatch.models import cache as model_cache
-from turbobatch.workers.speedups import registry as speedups
+from turbobatch.models.resolve import load_pipeline
+from turbobatch.output.shard import Shard
+from turbobatch.output.storage import Folder
+from turbobatch.spec.job import JobSpec
+from turbobatch.workers.batches import PipelineRenderer
 from turbobatch.workers.control import ControlImageError, ControlImageLoader
 from turbobatch.workers.images import image_rows
-from turbobatch.models.resolve import load_pipeline
-from turbobatch.workers.batches import PipelineRenderer
 from turbobatch.workers.rows import Row, ShardReader, rows_from_table
+from turbobatch.workers.speedups import registry as speedups
 from turbobatch.workers.writer import ShardWriter
 
 ENCODE_THREADS = max(2, min(8, (os.cpu_count() or 2)))
@@ -57,15 +57,19 @@ class RenderWorker:
         if spec.compile != "off":
             speedups.compile_unet(pipe, mode=spec.compile)  # compiles lazily, on the first call
         self.startup: dict[str, Any] | None = {
-            "startup_s": {"fetch": round(loading - started, 3), "load": round(time.perf_counter() - loading, 3),
-                          "first_batch": None},
+            "startup_s": {
+                "fetch": round(loading - started, 3),
+                "load": round(time.perf_counter() - loading, 3),
+                "first_batch": None,
+            },
             "model_fetch": [f.to_marker() for f in fetched],
-        }  # fmt: skip
+        }
         self._startup_lock = threading.Lock()
         # A compiled model compiles again for a new batch shape: pad short batches to the full size.
         compiled = spec.compile != "off" or "compile_decoder" in spec.speedup_set
-        self.renderer = PipelineRenderer(pipe, spec, spec.device, overlap="overlap" in spec.speedup_set,
-                                         pad_batches=compiled)  # fmt: skip
+        self.renderer = PipelineRenderer(
+            pipe, spec, spec.device, overlap="overlap" in spec.speedup_set, pad_batches=compiled
+        )
         self.reader = ShardReader(spec, spec.input_options())
         self.controls = ControlImageLoader(spec, spec.input_options()) if spec.controlnet else None
         self.pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode")
@@ -74,16 +78,25 @@ class RenderWorker:
         self._device_free_since: float | None = None  # when the last shard's rendering ended
         # Who renders, for done markers and the driver (draining nodes): host, Ray node, process, and
         # the device's kind as torch names it ("NVIDIA H200", or "cpu"): what measured runs are keyed by.
-        self.origin = {"worker": socket.gethostname(), "node_id": ray_node_id(), "pid": os.getpid(),
-                       "device_kind": device_kind(spec.device)}  # fmt: skip
+        self.origin = {
+            "worker": socket.gethostname(),
+            "node_id": ray_node_id(),
+            "pid": os.getpid(),
+            "device_kind": device_kind(spec.device),
+        }
         # Ray's metrics (turbobatch/metrics.py) when running under Ray; None without it (benchmarks, tests).
         self.metrics = WorkerMetrics.start(spec.model, self.origin)
 
     def ready(self) -> dict[str, Any]:
         """Returns once the pipeline is loaded (the actor then takes shards): where it runs. (How
         long the start took goes into the worker's first done marker, with its first batch.)"""
-        return {"host": self.origin["worker"], "node_id": self.origin["node_id"], "pid": self.origin["pid"],
-                "device": self.spec.device, "device_kind": self.origin["device_kind"]}  # fmt: skip
+        return {
+            "host": self.origin["worker"],
+            "node_id": self.origin["node_id"],
+            "pid": self.origin["pid"],
+            "device": self.spec.device,
+            "device_kind": self.origin["device_kind"],
+        }
 
     def _take_startup(self) -> dict[str, Any]:
         """The start-up record, for the first shard this worker commits only."""
@@ -100,14 +113,21 @@ class RenderWorker:
     def _control_at_size(self, images: list[Row]) -> None:
         """Each image's control input at its own size (canny per size), made once per row and size,
         on the pool's threads as the decodes are."""
+
         def key(image: Row) -> tuple[int, int, int]:
             return image.global_index, image.params.height, image.params.width
 
         firsts: dict[tuple[int, int, int], Row] = {}
         for image in images:
             firsts.setdefault(key(image), image)  # one image per row and size
-        made = dict(zip(firsts, self.pool.map(
-            lambda i: self.controls.at_size(i.control_image, i.params.height, i.params.width), firsts.values())))
+        made = dict(
+            zip(
+                firsts,
+                self.pool.map(
+                    lambda i: self.controls.at_size(i.control_image, i.params.height, i.params.width), firsts.values()
+                ),
+            )
+        )
         for image in images:
             image.control_image = made[key(image)]
 
@@ -139,8 +159,9 @@ class RenderWorker:
         if self.controls is not None:
             self._control_at_size(valid)
         timings = {"read": time.perf_counter() - started}
-        with ShardWriter(self.out, shard, self.spec, self.pool, max_pending=4 * ENCODE_THREADS,
-                         origin=self.origin) as writer:  # fmt: skip
+        with ShardWriter(
+            self.out, shard, self.spec, self.pool, max_pending=4 * ENCODE_THREADS, origin=self.origin
+        ) as writer:
             for image in images:
                 if image.error is not None:
                     writer.add_error(image)

@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from turbobatch.spec.job import JobSpec
 from turbobatch import faults
+from turbobatch.spec.job import JobSpec
+from turbobatch.spec.sampling import SamplingParams
 from turbobatch.workers.decode import Decoded, Decoder
 from turbobatch.workers.rows import Row
-from turbobatch.spec.sampling import SamplingParams
 from turbobatch.workers.sampler import TurboSampler
 
 
@@ -120,8 +120,9 @@ class PipelineRenderer:
         negatives = [r.negative_prompt or "" for r in padded] if self.spec.negative_prompt_column else None
         controls = [r.control_image for r in padded] if self.spec.controlnet else None
         params = rows[0].params or self.sampler.params  # one group per call (_batches, _recover keep it so)
-        latents, truncated = self.sampler.sample([r.prompt for r in padded], negatives, [r.seed for r in padded],
-                                                 controls, params)  # fmt: skip
+        latents, truncated = self.sampler.sample(
+            [r.prompt for r in padded], negatives, [r.seed for r in padded], controls, params
+        )
         host, done = self._copy_out(self.decoder.decode(latents))
         return _Queued(rows, len(padded), latents, truncated, host, done, started)
 
@@ -141,10 +142,20 @@ class PipelineRenderer:
         self._last_done = now
         hexes = [f"{int(h) & 0xFFFF_FFFF_FFFF_FFFF:016x}" for h in hashes[0]] if hashes else [None] * len(images)
         return [
-            Rendered(r, images[i], ms, q.truncated[i], bool(redone[i]), q.calls, nan_count=int(nonfinite[i]),
-                     mean=float(mean[i]), std=float(std[i]), dhash=hexes[i])
+            Rendered(
+                r,
+                images[i],
+                ms,
+                q.truncated[i],
+                bool(redone[i]),
+                q.calls,
+                nan_count=int(nonfinite[i]),
+                mean=float(mean[i]),
+                std=float(std[i]),
+                dhash=hexes[i],
+            )
             for i, r in enumerate(q.rows)
-        ]  # fmt: skip
+        ]
 
     def _copy_out(self, decoded: Decoded) -> tuple[list[np.ndarray], Any]:
         """Results to host memory. CUDA: asynchronous copies into pinned buffers and an event to

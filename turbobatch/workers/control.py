@@ -14,9 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from turbobatch.output.storage import dataset_root
+from turbobatch.output.storage import dataset_root, open_fs
 from turbobatch.spec.job import JobSpec
-from turbobatch.output.storage import open_fs
 
 CANNY_LOW, CANNY_HIGH = 100, 200  # the thresholds ControlNet's Canny models were trained with
 
@@ -69,6 +68,7 @@ class ControlImageLoader:
     def _canny(self, image: Image.Image, height: int, width: int) -> Image.Image:
         """Resize to the render size as diffusers' control image processor does, then edges."""
         from turbobatch import kernels
+
         resized = image.resize((width, height), resample=Image.LANCZOS)
         pixels = torch.from_numpy(np.array(resized)).unsqueeze(0)
         edges = kernels.canny(pixels, CANNY_LOW, CANNY_HIGH)[0].numpy()

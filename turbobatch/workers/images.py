@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from turbobatch.output.shard import Shard
 from turbobatch.spec import sampling
 from turbobatch.spec.expand import Expansion
-from turbobatch.output.shard import Shard
 from turbobatch.spec.job import JobSpec
 from turbobatch.spec.template import Template, template_of
 from turbobatch.workers.rows import Row
@@ -30,8 +30,10 @@ def image_rows(rows: list[Row], shard: Shard, spec: JobSpec) -> list[Row]:
     """The shard's images, in image-index order, from the input rows it read (``rows``)."""
     expansion = Expansion.of(spec)
     if shard.image_start is None and expansion.per_row > 1:
-        raise ValueError(f"shard {shard.shard_id} has no image range, but each row makes {expansion.per_row} "
-                         "images: plan it with jobs.plan.make_plan")  # fmt: skip
+        raise ValueError(
+            f"shard {shard.shard_id} has no image range, but each row makes {expansion.per_row} "
+            "images: plan it with jobs.plan.make_plan"
+        )
     template = template_of(spec)
     base = spec.sampling()
     by_index = {row.global_index: row for row in rows}
@@ -42,12 +44,23 @@ def image_rows(rows: list[Row], shard: Shard, spec: JobSpec) -> list[Row]:
     return images
 
 
-def _image(row: Row, c: int, j: int, expansion: Expansion, template: Template | None,
-           base: sampling.SamplingParams) -> Row:  # fmt: skip
+def _image(
+    row: Row, c: int, j: int, expansion: Expansion, template: Template | None, base: sampling.SamplingParams
+) -> Row:
     swept = expansion.values(c)
     seed, seed_error = Expansion.seed(row.seed, j) if row.seed is not None else (None, None)
     params = base.replace({**row.overrides, **{k: v for k, v in swept.items() if k in sampling.NAMES}})
     prompt, prompt_error = template.render({**row.fields, **swept}) if template else (row.prompt, None)
-    return dataclasses.replace(row, key=expansion.key(row.key, c, j), seed=seed, prompt=prompt,
-                               error=row.error or seed_error or prompt_error, image_index=j, combination=c,
-                               params=params, swept=swept, fields={}, overrides={})  # fmt: skip
+    return dataclasses.replace(
+        row,
+        key=expansion.key(row.key, c, j),
+        seed=seed,
+        prompt=prompt,
+        error=row.error or seed_error or prompt_error,
+        image_index=j,
+        combination=c,
+        params=params,
+        swept=swept,
+        fields={},
+        overrides={},
+    )

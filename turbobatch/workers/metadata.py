@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 
 from turbobatch.output import layout
 from turbobatch.output.columns import job_metadata_schema
-from turbobatch.spec.expand import SWEEP_PREFIX
 from turbobatch.output.shard import Shard
-from turbobatch.spec.job import JobSpec
 from turbobatch.output.storage import Folder
+from turbobatch.spec.expand import SWEEP_PREFIX
+from turbobatch.spec.job import JobSpec
 from turbobatch.workers.control import control_reference
 from turbobatch.workers.rows import Row
 from turbobatch.workers.sinks.base import file_entry
@@ -30,26 +30,49 @@ def new_record(row: Row, shard: Shard, spec: JobSpec, status: str, **extra: Any)
     columns, then ``extra``."""
     params = row.params or spec.sampling()
     record = {
-        "key": row.key, "global_index": row.global_index, "image_index": row.image_index,
-        "combination": row.combination, "shard": shard.shard_id,
-        "prompt": row.prompt, "negative_prompt": row.negative_prompt, "template": spec.prompt_template,
-        "seed": row.seed, "model": spec.model, "steps": params.steps, "guidance_scale": params.guidance_scale,
-        "width": params.width, "height": params.height, "dtype": spec.dtype,
-        "status": status, "error": None, "image": None, "sha256": None, "bytes": None,
-        "render_ms": None, "truncated": None, "redecoded_fp32": None, "batch_size": None,
-        "nan_count": None, "mean": None, "std": None, "dhash": None, "vae": spec.vae,
+        "key": row.key,
+        "global_index": row.global_index,
+        "image_index": row.image_index,
+        "combination": row.combination,
+        "shard": shard.shard_id,
+        "prompt": row.prompt,
+        "negative_prompt": row.negative_prompt,
+        "template": spec.prompt_template,
+        "seed": row.seed,
+        "model": spec.model,
+        "steps": params.steps,
+        "guidance_scale": params.guidance_scale,
+        "width": params.width,
+        "height": params.height,
+        "dtype": spec.dtype,
+        "status": status,
+        "error": None,
+        "image": None,
+        "sha256": None,
+        "bytes": None,
+        "render_ms": None,
+        "truncated": None,
+        "redecoded_fp32": None,
+        "batch_size": None,
+        "nan_count": None,
+        "mean": None,
+        "std": None,
+        "dhash": None,
+        "vae": spec.vae,
         "controlnet": spec.controlnet,
         "controlnet_scale": spec.controlnet_scale if spec.controlnet else None,
         "control_preprocess": spec.control_preprocess if spec.controlnet else None,
         "control_image": control_reference(row.control) if spec.controlnet else None,
-    }  # fmt: skip
+    }
     record.update({SWEEP_PREFIX + name: value for name, value in row.swept.items()})
     record.update(row.kept)
     record.update(extra)
     return record
 
 
-def write_metadata(out: Folder, shard: Shard, spec: JobSpec, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def write_metadata(
+    out: Folder, shard: Shard, spec: JobSpec, records: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
     """Write the shard's records in image-index order (row, combination, j); returns the marker's
     entry for the file."""
     rows = sorted(records, key=lambda r: (r["global_index"], r["combination"], r["image_index"]))

@@ -15,14 +15,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from turbobatch.spec import sampling
 from turbobatch.output.columns import kept_schema, kept_values
 from turbobatch.output.keys import index_key, sanitize_key
 from turbobatch.output.shard import Shard
-from turbobatch.spec.sampling import SamplingParams
-from turbobatch.spec.job import JobSpec
-from turbobatch.spec.sampling import MAX_SEED
 from turbobatch.output.storage import open_fs
+from turbobatch.spec import sampling
+from turbobatch.spec.job import JobSpec
+from turbobatch.spec.sampling import MAX_SEED, SamplingParams
 from turbobatch.spec.template import template_of
 
 
@@ -64,9 +63,16 @@ class ShardReader:
 
     def read(self, shard: Shard) -> pa.Table:
         spec = self.spec
-        wanted = [spec.prompt_column, spec.negative_prompt_column, spec.seed_column, spec.key_column,
-                  spec.control_image_column, *template_columns(spec).values(), *spec.sampling_columns.values(),
-                  *kept_schema(spec).names]  # fmt: skip
+        wanted = [
+            spec.prompt_column,
+            spec.negative_prompt_column,
+            spec.seed_column,
+            spec.key_column,
+            spec.control_image_column,
+            *template_columns(spec).values(),
+            *spec.sampling_columns.values(),
+            *kept_schema(spec).names,
+        ]
         fs, path = open_fs(shard.file, self.storage_options)
         with fs.open(path, "rb") as handle:
             pf = pq.ParquetFile(handle)
@@ -112,9 +118,16 @@ def rows_from_table(table: pa.Table, shard: Shard, spec: JobSpec) -> list[Row]:
     for i in range(n):
         index = shard.first_index + i
         key = sanitize_key(raw_keys[i]) if spec.key_column else index_key(index, shard.key_width)
-        row = Row(index, key or index_key(index, shard.key_width), prompts[i], negatives[i], None,
-                  control=controls[i], kept=kept[i],
-                  fields={f: columns[c][i] for f, c in fields.items()})  # fmt: skip
+        row = Row(
+            index,
+            key or index_key(index, shard.key_width),
+            prompts[i],
+            negatives[i],
+            None,
+            control=controls[i],
+            kept=kept[i],
+            fields={f: columns[c][i] for f, c in fields.items()},
+        )
         row.seed, seed_error = _row_seed(seeds[i], spec.seed + index * spec.images_per_prompt)
         row.overrides, sampling_error = _row_sampling(columns, i, spec)
         prompt_error = "prompt is null" if row.prompt is None and not templated else None  # a template says itself

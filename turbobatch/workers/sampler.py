@@ -3,7 +3,7 @@
 This is what diffusers' ``__call__`` of StableDiffusion(XL)Pipeline and their ControlNet
 pipelines computes for ``output_type="latent"`` — same models, same order, same dtypes, same
 random draws from each row's ``torch.Generator`` — written out so that a batch runs from
-prompt to latents with no host synchronisation (tests/workers/test_sampler.py checks the
+prompt to latents with no host synchronisation (tests/unit/workers/test_sampler.py checks the
 images against the pipelines' for every family and 1-4 steps):
 
 - the scheduler's timesteps and sigmas are made once per worker and step count
@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from turbobatch.spec.sampling import SamplingParams
 from turbobatch.spec.job import JobSpec
+from turbobatch.spec.sampling import SamplingParams
 
 
 @dataclass
@@ -64,9 +64,14 @@ class TurboSampler:
         return guidance_scale > 1 and self.pipe.unet.config.time_cond_proj_dim is None
 
     @torch.inference_mode()
-    def sample(self, prompts: list[str], negatives: list[str] | None, seeds: list[int],
-               control_images: list[Any] | None = None,
-               params: SamplingParams | None = None) -> tuple[torch.Tensor, list[bool]]:  # fmt: skip
+    def sample(
+        self,
+        prompts: list[str],
+        negatives: list[str] | None,
+        seeds: list[int],
+        control_images: list[Any] | None = None,
+        params: SamplingParams | None = None,
+    ) -> tuple[torch.Tensor, list[bool]]:
         """Latents [B, C, h, w] of the batch (on the device, still queued there) and which
         prompts were truncated. ``params``: the batch's (default: the job's)."""
         p = params or self.params
@@ -78,8 +83,12 @@ class TurboSampler:
         scheduler = copy.copy(self._scheduler_for(p.steps))
         scheduler.set_begin_index(0)
         unet = self.pipe.unet
-        shape = (len(prompts), unet.config.in_channels, p.height // self.pipe.vae_scale_factor,
-                 p.width // self.pipe.vae_scale_factor)  # fmt: skip
+        shape = (
+            len(prompts),
+            unet.config.in_channels,
+            p.height // self.pipe.vae_scale_factor,
+            p.width // self.pipe.vae_scale_factor,
+        )
         latents = randn_tensor(shape, generator=generators, device=self.device, dtype=cond.embeds.dtype)
         latents = latents * scheduler.init_noise_sigma
         control = self._control_input(control_images, p, cfg) if self.controlnet is not None else None
@@ -88,9 +97,16 @@ class TurboSampler:
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
             residuals = self._control_residuals(scheduler, latents, model_input, t, cond, control, cfg)
-            noise = unet(model_input, t, encoder_hidden_states=cond.embeds, timestep_cond=None,
-                         cross_attention_kwargs=None, added_cond_kwargs=cond.added, return_dict=False,
-                         **residuals)[0]  # fmt: skip
+            noise = unet(
+                model_input,
+                t,
+                encoder_hidden_states=cond.embeds,
+                timestep_cond=None,
+                cross_attention_kwargs=None,
+                added_cond_kwargs=cond.added,
+                return_dict=False,
+                **residuals,
+            )[0]
             if cfg:
                 uncond, text = noise.chunk(2)
                 noise = uncond + p.guidance_scale * (text - uncond)
@@ -109,8 +125,9 @@ class TurboSampler:
     # -- text ----------------------------------------------------------------------------
     def _tokens(self, tokenizer: Any, texts: list[str]) -> tuple[torch.Tensor, Any]:
         """Padded, truncated token ids on the device (non-blocking), and the tokenizer output."""
-        inputs = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                           return_tensors="pt")  # fmt: skip
+        inputs = tokenizer(
+            texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
         return self._to_device(inputs.input_ids), inputs
 
     def _truncated(self, tokenizer: Any, prompts: list[str]) -> list[bool]:
@@ -133,8 +150,9 @@ class TurboSampler:
             mask = self._to_device(inputs.attention_mask)
         return encoder(ids, attention_mask=mask)[0].to(encoder.dtype)
 
-    def _encode_sdxl(self, prompts: list[str], negatives: list[str] | None, p: SamplingParams,
-                     cfg: bool) -> Conditioning:  # fmt: skip
+    def _encode_sdxl(
+        self, prompts: list[str], negatives: list[str] | None, p: SamplingParams, cfg: bool
+    ) -> Conditioning:
         """StableDiffusionXLPipeline.encode_prompt and its added conditioning: both encoders'
         penultimate hidden states side by side, text_encoder_2's pooled projection, size ids.
         Without a negative prompt, guidance uses zeros (``force_zeros_for_empty_prompt``)."""
@@ -184,8 +202,16 @@ class TurboSampler:
         tensor = self._to_device(tensor.to(torch.float32).contiguous()).to(self.controlnet.dtype)
         return torch.cat([tensor] * 2) if cfg and not self.guess_mode else tensor
 
-    def _control_residuals(self, scheduler: Any, latents: torch.Tensor, model_input: torch.Tensor, t: torch.Tensor,
-                           cond: Conditioning, control: torch.Tensor | None, cfg: bool) -> dict[str, Any]:  # fmt: skip
+    def _control_residuals(
+        self,
+        scheduler: Any,
+        latents: torch.Tensor,
+        model_input: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning,
+        control: torch.Tensor | None,
+        cfg: bool,
+    ) -> dict[str, Any]:
         if control is None:
             return {}
         inputs, embeds, added = model_input, cond.embeds, cond.added
@@ -194,9 +220,16 @@ class TurboSampler:
             embeds = cond.embeds.chunk(2)[1]
             added = {k: v.chunk(2)[1] for k, v in cond.added.items()} if cond.added else None
         extra = {"added_cond_kwargs": added} if added is not None else {}
-        down, mid = self.controlnet(inputs, t, encoder_hidden_states=embeds, controlnet_cond=control,
-                                    conditioning_scale=self.controlnet_scale, guess_mode=self.guess_mode,
-                                    return_dict=False, **extra)  # fmt: skip
+        down, mid = self.controlnet(
+            inputs,
+            t,
+            encoder_hidden_states=embeds,
+            controlnet_cond=control,
+            conditioning_scale=self.controlnet_scale,
+            guess_mode=self.guess_mode,
+            return_dict=False,
+            **extra,
+        )
         if self.guess_mode and cfg:
             down = [torch.cat([torch.zeros_like(d), d]) for d in down]
             mid = torch.cat([torch.zeros_like(mid), mid])

@@ -16,15 +16,15 @@ import socket
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from turbobatch.output import layout
 from turbobatch.output.shard import Shard
-from turbobatch.spec.job import JobSpec
 from turbobatch.output.storage import Folder
-from turbobatch.workers.metadata import new_record, write_metadata
+from turbobatch.spec.job import JobSpec
 from turbobatch.workers.batches import Rendered
+from turbobatch.workers.metadata import new_record, write_metadata
 from turbobatch.workers.rows import Row
 from turbobatch.workers.sinks.base import ImageSink
 from turbobatch.workers.sinks.files import FilesSink
@@ -35,8 +35,15 @@ from turbobatch.workers.sinks.tar import TarSink
 class ShardWriter:
     """Use as a context manager: leaving it by an exception discards the shard's temp objects."""
 
-    def __init__(self, out: Folder, shard: Shard, spec: JobSpec, pool: ThreadPoolExecutor, max_pending: int,
-                 origin: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        out: Folder,
+        shard: Shard,
+        spec: JobSpec,
+        pool: ThreadPoolExecutor,
+        max_pending: int,
+        origin: dict[str, Any] | None = None,
+    ) -> None:
         self.out, self.shard, self.spec, self.pool = out, shard, spec, pool
         # Who renders the shard, for its done marker: host ("worker"), Ray node id, process id.
         self.origin = origin or {"worker": socket.gethostname(), "node_id": None, "pid": os.getpid()}
@@ -63,10 +70,20 @@ class ShardWriter:
         self.records.append(new_record(row, self.shard, self.spec, status="error", error=row.error))
 
     def add_image(self, rendered: Rendered) -> None:
-        record = new_record(rendered.row, self.shard, self.spec, status="ok", render_ms=rendered.render_ms,
-                            truncated=rendered.truncated, redecoded_fp32=rendered.redecoded_fp32,
-                            batch_size=rendered.batch_size, nan_count=rendered.nan_count, mean=rendered.mean,
-                            std=rendered.std, dhash=rendered.dhash)  # fmt: skip
+        record = new_record(
+            rendered.row,
+            self.shard,
+            self.spec,
+            status="ok",
+            render_ms=rendered.render_ms,
+            truncated=rendered.truncated,
+            redecoded_fp32=rendered.redecoded_fp32,
+            batch_size=rendered.batch_size,
+            nan_count=rendered.nan_count,
+            mean=rendered.mean,
+            std=rendered.std,
+            dhash=rendered.dhash,
+        )
         future = self._sink.submit(self.pool, rendered.image, record)
         self.records.append(record)
         self.pending.append((record, future))
@@ -85,8 +102,7 @@ class ShardWriter:
             self._sink.add(record, data)
 
     # -- commit ------------------------------------------------------------------------
-    def commit(self, timings: dict[str, float], started: float,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    def commit(self, timings: dict[str, float], started: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Flush images, write metadata, then the done marker. Returns the marker.
 
         ``timings`` gain "commit" (this call up to the marker) and "total" (since ``started``,
@@ -101,14 +117,18 @@ class ShardWriter:
         now = time.perf_counter()
         timings = {**timings, "commit": now - commit_started, "total": now - started}
         marker = {
-            "shard": sid, "rows": len(self.records), "ok": ok, "error": len(self.records) - ok,
+            "shard": sid,
+            "rows": len(self.records),
+            "ok": ok,
+            "error": len(self.records) - ok,
             "image_bytes": sum(r["bytes"] or 0 for r in self.records),
-            "files": self.files, "spec_hash": self.spec.output_hash(),
+            "files": self.files,
+            "spec_hash": self.spec.output_hash(),
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
             **{k: self.origin.get(k) for k in ("worker", "node_id", "pid", "device_kind")},
-            "committed_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "committed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             **(extra or {}),
-        }  # fmt: skip
+        }
         if marker["rows"] != self.shard.num_images:
             raise RuntimeError(f"shard {sid}: {marker['rows']} metadata rows for {self.shard.num_images} images")
         if any(r["status"] == "ok" and r["sha256"] is None for r in self.records):

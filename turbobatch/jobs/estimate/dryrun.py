@@ -29,18 +29,24 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from turbobatch.jobs.run import nodes
+from turbobatch.errors import EXIT_FAILED_SHARDS, EXIT_OK, JobError, error_text
+from turbobatch.jobs.estimate.estimate import (
+    Figure,
+    calibrated_figure,
+    estimate,
+    figure_for,
+    format_estimate,
+    job_settings,
+)
 from turbobatch.jobs.prepare import resume
-from turbobatch.jobs.run.cluster import ClusterInfo, actor_resources, capacity_note, ray_session
-from turbobatch.errors import JobError, error_text
-from turbobatch.jobs.estimate.estimate import (Figure, calibrated_figure, estimate, figure_for, format_estimate, job_settings)
 from turbobatch.jobs.prepare.inputs import InputFile
 from turbobatch.jobs.prepare.plan import make_plan
-from turbobatch.output.shard import Shard
-from turbobatch.errors import EXIT_FAILED_SHARDS, EXIT_OK
+from turbobatch.jobs.run import nodes
+from turbobatch.jobs.run.cluster import ClusterInfo, actor_resources, capacity_note, ray_session
 from turbobatch.jobs.run.render import CheckedJob, check_job, plan_job, resolve_job
-from turbobatch.spec.job import JobSpec, RunOptions
 from turbobatch.models.resolve import describe_weights
+from turbobatch.output.shard import Shard
+from turbobatch.spec.job import JobSpec, RunOptions
 
 ACCELERATOR = "accelerator_type:"  # Ray's node resource naming the GPU kind, e.g. accelerator_type:H200
 
@@ -64,11 +70,21 @@ def dry_run(spec: JobSpec, options: RunOptions) -> int:
             kind = measured.device_kind or kind
             kind_notes = []
             calibrated = _calibrated(job, kind, measured)
-            lines.append(f"measured: {measured.images_per_s:,.2f} images/s on one worker ({kind}): "
-                         f"{measured.describe(job.spec.batch_size)}")  # fmt: skip
-    e = estimate(job.spec, job.model.pipeline_class, job.vae.vae_class if job.vae else None,
-                 sum(s.num_images for s in pending), len(pending), kind, options.gpu_hour_price, calibrated,
-                 kind_notes)  # fmt: skip
+            lines.append(
+                f"measured: {measured.images_per_s:,.2f} images/s on one worker ({kind}): "
+                f"{measured.describe(job.spec.batch_size)}"
+            )
+    e = estimate(
+        job.spec,
+        job.model.pipeline_class,
+        job.vae.vae_class if job.vae else None,
+        sum(s.num_images for s in pending),
+        len(pending),
+        kind,
+        options.gpu_hour_price,
+        calibrated,
+        kind_notes,
+    )
     print("\n".join([*lines, *format_estimate(e)]))
     return EXIT_OK
 
@@ -84,8 +100,9 @@ def resolve_for_plan(job: CheckedJob, cluster: ClusterInfo, options: RunOptions)
         described = None if options.calibrate else described_cluster(job.spec, options.gpu_kind)
         if described is None:
             if job.spec.device == "cuda" and not options.calibrate:
-                raise JobError(f"{e}; to plan for a cluster not started yet, give --device cuda --workers N "
-                               "--gpu-kind KIND") from e  # fmt: skip
+                raise JobError(
+                    f"{e}; to plan for a cluster not started yet, give --device cuda --workers N --gpu-kind KIND"
+                ) from e
             raise
         return resolve_job(job, described), e
 
@@ -99,31 +116,49 @@ def described_cluster(spec: JobSpec, gpu_kind: str | None) -> ClusterInfo | None
     gpus = spec.worker_gpus if spec.worker_gpus is not None else 1
     cpus = spec.worker_cpus if spec.worker_cpus is not None else 1
     node = {"CPU": float(cpus), "GPU": float(gpus), ACCELERATOR + gpu_kind.strip(): 1.0}
-    return ClusterInfo(gpus=math.ceil(spec.workers * gpus - 1e-9), cpus=math.ceil(spec.workers * cpus - 1e-9),
-                       nodes=tuple(dict(node) for _ in range(spec.workers)))  # fmt: skip
+    return ClusterInfo(
+        gpus=math.ceil(spec.workers * gpus - 1e-9),
+        cpus=math.ceil(spec.workers * cpus - 1e-9),
+        nodes=tuple(dict(node) for _ in range(spec.workers)),
+    )
 
 
 def unplaced_line(spec: JobSpec, cluster: ClusterInfo, gpu_kind: str | None, why: JobError) -> str:
     """What the plan was made for, and what the cluster there is has instead."""
     where = "a local Ray, which cannot grow," if cluster.local else "the Ray cluster joined"
-    return (f"cluster:  estimated for the cluster described: {spec.workers} worker(s) of {(gpu_kind or '').strip()} "
-            f"(--workers, --gpu-kind); the cluster there is now could not place them: {where} with "
-            f"{cluster.gpus} GPU(s) and {cluster.cpus} CPU(s) in {len(cluster.nodes)} node(s). A run there stops: "
-            f"{why}")  # fmt: skip
+    return (
+        f"cluster:  estimated for the cluster described: {spec.workers} worker(s) of {(gpu_kind or '').strip()} "
+        f"(--workers, --gpu-kind); the cluster there is now could not place them: {where} with "
+        f"{cluster.gpus} GPU(s) and {cluster.cpus} CPU(s) in {len(cluster.nodes)} node(s). A run there stops: "
+        f"{why}"
+    )
 
 
-def report_plan(job: CheckedJob, cluster: ClusterInfo, plan: list[Shard], pending: list[Shard],
-                claim: resume.Claim, calibrating: bool = False, unplaced: JobError | None = None,
-                gpu_kind: str | None = None) -> list[str]:  # fmt: skip
+def report_plan(
+    job: CheckedJob,
+    cluster: ClusterInfo,
+    plan: list[Shard],
+    pending: list[Shard],
+    claim: resume.Claim,
+    calibrating: bool = False,
+    unplaced: JobError | None = None,
+    gpu_kind: str | None = None,
+) -> list[str]:
     spec = job.spec
     images = sum(s.num_images for s in plan)
     per_row = f" ({job.per_row} per row)" if job.per_row > 1 else " (1 per row)"
-    kept = ("the existing output of another job is discarded (--overwrite)" if claim.discard
-            else f"{len(claim.done)} shards committed before")  # fmt: skip
+    kept = (
+        "the existing output of another job is discarded (--overwrite)"
+        if claim.discard
+        else f"{len(claim.done)} shards committed before"
+    )
     bundle = actor_resources(spec)
     room = nodes.room(cluster.nodes, bundle)
-    actor = ("one render actor renders the job's first images into a temporary folder (--calibrate)" if calibrating
-             else "no render actor starts")  # fmt: skip
+    actor = (
+        "one render actor renders the job's first images into a temporary folder (--calibrate)"
+        if calibrating
+        else "no render actor starts"
+    )
     lines = [
         f"turbobatch: dry run: nothing is written to the output and {actor}",
         f"input:    {job.total_rows:,} rows in {len(job.files)} file(s)",
@@ -156,12 +191,14 @@ def device_kind(spec: JobSpec, cluster: ClusterInfo, asked: str | None) -> tuple
     if asked:
         return asked.strip(), []
     for where, found in (("nodes", cluster.nodes), ("autoscaler's node types", cluster.node_types or ())):
-        kinds = sorted({k[len(ACCELERATOR):] for node in found for k in node if k.startswith(ACCELERATOR)})
+        kinds = sorted({k[len(ACCELERATOR) :] for node in found for k in node if k.startswith(ACCELERATOR)})
         if len(kinds) == 1:
             return kinds[0], []
         if kinds:
-            return kinds[0], [f"the cluster's {where} have several GPU kinds ({', '.join(kinds)}): estimated for "
-                              f"{kinds[0]}; --gpu-kind chooses"]  # fmt: skip
+            return kinds[0], [
+                f"the cluster's {where} have several GPU kinds ({', '.join(kinds)}): estimated for "
+                f"{kinds[0]}; --gpu-kind chooses"
+            ]
     return "unknown GPU", ["the cluster has no GPU node now to tell its GPU kind: --gpu-kind names it"]
 
 
@@ -181,8 +218,13 @@ class CalibrationWorker:
         from turbobatch.workers.actor import RenderWorker
 
         self.folder = tempfile.mkdtemp(prefix="turbobatch-calibrate-")
-        spec = dataclasses.replace(spec, output=self.folder, input_storage_options=spec.input_options(),
-                                   storage_options={}, output_storage_options={})  # fmt: skip
+        spec = dataclasses.replace(
+            spec,
+            output=self.folder,
+            input_storage_options=spec.input_options(),
+            storage_options={},
+            output_storage_options={},
+        )
         self.worker = RenderWorker(spec)
 
     def ready(self) -> dict[str, Any]:
@@ -231,8 +273,10 @@ class Measurement:
         return max(batch_size, math.ceil(max(batches, timed) / batch_size) * batch_size)
 
     def describe(self, batch_size: int) -> str:
-        return (f"{self.images:,} images in {self.seconds:.1f} s of rendering after a warm-up batch of {batch_size} "
-                f"({self.pieces} piece(s) of the job's first images, no larger than its shards)")
+        return (
+            f"{self.images:,} images in {self.seconds:.1f} s of rendering after a warm-up batch of {batch_size} "
+            f"({self.pieces} piece(s) of the job's first images, no larger than its shards)"
+        )
 
 
 def calibration_pieces(files: list[InputFile], spec: JobSpec, per_row: int, images: int) -> list[Shard]:
@@ -255,12 +299,17 @@ def calibrate(job: CheckedJob) -> Measurement | None:
     from turbobatch.jobs.run.cluster import actor_env
 
     spec = job.spec
-    cls = ray.remote(CalibrationWorker).options(num_cpus=spec.worker_cpus, num_gpus=spec.worker_gpus or 0,
-                                                runtime_env={"env_vars": actor_env()})  # fmt: skip
+    cls = ray.remote(CalibrationWorker).options(
+        num_cpus=spec.worker_cpus, num_gpus=spec.worker_gpus or 0, runtime_env={"env_vars": actor_env()}
+    )
     actor = cls.remote(spec)
-    print(f"calibrate: one render actor of {nodes.describe(actor_resources(spec))} renders a warm-up batch, then "
-          f"at least {CALIBRATE_BATCHES} batches and {CALIBRATE_SECONDS:g} s of the job's first images, into a "
-          "temporary folder on its node", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"calibrate: one render actor of {nodes.describe(actor_resources(spec))} renders a warm-up batch, then "
+        f"at least {CALIBRATE_BATCHES} batches and {CALIBRATE_SECONDS:g} s of the job's first images, into a "
+        "temporary folder on its node",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         if _wait(actor.ready.remote(), "start", spec) is None:
             return None
@@ -286,8 +335,10 @@ def _measure(actor: Any, job: CheckedJob) -> Measurement | None:
             return None
         if not any(m.get("ok") for m in markers):
             errors = sum(m.get("error", 0) for m in markers)
-            print(f"error: calibrate: the job's first {wanted} images rendered no image ({errors} error rows)",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"error: calibrate: the job's first {wanted} images rendered no image ({errors} error rows)",
+                file=sys.stderr,
+            )
             return None
         measured.add(markers)
         if measured.enough(spec.batch_size):
@@ -304,13 +355,17 @@ def _wait(ref: Any, step: str, spec: JobSpec) -> Any:
     if ready:
         return ray.get(ready[0])
     why = nodes.pending_reason(actor_resources(spec), nodes.alive_nodes().values())
-    print(f"error: calibrate: the render actor did not {step} within --stall-timeout {spec.stall_timeout:g} s "
-          f"(if it waits for room: {why})", file=sys.stderr)  # fmt: skip
+    print(
+        f"error: calibrate: the render actor did not {step} within --stall-timeout {spec.stall_timeout:g} s "
+        f"(if it waits for room: {why})",
+        file=sys.stderr,
+    )
     return None
 
 
 def _calibrated(job: CheckedJob, kind: str, measured: Measurement) -> Figure:
     settings = job_settings(job.spec, job.model.pipeline_class, job.vae.vae_class if job.vae else None, kind)
     setting = max(settings, key=lambda pair: pair[0])[1]
-    return calibrated_figure(setting, measured.images_per_s, measured.images, measured.seconds, kind,
-                             figure_for(setting))
+    return calibrated_figure(
+        setting, measured.images_per_s, measured.images, measured.seconds, kind, figure_for(setting)
+    )

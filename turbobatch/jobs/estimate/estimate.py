@@ -27,8 +27,8 @@ from typing import Any
 
 from turbobatch.spec import sampling
 from turbobatch.spec.expand import Expansion
-from turbobatch.spec.sampling import SamplingParams
 from turbobatch.spec.job import JobSpec
+from turbobatch.spec.sampling import SamplingParams
 
 TABLE_PATH = Path(__file__).with_name("throughput.json")
 FAMILY_OF_PIPELINE = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
@@ -65,9 +65,11 @@ class Setting:
     def describe(self) -> str:
         guidance = f", guidance {self.guidance_scale:g}" if self.guidance_scale else ""
         control = ", ControlNet" if self.controlnet else ""
-        return (f"{self.model}, {'TAESD decoder' if self.decoder == 'taesd' else 'VAE decoder'}, "
-                f"{self.width}x{self.height}, {self.steps} step{'s' * (self.steps != 1)}{guidance}{control}, "
-                f"{self.dtype}, batch {self.batch_size}, {self.device_kind}")  # fmt: skip
+        return (
+            f"{self.model}, {'TAESD decoder' if self.decoder == 'taesd' else 'VAE decoder'}, "
+            f"{self.width}x{self.height}, {self.steps} step{'s' * (self.steps != 1)}{guidance}{control}, "
+            f"{self.dtype}, batch {self.batch_size}, {self.device_kind}"
+        )
 
 
 @dataclass
@@ -80,16 +82,26 @@ class Figure:
     notes: list[str] = field(default_factory=list)  # each setting that was not measured, and what stood in
 
 
-def setting_for(spec: JobSpec, pipeline_class: str, vae_class: str | None, params: SamplingParams,
-                device_kind: str) -> Setting:  # fmt: skip
+def setting_for(
+    spec: JobSpec, pipeline_class: str, vae_class: str | None, params: SamplingParams, device_kind: str
+) -> Setting:
     """The Setting of a resolved job's images with sampling parameters ``params``."""
     family = _known(spec.model, "family") or FAMILY_OF_PIPELINE.get(pipeline_class, "sd")
-    return Setting(model=spec.model, family=family, scale=_known(spec.model, "scale") or "full",
-                   decoder=DECODERS.get(vae_class or "AutoencoderKL", "vae"), width=params.width,
-                   height=params.height, steps=params.steps, guidance_scale=params.guidance_scale,
-                   controlnet=bool(spec.controlnet), dtype=spec.dtype, batch_size=spec.batch_size,
-                   device_kind=device_kind,
-                   threads=int(spec.worker_cpus) if spec.device == "cpu" and spec.worker_cpus else None)  # fmt: skip
+    return Setting(
+        model=spec.model,
+        family=family,
+        scale=_known(spec.model, "scale") or "full",
+        decoder=DECODERS.get(vae_class or "AutoencoderKL", "vae"),
+        width=params.width,
+        height=params.height,
+        steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        controlnet=bool(spec.controlnet),
+        dtype=spec.dtype,
+        batch_size=spec.batch_size,
+        device_kind=device_kind,
+        threads=int(spec.worker_cpus) if spec.device == "cpu" and spec.worker_cpus else None,
+    )
 
 
 def tflop_per_image(s: Setting | dict[str, Any], family: str) -> float:
@@ -122,17 +134,25 @@ def figure_for(setting: Setting, figures: list[dict[str, Any]] | None = None) ->
         return None
 
     def distance(r: dict[str, Any]) -> tuple:
-        return (r["model"] != setting.model, _known(r["model"], "family") != setting.family, r["decoder"] != setting.decoder,
-                r["dtype"] != setting.dtype, abs(r["steps"] - setting.steps),
-                abs(math.log(r["width"] * r["height"] / (setting.width * setting.height))),
-                abs(r["batch_size"] - setting.batch_size), not same_kind(r["device_kind"], "NVIDIA H200"))  # fmt: skip
+        return (
+            r["model"] != setting.model,
+            _known(r["model"], "family") != setting.family,
+            r["decoder"] != setting.decoder,
+            r["dtype"] != setting.dtype,
+            abs(r["steps"] - setting.steps),
+            abs(math.log(r["width"] * r["height"] / (setting.width * setting.height))),
+            abs(r["batch_size"] - setting.batch_size),
+            not same_kind(r["device_kind"], "NVIDIA H200"),
+        )
 
     row = min(candidates, key=distance)
     ratio = tflop_per_image(row, _known(row["model"], "family")) / tflop_per_image(setting, setting.family)
     differences = _differences(setting, row, ratio)
-    basis = (f"{row['model']}, {row['decoder'].upper()} decoder, {row['width']}x{row['height']}, {row['steps']} "
-             f"step(s), {row['dtype']}, batch {row['batch_size']}, {row['device_kind']}{_threads(row)}, "
-             f"{row['date']}, {row['worker']}")  # fmt: skip
+    basis = (
+        f"{row['model']}, {row['decoder'].upper()} decoder, {row['width']}x{row['height']}, {row['steps']} "
+        f"step(s), {row['dtype']}, batch {row['batch_size']}, {row['device_kind']}{_threads(row)}, "
+        f"{row['date']}, {row['worker']}"
+    )
     if differences:
         basis = f"derived from {row['images_per_s']:g} images/s measured for {basis}"
     else:
@@ -152,24 +172,41 @@ def _differences(s: Setting, row: dict[str, Any], ratio: float) -> list[str]:
     scaled = f"scaled by FLOPs per image (x{ratio:.3g}, turbobatch/jobs/estimate/throughput.json's rule)"
     notes = []
     if row["model"] != s.model:
-        how = "the same architecture" if s.family == _known(row["model"], "family") else f"another architecture, {scaled}"
+        how = (
+            "the same architecture" if s.family == _known(row["model"], "family") else f"another architecture, {scaled}"
+        )
         notes.append(f"model {s.model}: not measured; used {row['model']}'s figure ({how})")
-    work = [f"{what} (measured: {was})" for what, was, differs in (
-        (f"{s.width}x{s.height}", f"{row['width']}x{row['height']}", (row["width"], row["height"]) != (s.width, s.height)),
-        (f"{s.steps} step(s)", row["steps"], row["steps"] != s.steps),
-        (f"the {s.decoder.upper()} decoder", row["decoder"].upper(), row["decoder"] != s.decoder),
-        (f"guidance {s.guidance_scale:g} (two UNet passes)", f"{row['guidance_scale']:g}",
-         s.cfg != (row["guidance_scale"] > 1.0)),
-        ("a ControlNet (counted as half a UNet per step: an assumption)", "none", s.controlnet),
-    ) if differs]  # fmt: skip
+    work = [
+        f"{what} (measured: {was})"
+        for what, was, differs in (
+            (
+                f"{s.width}x{s.height}",
+                f"{row['width']}x{row['height']}",
+                (row["width"], row["height"]) != (s.width, s.height),
+            ),
+            (f"{s.steps} step(s)", row["steps"], row["steps"] != s.steps),
+            (f"the {s.decoder.upper()} decoder", row["decoder"].upper(), row["decoder"] != s.decoder),
+            (
+                f"guidance {s.guidance_scale:g} (two UNet passes)",
+                f"{row['guidance_scale']:g}",
+                s.cfg != (row["guidance_scale"] > 1.0),
+            ),
+            ("a ControlNet (counted as half a UNet per step: an assumption)", "none", s.controlnet),
+        )
+        if differs
+    ]
     if work:
         notes.append(f"not measured: {', '.join(work)}; {scaled}")
-    as_is = [f"{what} (measured: {was})" for what, was, differs in (
-        (s.dtype, row["dtype"], s.dtype != row["dtype"]),
-        (f"batch size {s.batch_size}", row["batch_size"], s.batch_size != row["batch_size"]),
-        (f"{s.threads} CPU threads", row.get("threads"), s.threads is not None and s.threads != row.get("threads")),
-        (f"GPU kind {s.device_kind}", row["device_kind"], not same_kind(s.device_kind, row["device_kind"])),
-    ) if differs]  # fmt: skip
+    as_is = [
+        f"{what} (measured: {was})"
+        for what, was, differs in (
+            (s.dtype, row["dtype"], s.dtype != row["dtype"]),
+            (f"batch size {s.batch_size}", row["batch_size"], s.batch_size != row["batch_size"]),
+            (f"{s.threads} CPU threads", row.get("threads"), s.threads is not None and s.threads != row.get("threads")),
+            (f"GPU kind {s.device_kind}", row["device_kind"], not same_kind(s.device_kind, row["device_kind"])),
+        )
+        if differs
+    ]
     if as_is:
         notes.append(f"not measured: {', '.join(as_is)}; the measured figure used as it is")
     return notes
@@ -208,8 +245,9 @@ class Estimate:
         return list(seen)
 
 
-def job_settings(spec: JobSpec, pipeline_class: str, vae_class: str | None,
-                 device_kind: str) -> list[tuple[float, Setting]]:  # fmt: skip
+def job_settings(
+    spec: JobSpec, pipeline_class: str, vae_class: str | None, device_kind: str
+) -> list[tuple[float, Setting]]:
     """(share of the job's images, Setting) for each sweep combination's sampling parameters."""
     expansion = Expansion.of(spec)
     base = spec.sampling()
@@ -221,21 +259,33 @@ def job_settings(spec: JobSpec, pipeline_class: str, vae_class: str | None,
     return [(share, s) for s, share in shares.items()]
 
 
-def estimate(spec: JobSpec, pipeline_class: str, vae_class: str | None, images: int, shards: int,
-             device_kind: str, price: float | None = None, calibrated: Figure | None = None,
-             notes: list[str] | None = None) -> Estimate:  # fmt: skip
+def estimate(
+    spec: JobSpec,
+    pipeline_class: str,
+    vae_class: str | None,
+    images: int,
+    shards: int,
+    device_kind: str,
+    price: float | None = None,
+    calibrated: Figure | None = None,
+    notes: list[str] | None = None,
+) -> Estimate:
     """The job's time and cost for ``images`` in ``shards`` still to render on spec.workers workers."""
     notes = list(notes or [])
     for name, column in spec.sampling_columns.items():
-        notes.append(f"{name} per row from column {column!r}: not read by the dry run; every image is counted "
-                     f"at --{name.replace('_', '-')} {getattr(spec, name)}")  # fmt: skip
+        notes.append(
+            f"{name} per row from column {column!r}: not read by the dry run; every image is counted "
+            f"at --{name.replace('_', '-')} {getattr(spec, name)}"
+        )
     parts = []
     for share, setting in job_settings(spec, pipeline_class, vae_class, device_kind):
         figure = calibrated if calibrated is not None else figure_for(setting)
         parts.append((round(images * share), setting, figure))
     if calibrated is not None and len(parts) > 1:
-        notes.append("the calibration rendered shard 0, whose images mix the sweep's settings: its figure is used "
-                     "for all of them")  # fmt: skip
+        notes.append(
+            "the calibration rendered shard 0, whose images mix the sweep's settings: its figure is used "
+            "for all of them"
+        )
     workers = max(1, min(spec.workers or 1, shards)) if shards else 0
     gpus = float(spec.worker_gpus or 0)
     if all(f is not None for _, _, f in parts):
@@ -254,8 +304,10 @@ def format_estimate(e: Estimate) -> list[str]:
     for n, setting, figure in e.parts:
         what = f"{n:,} images of {setting.describe()}" if len(e.parts) > 1 else setting.describe()
         if figure is None:
-            lines.append(f"estimate: {what}: no figure (the table has none for {setting.model} on "
-                         f"{setting.device_kind}, nor one to derive it from); --calibrate measures one")  # fmt: skip
+            lines.append(
+                f"estimate: {what}: no figure (the table has none for {setting.model} on "
+                f"{setting.device_kind}, nor one to derive it from); --calibrate measures one"
+            )
             continue
         lines.append(f"speed:    {figure.images_per_s:,.2f} images/s per worker for {what} ({figure.basis})")
     if e.worker_seconds is None:
@@ -263,10 +315,15 @@ def format_estimate(e: Estimate) -> list[str]:
     elif e.images == 0:
         lines.append("estimate: nothing left to render")
     else:
-        hours = f"{e.gpu_hours:,.2f} GPU-hours" if e.worker_gpus else \
-            f"{e.wall_s * e.workers / 3600:,.3f} worker-hours on CPU (no GPU)"
-        lines.append(f"estimate: {e.images:,} images on {e.workers} worker(s): {_duration(e.wall_s)} of rendering, "
-                     f"{hours} (start-up not included: weights, load, first batch)")  # fmt: skip
+        hours = (
+            f"{e.gpu_hours:,.2f} GPU-hours"
+            if e.worker_gpus
+            else f"{e.wall_s * e.workers / 3600:,.3f} worker-hours on CPU (no GPU)"
+        )
+        lines.append(
+            f"estimate: {e.images:,} images on {e.workers} worker(s): {_duration(e.wall_s)} of rendering, "
+            f"{hours} (start-up not included: weights, load, first batch)"
+        )
         if e.price is not None:
             if e.worker_gpus:
                 lines.append(f"cost:     {e.cost:,.2f} at {e.price:g} per GPU-hour")
@@ -284,10 +341,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def calibrated_figure(setting: Setting, images_per_s: float, images: int, seconds: float, device_kind: str,
-                      table: Figure | None) -> Figure:  # fmt: skip
+def calibrated_figure(
+    setting: Setting, images_per_s: float, images: int, seconds: float, device_kind: str, table: Figure | None
+) -> Figure:
     """A calibration's measured images/s, in place of the table's figure; the basis says how much
     was measured, so a figure from a few images is seen as such."""
     was = f"; the table's figure was {table.images_per_s:,.2f}" if table is not None else "; the table had none"
-    return Figure(images_per_s, f"calibrated: one worker on this cluster ({device_kind}), {images:,} images in "
-                  f"{seconds:.1f} s{was}", measured=True)  # fmt: skip
+    return Figure(
+        images_per_s,
+        f"calibrated: one worker on this cluster ({device_kind}), {images:,} images in {seconds:.1f} s{was}",
+        measured=True,
+    )

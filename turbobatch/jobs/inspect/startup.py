@@ -50,8 +50,10 @@ def startup_line(report: dict[str, Any] | None) -> str | None:
     copied = report["copied_bytes"]
     size = f" ({copied / 2**30:.2f} GiB)" if copied >= 2**30 else f" ({copied / 2**20:.1f} MiB)" if copied else ""
     actors = f"{report['actors']} actor{'' if report['actors'] == 1 else 's'}"
-    return (f"start-up: {actors}, min / median / max: {phases}; model folders: {report['copies']} copied{size}, "
-            f"{report['cache_hits']} from the node's cache, {report['in_place']} loaded in place")
+    return (
+        f"start-up: {actors}, min / median / max: {phases}; model folders: {report['copies']} copied{size}, "
+        f"{report['cache_hits']} from the node's cache, {report['in_place']} loaded in place"
+    )
 
 
 def _fmt(spread: dict[str, float] | None) -> str:

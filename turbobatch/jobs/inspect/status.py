@@ -13,13 +13,13 @@ import json
 import sys
 from typing import Any
 
-from turbobatch.output import layout
-from turbobatch.jobs.prepare import resume
-from turbobatch.jobs.console import json_object
 from turbobatch.errors import JobError
-from turbobatch.jobs.inspect.watch import DEFAULT_INTERVAL_S, watch_output
-from turbobatch.output.shard import planned_images
+from turbobatch.jobs.console import json_object
 from turbobatch.jobs.inspect.startup import startup_line, startup_report
+from turbobatch.jobs.inspect.watch import DEFAULT_INTERVAL_S, watch_output
+from turbobatch.jobs.prepare import resume
+from turbobatch.output import layout
+from turbobatch.output.shard import planned_images
 from turbobatch.output.storage import Folder, describe_error
 
 
@@ -53,7 +53,9 @@ def job_status(out: Folder) -> dict[str, Any]:
             "pending": sum(images_of[i] for i in pending),
         },
         "image_bytes": sum(m.get("image_bytes", 0) for m in markers),
-        "failed": [{k: f.get(k) for k in ("shard", "error", "attempts", "infrastructure", "failed_at")} for f in failures],
+        "failed": [
+            {k: f.get(k) for k in ("shard", "error", "attempts", "infrastructure", "failed_at")} for f in failures
+        ],
         "timings_s": summed_timings(markers),
         "nodes": per_node(markers),
         "startup": startup_report(markers),
@@ -101,9 +103,11 @@ def devices_line(kinds: dict[str, dict[str, Any]]) -> str | None:
     the job's images over wall time (which adds start-up and counts every worker at once)."""
     if not kinds:
         return None
-    parts = [f"{kind}: {e['shards']} shards, {e['images']:,} images"
-             + (f", {e['images_per_s']:.2f} {PER_WORKER_RATE}" if e["images_per_s"] else "")
-             for kind, e in kinds.items()]  # fmt: skip
+    parts = [
+        f"{kind}: {e['shards']} shards, {e['images']:,} images"
+        + (f", {e['images_per_s']:.2f} {PER_WORKER_RATE}" if e["images_per_s"] else "")
+        for kind, e in kinds.items()
+    ]
     return "devices: " + "; ".join(parts)
 
 
@@ -117,8 +121,9 @@ def per_node(markers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry = by_node.setdefault(key, {"node_id": node_id, "host": marker.get("worker"), "shards": 0, "images": 0})
         entry["shards"] += 1
         entry["images"] += marker.get("ok", 0)
-    return sorted(by_node.values(),
-                  key=lambda e: (-e["shards"], e["node_id"] is None, str(e["node_id"]), str(e["host"])))
+    return sorted(
+        by_node.values(), key=lambda e: (-e["shards"], e["node_id"] is None, str(e["node_id"]), str(e["host"]))
+    )
 
 
 # Where the devices' time went, from the done markers' timings_s (docs/OUTPUT.md). A worker's
@@ -198,14 +203,25 @@ def main(argv: list[str] | None = None, prog: str = "turbobatch status") -> int:
     p = argparse.ArgumentParser(prog=prog, description="Show a render job's progress from its output folder.")
     p.add_argument("output", help="the job's output folder URL")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
-    p.add_argument("--storage-options", type=json_object("--storage-options"), default={},
-                   help="fsspec options for the output, as JSON (as for the render job)")  # fmt: skip
-    p.add_argument("--watch", nargs="?", const=DEFAULT_INTERVAL_S, type=float, metavar="SECONDS",
-                   help=f"refresh every SECONDS (default {DEFAULT_INTERVAL_S:g}) until the job ends: shards, images, "
-                   "images/s over the last minutes, ETA, new failed shards; exit 0, or 1 if shards failed; with "
-                   "--json one JSON object per line and refresh")  # fmt: skip
-    p.add_argument("--count", type=int, metavar="N",
-                   help="with --watch: stop after N refreshes (default: until the job ends)")
+    p.add_argument(
+        "--storage-options",
+        type=json_object("--storage-options"),
+        default={},
+        help="fsspec options for the output, as JSON (as for the render job)",
+    )
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        const=DEFAULT_INTERVAL_S,
+        type=float,
+        metavar="SECONDS",
+        help=f"refresh every SECONDS (default {DEFAULT_INTERVAL_S:g}) until the job ends: shards, images, "
+        "images/s over the last minutes, ETA, new failed shards; exit 0, or 1 if shards failed; with "
+        "--json one JSON object per line and refresh",
+    )
+    p.add_argument(
+        "--count", type=int, metavar="N", help="with --watch: stop after N refreshes (default: until the job ends)"
+    )
     args = p.parse_args(argv)
     if args.watch is not None and not args.watch > 0:
         p.error(f"--watch: {args.watch:g} is not valid; expected seconds between refreshes, more than 0")
@@ -222,9 +238,10 @@ def main(argv: list[str] | None = None, prog: str = "turbobatch status") -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - storage failures: say what and where
-        print(f"error: output: cannot read {args.output}: {describe_error(e, args.output, args.storage_options)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: output: cannot read {args.output}: {describe_error(e, args.output, args.storage_options)}",
+            file=sys.stderr,
+        )
         return 2
     print(json.dumps(status, indent=1) if args.json else format_status(status))
     return 0
-

@@ -28,10 +28,10 @@ from typing import IO, Any
 
 import pyarrow.parquet as pq
 
-from turbobatch.output import layout
-from turbobatch.jobs.prepare import resume
-from turbobatch.jobs.console import json_object
 from turbobatch.errors import EXIT_BROKEN, EXIT_NOT_AN_OUTPUT, EXIT_OK, JobError
+from turbobatch.jobs.console import json_object
+from turbobatch.jobs.prepare import resume
+from turbobatch.output import layout
 from turbobatch.output.storage import Folder, describe_error
 
 _CHUNK = 1 << 20
@@ -135,8 +135,10 @@ class _ShardChecker:
         result.objects = [rel for rel in marker["files"] if self._size(rel) is not None]
         if not in_plan:
             result.problems.append("has a done marker but is not in the plan (_job/plan.json)")
-        expected = {layout.metadata_path(sid), *({"tar": [layout.tar_path(sid)],
-                                                  "parquet": [layout.data_path(sid)]}.get(self.fmt, []))}  # fmt: skip
+        expected = {
+            layout.metadata_path(sid),
+            *({"tar": [layout.tar_path(sid)], "parquet": [layout.data_path(sid)]}.get(self.fmt, [])),
+        }
         result.problems += [f"{rel}: not listed in the done marker" for rel in sorted(expected - set(marker["files"]))]
         for rel, recorded in sorted(marker["files"].items()):
             result.problems += self._check_object(rel, recorded, marker)
@@ -160,8 +162,10 @@ class _ShardChecker:
         except Exception as e:  # noqa: BLE001 - content that does not parse: say so, unless the bytes changed
             digest, problems = self._digest(rel), [f"{rel}: cannot be read ({type(e).__name__}: {e})"]
         if digest != recorded["sha256"]:
-            return [f"{rel}: sha256 {digest[:16]}... differs from the done marker's {recorded['sha256'][:16]}... "
-                    "(changed or corrupted)"]  # fmt: skip
+            return [
+                f"{rel}: sha256 {digest[:16]}... differs from the done marker's {recorded['sha256'][:16]}... "
+                "(changed or corrupted)"
+            ]
         return problems
 
     def _digest(self, rel: str) -> str:
@@ -174,12 +178,16 @@ class _ShardChecker:
             reader = _HashingReader(f)
             if rel.startswith("shards/"):
                 images, jsons = _tar_counts(reader)
-                found, recorded = {"images": images, "json members": jsons}, {"images": marker["ok"],
-                                                                             "json members": marker["ok"]}  # fmt: skip
+                found, recorded = (
+                    {"images": images, "json members": jsons},
+                    {"images": marker["ok"], "json members": marker["ok"]},
+                )
             elif rel.startswith("metadata/"):  # small: read whole
                 status = pq.read_table(io.BytesIO(reader.read()), columns=["status"]).column("status").to_pylist()
-                found, recorded = {"rows": len(status), "ok rows": status.count("ok")}, {"rows": marker["rows"],
-                                                                                        "ok rows": marker["ok"]}  # fmt: skip
+                found, recorded = (
+                    {"rows": len(status), "ok rows": status.count("ok")},
+                    {"rows": marker["rows"], "ok rows": marker["ok"]},
+                )
             else:  # data/SSSSSS.parquet: one row per ok image; hashed as a stream, then its footer read
                 reader.finish()
                 with self.out.open(rel) as again:
@@ -248,9 +256,11 @@ def _remove(out: Folder, rels: list[str]) -> list[str]:
 
 
 def format_report(report: Report) -> str:
-    lines = [f"output:  {report.output} (format {report.format})",
-             f"shards:  {report.committed} committed of {report.planned} planned; {len(report.broken)} broken; "
-             f"{len(report.orphans)} orphan object(s)"]  # fmt: skip
+    lines = [
+        f"output:  {report.output} (format {report.format})",
+        f"shards:  {report.committed} committed of {report.planned} planned; {len(report.broken)} broken; "
+        f"{len(report.orphans)} orphan object(s)",
+    ]
     for check in report.broken:
         lines += [f"shard {check.shard}: {problem}" for problem in check.problems]
     lines += [f"orphan: {rel} (no done marker claims it)" for rel in report.orphans[:50]]
@@ -258,8 +268,10 @@ def format_report(report: Report) -> str:
         lines.append(f"... and {len(report.orphans) - 50} more orphans")
     if report.repaired is not None:
         ids = report.repaired["markers_removed"]
-        lines.append(f"repaired: removed {len(ids)} done marker(s) {ids}, {len(report.repaired['objects_removed'])} "
-                     "object(s); run the same render command again to redo those shards")  # fmt: skip
+        lines.append(
+            f"repaired: removed {len(ids)} done marker(s) {ids}, {len(report.repaired['objects_removed'])} "
+            "object(s); run the same render command again to redo those shards"
+        )
     elif not report.ok:
         lines.append("run `turbobatch verify --repair` (no job writing), then the same render command again")
     lines.append("ok" if report.ok else "NOT OK")
@@ -267,15 +279,26 @@ def format_report(report: Report) -> str:
 
 
 def main(argv: list[str] | None = None, prog: str = "turbobatch verify") -> int:
-    p = argparse.ArgumentParser(prog=prog, description="Check an output folder's committed shards against their "
-                                "done markers, and find orphan objects; exit 1 if anything is wrong.")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Check an output folder's committed shards against their "
+        "done markers, and find orphan objects; exit 1 if anything is wrong.",
+    )
     p.add_argument("output", help="the job's output folder URL")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
-    p.add_argument("--repair", action="store_true", help="remove the done markers (and objects) of broken "
-                   "shards and the orphans, so the same render command redoes exactly those shards; good shards "
-                   "are never touched. Only while no job writes to the folder")  # fmt: skip
-    p.add_argument("--storage-options", type=json_object("--storage-options"), default={},
-                   help="fsspec options for the output, as JSON (as for the render job)")  # fmt: skip
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="remove the done markers (and objects) of broken "
+        "shards and the orphans, so the same render command redoes exactly those shards; good shards "
+        "are never touched. Only while no job writes to the folder",
+    )
+    p.add_argument(
+        "--storage-options",
+        type=json_object("--storage-options"),
+        default={},
+        help="fsspec options for the output, as JSON (as for the render job)",
+    )
     args = p.parse_args(argv)
     try:
         out = Folder(args.output, args.storage_options)
@@ -286,9 +309,10 @@ def main(argv: list[str] | None = None, prog: str = "turbobatch verify") -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NOT_AN_OUTPUT
     except Exception as e:  # noqa: BLE001 - storage failures: say what and where
-        print(f"error: output: cannot read {args.output}: {describe_error(e, args.output, args.storage_options)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: output: cannot read {args.output}: {describe_error(e, args.output, args.storage_options)}",
+            file=sys.stderr,
+        )
         return EXIT_NOT_AN_OUTPUT
     print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
     return EXIT_OK if report.ok else EXIT_BROKEN
-

@@ -20,12 +20,12 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from turbobatch.output import layout
-from turbobatch.jobs.prepare import resume
 from turbobatch.errors import JobError
+from turbobatch.jobs.prepare import resume
+from turbobatch.output import layout
 from turbobatch.output.shard import planned_images
 from turbobatch.output.storage import Folder, bucket_of, check_endpoint
 
@@ -106,8 +106,12 @@ class Waiting:
     reason: str
 
     def as_json(self) -> dict[str, Any]:
-        return {"time": self.time.isoformat(timespec="seconds"), "output": self.output, "state": "waiting",
-                "reason": self.reason}  # fmt: skip
+        return {
+            "time": self.time.isoformat(timespec="seconds"),
+            "output": self.output,
+            "state": "waiting",
+            "reason": self.reason,
+        }
 
     def lines(self) -> list[str]:
         return [f"{clock(self.time)}  waiting for the job: {self.reason}"]
@@ -135,11 +139,17 @@ class Snapshot:
         return eta_seconds(self.images["pending"], self.images_per_s)
 
     def as_json(self) -> dict[str, Any]:
-        return {"time": self.time.isoformat(timespec="seconds"), "output": self.output,
-                "state": "ended" if self.ended else "running", "shards": self.shards, "images": self.images,
-                "images_per_s": None if self.images_per_s is None else round(self.images_per_s, 3),
-                "rate_window_s": self.window_s, "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
-                "new_failed": self.new_failures}  # fmt: skip
+        return {
+            "time": self.time.isoformat(timespec="seconds"),
+            "output": self.output,
+            "state": "ended" if self.ended else "running",
+            "shards": self.shards,
+            "images": self.images,
+            "images_per_s": None if self.images_per_s is None else round(self.images_per_s, 3),
+            "rate_window_s": self.window_s,
+            "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
+            "new_failed": self.new_failures,
+        }
 
     def lines(self) -> list[str]:
         s, r = self.shards, self.images
@@ -147,19 +157,26 @@ class Snapshot:
         rate += f" (last {format_window(self.window_s)})"
         eta = self.eta_s
         done = r["ok"] + r["error"]
-        line = (f"{clock(self.time)}  shards {s['committed']}/{s['total']} committed, {s['failed']} failed, "
-                f"{s['pending']} pending; images {done:,}/{r['total']:,} ({r['ok']:,} ok, {r['error']:,} error); "
-                f"{rate}; ETA {'—' if eta is None else format_duration(eta)}")  # fmt: skip
+        line = (
+            f"{clock(self.time)}  shards {s['committed']}/{s['total']} committed, {s['failed']} failed, "
+            f"{s['pending']} pending; images {done:,}/{r['total']:,} ({r['ok']:,} ok, {r['error']:,} error); "
+            f"{rate}; ETA {'—' if eta is None else format_duration(eta)}"
+        )
         lines = [line]
-        lines += [f"{clock(self.time)}  failed shard {f['shard']} (after {f['attempts']} attempt(s)): {f['error']}"
-                  for f in self.new_failures]  # fmt: skip
+        lines += [
+            f"{clock(self.time)}  failed shard {f['shard']} (after {f['attempts']} attempt(s)): {f['error']}"
+            for f in self.new_failures
+        ]
         if self.ended:
             if s["failed"]:
-                lines.append(f"job ended: {s['committed']} shards committed, {s['failed']} failed; run the render "
-                             "command again to retry the failed shards")  # fmt: skip
+                lines.append(
+                    f"job ended: {s['committed']} shards committed, {s['failed']} failed; run the render "
+                    "command again to retry the failed shards"
+                )
             else:
-                lines.append(f"job ended: all {s['total']} shards committed, {r['ok']:,} images ok, "
-                             f"{r['error']:,} error rows")  # fmt: skip
+                lines.append(
+                    f"job ended: all {s['total']} shards committed, {r['ok']:,} images ok, {r['error']:,} error rows"
+                )
         return lines
 
 
@@ -182,7 +199,7 @@ class OutputWatcher:
 
     def refresh(self, now: datetime | None = None) -> Snapshot | Waiting:
         """List ``_done/`` and ``_failed/`` once each and read only the markers not seen before."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         if self.shard_images is None and not self._read_plan():
             return Waiting(now, self.out.display(), f"no {self.out.display(layout.SPEC)} yet (the job has not planned)")
         planned = self.shard_images.keys()
@@ -195,8 +212,11 @@ class OutputWatcher:
         self._forget_removed(self.failures, failed)  # a failed shard that has since committed
         new_failed = sorted(failed - self.failures.keys())
         for shard_id, marker in zip(new_failed, self.out.read_json_many([layout.failed_path(i) for i in new_failed])):
-            self.failures[shard_id] = {"shard": shard_id, "error": marker.get("error"),
-                                       "attempts": marker.get("attempts")}  # fmt: skip
+            self.failures[shard_id] = {
+                "shard": shard_id,
+                "error": marker.get("error"),
+                "attempts": marker.get("attempts"),
+            }
         pending = planned - done - failed
         ok = sum(c.ok for c in self.commits.values())
         error = sum(c.error for c in self.commits.values())
@@ -204,9 +224,13 @@ class OutputWatcher:
             time=now,
             output=self.out.display(),
             shards={"total": len(planned), "committed": len(done), "failed": len(failed), "pending": len(pending)},
-            images={"total": sum(self.shard_images.values()), "ok": ok, "error": error,
-                    "in_failed_shards": sum(self.shard_images[i] for i in failed),
-                    "pending": sum(self.shard_images[i] for i in pending)},  # fmt: skip
+            images={
+                "total": sum(self.shard_images.values()),
+                "ok": ok,
+                "error": error,
+                "in_failed_shards": sum(self.shard_images[i] for i in failed),
+                "pending": sum(self.shard_images[i] for i in pending),
+            },
             images_per_s=images_per_second(self.commits.values(), now, self.window_s),
             window_s=self.window_s,
             new_failures=[self.failures[i] for i in new_failed],
@@ -238,8 +262,13 @@ class OutputWatcher:
             del seen[shard_id]
 
 
-def watch_output(out: Folder, interval_s: float = DEFAULT_INTERVAL_S, count: int | None = None,
-                 as_json: bool = False, stream: TextIO | None = None) -> int:  # fmt: skip
+def watch_output(
+    out: Folder,
+    interval_s: float = DEFAULT_INTERVAL_S,
+    count: int | None = None,
+    as_json: bool = False,
+    stream: TextIO | None = None,
+) -> int:
     """Refresh every ``interval_s`` seconds until the job ends (exit code 0, or 1 with failed
     shards) or after ``count`` refreshes (0). Storage errors and KeyboardInterrupt propagate
     to the caller (status.main turns them into exit codes 2 and 130)."""
@@ -271,5 +300,4 @@ def watch_output(out: Folder, interval_s: float = DEFAULT_INTERVAL_S, count: int
 
 def plan_line(watcher: OutputWatcher, snapshot: Snapshot) -> str:
     """What the job is, once: shards and images planned, the model."""
-    return (f"plan: {snapshot.shards['total']} shards, {snapshot.images['total']:,} images, "
-            f"model {watcher.model}")  # fmt: skip
+    return f"plan: {snapshot.shards['total']} shards, {snapshot.images['total']:,} images, model {watcher.model}"

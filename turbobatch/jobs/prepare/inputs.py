@@ -12,12 +12,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from turbobatch.output import layout
 from turbobatch.errors import JobError
 from turbobatch.jobs.prepare.globs import may_overlap
+from turbobatch.output import layout
+from turbobatch.output.storage import (
+    Folder,
+    base_folder,
+    bucket_of,
+    check_endpoint,
+    describe_error,
+    endpoint_of,
+    open_fs,
+)
 from turbobatch.spec.job import JobSpec
-from turbobatch.output.storage import (Folder, base_folder, bucket_of, check_endpoint, describe_error, endpoint_of,
-                                       open_fs)
 from turbobatch.spec.template import PROMPT_FIELD, template_of
 from turbobatch.spec.template import check_columns as check_template_columns
 
@@ -45,8 +52,9 @@ def scan_inputs(url: str, storage_options: dict[str, Any] | None = None) -> list
         fs, root = open_fs(url, storage_options)
         paths = _list_paths(fs, root, url)
         base = base_folder(fs, root)
-        files = [_read_footer(fs, path, path[len(base) + 1 :] if path.startswith(base + "/") else path)
-                 for path in paths]  # fmt: skip
+        files = [
+            _read_footer(fs, path, path[len(base) + 1 :] if path.startswith(base + "/") else path) for path in paths
+        ]
     except JobError:
         raise
     except Exception as e:  # noqa: BLE001 - storage failures become named job errors
@@ -71,8 +79,15 @@ def check_output_apart(url: str, storage_options: dict[str, Any] | None, out: Fo
     root, out_root = _real(fs, root.rstrip("/")), _real(out.fs, out.root)
     patterns = [root] if globlib.has_magic(root) else [globlib.escape(root), globlib.escape(root) + "/**"]
     try:
-        hit = next((name for name in layout.written_globs() for pattern in patterns
-                    if may_overlap(pattern, f"{globlib.escape(out_root)}/{name}")), None)  # fmt: skip
+        hit = next(
+            (
+                name
+                for name in layout.written_globs()
+                for pattern in patterns
+                if may_overlap(pattern, f"{globlib.escape(out_root)}/{name}")
+            ),
+            None,
+        )
     except ValueError:  # a glob fsspec rejects: scan_inputs names it
         return
     if hit is None:
@@ -85,8 +100,10 @@ def check_output_apart(url: str, storage_options: dict[str, Any] | None, out: Fo
         where = f"output: {out.display()} lies inside the input {url}"
     else:
         where = f"output: the input {url} lies among the files the run writes in {out.display()}"
-    raise JobError(f"{where}: the run's own files ({out.display(hit)}) would become its input. "
-                   "Use an output folder outside the input.")  # fmt: skip
+    raise JobError(
+        f"{where}: the run's own files ({out.display(hit)}) would become its input. "
+        "Use an output folder outside the input."
+    )
 
 
 def _real(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -102,10 +119,7 @@ def _list_paths(fs: fsspec.AbstractFileSystem, root: str, url: str) -> list[str]
         return paths
     if fs.isdir(root):
         prefix = root.rstrip("/") + "/"
-        paths = sorted(
-            p for p in fs.find(root)
-            if p.endswith(".parquet") and not _is_hidden(p[len(prefix):])
-        )  # fmt: skip
+        paths = sorted(p for p in fs.find(root) if p.endswith(".parquet") and not _is_hidden(p[len(prefix) :]))
         if not paths:
             raise JobError(f"input: the folder {url} holds no *.parquet files")
         return paths
@@ -141,8 +155,7 @@ def _read_footer(fs: fsspec.AbstractFileSystem, path: str, name: str) -> InputFi
 
 _TEXT_TYPES = ("string", "large_string", "string_view", "null")  # null: an all-null column
 _CONTROL_TYPES = _TEXT_TYPES + ("binary", "large_binary", "binary_view")
-_SEED_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-               "float", "double", "null")  # fmt: skip
+_SEED_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float", "double", "null")
 
 
 def check_columns(files: list[InputFile], spec: JobSpec) -> None:
@@ -164,8 +177,7 @@ def check_columns(files: list[InputFile], spec: JobSpec) -> None:
         for flag, column, types in required:
             _check_column(f, flag, column, types, required=True)
         # The default seed column is used where present; one the user named must exist.
-        _check_column(f, "seed-column", spec.seed_column, _SEED_TYPES,
-                      required=spec.seed_column != JobSpec.seed_column)  # fmt: skip
+        _check_column(f, "seed-column", spec.seed_column, _SEED_TYPES, required=spec.seed_column != JobSpec.seed_column)
     check_template_columns(files, spec, swept)
 
 
@@ -179,6 +191,4 @@ def _check_column(f: InputFile, flag: str, column: str, types: tuple[str, ...] |
     kind = f.columns[column]
     base = kind.removeprefix("dictionary<values=").split(",")[0]
     if types is not None and base not in types:
-        raise JobError(
-            f"--{flag}: column {column!r} in {f.url} has type {kind}; expected one of {', '.join(types)}"
-        )
+        raise JobError(f"--{flag}: column {column!r} in {f.url} has type {kind}; expected one of {', '.join(types)}")

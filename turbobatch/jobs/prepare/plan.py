@@ -10,7 +10,6 @@ counts alone: one entry per shard, never one per image.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from turbobatch.jobs.prepare.inputs import InputFile
@@ -29,8 +28,18 @@ def make_plan(files: list[InputFile], shard_size: int, images_per_row: int = 1) 
         for start in range(0, f.num_rows * images_per_row, shard_size):  # image offsets within the file
             end = min(start + shard_size, f.num_rows * images_per_row)
             row_start, row_end = start // images_per_row, (end - 1) // images_per_row + 1
-            shards.append(Shard(len(shards), f.url, row_start, row_end, global_index + row_start, key_width,
-                                first_image + start, first_image + end))  # fmt: skip
+            shards.append(
+                Shard(
+                    len(shards),
+                    f.url,
+                    row_start,
+                    row_end,
+                    global_index + row_start,
+                    key_width,
+                    first_image + start,
+                    first_image + end,
+                )
+            )
         global_index += f.num_rows
     return shards
 

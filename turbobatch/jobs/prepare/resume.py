@@ -14,16 +14,16 @@ import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from turbobatch.output import layout
 from turbobatch.errors import JobError
-from turbobatch.spec.expand import images_per_row
 from turbobatch.jobs.prepare.plan import describe_changes
+from turbobatch.output import layout
 from turbobatch.output.shard import Shard
-from turbobatch.spec.job import JobSpec
 from turbobatch.output.storage import TEMP_MARK, Folder, check_endpoint, describe_error
+from turbobatch.spec.expand import images_per_row
+from turbobatch.spec.job import JobSpec
 
 
 def check_writable(out: Folder) -> None:
@@ -103,11 +103,18 @@ def _marker_ids(out: Folder, folder: str) -> set[int]:
 def record_failure(out: Folder, shard: Shard, error: str, detail: str, attempts: int, retryable: bool) -> None:
     """Write ``_failed/SSSSSS.json``: why the shard failed (one line, and the full remote
     traceback as ``detail``); the next run retries it."""
-    out.write_json(layout.failed_path(shard.shard_id), {
-        "shard": shard.shard_id, "rows": shard.num_images, "error": error, "detail": detail[-20_000:],
-        "attempts": attempts,
-        "infrastructure": retryable, "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    })  # fmt: skip
+    out.write_json(
+        layout.failed_path(shard.shard_id),
+        {
+            "shard": shard.shard_id,
+            "rows": shard.num_images,
+            "error": error,
+            "detail": detail[-20_000:],
+            "attempts": attempts,
+            "infrastructure": retryable,
+            "failed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
 
 
 def clear_failure(out: Folder, shard_id: int) -> None:
@@ -148,9 +155,12 @@ def remove_temp_leftovers(out: Folder) -> int:
         removed += out.abort_incomplete_uploads(layout.OUTPUT_DIRS)
     except OSError as e:  # not granted (s3:ListBucketMultipartUploads), not implemented by the store, ...
         # Housekeeping only: it must not fail a job whose shards are all committed.
-        print(f"turbobatch: warning: cannot clear incomplete uploads under {out.display()} "
-              f"({type(e).__name__}: {e}); a bucket lifecycle rule (AbortIncompleteMultipartUpload) "
-              "can do it instead", file=sys.stderr)  # fmt: skip
+        print(
+            f"turbobatch: warning: cannot clear incomplete uploads under {out.display()} "
+            f"({type(e).__name__}: {e}); a bucket lifecycle rule (AbortIncompleteMultipartUpload) "
+            "can do it instead",
+            file=sys.stderr,
+        )
     return removed
 
 
@@ -195,12 +205,18 @@ def prepare(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str
     if claim.discard:
         _clear(out)
     if claim.new:  # claim the output for this job
-        planned_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        out.write_json(layout.PLAN, {
-            "num_shards": len(plan), "planned_at": planned_at,
-            "input_rows": sum(f["num_rows"] for f in fingerprint["inputs"]), "images_per_row": images_per_row(spec),
-            "num_images": sum(s.num_images for s in plan), "shards": [s.to_dict() for s in plan],
-        })  # fmt: skip
+        planned_at = datetime.now(UTC).isoformat(timespec="seconds")
+        out.write_json(
+            layout.PLAN,
+            {
+                "num_shards": len(plan),
+                "planned_at": planned_at,
+                "input_rows": sum(f["num_rows"] for f in fingerprint["inputs"]),
+                "images_per_row": images_per_row(spec),
+                "num_images": sum(s.num_images for s in plan),
+                "shards": [s.to_dict() for s in plan],
+            },
+        )
         out.write_json(layout.SPEC, {"spec": spec.to_public_dict(), "fingerprint": fingerprint})
     return claim.done
 
@@ -227,14 +243,19 @@ def _clear(out: Folder) -> None:
     if out.is_local:
         _remove_empty([out.path(rel) for rel in {r.rsplit("/", 1)[0] for r in ours if r.startswith("images/")}])
         _remove_empty([out.path(rel) for rel in layout.OUTPUT_DIRS])
-    print(f"turbobatch: --overwrite: removed {_describe_removed(removed)} from {out.display()}{_kept_note(kept)}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"turbobatch: --overwrite: removed {_describe_removed(removed)} from {out.display()}{_kept_note(kept)}",
+        file=sys.stderr,
+    )
 
 
 def _describe_removed(removed: Counter[str]) -> str:
     """Counts per kind, in _KINDS order ("5 done markers, 5 metadata files, _job/"), or "nothing"."""
-    parts = [kind if kind == "_job/" else f"{removed[kind]} {kind}{'s' if removed[kind] != 1 else ''}"
-             for kind in _KINDS if removed[kind]]  # fmt: skip
+    parts = [
+        kind if kind == "_job/" else f"{removed[kind]} {kind}{'s' if removed[kind] != 1 else ''}"
+        for kind in _KINDS
+        if removed[kind]
+    ]
     return ", ".join(parts) or "nothing"
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from turbobatch.errors import EXIT_TERMINATED, JobError
-from turbobatch.spec.job import JobSpec
 from turbobatch.models.resolve import ModelInfo
+from turbobatch.spec.job import JobSpec
 
 # Passed to actors so that a joined cluster's workers find the same caches as the driver.
 # Never a secret: runtime_env values can reach Ray's logs (credentials stay in each node's env).
@@ -45,9 +45,13 @@ def cluster_info() -> ClusterInfo:
 
     resources = ray.cluster_resources()
     types = nodes.node_types()
-    return ClusterInfo(gpus=int(resources.get("GPU", 0)), cpus=int(resources.get("CPU", 0)),
-                       nodes=tuple(nodes.alive_nodes().values()), local=_started_here(),
-                       node_types=None if types is None else tuple(types))  # fmt: skip
+    return ClusterInfo(
+        gpus=int(resources.get("GPU", 0)),
+        cpus=int(resources.get("CPU", 0)),
+        nodes=tuple(nodes.alive_nodes().values()),
+        local=_started_here(),
+        node_types=None if types is None else tuple(types),
+    )
 
 
 def _started_here() -> bool:
@@ -295,18 +299,28 @@ def resolve_spec(spec: JobSpec, model: ModelInfo, cluster: ClusterInfo) -> JobSp
     if device == "cpu" and dtype == "float16":
         raise JobError("--dtype: float16 needs CUDA and the job renders on CPU; use float32 or bfloat16")
     if device == "cpu" and spec.worker_gpus:
-        raise JobError(f"--worker-gpus: {spec.worker_gpus} given but the job renders on CPU; "
-                       "drop it or use --device cuda")
+        raise JobError(
+            f"--worker-gpus: {spec.worker_gpus} given but the job renders on CPU; drop it or use --device cuda"
+        )
     gpus = _whole(spec.worker_gpus if spec.worker_gpus is not None else (1 if device == "cuda" else 0))
     workers = spec.workers or max(1, int(cluster.gpus / gpus + 1e-9) if gpus else 1)  # the GPUs there are now
     if spec.min_workers > workers:
-        raise JobError(f"--min-workers: {spec.min_workers} is more than the {workers} worker(s) of the job; "
-                       "expected at most --workers")  # fmt: skip
+        raise JobError(
+            f"--min-workers: {spec.min_workers} is more than the {workers} worker(s) of the job; "
+            "expected at most --workers"
+        )
     default_cpus = 1 if device == "cuda" else max(1, cluster.cpus // workers)  # torch uses what it asks for
     cpus = _whole(spec.worker_cpus if spec.worker_cpus is not None else default_cpus)
-    resolved = dataclasses.replace(spec, device=device, dtype=dtype, workers=workers, worker_gpus=gpus,
-                                   worker_cpus=cpus, height=spec.height or model.native_height,
-                                   width=spec.width or model.native_width)  # fmt: skip
+    resolved = dataclasses.replace(
+        spec,
+        device=device,
+        dtype=dtype,
+        workers=workers,
+        worker_gpus=gpus,
+        worker_cpus=cpus,
+        height=spec.height or model.native_height,
+        width=spec.width or model.native_width,
+    )
     _check_fits(resolved, cluster)
     return resolved
 
@@ -329,15 +343,19 @@ def _check_fits(spec: JobSpec, cluster: ClusterInfo) -> None:
     bundle, flags = actor_resources(spec), "--worker-gpus / --worker-cpus"
     if cluster.node_types is not None and not any(nodes.slots(t, bundle) for t in cluster.node_types):
         shapes = ", ".join(sorted({nodes.describe(t) for t in cluster.node_types}))
-        raise JobError(f"{flags}: one actor needs {nodes.describe(bundle)}; no node type of this cluster has "
-                       f"that (its node types: {shapes})")  # fmt: skip
+        raise JobError(
+            f"{flags}: one actor needs {nodes.describe(bundle)}; no node type of this cluster has "
+            f"that (its node types: {shapes})"
+        )
     room = nodes.room(cluster.nodes, bundle)
     if cluster.local and room < spec.workers:
         unit, have = ("GPU", cluster.gpus) if spec.device == "cuda" else ("CPU", cluster.cpus)
         need = spec.workers * bundle.get(unit, 0)
-        raise JobError(f"--workers: {spec.workers} actors need {_whole(need)} {unit}s; the Ray cluster has {have} "
-                       f"(a Ray started by the job cannot grow: lower --workers or {flags}, or join a cluster "
-                       "with RAY_ADDRESS)")  # fmt: skip
+        raise JobError(
+            f"--workers: {spec.workers} actors need {_whole(need)} {unit}s; the Ray cluster has {have} "
+            f"(a Ray started by the job cannot grow: lower --workers or {flags}, or join a cluster "
+            "with RAY_ADDRESS)"
+        )
 
 
 def capacity_note(spec: JobSpec, cluster: ClusterInfo) -> str | None:
@@ -347,5 +365,7 @@ def capacity_note(spec: JobSpec, cluster: ClusterInfo) -> str | None:
     room = nodes.room(cluster.nodes, actor_resources(spec))
     if room >= spec.workers:
         return None
-    return (f"turbobatch: the cluster has room for {room} of {spec.workers} render actors of "
-            f"{nodes.describe(actor_resources(spec))} now; the others start as nodes join (autoscaler or `ray start`)")
+    return (
+        f"turbobatch: the cluster has room for {room} of {spec.workers} render actors of "
+        f"{nodes.describe(actor_resources(spec))} now; the others start as nodes join (autoscaler or `ray start`)"
+    )

@@ -19,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from turbobatch.errors import error_text
 from turbobatch.jobs.run import nodes
 from turbobatch.jobs.run.cluster import actor_env, actor_resources
-from turbobatch.errors import error_text
 from turbobatch.output.shard import Shard
 from turbobatch.spec.job import JobSpec
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -48,9 +49,12 @@ def actor_class(spec: JobSpec) -> Any:
     from turbobatch.workers.actor import RenderWorker
 
     # Its in-flight shards run as threads: one renders while the other reads or commits.
-    return ray.remote(RenderWorker).options(num_cpus=spec.worker_cpus, num_gpus=spec.worker_gpus or 0,
-                                            max_concurrency=INFLIGHT_PER_ACTOR,
-                                            runtime_env={"env_vars": actor_env()})  # fmt: skip
+    return ray.remote(RenderWorker).options(
+        num_cpus=spec.worker_cpus,
+        num_gpus=spec.worker_gpus or 0,
+        max_concurrency=INFLIGHT_PER_ACTOR,
+        runtime_env={"env_vars": actor_env()},
+    )
 
 
 @dataclass
@@ -66,8 +70,14 @@ class Worker:
 
 
 class ActorPool:
-    def __init__(self, spec: JobSpec, target: int, note: Callable[[str], None], inflight: int = INFLIGHT_PER_ACTOR,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        spec: JobSpec,
+        target: int,
+        note: Callable[[str], None],
+        inflight: int = INFLIGHT_PER_ACTOR,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.spec, self.target, self.note = spec, target, note
         self.inflight, self.clock = inflight, clock  # shards in flight per actor; the drain poll's clock
         self.bundle = actor_resources(spec)
@@ -251,14 +261,19 @@ class ActorPool:
                 worker.draining, worker.deadline = True, draining[worker.node_id]
                 left = nodes.seconds_left(worker.deadline)
                 when = "no deadline given" if left is None else f"deadline in {max(0.0, left):.0f} s"
-                self.note(f"node {worker.node_id[:12]} ({worker.host}) is draining ({when}): no new shards there; "
-                          "starting a replacement")  # fmt: skip
+                self.note(
+                    f"node {worker.node_id[:12]} ({worker.host}) is draining ({when}): no new shards there; "
+                    "starting a replacement"
+                )
                 self._top_up()
             if worker.draining and worker.busy == 0:
                 self._release(actor_id, "no shard in flight")
             elif worker.draining and not self._can_finish(worker, shard_seconds):
-                self._release(actor_id, f"its {worker.busy} in-flight shard(s) cannot finish before the deadline: "
-                              "requeued, not counted as retries")  # fmt: skip
+                self._release(
+                    actor_id,
+                    f"its {worker.busy} in-flight shard(s) cannot finish before the deadline: "
+                    "requeued, not counted as retries",
+                )
 
     @staticmethod
     def _can_finish(worker: Worker, shard_seconds: float | None) -> bool:

@@ -43,8 +43,9 @@ class Progress:
     def __post_init__(self) -> None:
         # In a log (ray job logs, CI) redraws become lines: print one every 30 s there.
         self.interval = 1.0 if sys.stderr.isatty() else 30.0
-        self.bar = tqdm(total=self.pending_images, unit="img", desc="render", dynamic_ncols=True,
-                        mininterval=self.interval)  # fmt: skip
+        self.bar = tqdm(
+            total=self.pending_images, unit="img", desc="render", dynamic_ncols=True, mininterval=self.interval
+        )
         self._drawn = 0.0
         self._postfix()
 
@@ -81,9 +82,11 @@ class Progress:
         self._drawn = now
         ready, starting = self.workers
         failed = len(self.failed)
-        self.bar.set_postfix_str(f"shards {self.already_done + self.committed}/{self.total_shards}"
-                                 + (f", {failed} failed" if failed else "")
-                                 + f", workers {ready} ready / {starting} starting")  # fmt: skip
+        self.bar.set_postfix_str(
+            f"shards {self.already_done + self.committed}/{self.total_shards}"
+            + (f", {failed} failed" if failed else "")
+            + f", workers {ready} ready / {starting} starting"
+        )
 
     def close(self) -> None:
         self._drawn = 0.0

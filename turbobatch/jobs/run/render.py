@@ -13,23 +13,31 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from turbobatch.jobs.prepare import resume
-from turbobatch.jobs.run import schedule
-from turbobatch.jobs.card import write_card
-from turbobatch.jobs.run.cluster import ClusterInfo, capacity_note, ray_session, resolve_spec
-from turbobatch.output.columns import with_kept_columns
 from turbobatch.errors import EXIT_FAILED_SHARDS, EXIT_OK, JobError, JobStalled
-from turbobatch.spec.expand import images_per_row
+from turbobatch.jobs.card import write_card
+from turbobatch.jobs.prepare import resume
 from turbobatch.jobs.prepare.inputs import InputFile, check_columns, check_output_apart, scan_inputs
-from turbobatch.jobs.prepare.unique_keys import check_unique_keys
 from turbobatch.jobs.prepare.plan import fingerprint, make_plan
-from turbobatch.output.shard import Shard
+from turbobatch.jobs.prepare.unique_keys import check_unique_keys
+from turbobatch.jobs.run import schedule
+from turbobatch.jobs.run.cluster import ClusterInfo, capacity_note, ray_session, resolve_spec
 from turbobatch.jobs.run.progress import Progress
+from turbobatch.models.resolve import (
+    ControlNetInfo,
+    ModelInfo,
+    VaeInfo,
+    describe_weights,
+    resolve_controlnet,
+    resolve_model,
+    resolve_vae,
+    resolve_weights,
+)
+from turbobatch.output.columns import with_kept_columns
+from turbobatch.output.shard import Shard
+from turbobatch.output.storage import Folder
+from turbobatch.spec.expand import images_per_row
 from turbobatch.spec.job import JobSpec
 from turbobatch.spec.sampling import MAX_SEED
-from turbobatch.output.storage import Folder
-from turbobatch.models.resolve import (ControlNetInfo, ModelInfo, VaeInfo, describe_weights, resolve_controlnet, resolve_model, resolve_vae, resolve_weights)
-
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,10 @@ def check_job(spec: JobSpec, write_probe: bool = True) -> CheckedJob:
         check_unique_keys(files, spec.key_column, spec.input_options())
     total_rows = sum(f.num_rows for f in files)
     if spec.seed + total_rows * spec.images_per_prompt > MAX_SEED:
-        raise JobError(f"--seed: {spec.seed} + {total_rows} rows x {spec.images_per_prompt} images per prompt would "
-                       "pass 2**63; use a smaller job seed")  # fmt: skip
+        raise JobError(
+            f"--seed: {spec.seed} + {total_rows} rows x {spec.images_per_prompt} images per prompt would "
+            "pass 2**63; use a smaller job seed"
+        )
     # 3. Model, VAE and ControlNet: list their folders and read their configs only (loadable?
     #    supported? a pair?); a URL is read with the input side's storage options.
     model = resolve_model(spec.model, spec.weights, spec.input_options())

@@ -28,17 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from turbobatch.jobs.run import nodes
-from turbobatch.jobs.prepare import resume
 from turbobatch.errors import JobError, JobStalled, error_text, is_retryable
-from turbobatch.metrics import DriverMetrics
-from turbobatch.output.shard import Shard
+from turbobatch.jobs.prepare import resume
+from turbobatch.jobs.run import nodes
 from turbobatch.jobs.run.pool import ActorPool, Outcome
 from turbobatch.jobs.run.progress import Progress, ShardOutcome
 from turbobatch.jobs.run.retry import backoff_s
-from turbobatch.spec.job import JobSpec
 from turbobatch.jobs.run.stall import NO_ACTOR, StallWatch
+from turbobatch.metrics import DriverMetrics
+from turbobatch.output.shard import Shard
 from turbobatch.output.storage import Folder
+from turbobatch.spec.job import JobSpec
 
 POLL_S = 1.0  # the loop wakes at least this often (drains, stall clock, progress)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the remote traceback
@@ -84,14 +84,24 @@ class _Waiting:
 class ShardScheduler:
     """One run's scheduling state: queues, counted attempts per shard, shards in flight."""
 
-    def __init__(self, spec: JobSpec, out: Folder, progress: Progress, previously_failed: set[int], pool: Pool,
-                 metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        spec: JobSpec,
+        out: Folder,
+        progress: Progress,
+        previously_failed: set[int],
+        pool: Pool,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.spec, self.out, self.progress, self.clock = spec, out, progress, clock
         self.pool, self.metrics = pool, metrics
         self.previously_failed = previously_failed
         self.ready: deque[Shard] = deque()
         self.waiting: list[_Waiting] = []  # heap: shards waiting out a retry backoff
-        self.attempts: dict[int, int] = {}  # counted attempts of unfinished shards (a drained or lost node's do not count)
+        self.attempts: dict[
+            int, int
+        ] = {}  # counted attempts of unfinished shards (a drained or lost node's do not count)
         self.running: dict[Any, tuple[Any, Shard]] = {}  # task ref -> (actor id, shard)
         self.shard_seconds: deque[float] = deque(maxlen=20)  # recent shards' time on their actor
         self.stall = StallWatch(spec.stall_timeout)
@@ -144,8 +154,9 @@ class ShardScheduler:
             ready = "" if self.started else f"{pool.usable_count} of {self.min_ready} (--min-workers) actors ready; "
             raise JobStalled(f"{waited}: no render actor ready; {ready}{pool.describe_waiting()}")
         actors = len({actor for actor, _ in self.running.values()})
-        raise JobStalled(f"{waited}: no shard finished while {len(self.running)} were in flight on "
-                         f"{actors} render actor(s)")
+        raise JobStalled(
+            f"{waited}: no shard finished while {len(self.running)} were in flight on {actors} render actor(s)"
+        )
 
     # -- queues --------------------------------------------------------------------------
     def _release_waiting(self) -> None:
@@ -193,14 +204,18 @@ class ShardScheduler:
         self.attempts[shard.shard_id] -= 1
         self.ready.appendleft(shard)
         self.metrics.shard_retried(cause)
-        self._note(f"shard {shard.shard_id} requeued: its node was {'lost' if cause == nodes.NODE_LOST else cause} "
-                   "(not counted as a retry)")  # fmt: skip
+        self._note(
+            f"shard {shard.shard_id} requeued: its node was {'lost' if cause == nodes.NODE_LOST else cause} "
+            "(not counted as a retry)"
+        )
 
     def _on_failure(self, shard: Shard, e: Exception) -> None:
         attempts, retryable = self.attempts[shard.shard_id], is_retryable(e)
         if retryable and attempts <= self.spec.max_retries:
             delay = backoff_s(attempts)
-            self._note(f"shard {shard.shard_id}: {error_text(e)}; retry {attempts}/{self.spec.max_retries} in {delay:.0f} s")
+            self._note(
+                f"shard {shard.shard_id}: {error_text(e)}; retry {attempts}/{self.spec.max_retries} in {delay:.0f} s"
+            )
             heapq.heappush(self.waiting, _Waiting(self.clock() + delay, shard))
             self.metrics.shard_retried("retry")
             return
@@ -225,8 +240,9 @@ def worker_target(spec: JobSpec, pending: list[Shard]) -> int:
     return min(spec.workers or 1, len(pending))
 
 
-def render_shards(pending: list[Shard], spec: JobSpec, out: Folder, progress: Progress,
-                  previously_failed: set[int] = frozenset()) -> None:  # fmt: skip
+def render_shards(
+    pending: list[Shard], spec: JobSpec, out: Folder, progress: Progress, previously_failed: set[int] = frozenset()
+) -> None:
     """Render every pending shard on RenderWorker actors (see ShardScheduler)."""
     if not pending:
         return

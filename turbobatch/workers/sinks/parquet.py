@@ -22,8 +22,8 @@ from turbobatch.output import layout
 from turbobatch.output.columns import job_data_schema
 from turbobatch.output.features import with_features_metadata
 from turbobatch.output.shard import Shard
-from turbobatch.spec.job import JobSpec
 from turbobatch.output.storage import Folder
+from turbobatch.spec.job import JobSpec
 from turbobatch.workers.sinks.base import HashingWriter
 from turbobatch.workers.sinks.encode import encode_image
 
@@ -36,8 +36,12 @@ class DataParquetSink:
         self.schema = with_features_metadata(job_data_schema(spec), images=("image",))
         self.stream = HashingWriter(stack.enter_context(out.atomic_writer(self.rel)))
         # Image bytes are compressed already and their min/max statistics would only bloat the footer.
-        self.writer = pq.ParquetWriter(self.stream, self.schema, compression="snappy",
-                                       write_statistics=[n for n in self.schema.names if n != "image"])  # fmt: skip
+        self.writer = pq.ParquetWriter(
+            self.stream,
+            self.schema,
+            compression="snappy",
+            write_statistics=[n for n in self.schema.names if n != "image"],
+        )
         self.rows: list[dict[str, Any]] = []
 
     def submit(self, pool: ThreadPoolExecutor, image: np.ndarray, record: dict[str, Any]) -> Future[bytes]:

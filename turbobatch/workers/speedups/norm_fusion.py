@@ -23,6 +23,8 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from torch import nn
 
 from turbobatch import kernels
+
+
 class FusedGroupNorm(nn.Module):
     """An ``nn.GroupNorm`` (same Parameters, same state_dict keys) computed by
     ``kernels.group_norm``, with the following SiLU fused in when ``silu``."""
@@ -60,10 +62,17 @@ def _fusable_resnet(m: Any) -> bool:
     """A stock-forward ResnetBlock2D whose ``nonlinearity`` (a SiLU) acts right after norm1, right
     after norm2 and, unless ``skip_time_act``, on the time embedding: no scale_shift (that puts
     a scale and shift between norm2 and its SiLU), no up/down sampling."""
-    return (isinstance(m, ResnetBlock2D) and type(m).forward is ResnetBlock2D.forward
-            and m.time_embedding_norm != "scale_shift" and m.upsample is None and m.downsample is None
-            and type(m.nonlinearity) is nn.SiLU and type(m.norm1) is nn.GroupNorm and type(m.norm2) is nn.GroupNorm
-            and (m.time_emb_proj is None or m.skip_time_act or type(m.time_emb_proj) is nn.Linear))  # fmt: skip
+    return (
+        isinstance(m, ResnetBlock2D)
+        and type(m).forward is ResnetBlock2D.forward
+        and m.time_embedding_norm != "scale_shift"
+        and m.upsample is None
+        and m.downsample is None
+        and type(m.nonlinearity) is nn.SiLU
+        and type(m.norm1) is nn.GroupNorm
+        and type(m.norm2) is nn.GroupNorm
+        and (m.time_emb_proj is None or m.skip_time_act or type(m.time_emb_proj) is nn.Linear)
+    )
 
 
 def _fuse_resnet(m: ResnetBlock2D) -> int:
@@ -95,8 +104,12 @@ def _fuse_blocks(root: nn.Module) -> int:
 
 def _fuse_output_norm(model: nn.Module, stock: type) -> int:
     """``conv_norm_out`` then ``conv_act`` (a SiLU), as a stock-forward ``stock`` applies them."""
-    if (isinstance(model, stock) and type(model).forward is stock.forward
-            and type(model.conv_norm_out) is nn.GroupNorm and type(model.conv_act) is nn.SiLU):  # fmt: skip
+    if (
+        isinstance(model, stock)
+        and type(model).forward is stock.forward
+        and type(model.conv_norm_out) is nn.GroupNorm
+        and type(model.conv_act) is nn.SiLU
+    ):
         model.conv_norm_out, model.conv_act = FusedGroupNorm(model.conv_norm_out, silu=True), nn.Identity()
         return 1
     return 0

@@ -1,0 +1,78 @@
+"""--weights random: the bundled configs give the published architectures (counted on meta)."""
+
+import pytest
+import torch
+
+from turbobatch.errors import JobError
+from turbobatch.models.random_weights import build_components
+from turbobatch.models.resolve import resolve_model
+from turbobatch.spec.job import JobSpec
+
+
+def params(module: torch.nn.Module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def test_sd_turbo_has_the_published_sizes():
+    parts = build_components("stabilityai/sd-turbo", device="meta")
+    assert round(params(parts["unet"]), 1) == 865.9
+    assert parts["unet"].config.attention_head_dim == [5, 10, 20, 20]
+    assert parts["unet"].config.cross_attention_dim == 1024 and parts["unet"].config.use_linear_projection
+    te = parts["text_encoder"].config
+    assert (te.hidden_size, te.num_hidden_layers) == (1024, 23)
+    assert parts["vae"].config.scaling_factor == 0.18215
+
+
+def test_sdxl_turbo_has_the_published_sizes():
+    parts = build_components("stabilityai/sdxl-turbo", device="meta")
+    assert round(params(parts["unet"]) / 1000, 3) == 2.567
+    assert round(params(parts["text_encoder"])) == 123 and round(params(parts["text_encoder_2"])) == 695
+    assert parts["vae"].config.scaling_factor == 0.13025
+
+
+def test_random_models_resolve_without_the_hub():
+    info = resolve_model("stabilityai/sdxl-turbo", "random")
+    assert (info.pipeline_class, info.native_height, info.native_width) == ("StableDiffusionXLPipeline", 512, 512)
+    assert resolve_model("stabilityai/sd-turbo", "random").native_height == 512
+    with pytest.raises(JobError, match="--weights random: no bundled config for 'tiny-sd-turbo'"):
+        resolve_model("tiny-sd-turbo", "random")
+    with pytest.raises(JobError, match="drop --controlnet and --vae"):
+        JobSpec(input="i", output="o", weights="random", vae="x").validate()
+
+
+@pytest.mark.slow
+def test_a_random_weight_sd_turbo_renders_through_the_worker(tmp_path):
+    """The full-size path end to end, small image: real architecture, meaningless pixels."""
+    from tests.conftest import write_parquet
+    from tests.helpers import read_metadata
+    from turbobatch.output.shard import Shard
+    from turbobatch.workers.actor import RenderWorker
+
+    data = write_parquet(tmp_path / "p.parquet", {"prompt": ["a lighthouse"]})
+    spec = JobSpec(
+        input=str(data),
+        output=str(tmp_path / "out"),
+        model="stabilityai/sd-turbo",
+        weights="random",
+        device="cpu",
+        dtype="float32",
+        height=64,
+        width=64,
+        shard_size=1,
+    )
+    RenderWorker(spec).render_shard(Shard(0, f"file://{data}", 0, 1, 0, 9))
+    [row] = read_metadata(tmp_path / "out")
+    assert (row["status"], row["width"], row["height"]) == ("ok", 64, 64)
+
+
+def test_tiny_autoencoder_has_the_published_taesd_architecture():
+    """madebyollin/taesd: 64 channels everywhere, 1+3+3+3 encoder / 3+3+3+1 decoder blocks, 8x;
+    its parameter count (about 2.45M) is the published checkpoint's."""
+    from turbobatch.models.random_weights import tiny_autoencoder
+
+    with torch.device("meta"):
+        vae = tiny_autoencoder()
+    assert list(vae.config.num_decoder_blocks) == [3, 3, 3, 1] and vae.config.latent_channels == 4
+    assert 2.4e6 < sum(p.numel() for p in vae.parameters()) < 2.5e6
+    with pytest.raises(ValueError, match="power of two"):
+        tiny_autoencoder(4, 6)
