@@ -61,6 +61,7 @@ bench: setup
 	$(BIN)/python benchmarks/ray_data.py
 	$(BIN)/python benchmarks/writer.py
 	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/driver_scale.py
 	$(BIN)/python -m benchmarks.flops
 
 clean:
