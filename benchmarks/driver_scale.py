@@ -179,6 +179,9 @@ class SimulatedPool(ActorPool):
         actor = SimActor(self.sim, self.sim.next_actor, self.node_count)
         actor._actor_id = ActorId(actor._actor_id)
         self.sim.next_actor += 1
+        while actor.node_id in self.sim.draining:  # Ray places no actor on a draining node; the autoscaler
+            self.node_count += 1  # adds one (its 8 slots filled one actor at a time, as replacements come)
+            actor.node_id = f"node-{self.node_count - 1:04d}"
         return actor
 
     def _wait(self, refs: list[Any], timeout: float) -> list[Any]:
