@@ -54,6 +54,7 @@ class SimRef:
     at: float
     value: Any = None
     error: BaseException | None = None
+    actor: Any = None  # its actor: a task of a killed or dead actor fails as Ray's would
 
     def __lt__(self, other: SimRef) -> bool:
         return self.at < other.at
@@ -74,7 +75,6 @@ class Simulation:
     submitted: int = 0
     draining: dict[str, float | None] = field(default_factory=dict)
     next_actor: int = 0
-    killed: set[int] = field(default_factory=set)
 
     def clock(self) -> float:
         return self.now
@@ -91,13 +91,12 @@ class Simulation:
             self.draining.setdefault(node, time.time() + self.rng.choice([5.0, 3600.0]))
         took = max(0.05, self.rng.gauss(self.mean_s, self.mean_s / 5))
         roll = self.rng.random()
-        if roll < self.death_rate:
-            error = _actor_died()
+        if roll < self.death_rate:  # the actor dies: this shard and its other in-flight one fail
             actor.dead_at = self.now + took / 2
-            return self.resolve_at(SimRef(self.now + took / 2, error=error))
+            return self.resolve_at(SimRef(self.now + took / 2, error=_actor_died(), actor=actor))
         if roll < self.death_rate + self.fail_rate:
             cause = ValueError("bad row") if self.rng.random() < 0.5 else TimeoutError("storage timed out")
-            return self.resolve_at(SimRef(self.now + took, error=_task_error(cause)))
+            return self.resolve_at(SimRef(self.now + took, error=_task_error(cause), actor=actor))
         marker = {
             "shard": shard.shard_id,
             "ok": shard.num_images,
@@ -106,7 +105,7 @@ class Simulation:
             "timings_s": {"total": took, "render": took * 0.9},
             "device_kind": "H100",
         }
-        return self.resolve_at(SimRef(self.now + took, value=marker))
+        return self.resolve_at(SimRef(self.now + took, value=marker, actor=actor))
 
     def wait(self, timeout: float) -> list[SimRef]:
         """The first pending reference to resolve, as ``ray.wait(num_returns=1)``, in simulated time."""
@@ -180,18 +179,25 @@ class SimulatedPool(ActorPool):
         actor = SimActor(self.sim, self.sim.next_actor, self.node_count)
         actor._actor_id = ActorId(actor._actor_id)
         self.sim.next_actor += 1
+        while actor.node_id in self.sim.draining:  # Ray places no actor on a draining node; the autoscaler
+            self.node_count += 1  # adds one (its 8 slots filled one actor at a time, as replacements come)
+            actor.node_id = f"node-{self.node_count - 1:04d}"
         return actor
 
     def _wait(self, refs: list[Any], timeout: float) -> list[Any]:
         return self.sim.wait(timeout)
 
     def _get(self, ref: SimRef) -> Any:
+        dead_at = getattr(ref.actor, "dead_at", None)
+        if ref.error is None and dead_at is not None and dead_at <= ref.at:
+            raise _actor_died()  # its actor died or was killed (a draining node's) before it finished
         if ref.error is not None:
             raise ref.error
         return ref.value
 
     def _kill(self, actor: Any) -> None:
-        self.sim.killed.add(id(actor))
+        if getattr(actor, "dead_at", None) is None:
+            actor.dead_at = self.sim.now
 
     def _draining_nodes(self) -> dict[str, float | None]:
         return self.sim.draining

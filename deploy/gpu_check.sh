@@ -78,7 +78,7 @@ install() {
     fi
 }
 
-backend() { "$PY" -c "import sys, kernels; print('kernels backend:', kernels.BACKEND, '-', kernels.BACKEND_REASON); sys.exit(kernels.BACKEND != 'pycuda')"; }
+backend() { "$PY" -c "import sys; from turbobatch import kernels; print('kernels backend:', kernels.BACKEND, '-', kernels.BACKEND_REASON); sys.exit(kernels.BACKEND != 'pycuda')"; }
 
 echo "== machine"
 nvidia-smi -L 2>&1 | head -4

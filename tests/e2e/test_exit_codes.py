@@ -138,7 +138,7 @@ def test_sigterm_to_the_process_group_ends_the_driver_with_143_and_the_rerun_fin
 @pytest.mark.slow
 def test_sigterm_to_every_process_of_the_run_still_ends_in_bounded_time(prompts, tmp_path):
     """systemd (KillMode=control-group) and Slurm signal every process, Ray's included: the GCS stops answering
-    and the driver's cleanup blocks. The watchdog (cluster.TERMINATE_GRACE_S, 6 s) ends it with 143 and kills
+    and the driver's cleanup blocks. The watchdog (signals.TERMINATE_GRACE_S, 6 s) ends it with 143 and kills
     what is left: measured 7.6 s from the signal to exit."""
     out = tmp_path / "out"
     driver = start_driver(prompts, out)
@@ -179,7 +179,7 @@ def test_ctrl_c_to_the_process_group_exits_130(prompts, tmp_path):
 @pytest.mark.slow
 def test_a_plain_local_run_prints_no_warning_it_did_not_cause(tmp_path):
     """`make demo`'s command on a local Ray: no Ray "Token authentication is enabled" warning (the local Ray
-    gets token auth explicitly: jobs/run/cluster.py _explicit_auth_mode), no Python warnings, exit 0."""
+    gets token auth explicitly: jobs/run/local_ray.py explicit_auth_mode), no Python warnings, exit 0."""
     command = [
         *ENTRY_POINTS[1],
         "examples/prompts.parquet",

@@ -19,7 +19,7 @@ from turbobatch.jobs.console import exit_code_of, exit_without_teardown, invoked
 from turbobatch.jobs.estimate.dryrun import dry_run
 from turbobatch.jobs.inspect import status, verify
 from turbobatch.jobs.run import render
-from turbobatch.jobs.run.cluster import SIGTERM_RECEIVED, TERMINATED_MESSAGE, sigterm_interrupts
+from turbobatch.jobs.run.signals import SIGTERM_RECEIVED, TERMINATED_MESSAGE, sigterm_interrupts
 from turbobatch.spec.job import (
     COMPILE_MODES,
     CONTROL_PREPROCESS,
@@ -342,8 +342,8 @@ def console_main() -> None:
 def render_main(argv: list[str] | None = None, prog: str = "turbobatch render") -> int:
     """Run the job and return its exit code: 0 done, 1 failed shards or stalled, 2 bad job, 130 Ctrl-C, 143 SIGTERM.
 
-    SIGTERM is handled from the first line (jobs/run/cluster.py sigterm_interrupts), so it gives 143 and the resume
-    line in every step, and the driver ends within cluster.TERMINATE_GRACE_S of it even if Ray's shutdown hangs."""
+    SIGTERM is handled from the first line (jobs/run/signals.py sigterm_interrupts), so it gives 143 and the resume
+    line in every step, and the driver ends within signals.TERMINATE_GRACE_S of it even if Ray's shutdown hangs."""
     with sigterm_interrupts():
         try:
             spec, options = parse_render_command(argv, prog)

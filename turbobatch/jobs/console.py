@@ -59,7 +59,7 @@ def exit_code_of(command: Callable[[], int]) -> int:
     except SystemExit as e:
         return _exit_code(e.code)
     except KeyboardInterrupt:  # between render's own handlers and here: rare, but the code must still say so
-        from turbobatch.jobs.run.cluster import SIGTERM_RECEIVED
+        from turbobatch.jobs.run.signals import SIGTERM_RECEIVED
 
         return 128 + (signal.SIGTERM if SIGTERM_RECEIVED.is_set() else signal.SIGINT)
     except Exception:

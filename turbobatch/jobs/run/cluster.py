@@ -7,15 +7,12 @@ import dataclasses
 import logging
 import os
 import signal
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from turbobatch.errors import EXIT_TERMINATED, JobError
+from turbobatch.errors import JobError
+from turbobatch.jobs.run.local_ray import explicit_auth_mode, own_process_groups, started_here, starts_local_ray
+from turbobatch.jobs.run.signals import note_sigterm, on_main_thread, sigterm_interrupts
 from turbobatch.models.resolve import ModelInfo
 from turbobatch.spec.job import JobSpec
 
@@ -49,17 +46,9 @@ def cluster_info() -> ClusterInfo:
         gpus=int(resources.get("GPU", 0)),
         cpus=int(resources.get("CPU", 0)),
         nodes=tuple(nodes.alive_nodes().values()),
-        local=_started_here(),
+        local=started_here(),
         node_types=None if types is None else tuple(types),
     )
-
-
-def _started_here() -> bool:
-    """Whether this process started the Ray it runs on (``ray.init()`` without an address)."""
-    import ray._private.worker
-
-    node = ray._private.worker._global_node
-    return node is not None and node.is_head()
 
 
 @contextlib.contextmanager
@@ -73,21 +62,13 @@ def ray_session() -> Iterator[ClusterInfo]:
             yield cluster_info()
         return
     with contextlib.ExitStack() as stack:
-        local = _starts_local_ray()
+        local = starts_local_ray()
         if local:
-            stack.enter_context(_explicit_auth_mode())
+            stack.enter_context(explicit_auth_mode())
         stack.callback(ray.shutdown)  # runs before the auth mode is restored
         _init_ray(local)
         stack.enter_context(sigterm_interrupts())
         yield cluster_info()
-
-
-def _starts_local_ray() -> bool:
-    """Whether ``ray.init()`` will start a Ray of its own: no RAY_ADDRESS and no ``ray start`` cluster recorded
-    on this machine (the rule of ray/_private/services.py canonicalize_bootstrap_address)."""
-    from ray._private import services
-
-    return services.canonicalize_bootstrap_address(None) is None
 
 
 def _init_ray(local: bool) -> None:
@@ -95,9 +76,9 @@ def _init_ray(local: bool) -> None:
     so a SIGTERM during its ~4 s surfaces here as SystemExit(15) and becomes the driver's KeyboardInterrupt."""
     import ray
 
-    previous = signal.getsignal(signal.SIGTERM) if _on_main_thread() else None
+    previous = signal.getsignal(signal.SIGTERM) if on_main_thread() else None
     try:
-        with _own_process_groups() if local else contextlib.nullcontext():
+        with own_process_groups() if local else contextlib.nullcontext():
             if os.environ.get("RAY_ADDRESS"):
                 ray.init(logging_level=logging.WARNING)
             else:
@@ -105,187 +86,11 @@ def _init_ray(local: bool) -> None:
     except SystemExit as e:
         if e.code != signal.SIGTERM:
             raise
-        _note_sigterm()
+        note_sigterm()
         raise KeyboardInterrupt from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _own_process_groups() -> Iterator[None]:
-    """Start the local Ray's processes (gcs_server, raylet, monitors) each in a process group of its own.
-
-    Slurm, systemd, Kubernetes and ``timeout`` signal the driver's whole process group. Ray starts these
-    processes in the driver's group (ray/_private/services.py start_ray_process; on Windows it already gives
-    them a group of their own), so they died first, and the driver then hung 60 s ("Failed to connect to GCS
-    within 60 seconds"), exited 1 and left defunct gcs_server and raylet behind. In groups of their own they
-    outlive the signal, and the driver stops its actors and shuts Ray down as after a SIGTERM to itself alone.
-    Only with kernel fate-sharing (PR_SET_PDEATHSIG): they still die with the driver, even a SIGKILLed one; Ray's
-    fallback, a reaper that kills the driver's process group, needs them in that group."""
-    from ray._private import services, utils
-
-    if not utils.detect_fate_sharing_support():
-        yield
-        return
-    original = services.ConsolePopen
-
-    class OwnGroupPopen(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.setdefault("process_group", 0)
-            super().__init__(*args, **kwargs)
-
-    services.ConsolePopen = OwnGroupPopen
-    try:
-        yield
-    finally:
-        services.ConsolePopen = original
-
-
-@contextlib.contextmanager
-def _explicit_auth_mode() -> Iterator[None]:
-    """Give the Ray started here the token auth that Ray gives it by default, without Ray's warning.
-
-    A local ``ray.init()`` with RAY_AUTH_MODE unset turns token auth on and warns "Token authentication is enabled
-    for this Ray cluster" on every run; with the mode set it is respected silently
-    (ray/_private/authentication/authentication_token_setup.py enable_token_auth_by_default). Same security as
-    Ray's default (a token in ~/.ray/auth_token, created if missing), one warning less. A mode the user set wins;
-    a cluster the user joins is never touched (this runs only when ``ray.init`` starts a Ray). Ray's C++ config
-    caches the mode when ray is imported, so it is reloaded after each change, as Ray's _enable_token_auth does."""
-    if os.environ.get(AUTH_MODE_ENV) is not None:
-        yield
-        return
-    _set_auth_mode("token")
-    try:
-        yield
-    finally:
-        _set_auth_mode(None)
-
-
-def _set_auth_mode(mode: str | None) -> None:
-    from ray._raylet import Config
-
-    if mode is None:
-        os.environ.pop(AUTH_MODE_ENV, None)
-    else:
-        os.environ[AUTH_MODE_ENV] = mode
-    Config.initialize("")
-
-
-AUTH_MODE_ENV = "RAY_AUTH_MODE"
-# Set when SIGTERM (`ray job stop`, Kubernetes, Slurm, `timeout`) interrupted the driver, so it can say so.
-SIGTERM_RECEIVED = threading.Event()
-# After a SIGTERM the driver ends within this many seconds even when its cleanup hangs (its GCS signalled too, as
-# systemd and Slurm do: ended 7.6 s after the signal here). The normal cleanup (actors killed, Ray shut down) took
-# 1.9 s here; one cut short ends the same way, as every commit is atomic.
-TERMINATE_GRACE_S = 6.0
-
-
-def _on_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM stops the driver as Ctrl-C does (KeyboardInterrupt: the scheduler kills its actors, Ray shuts
-    down) and sets SIGTERM_RECEIVED; a second SIGTERM is ignored, so it cannot cut that cleanup short. The
-    outermost use installs the handler and, on leaving, disarms the watchdog (the cleanup is over). Main thread
-    only (signals are delivered there; tests also run the driver in other threads)."""
-    if not _on_main_thread() or signal.getsignal(signal.SIGTERM) is _terminate:
-        yield
-        return
-    SIGTERM_RECEIVED.clear()
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-        _disarm_watchdog()
-
-
-_watchdog: list[threading.Timer] = []
-
-
-def _terminate(signum: int, frame: object) -> None:
-    if SIGTERM_RECEIVED.is_set():
-        return
-    _note_sigterm()
-    raise KeyboardInterrupt
-
-
-def _note_sigterm() -> None:
-    """Record the SIGTERM and arm the watchdog that bounds the driver's cleanup."""
-    SIGTERM_RECEIVED.set()
-    timer = threading.Timer(TERMINATE_GRACE_S, _force_exit)
-    timer.daemon = True
-    _watchdog.append(timer)
-    timer.start()
-
-
-def _disarm_watchdog() -> None:
-    while _watchdog:
-        _watchdog.pop().cancel()
-
-
-def _force_exit() -> None:
-    """The cleanup after SIGTERM outlived TERMINATE_GRACE_S: say how to resume, SIGKILL the processes below the
-    driver (the local Ray: gcs_server, raylet, its actors) and end with 143.
-
-    Seen when systemd or Slurm signal every process of the job at once: the GCS stops answering and the pool's
-    shutdown blocks in an internal_kv_put, and without this the driver hung 60 s and exited 1. Actors and other
-    grandchildren are killed first, while their raylet still reaps them; then our own children, reaped here."""
-    print(f"\n{TERMINATED_MESSAGE} (Ray did not shut down within {TERMINATE_GRACE_S:g} s)", file=sys.stderr)
-    try:
-        tree = _descendants(os.getpid())
-        children = {pid for pid, parent in tree.items() if parent == os.getpid()}
-        _kill(set(tree) - children)
-        time.sleep(0.3)
-        _kill(children)
-        _reap(children, timeout=1.0)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_TERMINATED)
-
-
-def _descendants(root: int) -> dict[int, int]:
-    """pid -> parent pid of every process below ``root`` (from /proc)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    below: dict[int, int] = {}
-    frontier = [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in below:
-                below[pid] = ppid
-                frontier.append(pid)
-    return below
-
-
-def _kill(pids: set[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _reap(pids: set[int], timeout: float) -> None:
-    """Wait for our killed children, so none stays defunct (PID 1 of a container may never reap them)."""
-    deadline = time.monotonic() + timeout
-    left = set(pids)
-    while left and time.monotonic() < deadline:
-        for pid in list(left):
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    left.discard(pid)
-            except ChildProcessError:  # reaped meanwhile (the main thread's Popen.wait)
-                left.discard(pid)
-        time.sleep(0.02)
-
-
-TERMINATED_MESSAGE = "terminated: committed shards are kept; run the same command again to resume"
 
 
 def actor_env() -> dict[str, str]:
