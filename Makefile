@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml $(wildcard requirements/lock-py*.txt)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(TORCH_SPEC)
 	if [ "$(DEPS)" = lock ]; then $(BIN)/pip install -r $(LOCK) && $(BIN)/pip install --no-deps -e .; \
-	else $(BIN)/pip install --upgrade --upgrade-strategy eager -e ".[test]"; fi
+	else $(BIN)/pip install --upgrade --upgrade-strategy eager -e ".[test]" --constraint <(echo "$(TORCH_PIN)"); fi
 	touch $(STAMP)
 
 # Regenerates the locks: the newest versions pyproject.toml allows, per Python, torch excluded
