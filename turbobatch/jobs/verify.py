@@ -91,7 +91,7 @@ def verify(out: Folder) -> Report:
         raise JobError(f"output: {out.display()} has no {layout.PLAN}; it is not a turbobatch output")
     fmt = out.read_json(layout.SPEC)["spec"]["format"]
     planned = {s["shard_id"] for s in out.read_json(layout.PLAN)["shards"]}
-    done = sorted(resume.committed_shards(out))
+    done = sorted(resume.committed_shards(out, len(planned)))
     markers = _read_markers(out, done)
     listing = {d: out.list_sizes(d) for d in layout.DATA_DIRS}
     checker = _ShardChecker(out, fmt, listing)
