@@ -1,9 +1,10 @@
 """``python -m turbobatch.jobs.status OUTPUT [--json] [--watch [SECONDS]]``: where a job stands, from its output alone.
 
 Reads ``_job/`` (plan, spec), one listing each of ``_done/`` and ``_failed/``, and the done
-markers (counts, timings: where the devices' time went, and which node rendered each shard). Needs no Ray, no model and no
-input: it works while a job runs, after it died, or from another machine. ``--watch`` follows a
-running job (jobs/watch.py).
+markers (counts, timings: where the devices' time went, and which node rendered each shard): through
+their summaries (jobs/summary.py), so only markers new or rewritten since the last reader are read.
+Needs no Ray, no model and no input: it works while a job runs, after it died, or from another machine
+(read-only too). ``--watch`` follows a running job (jobs/watch.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from turbobatch.jobs import layout, resume
+from turbobatch.jobs import layout, resume, summary
 from turbobatch.jobs.cli import exit_without_teardown, json_object
 from turbobatch.jobs.errors import JobError
 from turbobatch.jobs.plan import Shard
@@ -29,9 +30,10 @@ def job_status(out: Folder) -> dict[str, Any]:
     job = out.read_json(layout.SPEC)
     spec = job["spec"]
     images_of = planned_images(plan)  # metadata rows: one per image
-    done = resume.committed_shards(out) & images_of.keys()
+    versions = resume.done_versions(out, len(images_of))
+    done = versions.keys() & images_of.keys()
     failed = (resume.failed_shards(out) & images_of.keys()) - done
-    markers = out.read_json_many([layout.done_path(i) for i in sorted(done)])
+    markers = summary.done_markers(out, {i: versions[i] for i in done})
     failures = out.read_json_many([layout.failed_path(i) for i in sorted(failed)])
     pending = images_of.keys() - done - failed
     return {
