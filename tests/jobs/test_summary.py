@@ -184,3 +184,15 @@ def test_summaries_keep_what_readers_use_and_drop_checksums():
     assert {k: v for k, v in kept.items() if k != "files"} == {k: v for k, v in m.items()
                                                                if k not in ("files", "spec_hash", "pid")}  # fmt: skip
     assert resume.listing_prefixes(None) == ([], None)
+
+
+def test_without_a_version_from_the_listing_a_marker_is_always_read(tmp_path, monkeypatch):
+    """A store whose listing has no ETag, generation or mtime: a rewritten marker cannot be told from the old one."""
+    from turbobatch.jobs.storage import version_of
+
+    assert version_of({"size": 3}) is None and version_of({"size": 3, "ETag": '"ab"'}) == "3:ab"
+    out = Folder(str(tmp_path / "out"))
+    commit(out, 7)
+    reads = count_reads(monkeypatch, out)
+    assert summary.done_markers(out, {7: None}) == summary.done_markers(out, {7: None}) == [summary.summarize(marker(7))]
+    assert reads == [layout.done_path(7)] * 2

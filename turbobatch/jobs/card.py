@@ -3,11 +3,11 @@
 Written (or refreshed) at the end of every run from the output folder's own records: the plan,
 the done markers (through their summaries, jobs/summary.py: only markers new since are read) and the
 resolved spec. Its YAML front matter has ``configs`` naming the committed data files of the job's
-format (tars for ``tar``, ``data/*.parquet`` for ``parquet``, the metadata files for ``files``), so ``datasets.load_dataset(OUT)`` reads exactly the
-committed shards, and ``dataset_info`` declaring their features (the job's one schema,
-jobs/columns.py) and the number of examples, so no reader has to infer types. The text says
-what is in it, how and when it was made (model, VAE, ControlNet, sampling, the spec without
-secrets) and that the images inherit the model's license terms.
+format (tars for ``tar``, ``data/*.parquet`` for ``parquet``, the metadata files for ``files``), so
+``datasets.load_dataset(OUT)`` reads exactly the committed shards, and ``dataset_info`` declaring
+their features (the job's one schema, jobs/columns.py) and the number of examples, so no reader has
+to infer types. The text says what is in it, how and when it was made (model, VAE, ControlNet,
+sampling, the spec without secrets) and that the images inherit the model's license terms.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def committed_shards(out: Folder, planned: int | None = None) -> set[int]:
     return set(done_versions(out, planned))
 
 
-def done_versions(out: Folder, planned: int | None = None) -> dict[int, str]:
+def done_versions(out: Folder, planned: int | None = None) -> dict[int, str | None]:
     """Shard id -> version of its done marker (storage.version_of: changes when the marker is rewritten).
 
     With the plan's shard count, a large _done/ on S3 is listed by name prefix, 1,000 shard ids a
@@ -103,7 +103,7 @@ def failed_shards(out: Folder) -> set[int]:
     return set(_marker_versions(out, layout.FAILED_DIR, None))
 
 
-def _marker_versions(out: Folder, folder: str, planned: int | None) -> dict[int, str]:
+def _marker_versions(out: Folder, folder: str, planned: int | None) -> dict[int, str | None]:
     prefixes, after = listing_prefixes(planned)
     listed = out.list_versions(folder, prefixes, after)
     ids = {name: layout.shard_id_from_marker_name(name) for name in listed}

@@ -87,11 +87,12 @@ def endpoint_of(storage_options: dict[str, Any] | None) -> str | None:
     )
 
 
-def version_of(info: dict[str, Any]) -> str:
+def version_of(info: dict[str, Any]) -> str | None:
     """What a listing says of a file that changes when it is rewritten: size, plus the S3 ETag, the GCS
-    generation, or the local mtime and inode (a rename gives a new inode; an old one may be reused, hence mtime)."""
+    generation, or the local mtime and inode (a rename gives a new inode; an old one may be reused, hence
+    mtime). None from a store whose listing has none of these: its files cannot be told apart from older ones."""
     tags = [info[k] for k in ("ETag", "etag", "generation", "mtime", "ino") if info.get(k) is not None]
-    return ":".join(str(part).strip('"') for part in (info.get("size"), *tags))
+    return ":".join(str(part).strip('"') for part in (info.get("size"), *tags)) if tags else None
 
 
 class Folder:
@@ -155,7 +156,7 @@ class Folder:
             return []
         return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
-    def list_versions(self, rel: str, prefixes: Sequence[str] = (), after: str | None = None) -> dict[str, str]:
+    def list_versions(self, rel: str, prefixes: Sequence[str] = (), after: str | None = None) -> dict[str, str | None]:
         """Name -> version of each file directly under ``rel``: its size and what the store changes
         when the file is rewritten (S3 ETag, GCS generation, local mtime and inode). Empty if ``rel``
         does not exist.

@@ -30,7 +30,7 @@ from turbobatch.jobs.storage import Folder
 
 FORMAT = 1
 _DROPPED = ("spec_hash", "pid")  # no reader of summaries uses them; a marker's files keep only their bytes
-Entry = tuple[str, dict[str, Any]]  # (the marker's version, its summary)
+Entry = tuple[str | None, dict[str, Any]]  # (the marker's version, its summary)
 
 
 def summarize(marker: dict[str, Any]) -> dict[str, Any]:
@@ -42,9 +42,11 @@ def summarize(marker: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def done_markers(out: Folder, versions: dict[int, str], write: bool = True, min_per_block: int = 1) -> list[dict]:
+def done_markers(out: Folder, versions: dict[int, str | None], write: bool = True,
+                 min_per_block: int = 1) -> list[dict[str, Any]]:  # fmt: skip
     """The summaries of the done markers of ``versions`` (shard id -> version, resume.done_versions), in
-    shard id order: from the summaries where they name the same version, else read from the markers.
+    shard id order: from the summaries where they name the same version, else read from the markers
+    (always, where the store's listing gives no version: storage.version_of).
 
     ``write``: rewrite the summaries of the blocks that changed (failures ignored: a read-only output).
     ``min_per_block``: read a block's summary only when that many of its markers are wanted (a watch's
@@ -55,7 +57,7 @@ def done_markers(out: Folder, versions: dict[int, str], write: bool = True, min_
     entries: dict[int, Entry] = {}
     for block, ids in blocks.items():
         held = stored.get(block, {})
-        entries.update((i, held[i]) for i in ids if i in held and held[i][0] == versions[i])
+        entries.update((i, held[i]) for i in ids if i in held and versions[i] is not None and held[i][0] == versions[i])
     missing = sorted(versions.keys() - entries.keys())
     for shard_id, marker in zip(missing, out.read_json_many([layout.done_path(i) for i in missing])):
         entries[shard_id] = (versions[shard_id], summarize(marker))
@@ -84,7 +86,7 @@ def _parse(data: bytes | None) -> dict[int, Entry]:
         summary = json.loads(gzip.decompress(data))
         if summary.get("format") != FORMAT:
             return {}
-        return {int(i): (str(version), marker) for i, (version, marker) in summary["shards"].items()}
+        return {int(i): (version, marker) for i, (version, marker) in summary["shards"].items()}
     except Exception:  # noqa: BLE001 - torn, foreign or of another format: no summary, the markers are read
         return {}
 
