@@ -148,10 +148,12 @@ def test_the_first_watch_refresh_takes_committed_markers_from_the_summaries(tmp_
     reads = count_reads(monkeypatch, out)
     snapshot = OutputWatcher(out).refresh()
     assert snapshot.shards["committed"] == len(set(COMMITTED + many)) + 1
-    # Block 1 (>= 10 new markers to the watch) comes from its summary, except the marker committed since; blocks
-    # 0 and 2 (few) are read marker by marker; nothing is written.
+    # Block 1 (>= 10 new markers to the watch) comes from its summary, except the marker committed since, and its
+    # summary is rewritten with it; blocks 0 and 2 (few) are read marker by marker.
     assert reads == [layout.done_path(i) for i in (0, 5, 998, 999, 1999, 2000, 2499)]
     assert snapshot.images["ok"] == 3 * snapshot.shards["committed"]
+    held = json.loads(gzip.decompress((tmp_path / "out" / layout.summary_path(1)).read_bytes()))
+    assert "1999" in held["shards"]
 
 
 def summary_watch_threshold() -> int:

@@ -6,7 +6,8 @@ minutes, the ETA and the shards that failed since the last refresh, from the out
 ``_done/`` and one of ``_failed/``, plus one read per marker not seen before: the plan and spec
 are read once, and what counts and rates need of each done marker is kept in memory, so a watch
 of a million-image job does not read every marker again at every refresh. The first refresh takes
-the markers already committed from their summaries where it can (jobs/summary.py).
+the markers already committed from their summaries where it can (jobs/summary.py), and writes the
+summaries of what it had to read, as ``turbobatch status`` does (later refreshes write nothing).
 
 The watch ends by itself once no planned shard is pending (exit 0, or 1 when some failed), or
 after ``--count`` refreshes (exit 0). An output that does not exist yet is waited for. The
@@ -180,6 +181,7 @@ class OutputWatcher:
         self.commits: dict[int, Commit] = {}
         self.failures: dict[int, dict[str, Any]] = {}
         self._bucket_checked = False
+        self._summaries_written = False
 
     def refresh(self, now: datetime | None = None) -> Snapshot | Waiting:
         """List ``_done/`` and ``_failed/`` once each and read only the markers not seen before."""
@@ -191,10 +193,11 @@ class OutputWatcher:
         done = versions.keys() & planned
         self._forget_removed(self.commits, done)  # verify --repair drops broken shards' markers
         new_done = sorted(done - self.commits.keys())
-        # The first refresh of a large job takes the markers from their summaries (read-only: a watch writes
-        # nothing); later ones read the few new markers, which no summary holds yet.
-        markers = summary.done_markers(self.out, {i: versions[i] for i in new_done}, write=False,
-                                       min_per_block=SUMMARY_FROM)  # fmt: skip
+        # The first refresh of a large job takes the markers from their summaries, and writes those it had to
+        # read; later ones read the few new markers, which no summary holds yet, and write nothing.
+        markers = summary.done_markers(self.out, {i: versions[i] for i in new_done},
+                                       write=not self._summaries_written, min_per_block=SUMMARY_FROM)  # fmt: skip
+        self._summaries_written = True
         for shard_id, marker in zip(new_done, markers):
             self.commits[shard_id] = Commit.from_marker(marker)
         failed = (resume.failed_shards(self.out) & planned) - done
