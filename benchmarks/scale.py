@@ -51,9 +51,9 @@ class CountingFolder(Folder):
 
     listings = 0
 
-    def list_names(self, rel: str) -> list[str]:
+    def list_versions(self, rel: str, *args: Any) -> dict[str, str | None]:
         CountingFolder.listings += 1
-        return super().list_names(rel)
+        return super().list_versions(rel, *args)
 
 
 def synthetic_inputs(root: Path, files: int, rows: int) -> None:

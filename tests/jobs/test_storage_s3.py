@@ -167,6 +167,9 @@ def test_a_listing_split_by_prefix_finds_exactly_what_one_listing_finds(s3_endpo
         proxy.requests.clear()
         split = resume.done_versions(out, 100_000)
         assert proxy.requests["LIST"] == 100 + 1  # prefixes 000 to 099, then the names after "099:"
+        proxy.requests.clear()
+        out.read_json_many([layout.done_path(i) for i in ids])  # no listing cached: still one GET each, no HEAD
+        assert dict(proxy.requests) == {"GET": len(ids)}
     assert split == one and sorted(one) == ids + past
     assert resume.committed_shards(out, 100_000) == set(ids + past)
     before = split[1500]

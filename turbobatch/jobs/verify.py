@@ -106,7 +106,7 @@ def verify(out: Folder) -> Report:
 def _read_markers(out: Folder, ids: list[int]) -> dict[int, dict[str, Any] | str]:
     """Shard id -> its marker, or why it cannot be read; one batched read."""
     paths = {sid: out.path(layout.done_path(sid)) for sid in ids}
-    contents = out.fs.cat(list(paths.values()), on_error="return") if ids else {}
+    contents = out.fs.cat(list(paths.values()), on_error="return", **out.small_file_options()) if ids else {}
     markers: dict[int, dict[str, Any] | str] = {}
     for sid, path in paths.items():
         data = contents.get(path)
