@@ -129,7 +129,7 @@ def test_a_storage_outage_fails_the_attempt_and_the_shard_is_retried(ray_cluster
     assert status_main([f"s3://{out}", "--json", "--storage-options", json.dumps(s3_options(s3_endpoint))]) == 0
     report = json.loads(capfd.readouterr().out)
     assert report["shards"] == {"total": 5, "committed": 5, "failed": 0, "pending": 0}
-    assert report["images"] == total - 1
+    assert report["images"]["ok"] == total - 1 and report["images"]["error"] == 1
     rows, members = read_outputs(fs, out)
     assert sorted(r["global_index"] for r in rows) == list(range(total))
     assert len([m for m in members if m.endswith(".png")]) == total - 1
