@@ -1,31 +1,51 @@
-"""Planning and resume at scale: 10M rows in 1,000 Parquet files, 10,000 done markers.
+"""Planning, resume, status, watch and verify at scale, locally and on S3 (moto), with requests counted.
 
-Plans by reading footers only (jobs/prepare/inputs.py + jobs/prepare/plan.py) and computes resume state from one
-listing of _done/ (jobs/prepare/resume.py), locally and on moto's S3 server through the counting proxy,
-where the listing is paged (1,000 keys a page). Prints seconds and listing calls.
+First (as before): 10M rows in 1,000 Parquet files planned from footers only (jobs/prepare/inputs.py +
+jobs/prepare/plan.py), and resume state from the listing of 10,000 done markers (jobs/prepare/resume.py), locally
+and on moto's S3 server through the counting proxy. Then, for a job of --shards shards (1,000
+images each, markers of ~1.2 KB as workers write them): the plan for that many shards, the claim
+(plan.json written), a rerun's prepare and tidy, ``status`` (first, with no summaries yet; again;
+after 1% of the markers were overwritten), the dataset card at the end of a run, two ``status
+--watch`` refreshes; and ``verify`` of --verify-shards committed shards (1,000 by default, ~1 min
+on moto: it reads every object). Defaults run in about 5 minutes. On S3, moto and the proxy run in a child process
+(benchmarks/local_s3.py S3Process) and each step prints its requests by kind. Ends with one JSON line.
 
-    .venv/bin/python benchmarks/scale.py --files 1000 --rows-per-file 10000 --markers 10000
+    .venv/bin/python benchmarks/scale.py --files 1000 --rows-per-file 10000 --markers 10000 \
+        --shards 100000 --verify-shards 10000
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+import json
+import random
 import sys
+import tarfile
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from benchmarks.local_s3 import local_s3, options  # noqa: E402
+from benchmarks.local_s3 import S3Process, local_s3, options  # noqa: E402
+from turbobatch.jobs.card import write_card  # noqa: E402
+from turbobatch.jobs.inspect.status import job_status  # noqa: E402
+from turbobatch.jobs.inspect.verify import format_report, verify  # noqa: E402
+from turbobatch.jobs.inspect.watch import OutputWatcher  # noqa: E402
 from turbobatch.jobs.prepare import resume  # noqa: E402
-from turbobatch.jobs.prepare.inputs import scan_inputs  # noqa: E402
-from turbobatch.jobs.prepare.plan import make_plan  # noqa: E402
+from turbobatch.jobs.prepare.inputs import InputFile, scan_inputs  # noqa: E402
+from turbobatch.jobs.prepare.plan import fingerprint, make_plan  #
 from turbobatch.output import layout
+from turbobatch.output.shard import Shard  # noqa: E402 noqa: E402
 from turbobatch.output.storage import Folder  # noqa: E402
+from turbobatch.spec.job import JobSpec  # noqa: E402
 
 
 class CountingFolder(Folder):
@@ -33,9 +53,9 @@ class CountingFolder(Folder):
 
     listings = 0
 
-    def list_names(self, rel: str) -> list[str]:
+    def list_versions(self, rel: str, *args: Any) -> dict[str, str | None]:
         CountingFolder.listings += 1
-        return super().list_names(rel)
+        return super().list_versions(rel, *args)
 
 
 def synthetic_inputs(root: Path, files: int, rows: int) -> None:
@@ -46,7 +66,7 @@ def synthetic_inputs(root: Path, files: int, rows: int) -> None:
         pq.write_table(table, root / f"part-{i:05d}.parquet", row_group_size=rows)
 
 
-def plan_local(files: int, rows: int) -> None:
+def plan_local(files: int, rows: int) -> float:
     with tempfile.TemporaryDirectory(prefix="tb-scale-") as tmp:
         synthetic_inputs(Path(tmp), files, rows)
         started = time.perf_counter()
@@ -57,6 +77,7 @@ def plan_local(files: int, rows: int) -> None:
         print(
             f"plan: {total:,} rows in {len(inputs):,} files -> {len(plan):,} shards in {elapsed:.2f} s (footers only)"
         )
+        return elapsed
 
 
 def resume_local(markers: int) -> None:
@@ -92,12 +113,164 @@ def resume_s3(markers: int) -> None:
     )
 
 
+# -- resume, status, watch and verify at scale (--shards, --verify-shards) ----------------------------------------
+NODES = 64  # distinct Ray nodes in the synthetic markers (per-node counts in status)
+
+
+def synthetic_marker(shard_id: int, redone: int = 0) -> dict[str, Any]:
+    """A done marker as a worker writes it (workers/writer.py): ~1.2 KB, timings, node, files; the
+    first marker of each of NODES actors carries a start-up record. ``redone`` changes the content."""
+    rng = random.Random(shard_id * 7919 + redone)
+    node = shard_id % NODES
+    render = round(rng.uniform(20, 40), 4)
+    name = layout.shard_name(shard_id)
+    marker: dict[str, Any] = {
+        "shard": shard_id, "rows": 1000, "ok": 998 + redone % 2, "error": 2 - redone % 2,
+        "image_bytes": 41_000_000 + rng.randrange(1_000_000),
+        "files": {f"shards/{name}.tar": {"bytes": 42_000_000 + shard_id, "sha256": f"{rng.getrandbits(256):064x}"},
+                  f"metadata/{name}.parquet": {"bytes": 90_000 + shard_id, "sha256": f"{rng.getrandbits(256):064x}"}},
+        "spec_hash": "5f0c" * 16,
+        "timings_s": {"read": round(rng.uniform(0.1, 1), 4), "device_wait": round(rng.uniform(0, 2), 4),
+                      "device_idle_before": round(rng.uniform(0, 1), 4), "render": render,
+                      "pipeline": round(render * 0.9, 4), "writer_wait": round(rng.uniform(0, 1), 4),
+                      "commit": round(rng.uniform(0.5, 2), 4), "total": round(render + 3, 4)},
+        "worker": f"ip-10-0-{node // 8}-{node % 8}", "node_id": f"{node:056x}", "pid": 1000 + node,
+        "device_kind": "NVIDIA H100 80GB HBM3",
+        "committed_at": f"2026-12-06T{shard_id // 3600 % 24:02d}:{shard_id // 60 % 60:02d}:{shard_id % 60:02d}"
+                        f".{redone:03d}+00:00",
+    }  # fmt: skip
+    if shard_id < NODES:
+        marker["startup_s"] = {"fetch": round(rng.uniform(5, 60), 3), "load": 8.5, "first_batch": 3.1}
+        marker["model_fetch"] = [{"component": "model", "action": "copied", "bytes": 5_200_000_000, "seconds": 40.0,
+                                  "waited_s": 0.0}]  # fmt: skip
+    return marker
+
+
+def marker_objects(prefix: str, ids: range, redone: int = 0) -> Iterator[tuple[str, bytes]]:
+    """(key, bytes) of done markers, as Folder.write_json writes them (filled in the S3 child, or locally)."""
+    for i in ids:
+        data = json.dumps(synthetic_marker(i, redone), indent=1, sort_keys=True, ensure_ascii=False).encode()
+        yield f"{prefix}{layout.done_path(i)}", data
+
+
+def job_for(out: Folder, shards: int, files: int) -> tuple[JobSpec, list[Shard], dict[str, Any]]:
+    """A plan of ``shards`` shards of 1,000 images over ``files`` inputs (footers as scan_inputs reads them)."""
+    rows = shards * 1000 // files
+    inputs = [InputFile(f"s3://inputs/part-{i:05d}.parquet", 4096, rows, {"prompt": "string"}) for i in range(files)]
+    spec = JobSpec(input="s3://inputs/", output=out.url, shard_size=1000)
+    return spec, make_plan(inputs, spec.shard_size), fingerprint(inputs, spec)
+
+
+class Steps:
+    """Times each step and, on S3, counts its requests through the proxy; keeps every figure for the JSON line."""
+
+    def __init__(self, where: str, server: S3Process | None) -> None:
+        self.where, self.server, self.figures = where, server, {}
+
+    def run(self, name: str, step: Callable[[], Any], note: str = "") -> Any:
+        if self.server:
+            self.server.reset()
+        started = time.perf_counter()
+        result = step()
+        seconds = time.perf_counter() - started
+        requests = self.server.requests() if self.server else {}
+        self.figures[name] = {"s": round(seconds, 3), **({"requests": requests} if self.server else {})}
+        kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(requests.items()))
+        print(f"{name} ({self.where}): {seconds:.2f} s" + (f"; requests: {kinds or 'none'}" if self.server else "")
+              + (f"; {note}" if note else ""), flush=True)  # fmt: skip
+        return result
+
+
+def status_steps(steps: Steps, out: Folder, shards: int, fill: Callable[[range, int], None]) -> None:
+    """Claim an output for ``shards`` shards, commit them all, then what a rerun, status and a watch cost."""
+    spec, plan, prints = job_for(out, shards, 100)
+    steps.run("claim (plan.json, spec.json written)", lambda: resume.prepare(out, spec, plan, prints))
+    started = time.perf_counter()
+    fill(range(shards), 0)
+    print(f"  (setup: {shards:,} done markers written in {time.perf_counter() - started:.1f} s)", flush=True)
+    done = steps.run("resume: prepare (spec + _done/ listing)", lambda: resume.prepare(out, spec, plan, prints))
+    assert len(done) == shards, len(done)
+    steps.run("resume: tidy (_failed/ listing, leftovers)", lambda: resume.tidy(out, done))
+    first = steps.run("status, first (no summaries: every marker read)", lambda: job_status(out))
+    again = steps.run("status, again", lambda: job_status(out))
+    assert again == first
+    redo = max(1, shards // 100)
+    fill(range(0, shards, shards // redo), 1)  # 1% of the shards redone: their markers overwritten
+    redone = steps.run(f"status, {redo:,} markers overwritten", lambda: job_status(out))
+    assert redone["images"]["ok"] == first["images"]["ok"] + redo, (redone["images"], first["images"])
+    steps.run("end of run: dataset card", lambda: write_card(out, spec))
+    watcher = OutputWatcher(out)
+    steps.run("watch: first refresh", watcher.refresh)
+    steps.run("watch: next refresh", watcher.refresh)
+
+
+def verify_objects(prefix: str, shards: int) -> Iterator[tuple[str, bytes]]:
+    """A tar job's committed shards of 4 images each: tar, metadata and done marker (the same bytes for every shard)."""
+    tar, meta = io.BytesIO(), io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as t:
+        for key in range(4):
+            for ext, data in (("png", b"png bytes"), ("json", b"{}")):
+                info = tarfile.TarInfo(f"{key:09d}.{ext}")
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    pq.write_table(pa.table({"status": ["ok"] * 4}), meta)
+    for i in range(shards):
+        files = {layout.tar_path(i): tar.getvalue(), layout.metadata_path(i): meta.getvalue()}
+        marker = {"shard": i, "rows": 4, "ok": 4, "error": 0, "image_bytes": 36,
+                  "files": {rel: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                            for rel, data in files.items()}}  # fmt: skip
+        yield from ((prefix + rel, data) for rel, data in files.items())
+        yield prefix + layout.done_path(i), json.dumps(marker, indent=1, sort_keys=True).encode()
+
+
+def verify_steps(steps: Steps, out: Folder, shards: int, fill: Callable[[int], None]) -> None:
+    spec, plan, prints = job_for(out, shards, 1)
+    resume.prepare(out, spec, plan, prints)
+    fill(shards)
+    report = steps.run(f"verify, {shards:,} shards", lambda: verify(out))
+    assert report.ok and report.committed == shards, format_report(report)
+
+
+def scale_local(shards: int, verify_shards: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="tb-scale-") as tmp:
+        steps = Steps("local", None)
+
+        def put(objects: Iterator[tuple[str, bytes]]) -> None:
+            for rel, data in objects:
+                path = Path(tmp) / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+
+        status_steps(steps, Folder(f"{tmp}/out"), shards, lambda ids, redone: put(marker_objects("out/", ids, redone)))
+        verify_steps(steps, Folder(f"{tmp}/verify"), verify_shards, lambda n: put(verify_objects("verify/", n)))
+        return steps.figures
+
+
+def scale_s3(shards: int, verify_shards: int) -> dict[str, Any]:
+    with S3Process("scale") as server:
+        steps = Steps("S3, moto", server)
+        status_steps(steps, Folder("s3://scale/out", options(server.url)), shards,
+                     lambda ids, redone: server.fill(marker_objects, "out/", ids, redone))  # fmt: skip
+        verify_steps(steps, Folder("s3://scale/verify", options(server.url)), verify_shards,
+                     lambda n: server.fill(verify_objects, "verify/", n))  # fmt: skip
+        return steps.figures
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--rows-per-file", type=int, default=10_000)
     parser.add_argument("--markers", type=int, default=10_000)
+    parser.add_argument("--shards", type=int, default=10_000, help="shards of the status/resume/watch job")
+    parser.add_argument("--verify-shards", type=int, default=1_000, help="committed shards verify checks")
+    parser.add_argument("--only", choices=("local", "s3"), help="measure --shards on one store only")
     args = parser.parse_args()
     plan_local(args.files, args.rows_per_file)
     resume_local(args.markers)
     resume_s3(args.markers)
+    figures: dict[str, Any] = {"plan_s": round(plan_local(1000, args.shards), 3)}
+    if args.only != "s3":
+        figures["local"] = scale_local(args.shards, args.verify_shards)
+    if args.only != "local":
+        figures["s3_moto"] = scale_s3(args.shards, args.verify_shards)
+    print(json.dumps({"shards": args.shards, "verify_shards": args.verify_shards, **figures}))

@@ -7,7 +7,8 @@ The seed fixes the sequence of decisions, so a run's fault rate is reproducible.
 one object can be scripted too: the first N requests whose path contains a text get
 ``503 ServiceUnavailable`` (which s3fs does not retry itself). And requests of one operation
 can be held unanswered (``hold("PUT_PART")``), so a client can be killed mid-upload at a
-known point; ``release()`` then drops them.
+known point; ``release()`` then drops them. ``forbid("PUT")`` answers every request of an
+operation ``403 AccessDenied``, as a read-only credential gets.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection
 UNAVAILABLE = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
     b"<Message>Service is unable to handle request.</Message></Error>"
+)
+ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>'
 )
 SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
@@ -67,6 +71,7 @@ class FaultProxy:
         self.paths: Counter[tuple[str, str]] = Counter()  # forwarded, by (S3 operation, path without query)
         self.faults: Counter[str] = Counter()  # injected, by kind
         self.hold_operation = ""
+        self.forbidden = ""  # an S3 operation answered 403 AccessDenied
         self._released = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -115,6 +120,11 @@ class FaultProxy:
             self.hold_operation = operation
             self._released.clear()
 
+    def forbid(self, operation: str) -> None:
+        """From now on, requests of ``operation`` (e.g. PUT) get 403 AccessDenied; "" allows them again."""
+        with self._lock:
+            self.forbidden = operation
+
     def release(self) -> None:
         """Drop the held requests (connection reset) and stop holding."""
         with self._lock:
@@ -144,6 +154,10 @@ class FaultProxy:
                     self._answer(503, UNAVAILABLE)
                     return
                 operation = s3_operation(self.command, self.path)
+                if proxy.forbidden and operation == proxy.forbidden:
+                    proxy._count(proxy.faults, "forbidden")
+                    self._answer(403, ACCESS_DENIED)
+                    return
                 if proxy.hold_operation and operation == proxy.hold_operation:
                     proxy._count(proxy.faults, "held")
                     proxy._released.wait(120)

@@ -1,13 +1,13 @@
 """OUT/README.md, the dataset card: what `datasets`, the Hub and people read first.
 
 Written (or refreshed) at the end of every run from the output folder's own records: the plan,
-the done markers and the resolved spec. Its YAML front matter has ``configs`` naming the
-committed data files of the job's format (tars for ``tar``, ``data/*.parquet`` for ``parquet``,
-the metadata files for ``files``), so ``datasets.load_dataset(OUT)`` reads exactly the
-committed shards, and ``dataset_info`` declaring their features (the job's one schema,
-output/columns.py) and the number of examples, so no reader has to infer types. The text says
-what is in it, how and when it was made (model, VAE, ControlNet, sampling, the spec without
-secrets) and that the images inherit the model's license terms.
+the done markers (through their summaries, output/summary.py: only markers new since are read) and the
+resolved spec. Its YAML front matter has ``configs`` naming the committed data files of the job's
+format (tars for ``tar``, ``data/*.parquet`` for ``parquet``, the metadata files for ``files``), so
+``datasets.load_dataset(OUT)`` reads exactly the committed shards, and ``dataset_info`` declaring
+their features (the job's one schema, output/columns.py) and the number of examples, so no reader has
+to infer types. The text says what is in it, how and when it was made (model, VAE, ControlNet,
+sampling, the spec without secrets) and that the images inherit the model's license terms.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from turbobatch.jobs.prepare.resume import committed_shards
-from turbobatch.output import layout
+from turbobatch.jobs.prepare import resume
+from turbobatch.output import layout, summary
 from turbobatch.output.columns import IMAGE_TYPE, job_data_schema, job_metadata_schema, kept_schema
 from turbobatch.output.features import features_yaml
 from turbobatch.output.storage import Folder
@@ -39,8 +39,8 @@ def write_card(out: Folder, spec: JobSpec, model_location: str | None = None) ->
     """Write OUT/README.md for the shards committed now; returns its text."""
     plan = out.read_json(layout.PLAN)
     planned = {s["shard_id"] for s in plan["shards"]}
-    done = sorted(committed_shards(out) & planned)
-    markers = out.read_json_many([layout.done_path(i) for i in done])
+    versions = resume.done_versions(out, len(planned))
+    markers = summary.done_markers(out, {i: versions[i] for i in versions.keys() & planned})  # in shard id order
     text = card_text(spec, plan, markers, model_license(model_location), out.display())
     out.write_bytes(layout.CARD, text.encode())
     return text

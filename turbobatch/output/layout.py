@@ -11,6 +11,10 @@ from turbobatch.spec.job import IMAGE_EXTENSIONS
 SPEC = "_job/spec.json"
 PLAN = "_job/plan.json"
 WRITE_PROBE = "_job/.write-probe"  # written and removed by the first step of a run (jobs/prepare/resume.py)
+# Summaries of committed shards' done markers, 1,000 shard ids each (output/summary.py: what status and the card
+# read instead of every marker; each entry names the marker version it was read from).
+SUMMARY_DIR = "_job/summary"
+SUMMARY_BLOCK = 1000
 DONE_DIR = "_done"
 FAILED_DIR = "_failed"
 CARD = "README.md"  # the dataset card (jobs/card.py), rewritten at the end of every run
@@ -18,7 +22,7 @@ OUTPUT_DIRS = ("_job", "_done", "_failed", "shards", "images", "data", "metadata
 # Folders of a shard's data objects (what verify checks and looks for orphans in).
 DATA_DIRS = ("shards", "images", "data", "metadata")
 # Flat folders where a killed writer can leave a temp file (storage.TEMP_MARK in its name).
-TEMP_LEFTOVER_DIRS = ("_job", "_done", "_failed", "shards", "data", "metadata")
+TEMP_LEFTOVER_DIRS = ("_job", SUMMARY_DIR, "_done", "_failed", "shards", "data", "metadata")
 # Every file a run may write below OUT, as fsspec globs ("*": a shard id or a key, never "/"); each may also
 # appear as a temp file (TEMP_MARK and a suffix). An input that could match one would read the run's own
 # files as prompts (jobs/prepare/inputs.py check_output_apart).
@@ -32,6 +36,7 @@ WRITTEN = (
     PLAN,
     WRITE_PROBE,
     CARD,
+    f"{SUMMARY_DIR}/*.json.gz",
     *(f"images/*/*.{ext}" for ext in sorted(IMAGE_EXTENSIONS.values())),
 )
 # What --overwrite removes: per folder, the suffix of a shard's file there and the kind the message names.
@@ -73,6 +78,11 @@ def failed_path(shard_id: int) -> str:
     return f"{FAILED_DIR}/{shard_name(shard_id)}.json"
 
 
+def summary_path(block: int) -> str:
+    """The summary of the done markers of shards ``block * SUMMARY_BLOCK`` to ``(block + 1) * SUMMARY_BLOCK - 1``."""
+    return f"{SUMMARY_DIR}/{block:06d}.json.gz"
+
+
 def image_dir(shard_id: int) -> str:
     return f"images/{shard_name(shard_id)}"
 
@@ -97,6 +107,8 @@ def _kind(rel: str) -> str | None:
     if rel in (SPEC, PLAN, WRITE_PROBE):
         return "_job/"
     parts = rel.split("/")
+    if rel.startswith(f"{SUMMARY_DIR}/") and len(parts) == 3 and _is_shard_name(parts[2].removesuffix(".json.gz")):
+        return "_job/"
     if len(parts) == 3 and parts[0] == "images" and _is_shard_name(parts[1]):
         return "image file" if parts[2].rpartition(".")[2] in IMAGE_EXTENSIONS.values() else None
     if len(parts) == 2 and parts[0] in _SHARD_FILES:
@@ -117,9 +129,10 @@ def shard_id_from_name(name: str) -> int | None:
 
 
 def shard_id_from_marker_name(name: str) -> int | None:
-    """``000123.json`` (in _done/ or _failed/) -> 123; anything else (temp files, strays) -> None."""
-    base = name.rsplit("/", 1)[-1]
-    stem, dot, ext = base.partition(".")
-    if ext != "json" or not stem.isdigit():
-        return None
-    return int(stem)
+    """``000123.json`` (in _done/ or _failed/) -> 123; anything else (temp files, strays, ``1.json``) -> None.
+
+    A marker's name is shard_name's six digits or more, as owned_kind says: so every marker name starts
+    with three digits, which lets a listing of _done/ split by name prefix (jobs/prepare/resume.py) find them all.
+    """
+    stem, _, ext = name.rsplit("/", 1)[-1].partition(".")
+    return int(stem) if ext == "json" and _is_shard_name(stem) else None

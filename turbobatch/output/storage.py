@@ -7,18 +7,21 @@ temporary name and renamed; object stores get one whole PUT (or a completed mult
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob as globlib
+import inspect
 import json
 import os
 import socket
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 from urllib.parse import urlsplit
 
 import fsspec
+import fsspec.asyn
 from fsspec.implementations.local import LocalFileSystem
 
 TEMP_MARK = ".tmp-"
@@ -27,6 +30,8 @@ TEMP_MARK = ".tmp-"
 # with exponential backoff (s3fs adds its own retries for dropped connections). Users can
 # override by passing their own config_kwargs.
 S3_DEFAULTS: dict[str, Any] = {"config_kwargs": {"retries": {"max_attempts": 8, "mode": "standard"}}}
+# Listings of name prefixes in flight at once (Folder.list_versions); botocore's pool holds 10 connections.
+LIST_CONCURRENCY = 16
 
 
 def open_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -84,6 +89,14 @@ def endpoint_of(storage_options: dict[str, Any] | None) -> str | None:
     )
 
 
+def version_of(info: dict[str, Any]) -> str | None:
+    """What a listing says of a file that changes when it is rewritten: size, plus the S3 ETag, the GCS
+    generation, or the local mtime and inode (a rename gives a new inode; an old one may be reused, hence
+    mtime). None from a store whose listing has none of these: its files cannot be told apart from older ones."""
+    tags = [info[k] for k in ("ETag", "etag", "generation", "mtime", "ino") if info.get(k) is not None]
+    return ":".join(str(part).strip('"') for part in (info.get("size"), *tags)) if tags else None
+
+
 class Folder:
     """A folder URL plus storage options; paths given to its methods are relative to it."""
 
@@ -124,8 +137,25 @@ class Folder:
         """Many small JSON files in one batched call (concurrent on object stores)."""
         if not rels:
             return []
-        contents = self.fs.cat([self.path(rel) for rel in rels])
+        contents = self.fs.cat([self.path(rel) for rel in rels], **self.small_file_options())
         return [json.loads(contents[self.path(rel)]) for rel in rels]
+
+    def read_bytes_many(self, rels: list[str]) -> dict[str, bytes | None]:
+        """Many files in one batched call (concurrent on object stores): rel -> bytes, None for a file
+        missing or unreadable."""
+        if not rels:
+            return {}
+        contents = self.fs.cat([self.path(rel) for rel in rels], on_error="return", **self.small_file_options())
+        return {rel: None if isinstance(data := contents.get(self.path(rel)), BaseException) else data
+                for rel in rels}  # fmt: skip
+
+    def small_file_options(self) -> dict[str, Any]:
+        """Options for ``fs.cat`` of small files. s3fs asks each file's size first (a HEAD, unless a listing of
+        its folder is cached) to decide whether to read it in parallel ranges: one GET is all a marker needs.
+        Without this, status over 3,000 markers listed by prefix made 3,007 HEADs beside 3,002 GETs."""
+        cat_file = getattr(self.fs, "_cat_file", None)
+        takes_it = cat_file is not None and "max_concurrency" in inspect.signature(cat_file).parameters
+        return {"max_concurrency": 1} if takes_it else {}
 
     def list_names(self, rel: str) -> list[str]:
         """Names (not paths) directly under ``rel``; empty if it does not exist. One listing."""
@@ -135,6 +165,59 @@ class Folder:
         except FileNotFoundError:
             return []
         return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def list_versions(self, rel: str, prefixes: Sequence[str] = (), after: str | None = None) -> dict[str, str | None]:
+        """Name -> version of each file directly under ``rel``: its size and what the store changes
+        when the file is rewritten (S3 ETag, GCS generation, local mtime and inode). Empty if ``rel``
+        does not exist.
+
+        With ``prefixes`` on S3: one listing per prefix (names that start with it) and one of the
+        names after ``after``, concurrently, instead of one listing paged 1,000 names at a time. The
+        caller chooses them so that together they hold every name it looks for; elsewhere (local
+        disks: 0.03 s for 10,000 names) one listing holds them all. Why: a listing's pages come one
+        after another, each a round trip (on moto each page also sorts every name of the folder:
+        100,000 done markers took 229 s to list, measured on a loaded machine).
+        """
+        if prefixes and hasattr(self.fs, "_call_s3"):
+            return {name: version_of(info) for name, info in self._list_s3_prefixes(rel, prefixes, after).items()}
+        self.fs.invalidate_cache(self.path(rel))
+        try:
+            entries = self.fs.ls(self.path(rel), detail=True)
+        except FileNotFoundError:
+            return {}
+        itself = self.path(rel).rstrip("/")
+        return {e["name"].rstrip("/").rsplit("/", 1)[-1]: version_of(e) for e in entries
+                if e.get("type") != "directory" and e["name"].rstrip("/") != itself}  # fmt: skip
+
+    def _list_s3_prefixes(self, rel: str, prefixes: Sequence[str], after: str | None) -> dict[str, dict[str, Any]]:
+        """S3: name -> the listing's entry (Key, Size, ETag) for names under ``rel`` that start with one
+        of ``prefixes`` or come after ``after``; LIST_CONCURRENCY listings at a time, each paged."""
+        bucket, key, _ = self.fs.split_path(self.path(rel))
+        base = f"{key}/" if key else ""
+        limit = asyncio.Semaphore(LIST_CONCURRENCY)
+
+        async def listing(**kwargs: Any) -> list[dict[str, Any]]:
+            entries: list[dict[str, Any]] = []
+            async with limit:
+                while True:
+                    page = await self.fs._call_s3("list_objects_v2", Bucket=bucket, Delimiter="/", **kwargs)
+                    entries += page.get("Contents", [])
+                    if not page.get("IsTruncated"):
+                        return entries
+                    kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+        async def all_listings() -> list[list[dict[str, Any]]]:
+            calls = [listing(Prefix=base + prefix) for prefix in prefixes]
+            if after is not None:
+                calls.append(listing(Prefix=base, StartAfter=base + after))
+            return await asyncio.gather(*calls)
+
+        try:
+            pages = fsspec.asyn.sync(self.fs.loop, all_listings)
+        except FileNotFoundError:
+            return {}
+        return {e["Key"][len(base) :]: {"size": e["Size"], "ETag": e.get("ETag")}
+                for entries in pages for e in entries if len(e["Key"]) > len(base)}  # fmt: skip
 
     def list_sizes(self, rel: str) -> dict[str, int | None]:
         """Name -> size in bytes of each entry directly under ``rel`` (None for a folder); empty
@@ -201,6 +284,14 @@ class Folder:
     def write_bytes(self, rel: str, data: bytes) -> None:
         with self.atomic_writer(rel) as f:
             f.write(data)
+
+    def write_many(self, files: dict[str, bytes]) -> None:
+        """Write many small files, each whole (object stores: one PUT each, concurrently)."""
+        if self.is_local or not hasattr(self.fs, "_pipe_file"):
+            for rel, data in files.items():
+                self.write_bytes(rel, data)
+        elif files:
+            self.fs.pipe({self.path(rel): data for rel, data in files.items()})
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False).encode())

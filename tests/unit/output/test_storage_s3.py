@@ -156,3 +156,32 @@ def test_overwrite_on_s3_removes_only_the_layouts_objects(s3_endpoint, s3_bucket
     out.fs.invalidate_cache()
     left = sorted(path.split("/", 2)[2] for path in out.fs.find(s3_bucket))
     assert left == sorted([*FOREIGN, layout.PLAN, layout.SPEC])
+
+
+def test_a_listing_split_by_prefix_finds_exactly_what_one_listing_finds(s3_endpoint, s3_bucket):
+    """resume.done_versions with the plan's shard count lists _done/ by name prefix (1,000 ids each) and the
+    names after the plan's, concurrently: the same markers and versions as one listing, ids past the plan too."""
+    upstream_port = int(s3_endpoint.rsplit(":", 1)[1])
+    ids = [0, 999, 1000, 1500, 2999, 50_000, 99_999]  # several prefixes of a plan of 100,000 shards
+    past = [100_000, 150_000, 999_999, 1_000_000, 1_234_567]  # another plan's: after the plan, 7 digits too
+    strays = ["notes.txt", "1.json", "01.json", "!.json", "zz.json", "000123.json.tmp-x", "sub/000007.json"]
+    with FaultProxy(upstream_port) as proxy:
+        out = Folder(f"s3://{s3_bucket}/out", s3_options(proxy.url))
+        assert resume.done_versions(out, 100_000) == resume.done_versions(out) == {}  # no _done/ yet
+        for i in ids + past:
+            out.write_json(layout.done_path(i), {"shard": i})
+        out.fs.pipe({out.path(f"{layout.DONE_DIR}/{name}"): b"x" for name in strays})
+        proxy.requests.clear()
+        one = resume.done_versions(out)
+        assert proxy.requests["LIST"] == 1
+        proxy.requests.clear()
+        split = resume.done_versions(out, 100_000)
+        assert proxy.requests["LIST"] == 100 + 1  # prefixes 000 to 099, then the names after "099:"
+        proxy.requests.clear()
+        out.read_json_many([layout.done_path(i) for i in ids])  # no listing cached: still one GET each, no HEAD
+        assert dict(proxy.requests) == {"GET": len(ids)}
+    assert split == one and sorted(one) == ids + past
+    assert resume.committed_shards(out, 100_000) == set(ids + past)
+    before = split[1500]
+    out.write_json(layout.done_path(1500), {"shard": 1500, "redone": True})
+    assert resume.done_versions(out, 100_000)[1500] != before

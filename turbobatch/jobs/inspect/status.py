@@ -1,9 +1,10 @@
 """``turbobatch status OUTPUT [--json] [--watch [SECONDS]]``: where a job stands, from its output alone.
 
 Reads ``_job/`` (plan, spec), one listing each of ``_done/`` and ``_failed/``, and the done
-markers (counts, timings: where the devices' time went, and which node rendered each shard). Needs no Ray, no model and no
-input: it works while a job runs, after it died, or from another machine. ``--watch`` follows a
-running job (jobs/inspect/watch.py).
+markers (counts, timings: where the devices' time went, and which node rendered each shard): through
+their summaries (output/summary.py), so only markers new or rewritten since the last reader are read.
+Needs no Ray, no model and no input: it works while a job runs, after it died, or from another machine
+(read-only too). ``--watch`` follows a running job (jobs/inspect/watch.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from turbobatch.jobs.console import json_object
 from turbobatch.jobs.inspect.startup import startup_line, startup_report
 from turbobatch.jobs.inspect.watch import DEFAULT_INTERVAL_S, watch_output
 from turbobatch.jobs.prepare import resume
-from turbobatch.output import layout
+from turbobatch.output import layout, summary
 from turbobatch.output.shard import planned_images
 from turbobatch.output.storage import Folder, describe_error
 
@@ -31,9 +32,10 @@ def job_status(out: Folder) -> dict[str, Any]:
     job = out.read_json(layout.SPEC)
     spec = job["spec"]
     images_of = planned_images(plan)  # metadata rows: one per image
-    done = resume.committed_shards(out) & images_of.keys()
+    versions = resume.done_versions(out, len(images_of))
+    done = versions.keys() & images_of.keys()
     failed = (resume.failed_shards(out) & images_of.keys()) - done
-    markers = out.read_json_many([layout.done_path(i) for i in sorted(done)])
+    markers = summary.done_markers(out, {i: versions[i] for i in done})
     failures = out.read_json_many([layout.failed_path(i) for i in sorted(failed)])
     pending = images_of.keys() - done - failed
     return {

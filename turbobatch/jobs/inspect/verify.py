@@ -91,7 +91,7 @@ def verify(out: Folder) -> Report:
         raise JobError(f"output: {out.display()} has no {layout.PLAN}; it is not a turbobatch output")
     fmt = out.read_json(layout.SPEC)["spec"]["format"]
     planned = {s["shard_id"] for s in out.read_json(layout.PLAN)["shards"]}
-    done = sorted(resume.committed_shards(out))
+    done = sorted(resume.committed_shards(out, len(planned)))
     markers = _read_markers(out, done)
     listing = {d: out.list_sizes(d) for d in layout.DATA_DIRS}
     checker = _ShardChecker(out, fmt, listing)
@@ -106,7 +106,7 @@ def verify(out: Folder) -> Report:
 def _read_markers(out: Folder, ids: list[int]) -> dict[int, dict[str, Any] | str]:
     """Shard id -> its marker, or why it cannot be read; one batched read."""
     paths = {sid: out.path(layout.done_path(sid)) for sid in ids}
-    contents = out.fs.cat(list(paths.values()), on_error="return") if ids else {}
+    contents = out.fs.cat(list(paths.values()), on_error="return", **out.small_file_options()) if ids else {}
     markers: dict[int, dict[str, Any] | str] = {}
     for sid, path in paths.items():
         data = contents.get(path)

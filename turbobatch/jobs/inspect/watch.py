@@ -5,7 +5,9 @@ minutes, the ETA and the shards that failed since the last refresh, from the out
 (local or any fsspec URL), as ``turbobatch status`` does. A refresh costs one listing of
 ``_done/`` and one of ``_failed/``, plus one read per marker not seen before: the plan and spec
 are read once, and what counts and rates need of each done marker is kept in memory, so a watch
-of a million-image job does not read every marker again at every refresh.
+of a million-image job does not read every marker again at every refresh. The first refresh takes
+the markers already committed from their summaries where it can (output/summary.py), and writes the
+summaries of what it had to read, as ``turbobatch status`` does (later refreshes write nothing).
 
 The watch ends by itself once no planned shard is pending (exit 0, or 1 when some failed), or
 after ``--count`` refreshes (exit 0). An output that does not exist yet is waited for. The
@@ -25,13 +27,14 @@ from typing import Any, TextIO
 
 from turbobatch.errors import JobError
 from turbobatch.jobs.prepare import resume
-from turbobatch.output import layout
+from turbobatch.output import layout, summary
 from turbobatch.output.shard import planned_images
 from turbobatch.output.storage import Folder, bucket_of, check_endpoint
 
 DEFAULT_INTERVAL_S = 10.0
 RATE_WINDOW_S = 300.0  # images/s over the commits of the last 5 minutes: recent, yet over several commits
 OBJECT_STORES = ("s3://", "s3a://", "gs://", "gcs://")  # a missing bucket there is an error, not "not yet"
+SUMMARY_FROM = 10  # new markers of one block from which its summary is read first (one read for up to 1,000)
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,7 @@ class OutputWatcher:
         self.commits: dict[int, Commit] = {}
         self.failures: dict[int, dict[str, Any]] = {}
         self._bucket_checked = False
+        self._summaries_written = False
 
     def refresh(self, now: datetime | None = None) -> Snapshot | Waiting:
         """List ``_done/`` and ``_failed/`` once each and read only the markers not seen before."""
@@ -203,10 +207,16 @@ class OutputWatcher:
         if self.shard_images is None and not self._read_plan():
             return Waiting(now, self.out.display(), f"no {self.out.display(layout.SPEC)} yet (the job has not planned)")
         planned = self.shard_images.keys()
-        done = resume.committed_shards(self.out) & planned
+        versions = resume.done_versions(self.out, len(planned))
+        done = versions.keys() & planned
         self._forget_removed(self.commits, done)  # verify --repair drops broken shards' markers
         new_done = sorted(done - self.commits.keys())
-        for shard_id, marker in zip(new_done, self.out.read_json_many([layout.done_path(i) for i in new_done])):
+        # The first refresh of a large job takes the markers from their summaries, and writes those it had to
+        # read; later ones read the few new markers, which no summary holds yet, and write nothing.
+        markers = summary.done_markers(self.out, {i: versions[i] for i in new_done},
+                                       write=not self._summaries_written, min_per_block=SUMMARY_FROM)  # fmt: skip
+        self._summaries_written = True
+        for shard_id, marker in zip(new_done, markers):
             self.commits[shard_id] = Commit.from_marker(marker)
         failed = (resume.failed_shards(self.out) & planned) - done
         self._forget_removed(self.failures, failed)  # a failed shard that has since committed

@@ -85,19 +85,50 @@ def check_writable_read_only(out: Folder) -> str:
     return f"{state}; readable (write access is not tested without writing: the run's first step tests it)"
 
 
-def committed_shards(out: Folder) -> set[int]:
-    """Shard ids with a done marker: one listing of _done/."""
-    return _marker_ids(out, layout.DONE_DIR)
+def committed_shards(out: Folder, planned: int | None = None) -> set[int]:
+    """Shard ids with a done marker: one listing of _done/ (split by name prefix when ``planned`` is large)."""
+    return set(done_versions(out, planned))
+
+
+def done_versions(out: Folder, planned: int | None = None) -> dict[int, str | None]:
+    """Shard id -> version of its done marker (storage.version_of: changes when the marker is rewritten).
+
+    With the plan's shard count, a large _done/ on S3 is listed by name prefix, 1,000 shard ids a
+    listing, concurrently (listing_prefixes); every marker is found, in the plan or not.
+    """
+    return _marker_versions(out, layout.DONE_DIR, planned)
 
 
 def failed_shards(out: Folder) -> set[int]:
     """Shard ids with a failed marker: one listing of _failed/ (may include since-committed ones)."""
-    return _marker_ids(out, layout.FAILED_DIR)
+    return set(_marker_versions(out, layout.FAILED_DIR, None))
 
 
-def _marker_ids(out: Folder, folder: str) -> set[int]:
-    ids = (layout.shard_id_from_marker_name(name) for name in out.list_names(folder))
-    return {i for i in ids if i is not None}
+def _marker_versions(out: Folder, folder: str, planned: int | None) -> dict[int, str | None]:
+    prefixes, after = listing_prefixes(planned)
+    listed = out.list_versions(folder, prefixes, after)
+    ids = {name: layout.shard_id_from_marker_name(name) for name in listed}
+    return {i: listed[name] for name, i in ids.items() if i is not None}
+
+
+IDS_PER_PREFIX = 1000  # a marker name has six digits or more: its first three hold 1,000 ids (the last three vary)
+# Prefix listings pay from 3 prefixes on: up to 2,000 shards one listing is 1 or 2 pages.
+PREFIX_LISTING_FROM = 2 * IDS_PER_PREFIX + 1
+
+
+def listing_prefixes(planned: int | None) -> tuple[list[str], str | None]:
+    """Name prefixes that list every marker of a plan of ``planned`` shards, and the name after which
+    the rest (ids past the plan) come; ([], None) for one listing.
+
+    A marker's name starts with three digits (layout.shard_id_from_marker_name), so "000", "001", ...,
+    up to the plan's last, then every name after "K:" (":" sorts after the digits), hold all of them:
+    on S3 up to 16 listings run at once, each of 1,000 ids (on moto each also sorts only its own names).
+    """
+    if planned is None or planned < PREFIX_LISTING_FROM:
+        return [], None
+    count = min(1000, (planned - 1) // IDS_PER_PREFIX + 1)  # ids of 7 digits share the 3-digit prefixes
+    prefixes = [f"{i:03d}" for i in range(count)]
+    return prefixes, f"{prefixes[-1]}:"
 
 
 def record_failure(out: Folder, shard: Shard, error: str, detail: str, attempts: int, retryable: bool) -> None:
@@ -184,7 +215,7 @@ def inspect(out: Folder, spec: JobSpec, plan: list[Shard], fingerprint: dict[str
             + "\n  ".join(changes)
             + "\nUse a new output folder, or --overwrite to discard the existing output."
         )
-    found = committed_shards(out)
+    found = committed_shards(out, len(plan))
     foreign = previous is None and bool(found)  # done markers of an unknown job
     if foreign and not spec.overwrite:
         raise JobError(

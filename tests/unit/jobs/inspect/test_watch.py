@@ -94,9 +94,9 @@ def count_reads(monkeypatch, out: Folder) -> tuple[list[str], list[str]]:
     """Every marker read and every folder listed through ``out``, in order."""
     reads: list[str] = []
     listings: list[str] = []
-    read_many, list_names = out.read_json_many, out.list_names
+    read_many, list_versions = out.read_json_many, out.list_versions
     monkeypatch.setattr(out, "read_json_many", lambda rels: reads.extend(rels) or read_many(rels))
-    monkeypatch.setattr(out, "list_names", lambda rel: listings.append(rel) or list_names(rel))
+    monkeypatch.setattr(out, "list_versions", lambda rel, *a: listings.append(rel) or list_versions(rel, *a))
     return reads, listings
 
 

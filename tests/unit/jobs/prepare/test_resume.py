@@ -50,29 +50,12 @@ def test_overwrite_discards_only_turbobatch_objects(tmp_path):
     assert out.read_json(layout.SPEC)["fingerprint"]["spec"]["steps"] == 2
 
 
-OURS = [
-    "_done/000000.json",
-    "_done/000001.json",
-    "_failed/000002.json",
-    "metadata/000000.parquet",
-    "metadata/000001.parquet",
-    "shards/000000.tar",
-    "shards/000001.tar",
-    "images/000000/0.png",
-    "images/000000/a.tmp-b.webp",
-    "data/000001.parquet",
-    "shards/000002.tar.tmp-" + "0123456789abcdef" * 2,
-]
-FOREIGN = [
-    "metadata/notes.txt",
-    "shards/extra/keep.tar",
-    "images/000000/notes.txt",
-    "images/mine/0.png",
-    "_job/mine.yaml",
-    "_done/1.json",
-    "data/000001.parquet.tmp-x",
-    "README.txt",
-]
+OURS = ["_done/000000.json", "_done/000001.json", "_failed/000002.json", "metadata/000000.parquet",
+        "metadata/000001.parquet", "shards/000000.tar", "shards/000001.tar", "images/000000/0.png",
+        "images/000000/a.tmp-b.webp", "data/000001.parquet", "shards/000002.tar.tmp-" + "0123456789abcdef" * 2,
+        layout.summary_path(0)]  # fmt: skip
+FOREIGN = ["metadata/notes.txt", "shards/extra/keep.tar", "images/000000/notes.txt", "images/mine/0.png",
+           "_job/mine.yaml", "_done/1.json", "data/000001.parquet.tmp-x", "README.txt"]  # fmt: skip
 
 
 def fill(out: Folder, names: list[str]) -> None:
@@ -109,24 +92,14 @@ def test_overwrite_of_an_output_holding_only_ours_names_no_kept_files(tmp_path, 
 
 @pytest.mark.parametrize(
     "rel, kind",
-    [
-        ("_done/000012.json", "done marker"),
-        ("_done/1234567.json", "done marker"),
-        ("_done/12.json", None),
-        ("metadata/000000.parquet", "metadata file"),
-        ("metadata/000000.json", None),
-        ("shards/000000.parquet", None),
-        ("images/000003/k_1.jpg", "image file"),
-        ("images/000003/k.txt", None),
-        ("images/3/k.png", None),
-        ("images/000003/sub/k.png", None),
-        ("_job/plan.json", "_job/"),
-        ("_job/.write-probe", "_job/"),
-        ("_job/spec.json.tmp-" + "f" * 32, "temp file"),
-        ("_job/other.json.tmp-" + "f" * 32, None),
-        ("_job/spec.json.tmp-xyz", None),
-    ],
-)
+    [("_done/000012.json", "done marker"), ("_done/1234567.json", "done marker"), ("_done/12.json", None),
+     ("metadata/000000.parquet", "metadata file"), ("metadata/000000.json", None), ("shards/000000.parquet", None),
+     ("images/000003/k_1.jpg", "image file"), ("images/000003/k.txt", None), ("images/3/k.png", None),
+     ("images/000003/sub/k.png", None), ("_job/plan.json", "_job/"), ("_job/.write-probe", "_job/"),
+     ("_job/spec.json.tmp-" + "f" * 32, "temp file"), ("_job/other.json.tmp-" + "f" * 32, None),
+     ("_job/spec.json.tmp-xyz", None), ("_job/summary/000003.json.gz", "_job/"), ("_job/summary/notes.json.gz", None),
+     ("_job/summary/000003.json", None)],
+)  # fmt: skip
 def test_owned_kind_names_only_the_layouts_files(rel, kind):
     assert layout.owned_kind(rel) == kind
 
@@ -151,3 +124,36 @@ def test_unwritable_output_is_a_job_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(JobError, match="output: cannot write to"):
         resume.check_writable(Folder(str(blocker / "out")))
+
+
+@pytest.mark.parametrize(
+    "name, shard_id",
+    [
+        ("000123.json", 123),
+        ("1234567.json", 1234567),
+        ("1.json", None),
+        ("00012.json", None),
+        ("000123.json.tmp-x", None),
+        ("000123.tar", None),
+    ],
+)
+def test_a_marker_is_named_with_six_digits_or_more(name, shard_id):
+    """As layout.owned_kind says; it is what lets a listing split by name prefix find every marker."""
+    assert layout.shard_id_from_marker_name(name) == shard_id
+
+
+def test_listing_prefixes_cover_the_plan_then_every_name_after_it():
+    assert resume.listing_prefixes(None) == resume.listing_prefixes(2000) == ([], None)
+    assert resume.listing_prefixes(2001) == (["000", "001", "002"], "002:")
+    prefixes, after = resume.listing_prefixes(100_000)
+    assert (len(prefixes), prefixes[0], prefixes[-1], after) == (100, "000", "099", "099:")
+    prefixes, after = resume.listing_prefixes(5_000_000)  # 7-digit ids share the 3-digit prefixes
+    assert (len(prefixes), prefixes[-1], after) == (1000, "999", "999:")
+
+
+def test_a_local_listing_is_one_listing_whatever_the_plan(tmp_path):
+    out = Folder(str(tmp_path))
+    commit(out, 0, 1500, 99_999, 150_000)
+    (tmp_path / "_done" / "1.json").write_text("{}")
+    assert resume.done_versions(out, 100_000) == resume.done_versions(out)
+    assert resume.committed_shards(out, 100_000) == {0, 1500, 99_999, 150_000}
