@@ -67,17 +67,17 @@ class Progress:
         """Render actors ready to take shards and still starting, for the progress line."""
         if (ready, starting) != self.workers:
             self.workers = (ready, starting)
-            self._postfix()
+            self._postfix(force=True)  # an actor joined or left: rare, and what a user waits to see
 
     def note(self, message: str) -> None:
         """A line for the user (retries, replaced workers) that does not break the bar."""
         self.bar.write(message, file=sys.stderr)
 
-    def _postfix(self) -> None:
-        """Redraw at most once per interval: at 100 completions/s a redraw per shard would be most of
-        the driver's time (and, in a log, a line per shard)."""
+    def _postfix(self, force: bool = False) -> None:
+        """Redraw at most once per interval unless ``force``: at 100 completions/s a redraw per shard would
+        be most of the driver's time (and, in a log, a line per shard)."""
         now = time.perf_counter()
-        if now - self._drawn < self.interval and self._drawn:
+        if not force and self._drawn and now - self._drawn < self.interval:
             return
         self._drawn = now
         ready, starting = self.workers
@@ -89,8 +89,7 @@ class Progress:
         )
 
     def close(self) -> None:
-        self._drawn = 0.0
-        self._postfix()
+        self._postfix(force=True)
         self.bar.close()
 
     def summary(self, output: str) -> str:

@@ -43,3 +43,15 @@ def test_progress_keeps_counts_not_markers_and_redraws_by_time(monkeypatch):
     assert len(redraws) <= 2, redraws[:5]
     progress.close()
     assert redraws[-1].startswith("shards 1000/1000")
+
+
+def test_a_worker_change_is_drawn_at_once(monkeypatch):
+    """Actors joining are rare and what a user waits for: drawn at once, unlike per-shard redraws."""
+    redraws = []
+    progress = Progress(total_shards=10, already_done=0, pending_images=110)
+    monkeypatch.setattr(progress.bar, "set_postfix_str", lambda text, **kw: redraws.append(text))
+    progress.set_workers(1, 2)
+    progress.set_workers(1, 2)
+    progress.set_workers(2, 1)
+    assert redraws == ["shards 0/10, workers 1 ready / 2 starting", "shards 0/10, workers 2 ready / 1 starting"]
+    progress.close()
