@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.spec.sampling import SamplingParams
 from turbobatch.workers.actor import RenderWorker
 
@@ -41,7 +41,7 @@ def naive_loop(pipe: Any, prompts: list[str], batch: int, size: int, out: Path, 
 class PipelineCallSampler:
     """The previous worker's sampling: ``pipe(..., output_type="latent")`` with per-row generators."""
 
-    def __init__(self, pipe: Any, spec: JobSpec, device: str) -> None:
+    def __init__(self, pipe: Any, spec: ResolvedJob, device: str) -> None:
         self.pipe, self.spec, self.device = pipe, spec, device
         self.params = spec.sampling()  # the renderer groups rows by these (as for TurboSampler)
 
@@ -72,7 +72,7 @@ class PipelineCallSampler:
         return latents, truncated
 
 
-def previous_worker(spec: JobSpec, pipe: Any) -> RenderWorker:
+def previous_worker(spec: ResolvedJob, pipe: Any) -> RenderWorker:
     """A worker that samples through the pipeline's ``__call__``, one batch at a time, no speedups."""
     worker = RenderWorker(spec, pipe)
     worker.renderer.sampler = PipelineCallSampler(pipe, spec, spec.device)

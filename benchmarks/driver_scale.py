@@ -42,7 +42,7 @@ from turbobatch.jobs.run.progress import Progress  # noqa: E402
 from turbobatch.jobs.run.schedule import ShardScheduler  # noqa: E402
 from turbobatch.output.shard import Shard  # noqa: E402
 from turbobatch.output.storage import Folder  # noqa: E402
-from turbobatch.spec.job import JobSpec  # noqa: E402
+from turbobatch.spec.resolved import ResolvedJob  # noqa: E402
 
 GPUS_PER_NODE = 8
 
@@ -166,7 +166,7 @@ class ActorId(bytes):
 class SimulatedPool(ActorPool):
     """The real ActorPool with its Ray calls answered by the simulation."""
 
-    def __init__(self, spec: JobSpec, target: int, sim: Simulation) -> None:
+    def __init__(self, spec: ResolvedJob, target: int, sim: Simulation) -> None:
         super().__init__(spec, target, lambda message: None, clock=sim.clock)
         self.sim = sim
         self.node_count = max(1, target // GPUS_PER_NODE)
@@ -238,7 +238,7 @@ def plan(n: int, rows: int = 1000) -> list[Shard]:
 def simulate(actors: int, shards: int, mean_s: float, seed: int = 0) -> dict[str, Any]:
     """One simulated run in this process: the scheduler's wall and CPU time, its peak RSS."""
     with tempfile.TemporaryDirectory() as out:
-        spec = JobSpec(input="in.parquet", output=out, workers=actors, max_retries=3, stall_timeout=3600)
+        spec = ResolvedJob(input="in.parquet", output=out, workers=actors, max_retries=3, stall_timeout=3600)
         sim = Simulation(
             mean_s, random.Random(seed), death_rate=0.0005, drain_every=max(50, shards // 20), fail_rate=0.0005
         )
@@ -339,7 +339,7 @@ def real_ray(shards: int, actors: int, in_flight: int, mean_s: float) -> dict[st
         per_actor = in_flight // actors
         sleeper = ray.remote(Sleeper).options(num_cpus=0, max_concurrency=per_actor)
         with tempfile.TemporaryDirectory() as out:
-            spec = JobSpec(input="in.parquet", output=out, workers=actors, stall_timeout=3600)
+            spec = ResolvedJob(input="in.parquet", output=out, workers=actors, stall_timeout=3600)
             pending = plan(shards)
             progress = Progress(len(pending), 0, sum(s.num_images for s in pending))
             pool = ActorPool(spec, actors, progress.note, inflight=per_actor)

@@ -44,7 +44,8 @@ from benchmarks.breakdown import breakdown_line, component_times  # noqa: E402
 from benchmarks.flops import flops_per_image  # noqa: E402
 from turbobatch.jobs.inspect.status import profile_line, summed_timings  # noqa: E402
 from turbobatch.output.shard import Shard  # noqa: E402
-from turbobatch.spec.job import DEFAULT_SPEEDUPS, SPEEDUPS, JobSpec, normalize_speedups  # noqa: E402
+from turbobatch.spec.job import DEFAULT_SPEEDUPS, SPEEDUPS, normalize_speedups  # noqa: E402
+from turbobatch.spec.resolved import ResolvedJob  # noqa: E402
 from turbobatch.workers.actor import RenderWorker  # noqa: E402
 from turbobatch.workers.rows import rows_from_table  # noqa: E402
 from turbobatch.workers.speedups import registry as speedups  # noqa: E402
@@ -119,7 +120,7 @@ def first_images(v: Variant, data: Path) -> list[np.ndarray]:
     return [r.image for r in results]
 
 
-def plain_images(pipe: Any, spec: JobSpec, prompts: list[str], n: int) -> list[np.ndarray]:
+def plain_images(pipe: Any, spec: ResolvedJob, prompts: list[str], n: int) -> list[np.ndarray]:
     """What plain diffusers calls give for the first rows' prompts and seeds (job seed + index)."""
     gens = [torch.Generator(spec.device).manual_seed(spec.seed + i) for i in range(n)]
     out = pipe(
@@ -141,7 +142,7 @@ def with_decoder(pipe: Any, vae: Any) -> Any:
     return own
 
 
-def build(label: str, changes: str, spec: JobSpec, pipe: Any, vae: Any, data: Path, rows: int) -> Variant:
+def build(label: str, changes: str, spec: ResolvedJob, pipe: Any, vae: Any, data: Path, rows: int) -> Variant:
     worker_spec = dataclasses.replace(spec, speedups=changes, output=f"{spec.output}-{label}")
     own = with_decoder(pipe, copy.deepcopy(vae))
     worker = previous_worker(worker_spec, own) if label == "previous" else RenderWorker(worker_spec, own)
@@ -161,12 +162,12 @@ def diff_line(images: list[np.ndarray], plain: list[np.ndarray]) -> str:
     )
 
 
-def make_job(model: str, args: argparse.Namespace, work: Path) -> tuple[JobSpec, list[str], Path]:
+def make_job(model: str, args: argparse.Namespace, work: Path) -> tuple[ResolvedJob, list[str], Path]:
     device, dtype, size = ("cpu", "float32", 64) if args.smoke else ("cuda", "float16", 512)
     prompts = [f"a photo of object {i}, detailed, studio light" for i in range(args.images)]
     data = work / "prompts.parquet"
     pq.write_table(pa.table({"prompt": prompts}), data)
-    spec = JobSpec(
+    spec = ResolvedJob(
         input=str(data),
         output=str(work / "worker"),
         model=model,

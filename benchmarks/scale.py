@@ -45,7 +45,7 @@ from turbobatch.jobs.prepare.plan import fingerprint, make_plan  #
 from turbobatch.output import layout
 from turbobatch.output.shard import Shard  # noqa: E402 noqa: E402
 from turbobatch.output.storage import Folder  # noqa: E402
-from turbobatch.spec.job import JobSpec  # noqa: E402
+from turbobatch.spec.resolved import ResolvedJob  # noqa: E402
 
 
 class CountingFolder(Folder):
@@ -153,11 +153,11 @@ def marker_objects(prefix: str, ids: range, redone: int = 0) -> Iterator[tuple[s
         yield f"{prefix}{layout.done_path(i)}", data
 
 
-def job_for(out: Folder, shards: int, files: int) -> tuple[JobSpec, list[Shard], dict[str, Any]]:
+def job_for(out: Folder, shards: int, files: int) -> tuple[ResolvedJob, list[Shard], dict[str, Any]]:
     """A plan of ``shards`` shards of 1,000 images over ``files`` inputs (footers as scan_inputs reads them)."""
     rows = shards * 1000 // files
     inputs = [InputFile(f"s3://inputs/part-{i:05d}.parquet", 4096, rows, {"prompt": "string"}) for i in range(files)]
-    spec = JobSpec(input="s3://inputs/", output=out.url, shard_size=1000)
+    spec = ResolvedJob(input="s3://inputs/", output=out.url, shard_size=1000)
     return spec, make_plan(inputs, spec.shard_size), fingerprint(inputs, spec)
 
 

@@ -31,11 +31,12 @@ from turbobatch.output.storage import Folder
 from turbobatch.spec import sampling
 from turbobatch.spec.expand import Expansion
 from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 
 MARK = "<!-- Written by turbobatch at the end of every run (jobs/card.py): edits are overwritten. -->"
 
 
-def write_card(out: Folder, spec: JobSpec, model_location: str | None = None) -> str:
+def write_card(out: Folder, spec: ResolvedJob, model_location: str | None = None) -> str:
     """Write OUT/README.md for the shards committed now; returns its text."""
     plan = out.read_json(layout.PLAN)
     planned = {s["shard_id"] for s in plan["shards"]}
@@ -47,7 +48,7 @@ def write_card(out: Folder, spec: JobSpec, model_location: str | None = None) ->
 
 
 # -- the YAML front matter ---------------------------------------------------------------------
-def declared_schema(spec: JobSpec) -> tuple[pa.Schema, tuple[str, ...]]:
+def declared_schema(spec: ResolvedJob) -> tuple[pa.Schema, tuple[str, ...]]:
     """The columns a `datasets` reader gets from the config's files, and which of them are images."""
     if spec.format == "tar":  # the webdataset builder: one column per member extension, plus its own two
         ext = spec.image_extension
@@ -63,12 +64,12 @@ def declared_schema(spec: JobSpec) -> tuple[pa.Schema, tuple[str, ...]]:
     return job_metadata_schema(spec), ()
 
 
-def data_files(spec: JobSpec, shard_ids: list[int]) -> list[str]:
+def data_files(spec: ResolvedJob, shard_ids: list[int]) -> list[str]:
     path = {"tar": layout.tar_path, "parquet": layout.data_path}.get(spec.format, layout.metadata_path)
     return [path(i) for i in shard_ids]
 
 
-def front_matter(spec: JobSpec, markers: list[dict[str, Any]]) -> dict[str, Any]:
+def front_matter(spec: ResolvedJob, markers: list[dict[str, Any]]) -> dict[str, Any]:
     schema, images = declared_schema(spec)
     examples = sum(m["ok"] if spec.format in ("tar", "parquet") else m["rows"] for m in markers)
     info: dict[str, Any] = {"features": features_yaml(schema, images)}
@@ -90,7 +91,7 @@ def split_bytes(markers: list[dict[str, Any]], files: list[str]) -> int:
 
 # -- the text ----------------------------------------------------------------------------------
 def card_text(
-    spec: JobSpec,
+    spec: ResolvedJob,
     plan: dict[str, Any],
     markers: list[dict[str, Any]],
     license: str | None,
@@ -117,7 +118,7 @@ def _title(where: str) -> str:
     return where.rstrip("/").rsplit("/", 1)[-1] or where
 
 
-def _summary(spec: JobSpec) -> str:
+def _summary(spec: ResolvedJob) -> str:
     extra = f" with the VAE `{spec.vae}`" if spec.vae else ""
     if spec.controlnet:
         extra += f" and the ControlNet `{spec.controlnet}`"
@@ -129,7 +130,7 @@ def _summary(spec: JobSpec) -> str:
     )
 
 
-def _expansion_words(spec: JobSpec) -> str:
+def _expansion_words(spec: ResolvedJob) -> str:
     expansion = Expansion.of(spec)
     parts = [f"{expansion.images_per_prompt} images per prompt"] if expansion.images_per_prompt > 1 else []
     if expansion.sweep:
@@ -147,7 +148,7 @@ _LAYOUT = {
 }
 
 
-def _contents(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]]) -> str:
+def _contents(spec: ResolvedJob, plan: dict[str, Any], markers: list[dict[str, Any]]) -> str:
     ok, error = sum(m["ok"] for m in markers), sum(m["error"] for m in markers)
     size = sum(m.get("image_bytes", 0) for m in markers)
     total = plan["num_shards"]
@@ -171,7 +172,7 @@ def _contents(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]]
     return "## Contents\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
-def _loading(spec: JobSpec, where: str) -> str:
+def _loading(spec: ResolvedJob, where: str) -> str:
     lines = [
         "## Loading",
         "",
@@ -202,7 +203,7 @@ def _loading(spec: JobSpec, where: str) -> str:
     return "\n".join(lines)
 
 
-def _how_made(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]], now: datetime) -> str:
+def _how_made(spec: ResolvedJob, plan: dict[str, Any], markers: list[dict[str, Any]], now: datetime) -> str:
     committed = sorted(m.get("committed_at", "") for m in markers)
     version = _version()
     rows = [
@@ -237,20 +238,20 @@ def _how_made(spec: JobSpec, plan: dict[str, Any], markers: list[dict[str, Any]]
     return f"## How it was made\n\n| | |\n|---|---|\n{table}\n\nThe command (rerun it to resume):\n\n```\n{command_line(spec)}\n```"
 
 
-def _sizes(spec: JobSpec) -> str:
+def _sizes(spec: ResolvedJob) -> str:
     varied = {name for name, _ in spec.sweep or []} | spec.sampling_columns.keys()
     size = f"{spec.width}x{spec.height}"
     return size + (" unless swept or set per row (see metadata)" if varied & set(sampling.SIZE_NAMES) else "")
 
 
-def _varied(spec: JobSpec) -> str:
+def _varied(spec: ResolvedJob) -> str:
     """What varies per image: the sweep's values, the per-row columns (metadata has each image's)."""
     parts = [f"swept {name}: {', '.join(map(str, values))}" for name, values in spec.sweep or []]
     parts += [f"{name} from column `{column}`" for name, column in spec.sampling_columns.items()]
     return ("; " + "; ".join(parts) + " (each image's values are in its metadata)") if parts else ""
 
 
-def _seeds(spec: JobSpec) -> str:
+def _seeds(spec: ResolvedJob) -> str:
     n = spec.images_per_prompt
     if n == 1:
         seeds = f"column `{spec.seed_column}` where present and valid, else {spec.seed} + the row's global index"
@@ -262,12 +263,12 @@ def _seeds(spec: JobSpec) -> str:
     return seeds + ("; every sweep combination of a row and j shares its seed" if spec.sweep else "")
 
 
-def command_line(spec: JobSpec) -> str:
+def command_line(spec: ResolvedJob) -> str:
     """``turbobatch render`` with the options that shape the output, where they differ from the defaults."""
     defaults = JobSpec()
     parts = ["turbobatch", "render", shlex.quote(spec.input), shlex.quote(spec.output)]
     for name in (*spec.OUTPUT_FIELDS, "variant"):
-        if name in spec.DRIVER_FIELDS:  # resolved from --variant, which is the flag the user gives
+        if name in ResolvedJob.RESOLVED_FIELDS:  # the variants come from --variant, which the user gives
             continue
         value = getattr(spec, name)
         if name == "sweep":
@@ -278,7 +279,7 @@ def command_line(spec: JobSpec) -> str:
     return " ".join(parts)
 
 
-def _license(spec: JobSpec, license: str | None) -> str:
+def _license(spec: ResolvedJob, license: str | None) -> str:
     terms = (
         f"its model card states the license **{license}**"
         if license
@@ -290,8 +291,8 @@ def _license(spec: JobSpec, license: str | None) -> str:
     )
 
 
-def _spec_section(spec: JobSpec) -> str:
-    public = {k: v for k, v in spec.to_public_dict().items() if k not in spec.RESOLVED_FIELDS}
+def _spec_section(spec: ResolvedJob) -> str:
+    public = {k: v for k, v in spec.to_public_dict().items() if k != "kept_schema"}  # the card's features say it
     return (
         "## Job spec\n\nSecrets in storage options are shown as `***`.\n\n```json\n"
         + json.dumps(public, indent=1)

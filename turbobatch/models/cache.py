@@ -38,7 +38,7 @@ from turbobatch.models.source import HUB, REMOTE, loads_in_place
 from turbobatch.models.tiny import cache_dir
 from turbobatch.models.variants import hub_allow_patterns
 from turbobatch.output.storage import Folder
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 
 MANIFEST = ".turbobatch-copy.json"
 COPY_THREADS = 8  # files fetched at once (object stores serve parallel GETs faster than one)
@@ -68,7 +68,7 @@ def models_dir() -> Path:
     return cache_dir() / "models"
 
 
-def fetch_all(spec: JobSpec) -> list[Fetched]:
+def fetch_all(spec: ResolvedJob) -> list[Fetched]:
     """Each component of a driver-resolved spec, fetched (or found) on this node; [] for a spec the
     driver did not resolve (tests, benchmarks: names load in place)."""
     return [fetch(c, spec.sources[c], spec.input_options()) for c in COMPONENTS if c in spec.sources]

@@ -21,7 +21,7 @@ from turbobatch.models.random_weights import config as random_config
 from turbobatch.models.source import REMOTE, ModelSource, cannot_load, loads_in_place, open_source
 from turbobatch.models.tiny import TINY_MODELS, tiny_model_path
 from turbobatch.models.variants import choose_variant, needed_files
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 # AutoencoderTiny: TAESD-class decoders (madebyollin/taesd, taesdxl), far cheaper than the full VAE.
@@ -197,8 +197,8 @@ def _component_config(
 
 
 def resolve_weights(
-    spec: JobSpec, model: ModelInfo, vae: VaeInfo | None = None, controlnet: ControlNetInfo | None = None
-) -> JobSpec:
+    spec: ResolvedJob, model: ModelInfo, vae: VaeInfo | None = None, controlnet: ControlNetInfo | None = None
+) -> ResolvedJob:
     """The variant of each component and the files each node fetches for it, decided once here from
     the listings, after resolve_spec chose the dtype (``--variant auto`` depends on it)."""
     if spec.weights == "random" or model.source is None:
@@ -219,7 +219,7 @@ def resolve_weights(
     return dataclasses.replace(spec, sources=sources, **variants)
 
 
-def describe_weights(spec: JobSpec) -> str | None:
+def describe_weights(spec: ResolvedJob) -> str | None:
     """One line: each component's variant and what a node fetches for it."""
     parts = []
     for component, source in spec.sources.items():
@@ -241,7 +241,7 @@ def _family(addition_embed_type: str | None) -> str:
     return "SDXL" if addition_embed_type == "text_time" else "SD 1.x/2.x"
 
 
-def load_pipeline(spec: JobSpec, locations: Mapping[str, str] | None = None) -> Any:
+def load_pipeline(spec: ResolvedJob, locations: Mapping[str, str] | None = None) -> Any:
     """The real loading path, the same for tiny and full models: pipeline, optional VAE swap,
     optional ControlNet (AutoPipeline then picks the matching ControlNet pipeline class).
 

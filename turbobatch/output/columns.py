@@ -2,7 +2,7 @@
 
 ``--keep-columns`` is resolved once, on the driver, from the input footers (no data is read):
 the names, and their Arrow types unified across the input files. The result travels to every
-worker inside the JobSpec (``kept_schema``), so every metadata file, tar json member and data
+worker inside the ResolvedJob (``kept_schema``), so every metadata file, tar json member and data
 Parquet of a job has the same column names and types in every shard, whatever values a shard
 happens to hold (nulls are typed, never inferred), and the dataset card can declare it.
 
@@ -27,6 +27,7 @@ import pyarrow as pa
 from turbobatch.errors import JobError
 from turbobatch.spec.expand import sweep_schema
 from turbobatch.spec.job import KEEP_ALL, JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 
 if TYPE_CHECKING:  # the input files are the driver's (jobs/prepare); only their type is needed here
     from turbobatch.jobs.prepare.inputs import InputFile
@@ -88,8 +89,9 @@ _SAME_NAME_ROLES = {
 _VALID_TYPES = "integers, floats, strings, bools or nulls, or lists or structs of them"
 
 
-def with_kept_columns(files: list[InputFile], spec: JobSpec) -> JobSpec:
-    """The spec with ``keep_columns`` resolved to names and ``kept_schema`` to their types.
+def with_kept_columns(files: list[InputFile], spec: JobSpec) -> tuple[JobSpec, str | None]:
+    """The spec with ``keep_columns`` resolved to names, and their types: the job's kept schema
+    (encoded for ``ResolvedJob.kept_schema``; None when no column is kept).
 
     Raises JobError naming the column, the file and what is valid: a kept column missing from a
     file, clashing with a written column, of a type JSON cannot carry, or of conflicting types.
@@ -99,9 +101,8 @@ def with_kept_columns(files: list[InputFile], spec: JobSpec) -> JobSpec:
     kept = resolve_kept_schema(files, spec)
     if note := star_skipped_note(files, spec):
         print(note, file=sys.stderr)
-    return dataclasses.replace(
-        spec, keep_columns=",".join(kept.names) or None, kept_schema=encode_schema(kept) if kept.names else None
-    )
+    names = ",".join(kept.names) or None
+    return dataclasses.replace(spec, keep_columns=names), encode_schema(kept) if kept.names else None
 
 
 def resolve_kept_schema(files: list[InputFile], spec: JobSpec) -> pa.Schema:
@@ -253,7 +254,7 @@ def _decode_schema(text: str) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
 
 
-def kept_schema(spec: JobSpec) -> pa.Schema:
+def kept_schema(spec: ResolvedJob) -> pa.Schema:
     """The kept columns and their types, as the driver resolved them (empty without any)."""
     return _decode_schema(spec.kept_schema) if spec.kept_schema else pa.schema([])
 
@@ -273,12 +274,12 @@ def data_schema(kept: pa.Schema, swept: pa.Schema = pa.schema([])) -> pa.Schema:
     return pa.schema([pa.field("image", IMAGE_TYPE), *(METADATA_SCHEMA.field(n) for n in first), *swept, *kept, *rest])
 
 
-def job_metadata_schema(spec: JobSpec) -> pa.Schema:
+def job_metadata_schema(spec: ResolvedJob) -> pa.Schema:
     """The job's one metadata schema (kept columns and sweep resolved from the spec)."""
     return metadata_schema(kept_schema(spec), sweep_schema(spec))
 
 
-def job_data_schema(spec: JobSpec) -> pa.Schema:
+def job_data_schema(spec: ResolvedJob) -> pa.Schema:
     return data_schema(kept_schema(spec), sweep_schema(spec))
 
 

@@ -1,7 +1,9 @@
-"""JobSpec: everything a render job needs, validated once, before any work starts.
+"""JobSpec: the job as the user asked for it, validated once, before any work starts.
 
 CLI flags and a YAML file (same field names) become one ``JobSpec``. ``validate`` checks every
-field and raises :class:`JobError` naming the flag, the value and what is valid.
+field and raises :class:`JobError` naming the flag, the value and what is valid. Fields left
+None ("the model's", "the cluster's") are filled by the driver into a ``ResolvedJob``
+(spec/resolved.py), the type the actors receive.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ WEIGHTS = ("pretrained", "random")
 # Which weight files load (--variant): "auto" picks fp16 files (half the bytes to fetch) when the
 # job renders in float16 or bfloat16 and the model has them; models/variants.py decides.
 VARIANTS = ("auto", "fp16", "none")
-RESOLVED_VARIANTS = ("fp16", "none")
+# What the driver sets from --variant and each model's listing (spec/resolved.py ResolvedJob): a
+# YAML file naming one of them is told so.
+SET_FROM_VARIANT = ("model_variant", "vae_variant", "controlnet_variant", "sources")
 # torch.compile modes for the UNet (--compile); "off" compiles nothing.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # The worker's speed changes (--speedups; implementations in workers/speedups/registry.py), each measured
@@ -93,7 +97,6 @@ class JobSpec:
     guidance_scale_column: str | None = None
     width_column: str | None = None
     height_column: str | None = None
-    kept_schema: str | None = None  # resolved by the driver, never by the user: base64 Arrow IPC schema
     device: str | None = None  # None: cuda when the Ray cluster has GPUs, else cpu
     weights: str = "pretrained"  # "random": full-size architecture from bundled configs, for speed work
     vae: str | None = None  # swap the pipeline's VAE (e.g. an fp16-fixed SDXL VAE, or TAESD)
@@ -104,13 +107,6 @@ class JobSpec:
     control_preprocess: str = "none"
     controlnet_scale: float = 1.0
     variant: str = "auto"  # weight files of --model, --vae and --controlnet: auto, fp16 or none
-    # Set by the driver from --variant, the dtype and each model's listing (never by the user):
-    # the variant each component loads ("fp16" or "none"; None when not used), and per component
-    # where its files are and which of them a node fetches (models/source.py, to_spec).
-    model_variant: str | None = None
-    vae_variant: str | None = None
-    controlnet_variant: str | None = None
-    sources: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
     max_retries: int = 3  # infrastructure failures (worker death, storage timeouts) retried per shard
     max_failed_shards: int = 0  # more failed shards than this: exit code 1
@@ -145,9 +141,6 @@ class JobSpec:
         "control_image_column",
         "control_preprocess",
         "controlnet_scale",
-        "model_variant",
-        "vae_variant",
-        "controlnet_variant",
         "images_per_prompt",
         "prompt_template",
         "sweep",
@@ -156,45 +149,21 @@ class JobSpec:
         "width_column",
         "height_column",
     )
-    # Filled in by the driver; a YAML file naming them is an error.
-    DRIVER_FIELDS = ("model_variant", "vae_variant", "controlnet_variant", "sources")
-
-    @staticmethod
-    def legacy_value(name: str, old_spec: dict[str, Any]) -> Any:
-        """The value an output fingerprinted before field ``name`` existed was made with: weights
-        loaded without a variant (plain files) for each component the job used; for any other
-        field its default (the option did not exist yet)."""
-        if name.endswith("_variant"):
-            used = {
-                "model_variant": old_spec.get("weights", "pretrained") == "pretrained",
-                "vae_variant": bool(old_spec.get("vae")),
-                "controlnet_variant": bool(old_spec.get("controlnet")),
-            }
-            return "none" if used.get(name) else None
-        defaults = {f.name: f.default for f in dataclasses.fields(JobSpec) if f.default is not dataclasses.MISSING}
-        return defaults.get(name)
-
-    # Filled in by the driver from the inputs; a YAML file or flag cannot set them.
-    RESOLVED_FIELDS = ("kept_schema",)
-
-    @classmethod
-    def user_fields(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls) if f.name not in cls.RESOLVED_FIELDS]
 
     @classmethod
     def from_sources(cls, yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> JobSpec:
         """Defaults, then the YAML file, then flags that were given on the command line."""
-        known = set(cls.user_fields())
+        known = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for raw_key, value in yaml_values.items():
             key = str(raw_key).replace("-", "_")
-            if key in cls.DRIVER_FIELDS:
+            if key in SET_FROM_VARIANT:
                 raise JobError(
                     f"--config: field {raw_key!r} is set by the job itself (from --variant and the "
                     "model's files); use variant: auto, fp16 or none"
                 )
             if key not in known:
-                valid = ", ".join(sorted(known - set(cls.DRIVER_FIELDS)))
+                valid = ", ".join(sorted(known))
                 raise JobError(f"--config: unknown field {raw_key!r}; valid fields: {valid}")
             values[key] = value
         if "sweep" in values and "sweep" in flag_values:  # --sweep flags on top of the file's sweep, per name
@@ -236,8 +205,6 @@ class JobSpec:
         _require_text("seed-column", self.seed_column)
         self._validate_controlnet()
         _require_choice("variant", self.variant, VARIANTS)
-        for name in ("model_variant", "vae_variant", "controlnet_variant"):
-            _require_choice(name.replace("_", "-"), getattr(self, name), RESOLVED_VARIANTS, optional=True)
         for name in ("negative_prompt_column", "key_column"):
             value = getattr(self, name)
             if value is not None:
@@ -301,7 +268,7 @@ class JobSpec:
 
     # -- derived values ----------------------------------------------------------------
     def sampling(self) -> SamplingParams:
-        """The job's sampling parameters (a resolved spec: height and width set)."""
+        """The job's sampling parameters (height and width are set once resolved: spec/resolved.py)."""
         return SamplingParams(self.steps, self.guidance_scale, self.height, self.width)
 
     @property

@@ -27,7 +27,7 @@ from turbobatch.models import cache as model_cache
 from turbobatch.models.resolve import load_pipeline
 from turbobatch.output.shard import Shard
 from turbobatch.output.storage import Folder
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.workers.batches import PipelineRenderer
 from turbobatch.workers.control import ControlImageError, ControlImageLoader
 from turbobatch.workers.images import image_rows
@@ -39,11 +39,13 @@ ENCODE_THREADS = max(2, min(8, (os.cpu_count() or 2)))
 
 
 class RenderWorker:
-    def __init__(self, spec: JobSpec, pipe: Any = None) -> None:
+    def __init__(self, spec: ResolvedJob, pipe: Any = None) -> None:
         """``pipe``: an already loaded pipeline for ``spec`` (benchmarks share weights between
         workers); by default the worker loads its own."""
-        if spec.device is None or spec.dtype is None or spec.height is None or spec.width is None:
-            raise ValueError("RenderWorker needs a spec resolved by the driver (device, dtype, size)")
+        if not isinstance(spec, ResolvedJob) or None in (spec.device, spec.dtype, spec.height, spec.width):
+            raise ValueError(
+                "RenderWorker needs the job resolved by the driver (a ResolvedJob with device, dtype and size set)"
+            )
         faults.on_worker_start()
         self.spec = spec
         self.out = Folder(spec.output, spec.output_options())

@@ -20,7 +20,7 @@ from turbobatch.output.keys import index_key, sanitize_key
 from turbobatch.output.shard import Shard
 from turbobatch.output.storage import open_fs
 from turbobatch.spec import sampling
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.spec.sampling import MAX_SEED, SamplingParams
 from turbobatch.spec.template import template_of
 
@@ -56,7 +56,7 @@ class ShardReader:
     (one 10M-row group is common), consecutive shards reuse them instead of rereading.
     """
 
-    def __init__(self, spec: JobSpec, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, spec: ResolvedJob, storage_options: dict[str, Any] | None = None) -> None:
         self.spec = spec
         self.storage_options = storage_options or {}
         self._cache: tuple[tuple[str, tuple[int, ...]], int, pa.Table] | None = None
@@ -97,13 +97,13 @@ def _row_groups_covering(meta: pq.FileMetaData, start: int, end: int) -> tuple[l
     return groups, first_row or 0
 
 
-def template_columns(spec: JobSpec) -> dict[str, str]:
+def template_columns(spec: ResolvedJob) -> dict[str, str]:
     """Template field -> the input column it reads (swept fields read none)."""
     template = template_of(spec)
     return template.columns(spec, {name for name, _ in spec.sweep or []}) if template else {}
 
 
-def rows_from_table(table: pa.Table, shard: Shard, spec: JobSpec) -> list[Row]:
+def rows_from_table(table: pa.Table, shard: Shard, spec: ResolvedJob) -> list[Row]:
     columns = table.to_pydict()
     n = table.num_rows
     prompts = columns.get(spec.prompt_column, [None] * n)
@@ -136,7 +136,7 @@ def rows_from_table(table: pa.Table, shard: Shard, spec: JobSpec) -> list[Row]:
     return rows
 
 
-def _row_sampling(columns: dict[str, list[Any]], i: int, spec: JobSpec) -> tuple[dict[str, Any], str | None]:
+def _row_sampling(columns: dict[str, list[Any]], i: int, spec: ResolvedJob) -> tuple[dict[str, Any], str | None]:
     """The sampling values row ``i``'s columns set (--steps-column, ...; null: the job's), checked
     as their flags are; or why one is not valid, naming the column, the value and the range (the
     parameter is then None: its error rows record no value rather than the job's)."""

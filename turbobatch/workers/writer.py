@@ -22,7 +22,7 @@ from typing import Any
 from turbobatch.output import layout
 from turbobatch.output.shard import Shard
 from turbobatch.output.storage import Folder
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.workers.batches import Rendered
 from turbobatch.workers.metadata import new_record, write_metadata
 from turbobatch.workers.rows import Row
@@ -39,7 +39,7 @@ class ShardWriter:
         self,
         out: Folder,
         shard: Shard,
-        spec: JobSpec,
+        spec: ResolvedJob,
         pool: ThreadPoolExecutor,
         max_pending: int,
         origin: dict[str, Any] | None = None,
@@ -137,7 +137,7 @@ class ShardWriter:
         return marker
 
 
-def open_sink(out: Folder, shard: Shard, spec: JobSpec, stack: contextlib.ExitStack) -> ImageSink:
+def open_sink(out: Folder, shard: Shard, spec: ResolvedJob, stack: contextlib.ExitStack) -> ImageSink:
     """The sink of ``spec.format``; its temp objects are discarded if ``stack`` exits by an error."""
     if spec.format == "tar":
         return TarSink(out, shard, spec, stack)

@@ -13,12 +13,12 @@ from huggingface_hub import DatasetCard
 from turbobatch.jobs import card
 from turbobatch.output.columns import encode_schema
 from turbobatch.output.features import features_yaml
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 
 SECRET = "card-test-secret-5e1"
 
 
-def spec(**kw) -> JobSpec:
+def spec(**kw) -> ResolvedJob:
     values = dict(
         input="s3://in/prompts/",
         output="/data/out/run-1",
@@ -34,7 +34,7 @@ def spec(**kw) -> JobSpec:
         storage_options={"key": "me", "secret": SECRET},
     )
     values.update(kw)
-    return JobSpec(**values)
+    return ResolvedJob(**values)
 
 
 PLAN = {"num_shards": 3, "planned_at": "2026-01-02T03:04:05+00:00", "shards": []}

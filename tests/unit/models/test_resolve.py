@@ -73,7 +73,7 @@ def test_a_vae_and_a_controlnet_from_a_bucket_load_from_the_nodes_copies(s3_endp
     from tests.helpers import upload_folder
     from turbobatch.models import cache as model_cache
     from turbobatch.models.resolve import load_pipeline, resolve_vae, resolve_weights
-    from turbobatch.spec.job import JobSpec
+    from turbobatch.spec.resolved import ResolvedJob
 
     monkeypatch.setenv("TURBOBATCH_CACHE", str(tmp_path / "cache"))
     options = s3_options(s3_endpoint)
@@ -81,7 +81,7 @@ def test_a_vae_and_a_controlnet_from_a_bucket_load_from_the_nodes_copies(s3_endp
     vae_url = upload_folder(fs, tiny_model_path("tiny-taesd"), f"s3://{s3_bucket}/models/taesd")
     cn_url = upload_folder(fs, tiny_model_path("tiny-sd-controlnet"), f"s3://{s3_bucket}/models/cn")
     model = resolve_model(str(tiny_model_path("tiny-sd-turbo")))
-    spec = JobSpec(
+    spec = ResolvedJob(
         input="i",
         output=str(tmp_path / "out"),
         model=model.name,

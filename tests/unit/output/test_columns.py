@@ -19,12 +19,14 @@ from turbobatch.output.columns import (
     with_kept_columns,
 )
 from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 
 
-def resolve(root, **kw) -> JobSpec:
+def resolve(root, **kw) -> ResolvedJob:
     spec = JobSpec(input=str(root), output="unused", **kw)
     spec.validate()
-    return with_kept_columns(scan_inputs(str(root)), spec)
+    spec, kept = with_kept_columns(scan_inputs(str(root)), spec)
+    return ResolvedJob.of(spec, kept_schema=kept)
 
 
 @pytest.fixture

@@ -165,12 +165,12 @@ def summary_watch_threshold() -> int:
 
 def test_the_card_reads_through_the_summaries(tmp_path, monkeypatch):
     from turbobatch.jobs.card import write_card
-    from turbobatch.spec.job import JobSpec
+    from turbobatch.spec.resolved import ResolvedJob
 
     out = Folder(str(tmp_path / "out"))
     make_output(out)
     commit(out, *COMMITTED)
-    spec = JobSpec(input="in.parquet", output=out.url, model="tiny-sd-turbo", shard_size=4)
+    spec = ResolvedJob(input="in.parquet", output=out.url, model="tiny-sd-turbo", shard_size=4)
     reads = count_reads(monkeypatch, out)
     text = write_card(out, spec)
     assert sorted(reads) == [layout.done_path(i) for i in COMMITTED]

@@ -5,6 +5,7 @@ import pytest
 from turbobatch.errors import JobError
 from turbobatch.jobs.cli import parse_render_command
 from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 
 
 def parse_render_spec(argv, prog="turbobatch render"):
@@ -133,7 +134,6 @@ def test_every_flag_reaches_the_spec():
         "key_column": "id",
         "overwrite": True,
         "keep_columns": "label,id",
-        "kept_schema": None,
         "device": "cpu",
         "weights": "pretrained",
         "vae": "v",
@@ -148,12 +148,8 @@ def test_every_flag_reaches_the_spec():
         "storage_options": {},
         "input_storage_options": {},
         "output_storage_options": {},
-        # --variant as asked; the driver resolves it per component (None until then) with the files to fetch
+        # --variant as asked; the driver resolves it per component with the files to fetch (spec/resolved.py)
         "variant": "fp16",
-        "model_variant": None,
-        "vae_variant": None,
-        "controlnet_variant": None,
-        "sources": {},
         "images_per_prompt": 3,
         "prompt_template": "{style} {prompt}",
         "sweep": [["style", ["ink", "oil"]]],
@@ -296,7 +292,7 @@ def test_the_example_job_yaml_is_a_valid_job():
 
 def test_variant_is_chosen_by_the_user_and_resolved_by_the_driver(tmp_path):
     assert parse().variant == "auto" and "variant" not in JobSpec.OUTPUT_FIELDS  # what it resolves to is
-    assert {"model_variant", "vae_variant", "controlnet_variant"} <= set(JobSpec.OUTPUT_FIELDS)
+    assert {"model_variant", "vae_variant", "controlnet_variant"} <= set(ResolvedJob.OUTPUT_FIELDS)
     config = tmp_path / "job.yaml"
     config.write_text("input: a\noutput: b\nvariant: fp32\n")
     with pytest.raises(JobError, match="--variant: 'fp32' is not valid; choose one of auto, fp16, none"):

@@ -9,13 +9,13 @@ from tests.conftest import write_parquet
 from tests.helpers import assert_within_one_level, plain_diffusers_image, read_metadata, read_tar_images
 from turbobatch.output import layout
 from turbobatch.output.shard import Shard
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.workers.actor import RenderWorker
 
 PROMPTS = ["a red fox", "", "日本の桜 🎨", None, "long " * 50, "a lighthouse at dusk"]
 
 
-def resolved_spec(out, **kw) -> JobSpec:
+def resolved_spec(out, **kw) -> ResolvedJob:
     values = dict(
         input="unused",
         output=str(out),
@@ -27,7 +27,7 @@ def resolved_spec(out, **kw) -> JobSpec:
         shard_size=len(PROMPTS),
     )
     values.update(kw)
-    return JobSpec(**values)
+    return ResolvedJob(**values)
 
 
 @pytest.fixture(scope="module")

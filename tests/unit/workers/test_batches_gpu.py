@@ -9,7 +9,7 @@ import torch
 
 from tests.helpers import assert_within_one_level
 from tests.unit.workers.test_control import plain_pipeline
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.workers.batches import PipelineRenderer, Rendered
 from turbobatch.workers.rows import Row
 from turbobatch.workers.speedups import registry as speedups
@@ -20,7 +20,7 @@ PROMPTS = [f"a photo of object {i}, studio light" for i in range(6)]
 
 
 def gpu_renderer(model: str, changes: str, **kw) -> PipelineRenderer:
-    spec = JobSpec(
+    spec = ResolvedJob(
         input="unused",
         output="unused",
         model=model,

@@ -14,7 +14,7 @@ from tests.conftest import write_parquet
 from tests.helpers import assert_within_one_level, read_metadata, read_tar_images
 from turbobatch.models.tiny import tiny_model_path
 from turbobatch.output.shard import Shard
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.workers.actor import RenderWorker
 from turbobatch.workers.control import CANNY_HIGH, CANNY_LOW
 
@@ -39,7 +39,7 @@ def control_dataset(tmp_path):
     return tmp_path, path
 
 
-def spec_for(tmp_path, data, **kw) -> JobSpec:
+def spec_for(tmp_path, data, **kw) -> ResolvedJob:
     values = dict(
         input=str(data),
         output=str(tmp_path / "out"),
@@ -51,7 +51,7 @@ def spec_for(tmp_path, data, **kw) -> JobSpec:
         seed=3,
     )
     values.update(kw)
-    return JobSpec(**values)
+    return ResolvedJob(**values)
 
 
 def plain_pipeline(model: str, controlnet: str | None = None, tiny_vae: str | None = None):

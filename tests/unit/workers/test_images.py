@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 
 from turbobatch.output.shard import Shard
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.spec.sampling import SamplingParams
 from turbobatch.workers.images import image_rows
 from turbobatch.workers.rows import Row
 
 
-def spec(**kw) -> JobSpec:
+def spec(**kw) -> ResolvedJob:
     values = dict(input="i", output="o", height=64, width=64, steps=1, seed=1000)
     values.update(kw)
-    s = JobSpec(**values)
+    s = ResolvedJob(**values)
     s.validate()
     return s
 

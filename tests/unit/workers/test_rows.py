@@ -2,11 +2,11 @@ import pyarrow as pa
 
 from tests.conftest import write_parquet
 from turbobatch.output.shard import Shard
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.workers.rows import ShardReader, rows_from_table
 
 
-def read_shard_table(shard: Shard, spec: JobSpec):
+def read_shard_table(shard: Shard, spec: ResolvedJob):
     return ShardReader(spec).read(shard)
 
 
@@ -18,14 +18,14 @@ def test_reads_exactly_the_shard_rows_across_odd_row_groups(tmp_path):
     path = write_parquet(
         tmp_path / "a.parquet", {"prompt": [f"p{i}" for i in range(23)], "extra": list(range(23))}, row_group_size=5
     )
-    table = read_shard_table(shard(path, 7, 18), JobSpec(input="i", output="o"))
+    table = read_shard_table(shard(path, 7, 18), ResolvedJob(input="i", output="o"))
     assert table.column("prompt").to_pylist() == [f"p{i}" for i in range(7, 18)]
     assert table.column_names == ["prompt"]  # only the columns the job uses
 
 
 def test_consecutive_shards_of_one_big_row_group_read_it_once(tmp_path):
     path = write_parquet(tmp_path / "a.parquet", {"prompt": [f"p{i}" for i in range(30)]}, row_group_size=30)
-    reader = ShardReader(JobSpec(input="i", output="o"))
+    reader = ShardReader(ResolvedJob(input="i", output="o"))
     first = reader.read(shard(path, 0, 10))
     cached = reader._cache[2]
     second = reader.read(shard(path, 10, 20))
@@ -34,7 +34,7 @@ def test_consecutive_shards_of_one_big_row_group_read_it_once(tmp_path):
 
 
 def test_bad_rows_become_error_records_and_good_rows_get_seeds(tmp_path):
-    spec = JobSpec(input="i", output="o", seed=1000)
+    spec = ResolvedJob(input="i", output="o", seed=1000)
     floats = pa.array([None, 5.0, -1.0, 2.0**63, 7.0, 7.5, float("nan"), float("inf")], pa.float64())
     path = write_parquet(tmp_path / "a.parquet", {"prompt": ["a", None, "c", "d", "e", "f", "g", "h"], "seed": floats})
     rows = rows_from_table(read_shard_table(shard(path, 0, 8), spec), shard(path, 0, 8), spec)
@@ -59,7 +59,7 @@ def test_bad_rows_become_error_records_and_good_rows_get_seeds(tmp_path):
 
 
 def test_key_column_and_negative_prompts(tmp_path):
-    spec = JobSpec(input="i", output="o", key_column="id", negative_prompt_column="neg")
+    spec = ResolvedJob(input="i", output="o", key_column="id", negative_prompt_column="neg")
     path = write_parquet(tmp_path / "a.parquet", {"prompt": ["a", "b"], "id": ["x/1", "y"], "neg": ["blurry", None]})
     rows = rows_from_table(read_shard_table(shard(path, 0, 2), spec), shard(path, 0, 2), spec)
     assert [(r.key, r.negative_prompt) for r in rows] == [("x_1", "blurry"), ("y", None)]
@@ -77,7 +77,7 @@ def test_rows_carry_their_kept_columns_cast_to_the_job_types(tmp_path):
         },
     )
     kept = pa.schema([("cat", pa.string()), ("n", pa.int64())])
-    spec = JobSpec(input="i", output="o", keep_columns="cat,n", kept_schema=encode_schema(kept))
+    spec = ResolvedJob(input="i", output="o", keep_columns="cat,n", kept_schema=encode_schema(kept))
     s = shard(path, 0, 3)
     table = ShardReader(spec).read(s)
     assert table.column_names == ["prompt", "cat", "n"]
@@ -87,7 +87,7 @@ def test_rows_carry_their_kept_columns_cast_to_the_job_types(tmp_path):
 
 
 def test_per_row_sampling_columns_null_means_the_job_value_and_a_bad_value_fails_the_row(tmp_path):
-    spec = JobSpec(
+    spec = ResolvedJob(
         input="i", output="o", steps_column="st", guidance_scale_column="g", width_column="w", height_column="h"
     )
     path = write_parquet(
@@ -114,7 +114,7 @@ def test_per_row_sampling_columns_null_means_the_job_value_and_a_bad_value_fails
 
 
 def test_template_columns_are_read_and_the_first_seed_leaves_room_for_n_images(tmp_path):
-    spec = JobSpec(input="i", output="o", prompt_template="a {style} {prompt}", images_per_prompt=3, seed=10)
+    spec = ResolvedJob(input="i", output="o", prompt_template="a {style} {prompt}", images_per_prompt=3, seed=10)
     path = write_parquet(
         tmp_path / "a.parquet",
         {"prompt": [None, "b"], "style": ["ink", None], "other": [1, 2], "seed": pa.array([None, 500], pa.int64())},

@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.helpers import assert_within_one_level
 from tests.unit.workers.test_control import plain_pipeline
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.spec.sampling import SamplingParams
 from turbobatch.workers.batches import PipelineRenderer, Rendered
 from turbobatch.workers.rows import Row
@@ -35,8 +35,8 @@ FAMILIES = {
 }
 
 
-def spec(model: str, steps: int, guidance: float, controlnet: str | None, **kw) -> JobSpec:
-    return JobSpec(
+def spec(model: str, steps: int, guidance: float, controlnet: str | None, **kw) -> ResolvedJob:
+    return ResolvedJob(
         input="unused",
         output="unused",
         model=model,

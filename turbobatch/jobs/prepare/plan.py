@@ -14,7 +14,7 @@ from typing import Any
 
 from turbobatch.jobs.prepare.inputs import InputFile
 from turbobatch.output.shard import Shard
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 
 
 def make_plan(files: list[InputFile], shard_size: int, images_per_row: int = 1) -> list[Shard]:
@@ -44,7 +44,7 @@ def make_plan(files: list[InputFile], shard_size: int, images_per_row: int = 1) 
     return shards
 
 
-def fingerprint(files: list[InputFile], spec: JobSpec) -> dict[str, Any]:
+def fingerprint(files: list[InputFile], spec: ResolvedJob) -> dict[str, Any]:
     """What the output depends on: the inputs (paths below INPUT, sizes, rows) and the output fields."""
     return {"inputs": [f.fingerprint() for f in files], "spec": spec.output_fields()}
 
@@ -61,7 +61,7 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     old_spec = old.get("spec", {})
 
     def before(name: str) -> Any:  # a field added since the output was made: the value it was made with
-        return old_spec[name] if name in old_spec else JobSpec.legacy_value(name, old_spec)
+        return old_spec[name] if name in old_spec else ResolvedJob.legacy_value(name, old_spec)
 
     changes = [
         f"{_option(name)}: {before(name)!r} -> {value!r}"

@@ -14,7 +14,7 @@ from turbobatch.errors import JobError
 from turbobatch.jobs.run.local_ray import explicit_auth_mode, own_process_groups, started_here, starts_local_ray
 from turbobatch.jobs.run.signals import note_sigterm, on_main_thread, sigterm_interrupts
 from turbobatch.models.resolve import ModelInfo
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 
 # Passed to actors so that a joined cluster's workers find the same caches as the driver.
 # Never a secret: runtime_env values can reach Ray's logs (credentials stay in each node's env).
@@ -97,7 +97,7 @@ def actor_env() -> dict[str, str]:
     return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
 
 
-def resolve_spec(spec: JobSpec, model: ModelInfo, cluster: ClusterInfo) -> JobSpec:
+def resolve_spec(spec: ResolvedJob, model: ModelInfo, cluster: ClusterInfo) -> ResolvedJob:
     """Fill the fields left to the model and the cluster, and check they fit."""
     device = spec.device or cluster.device
     dtype = spec.dtype or ("float16" if device == "cuda" else "float32")
@@ -134,12 +134,12 @@ def _whole(amount: float) -> float | int:
     return int(amount) if float(amount).is_integer() else amount
 
 
-def actor_resources(spec: JobSpec) -> dict[str, float]:
+def actor_resources(spec: ResolvedJob) -> dict[str, float]:
     """What one render actor asks Ray for (a resolved spec: worker_cpus and worker_gpus are set)."""
     return {name: amount for name, amount in (("CPU", spec.worker_cpus), ("GPU", spec.worker_gpus)) if amount}
 
 
-def _check_fits(spec: JobSpec, cluster: ClusterInfo) -> None:
+def _check_fits(spec: ResolvedJob, cluster: ClusterInfo) -> None:
     """A job whose actors can never be placed fails here, naming the flag: a local Ray that cannot
     grow, or an autoscaler none of whose node types holds one actor. Otherwise more workers than
     fit now is fine: they start as nodes join."""
@@ -163,7 +163,7 @@ def _check_fits(spec: JobSpec, cluster: ClusterInfo) -> None:
         )
 
 
-def capacity_note(spec: JobSpec, cluster: ClusterInfo) -> str | None:
+def capacity_note(spec: ResolvedJob, cluster: ClusterInfo) -> str | None:
     """One line when the job starts with fewer actors than --workers and waits for the rest."""
     from turbobatch.jobs.run import nodes
 

@@ -23,7 +23,7 @@ from turbobatch.errors import error_text
 from turbobatch.jobs.run import nodes
 from turbobatch.jobs.run.cluster import actor_env, actor_resources
 from turbobatch.output.shard import Shard
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ DRAIN_POLL_S = 1.0  # how often the GCS is asked which nodes are draining
 DRAIN_MARGIN_S = 2.0  # in-flight shards of a draining node must end this long before its deadline
 
 
-def actor_class(spec: JobSpec) -> Any:
+def actor_class(spec: ResolvedJob) -> Any:
     """RenderWorker as a Ray actor class with the resources one actor needs."""
     import ray
 
@@ -72,7 +72,7 @@ class Worker:
 class ActorPool:
     def __init__(
         self,
-        spec: JobSpec,
+        spec: ResolvedJob,
         target: int,
         note: Callable[[str], None],
         inflight: int = INFLIGHT_PER_ACTOR,

@@ -37,6 +37,7 @@ from turbobatch.output.shard import Shard
 from turbobatch.output.storage import Folder
 from turbobatch.spec.expand import images_per_row
 from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.spec.sampling import MAX_SEED
 
 
@@ -44,7 +45,7 @@ from turbobatch.spec.sampling import MAX_SEED
 class CheckedJob:
     """A job that passed the checks of steps 1-3 (and, once resolved, step 4)."""
 
-    spec: JobSpec
+    spec: JobSpec  # the user's after steps 1-3; a ResolvedJob after step 4
     out: Folder
     files: list[InputFile]
     total_rows: int
@@ -52,6 +53,7 @@ class CheckedJob:
     model: ModelInfo
     vae: VaeInfo | None
     controlnet: ControlNetInfo | None
+    kept_schema: str | None = None  # the kept columns' types (step 2), for the resolved job
     output_state: str = ""  # what step 1 found (the dry run's report)
 
 
@@ -70,7 +72,7 @@ def check_job(spec: JobSpec, write_probe: bool = True) -> CheckedJob:
     #    template's fields); the kept columns and their types become the job's one schema.
     files = scan_inputs(spec.input, spec.input_options())
     check_columns(files, spec)
-    spec = with_kept_columns(files, spec)
+    spec, kept = with_kept_columns(files, spec)
     if spec.key_column:
         check_unique_keys(files, spec.key_column, spec.input_options())
     total_rows = sum(f.num_rows for f in files)
@@ -84,14 +86,14 @@ def check_job(spec: JobSpec, write_probe: bool = True) -> CheckedJob:
     model = resolve_model(spec.model, spec.weights, spec.input_options())
     vae = resolve_vae(spec.vae, model, spec.input_options()) if spec.vae else None
     controlnet = resolve_controlnet(spec.controlnet, model, spec.input_options()) if spec.controlnet else None
-    return CheckedJob(spec, out, files, total_rows, images_per_row(spec), model, vae, controlnet, state)
+    return CheckedJob(spec, out, files, total_rows, images_per_row(spec), model, vae, controlnet, kept, state)
 
 
 def resolve_job(job: CheckedJob, cluster: ClusterInfo) -> CheckedJob:
     """Step 4: fill in what depends on the cluster (device, dtype, size, worker count; a request the
     cluster can never hold fails here); then each model's variant (auto: by dtype) and the files
-    every node fetches once."""
-    spec = resolve_spec(job.spec, job.model, cluster)
+    every node fetches once. From here on the job is a ResolvedJob, the type the actors receive."""
+    spec = resolve_spec(ResolvedJob.of(job.spec, kept_schema=job.kept_schema), job.model, cluster)
     return dataclasses.replace(job, spec=resolve_weights(spec, job.model, job.vae, job.controlnet))
 
 
@@ -106,7 +108,7 @@ def run(spec: JobSpec) -> int:
     with ray_session() as cluster:
         # 4. What depends on the cluster; the weights each node fetches.
         job = resolve_job(job, cluster)
-        spec = job.spec
+        spec = job.spec  # a ResolvedJob from here on: what the actors receive
         # 5. Plan the shards and claim (or resume) the output; clear what dead runs left.
         plan, prints = plan_job(job)
         done = resume.prepare(out, spec, plan, prints)

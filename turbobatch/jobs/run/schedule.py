@@ -38,7 +38,7 @@ from turbobatch.jobs.run.stall import NO_ACTOR, StallWatch
 from turbobatch.metrics import DriverMetrics
 from turbobatch.output.shard import Shard
 from turbobatch.output.storage import Folder
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 
 POLL_S = 1.0  # the loop wakes at least this often (drains, stall clock, progress)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the remote traceback
@@ -86,7 +86,7 @@ class ShardScheduler:
 
     def __init__(
         self,
-        spec: JobSpec,
+        spec: ResolvedJob,
         out: Folder,
         progress: Progress,
         previously_failed: set[int],
@@ -235,13 +235,13 @@ class ShardScheduler:
         self.progress.note(f"turbobatch: {message}")
 
 
-def worker_target(spec: JobSpec, pending: list[Shard]) -> int:
+def worker_target(spec: ResolvedJob, pending: list[Shard]) -> int:
     """How many actors the job starts: --workers, but never more than there are shards."""
     return min(spec.workers or 1, len(pending))
 
 
 def render_shards(
-    pending: list[Shard], spec: JobSpec, out: Folder, progress: Progress, previously_failed: set[int] = frozenset()
+    pending: list[Shard], spec: ResolvedJob, out: Folder, progress: Progress, previously_failed: set[int] = frozenset()
 ) -> None:
     """Render every pending shard on RenderWorker actors (see ShardScheduler)."""
     if not pending:

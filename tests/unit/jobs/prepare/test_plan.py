@@ -1,6 +1,7 @@
 from turbobatch.jobs.prepare.inputs import InputFile
 from turbobatch.jobs.prepare.plan import describe_changes, fingerprint, make_plan
 from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 
 
 def files(*rows: int) -> list[InputFile]:
@@ -42,7 +43,7 @@ def test_describe_changes_names_each_difference():
 
 def test_an_output_made_before_variants_existed_resumes_with_plain_files_only():
     """Its fingerprint lacks the variant fields: it was made from plain files."""
-    fields = JobSpec(input="a", output="b", vae="v").output_fields()
+    fields = ResolvedJob(input="a", output="b", vae="v").output_fields()
     old = {"spec": {k: v for k, v in fields.items() if not k.endswith("_variant")}, "inputs": []}
     same = {**fields, "model_variant": "none", "vae_variant": "none"}
     assert describe_changes(old, {"spec": same, "inputs": []}) == []

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from turbobatch.spec.job import DEFAULT_SPEEDUPS, SPEEDUPS, JobSpec
+from turbobatch.spec.job import DEFAULT_SPEEDUPS, SPEEDUPS
+from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.workers.actor import RenderWorker
 from turbobatch.workers.batches import Rendered
 from turbobatch.workers.rows import Row
@@ -39,7 +40,7 @@ def baseline(model, tmp_path_factory):
 
 def worker_with(out, model: str, changes: str) -> RenderWorker:
     return RenderWorker(
-        JobSpec(
+        ResolvedJob(
             input="unused",
             output=str(out),
             model=model,
@@ -150,7 +151,7 @@ def test_compile_unet_marks_the_unet_for_compilation_without_changing_its_class(
 def test_compile_option_compiles_each_workers_unet(tiny_model_dir, tmp_path):
     """--compile MODE: the worker marks its UNet for torch.compile (compiled lazily, on the first
     call); off by default."""
-    spec = JobSpec(
+    spec = ResolvedJob(
         input="unused",
         output=str(tmp_path),
         model="tiny-sd-turbo",
