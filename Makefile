@@ -80,6 +80,10 @@ GPU_OUT    ?= build/gpu-check
 # alone, default, all). compile_decoder compiles for minutes: measure it in its own call,
 # `make gpu-check GPU_VARIANTS=default,compile_decoder GPU_BENCH_ARGS="--decoders vae"`.
 GPU_VARIANTS ?=
+# Models benchmarks/gpu.py times side by side (--models; empty: sd-turbo and sdxl-turbo). The DiT
+# families: GPU_MODELS="Tongyi-MAI/Z-Image-Turbo black-forest-labs/FLUX.2-klein-4B" with
+# GPU_BENCH_ARGS="--runs 2 --decoders vae --batch-size 4 --images 16" (1024x1024, bf16, random weights).
+GPU_MODELS ?=
 # More arguments for benchmarks/gpu.py; 2 rounds keep the whole check inside one 10-minute call.
 GPU_BENCH_ARGS ?= --runs 2
 
@@ -89,4 +93,4 @@ gpu-wheelhouse: setup
 
 gpu-check:
 	GPU_PYTHON=$(GPU_PYTHON) WHEELHOUSE=$(WHEELHOUSE) CUDA_ROOT=$(CUDA_ROOT) GPU_OUT=$(GPU_OUT) \
-	  GPU_VARIANTS=$(GPU_VARIANTS) GPU_BENCH_ARGS="$(GPU_BENCH_ARGS)" bash deploy/gpu_check.sh
+	  GPU_VARIANTS=$(GPU_VARIANTS) GPU_MODELS="$(GPU_MODELS)" GPU_BENCH_ARGS="$(GPU_BENCH_ARGS)" bash deploy/gpu_check.sh

@@ -26,12 +26,27 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def naive_loop(pipe: Any, prompts: list[str], batch: int, size: int, out: Path, device: str) -> float:
+def naive_loop(
+    pipe: Any,
+    prompts: list[str],
+    batch: int,
+    size: int,
+    out: Path,
+    device: str,
+    steps: int = 1,
+    guidance_scale: float = 0.0,
+) -> float:
     """Images/s of the plain loop, JPEG saves included."""
     sync(device)
     started = time.perf_counter()
     for i in range(0, len(prompts), batch):
-        images = pipe(prompts[i : i + batch], num_inference_steps=1, guidance_scale=0.0, height=size, width=size).images
+        images = pipe(
+            prompts[i : i + batch],
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            height=size,
+            width=size,
+        ).images
         for j, image in enumerate(images):
             image.save(out / f"{i + j:06d}.jpg", quality=95)
     sync(device)

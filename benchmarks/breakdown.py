@@ -16,7 +16,12 @@ from typing import Any
 import torch
 
 # component -> the pipeline attributes whose forward calls it covers; flops.py's keys
-COMPONENTS = {"text_encoders": ("text_encoder", "text_encoder_2"), "unet": ("unet",), "vae_decode": ("vae.decoder",)}
+COMPONENTS = {
+    "text_encoders": ("text_encoder", "text_encoder_2"),
+    "unet": ("unet",),
+    "transformer": ("transformer",),  # the DiT families (Z-Image, FLUX.2)
+    "vae_decode": ("vae.decoder",),
+}
 
 
 def _module(pipe: Any, path: str) -> torch.nn.Module | None:
@@ -46,8 +51,9 @@ class _Clock:
 @contextmanager
 def component_times(pipe: Any, cuda: bool) -> Iterator[dict[str, float]]:
     """Yields a dict filled, on exit, with total milliseconds per component of every call inside."""
-    clock, marks, handles = _Clock(cuda), {name: [] for name in COMPONENTS}, []
-    for component, paths in COMPONENTS.items():
+    present = {c: p for c, p in COMPONENTS.items() if any(_module(pipe, path) is not None for path in p)}
+    clock, marks, handles = _Clock(cuda), {name: [] for name in present}, []
+    for component, paths in present.items():
         for module in filter(None, (_module(pipe, p) for p in paths)):
             started: list[Any] = []
             handles.append(module.register_forward_pre_hook(lambda m, a, s=started: s.append(clock.mark())))
@@ -73,7 +79,7 @@ def breakdown_line(totals: dict[str, float], images: int, wall_s: float, flops: 
     parts = []
     for component, total in totals.items():
         ms = total / images
-        rate = f", {flops[component] / ms / 1e9:.1f} TFLOP/s" if ms > 0 else ""
+        rate = f", {flops[component] / ms / 1e9:.1f} TFLOP/s" if ms > 0 and component in flops else ""
         parts.append(f"{component} {ms:.2f} ms/image ({100 * ms / wall_ms:.0f}%{rate})")
     rest = wall_ms - sum(totals.values()) / images
     return (

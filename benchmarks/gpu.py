@@ -1,8 +1,9 @@
 """GPU benchmark: the worker's speed changes, side by side, against a naive loop and the card's limit.
 
-sd-turbo and sdxl-turbo at 512x512, 1 step, random weights (``--weights random``), fp16, JPEG to a
-local folder, with the model's VAE and with a tiny autoencoder (TAESD architecture, random
-weights). Per model and decoder, alternating in every round: the naive diffusers loop
+Each model of ``--models`` at its family's settings (``FAMILY_SETTINGS``): sd-turbo and sdxl-turbo at
+512x512, 1 step, fp16; Z-Image-Turbo (8 steps, guidance 0) and FLUX.2 klein 4B (4 steps, guidance 1)
+at 1024x1024 in bf16; random weights (``--weights random``), JPEG to a local folder, with the model's
+VAE and, for the SD families, also with a tiny autoencoder (TAESD architecture, random weights). Per model and decoder, alternating in every round: the naive diffusers loop
 (benchmarks/baselines.py), the previous worker (the pipeline's ``__call__``), and workers with
 ``--speedups``: ``none``, each change alone, ``default`` and ``all`` (the non-compiling ones).
 All workers of a model share the UNet and text encoders; each has its own copy of the decoder
@@ -15,7 +16,14 @@ device time and (``--trace``) a torch.profiler table of one shard.
     python benchmarks/gpu.py                          # on a GPU machine (make gpu-check)
     python benchmarks/gpu.py --variants previous,none,default --decoders vae
     python benchmarks/gpu.py --variants default,compile_decoder   # compiles: its own call
+    python benchmarks/gpu.py --models Tongyi-MAI/Z-Image-Turbo black-forest-labs/FLUX.2-klein-4B \
+        --decoders vae --batch-size 4 --images 16   # the DiT families side by side
     python benchmarks/gpu.py --smoke                  # CPU, tiny model: checks the code path only
+
+A change that cannot apply to a model is not timed for it (``unet_fused_norms`` without a UNet,
+``transformer_fused_norms`` without a transformer, the tiny decoder for a latent space it was not
+made for); the output says so. Where benchmarks/flops.py cannot count a family yet, the FLOP columns
+are left out.
 """
 
 from __future__ import annotations
@@ -50,6 +58,16 @@ from turbobatch.workers.actor import RenderWorker  # noqa: E402
 from turbobatch.workers.rows import rows_from_table  # noqa: E402
 from turbobatch.workers.speedups import registry as speedups  # noqa: E402
 
+# Per family: (size, dtype, steps, guidance) on a GPU; matched on the model name (Hub id, local folder,
+# tiny twin). The DiT families' names come with issue 26 (models/): these match their Hub ids and twins.
+FAMILY_SETTINGS = {
+    "z-image": (1024, "bfloat16", 8, 0.0),
+    "flux.2-klein": (1024, "bfloat16", 4, 1.0),
+    "flux2-klein": (1024, "bfloat16", 4, 1.0),
+    "sd": (512, "float16", 1, 0.0),
+}
+# Changes that need a part the pipeline may not have.
+NEEDS_PART = {"unet_fused_norms": "unet", "transformer_fused_norms": "transformer"}
 COMPARED_IMAGES = 4  # at least; on a GPU one full batch, so a compiled model sees no new shape
 ALL = ",".join(n for n in SPEEDUPS if n not in speedups.COMPILING)
 # label -> --speedups of that worker ("previous" is the pipeline-call worker, no speedups)
@@ -120,13 +138,19 @@ def first_images(v: Variant, data: Path) -> list[np.ndarray]:
     return [r.image for r in results]
 
 
+def family_settings(model: str) -> tuple[int, str, int, float]:
+    """(size, dtype, steps, guidance) of the model's family (``FAMILY_SETTINGS``; SD's otherwise)."""
+    name = model.lower()
+    return next((v for k, v in FAMILY_SETTINGS.items() if k in name), FAMILY_SETTINGS["sd"])
+
+
 def plain_images(pipe: Any, spec: ResolvedJob, prompts: list[str], n: int) -> list[np.ndarray]:
     """What plain diffusers calls give for the first rows' prompts and seeds (job seed + index)."""
     gens = [torch.Generator(spec.device).manual_seed(spec.seed + i) for i in range(n)]
     out = pipe(
         prompts[:n],
         num_inference_steps=spec.steps,
-        guidance_scale=0.0,
+        guidance_scale=spec.guidance_scale,
         height=spec.height,
         width=spec.width,
         generator=gens,
@@ -163,7 +187,8 @@ def diff_line(images: list[np.ndarray], plain: list[np.ndarray]) -> str:
 
 
 def make_job(model: str, args: argparse.Namespace, work: Path) -> tuple[ResolvedJob, list[str], Path]:
-    device, dtype, size = ("cpu", "float32", 64) if args.smoke else ("cuda", "float16", 512)
+    size, dtype, steps, guidance = family_settings(model)
+    device, dtype, size = ("cpu", "float32", 64) if args.smoke else ("cuda", dtype, size)
     prompts = [f"a photo of object {i}, detailed, studio light" for i in range(args.images)]
     data = work / "prompts.parquet"
     pq.write_table(pa.table({"prompt": prompts}), data)
@@ -176,6 +201,8 @@ def make_job(model: str, args: argparse.Namespace, work: Path) -> tuple[Resolved
         weights="pretrained" if args.smoke else "random",
         height=size,
         width=size,
+        steps=steps,
+        guidance_scale=guidance,
         batch_size=args.batch_size,
         shard_size=len(prompts),
         image_format="jpeg",
@@ -188,6 +215,8 @@ def bench(model: str, decoder: str, args: argparse.Namespace, work: Path, peak: 
     spec, prompts, data = make_job(model, args, work)
     rows, device, name = len(prompts), spec.device, f"{model} {decoder}"
     base = RenderWorker(dataclasses.replace(spec, speedups="none")).renderer.pipe  # loads the weights once
+    if decoder == "tiny" and getattr(base, "unet", None) is None:
+        return [f"{name}: not timed (the tiny TAESD-architecture decoder is for the SD families' latents)"]
     if decoder == "tiny":
         speedups.tiny_vae(base)
     vae = base.vae
@@ -197,6 +226,9 @@ def bench(model: str, decoder: str, args: argparse.Namespace, work: Path, peak: 
     for label in args.variants:
         if decoder == "tiny" and label == "fused_norms":  # a tiny autoencoder has no GroupNorm: it is "none"
             continue
+        if getattr(base, NEEDS_PART.get(label, "vae"), None) is None:  # it would time "none" again
+            lines.append(f"{name} [{label}]: not timed (no {NEEDS_PART[label]} in this pipeline)")
+            continue
         try:
             variants.append(build(label, args.changes[label], spec, base, vae, data, rows))
         except Exception as e:  # noqa: BLE001 - report it, measure the others
@@ -205,24 +237,33 @@ def bench(model: str, decoder: str, args: argparse.Namespace, work: Path, peak: 
             lines.append(f"{name} [{label}]: skipped ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})")
             gc.collect()
     (work / "naive").mkdir(exist_ok=True)
-    naive_loop(base, prompts[: spec.batch_size], spec.batch_size, spec.height, work / "naive", device)  # warm-up
+    loop = {"steps": spec.steps, "guidance_scale": spec.guidance_scale}
+    naive_loop(
+        base, prompts[: spec.batch_size], spec.batch_size, spec.height, work / "naive", device, **loop
+    )  # warm-up
     naive = []
     for _ in range(args.runs):  # interleaved: naive, v1, v2, ...
         torch.backends.cudnn.benchmark = False
-        naive.append(naive_loop(base, prompts, spec.batch_size, spec.height, work / "naive", device))
+        naive.append(naive_loop(base, prompts, spec.batch_size, spec.height, work / "naive", device, **loop))
         for v in variants:
             v.rates.append(run_shard(v, data, rows))
-    per_part = flops_per_image(base, spec.height, spec.width)
-    flops = per_part["total"]
+    try:
+        per_part = flops_per_image(base, spec.height, spec.width, spec.steps)
+    except Exception as e:  # noqa: BLE001 - a family benchmarks/flops.py does not count yet
+        per_part = {}
+        lines.insert(0, f"{name}: FLOPs not counted ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})")
+    flops = per_part.get("total")
     naive_rate = statistics.median(naive)
-    lines.insert(0, f"{name}: naive loop {naive_rate:.1f} img/s; {flops / 1e12:.2f} TFLOP/image")
+    counted = f"; {flops / 1e12:.2f} TFLOP/image" if flops else ""
+    lines.insert(0, f"{name}: {spec.height}x{spec.width}, {spec.steps} steps, {spec.dtype}, batch {spec.batch_size}")
+    lines.insert(0, f"{name}: naive loop {naive_rate:.1f} img/s{counted}")
     by_label = {v.label: v for v in variants}
     previous = statistics.median(by_label["previous"].rates) if "previous" in by_label else None
     for v in variants:
         rate = statistics.median(v.rates)
         line = f"{name} [{v.label}]: {rate:.1f} img/s, {rate / naive_rate:.2f}x naive"
         line += f", {rate / previous:.2f}x previous" if previous else ""
-        line += f", {100 * rate * flops / peak:.1f}% of the bf16 matmul rate" if peak else ""
+        line += f", {100 * rate * flops / peak:.1f}% of the bf16 matmul rate" if peak and flops else ""
         line += f"; first shard {v.first_s:.1f} s; {diff_line(v.images, plain)}"
         if v.worker.renderer.rows_per_call != spec.batch_size:  # they share the GPU: one may have run short
             line += f"; NOT COMPARABLE: batch halved to {v.worker.renderer.rows_per_call} after out-of-memory"

@@ -11,6 +11,12 @@ torch doing the same work, ``F.group_norm`` then ``F.silu``, on an NCHW tensor a
 channels_last one (what a channels_last VAE runs today: torch's CUDA GroupNorm converts it), at the
 SD VAE decoder's and sd-turbo UNet's GroupNorm shapes for --batch images of --size (32 groups); on
 CPU a smoke size.
+DiT rows (GPU only; on CPU a line says they are skipped): kernels/adanorm.cu's norm + modulation
+(+ gated residual) in each form the Z-Image and FLUX.2 klein blocks use, at their real shapes for
+--dit-batch images of 1024x1024 in bfloat16 (Z-Image: 3840 channels over 4096 image tokens plus
+--caption-tokens; FLUX.2 klein 4B: 3072 channels, 4096 image tokens, and the same plus the text
+tokens in its single-stream blocks), against torch running the same reference eagerly and against
+``torch.compile`` of that reference (inductor fuses it too: the bar a hand-written kernel must pass).
 """
 
 from __future__ import annotations
@@ -170,6 +176,88 @@ def group_norm_cases(shape: tuple[int, int, int, int], dtype: torch.dtype, devic
     return out
 
 
+def dit_cases(batch: int, caption: int, compile_ref: bool, device: str = "cuda") -> list[Case]:
+    """Each adanorm form at the real shapes: torch eager (the reference), torch.compile of the same
+    reference (compared with eager), and the kernel (compared with the compiled reference)."""
+    g = torch.Generator(device).manual_seed(2)
+    dt = torch.bfloat16
+    image = (1024 // 16) ** 2  # 1024x1024: latent 128x128, 2x2 patches (Z-Image) / packing (FLUX.2): 4096
+
+    def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g, device=device) * scale).to(dt)
+
+    out: list[Case] = []
+    forms = []
+    for model, d, tokens_list in (
+        ("z-image", 3840, [image + caption]),
+        ("flux2-klein", 3072, [image, image + caption]),
+    ):
+        w, w2 = rand(d, scale=0.1) + 1, rand(d, scale=0.1) + 1
+        mod = rand(batch, 6 * d, scale=0.5).unsqueeze(1)  # chunks: strided [B, 1, D] views, no copy
+        shift, scale, gate, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
+        for tokens in tokens_list:
+            x, y = rand(batch, tokens, d, scale=2), rand(batch, tokens, d, scale=3)
+            tag = f"{model} {batch}x{tokens}x{d}"
+            if model == "z-image":
+                tg, tg2 = gate.tanh(), gate2.tanh()
+                forms += [
+                    (f"{tag} rms_norm * (1 + scale)", reference.modulated_norm, (x, "rms", w, 1e-5, scale), {}),
+                    (
+                        f"{tag} x + gate * rms_norm(y), rms_norm * (1 + scale)",
+                        reference.gated_residual,
+                        (x, y, tg),
+                        dict(y_norm=True, y_weight=w2, y_eps=1e-5, norm="rms", weight=w, eps=1e-5, scale=scale2),
+                    ),
+                    (
+                        f"{tag} x + gate * rms_norm(y)",
+                        reference.gated_residual,
+                        (x, y, tg2),
+                        dict(y_norm=True, y_weight=w2, y_eps=1e-5),
+                    ),
+                ]
+            elif tokens == image:  # double-stream image stream
+                forms += [
+                    (
+                        f"{tag} (1 + scale) * layer_norm + shift",
+                        reference.modulated_norm,
+                        (x, "layer", None, 1e-6, scale, shift),
+                        {},
+                    ),
+                    (
+                        f"{tag} x + gate * y, (1 + scale) * layer_norm + shift",
+                        reference.gated_residual,
+                        (x, y, gate),
+                        dict(norm="layer", eps=1e-6, scale=scale2, shift=shift2),
+                    ),
+                ]
+            else:  # single-stream: text + image tokens
+                forms += [
+                    (
+                        f"{tag} (1 + scale) * layer_norm + shift",
+                        reference.modulated_norm,
+                        (x, "layer", None, 1e-6, scale, shift),
+                        {},
+                    ),
+                    (f"{tag} x + gate * y", reference.gated_residual, (x, y, gate), {}),
+                ]
+    kernel_of = {reference.modulated_norm: kernels.modulated_norm, reference.gated_residual: kernels.gated_residual}
+    for name, ref_fn, args, kw in forms:
+        eager = f"torch eager {name}"
+        compiled_fn = torch.compile(ref_fn, dynamic=False) if compile_ref else None
+        kernel_fn = kernel_of[ref_fn]
+        out.append((eager, lambda f=ref_fn, a=args, k=kw: f(*a, **k), None))
+        if compiled_fn is not None:
+            out.append((f"torch.compile {name}", lambda f=compiled_fn, a=args, k=kw: f(*a, **k), eager))
+        out.append(
+            (
+                f"adanorm kernel {name}",
+                lambda f=kernel_fn, a=args, k=kw: f(*a, **k, backend="cuda"),
+                f"torch.compile {name}" if compiled_fn is not None else eager,
+            )
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
@@ -178,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("--dit-batch", type=int, default=4, help="images per DiT case (1024x1024, bfloat16)")
+    parser.add_argument("--caption-tokens", type=int, default=512, help="text tokens beside the 4096 image tokens")
+    parser.add_argument("--no-compile", action="store_true", help="DiT rows: no torch.compile reference")
     args = parser.parse_args(argv)
 
     cuda = torch.cuda.is_available()
@@ -204,7 +295,12 @@ def main(argv: list[str] | None = None) -> None:
     norm_shapes = decoder_norm_shapes(batch, size) + unet_norm_shapes(batch, size)
     for shape in norm_shapes:
         all_cases += group_norm_cases(shape, getattr(torch, args.dtype), device, cuda)
-    timed = [(name, time_ms(fn, runs, args.warmup, cuda), ref) for name, fn, ref in all_cases]
+    if cuda:
+        all_cases += dit_cases(args.dit_batch, args.caption_tokens, not args.no_compile)
+    else:
+        lines.insert(-3, "DiT norm + modulation rows (kernels/adanorm.cu): skipped, no GPU (they time CUDA only)\n")
+        print("benchmarks.kernels: DiT norm + modulation (adanorm) rows skipped: no GPU", flush=True)
+    timed = [(name, time_ms(fn, runs, max(args.warmup, 3), cuda), ref) for name, fn, ref in all_cases]
     ms_of = {name: ms for name, ms, _ in timed}
     for name, ms, ref in timed:
         lines.append(f"| {name} | {ms:.3f} | {ref} | {ms_of[ref] / ms:.2f}x |" if ref else f"| {name} | {ms:.3f} | | |")

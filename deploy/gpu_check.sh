@@ -18,6 +18,7 @@ SITE=$(realpath -m "${GPU_SITE:-build/gpu-site}")
 OUT=$(realpath -m "${GPU_OUT:-build/gpu-check}")
 CUDA_ROOT=${CUDA_ROOT:-/usr/local/cuda}
 VARIANTS=${GPU_VARIANTS:-}
+MODELS=${GPU_MODELS:-}  # e.g. "Tongyi-MAI/Z-Image-Turbo black-forest-labs/FLUX.2-klein-4B"; empty: gpu.py's (SD)
 BENCH_ARGS=${GPU_BENCH_ARGS:-}
 mkdir -p "$SITE" "$OUT"
 export PYTHONPATH="$SITE:$PWD" TURBOBATCH_CACHE=${TURBOBATCH_CACHE:-$PWD/build/gpu-cache}
@@ -91,7 +92,7 @@ if step install install; then
             -p no:cacheprovider -q -rs
         step kernel-bench "$PY" -m benchmarks.kernels --markdown "$OUT/benchmarks.md"
     fi
-    step pipeline-bench bash -o pipefail -c "$PY benchmarks/gpu.py ${VARIANTS:+--variants '$VARIANTS'} $BENCH_ARGS \
+    step pipeline-bench bash -o pipefail -c "$PY benchmarks/gpu.py ${MODELS:+--models $MODELS} ${VARIANTS:+--variants '$VARIANTS'} $BENCH_ARGS \
         --trace '$OUT' | tee '$OUT/gpu.txt'"
 fi
 if [ ${#failed[@]} -gt 0 ]; then echo "gpu-check: FAILED: ${failed[*]}"; exit 1; fi

@@ -1,4 +1,5 @@
-"""Image ops on decoded VAE output, as PyCUDA kernels with plain torch references.
+"""Image ops on decoded VAE output and the norms of VAE decoders and DiT blocks, as PyCUDA
+kernels with plain torch references.
 
 Each op runs the CUDA kernel from kernels/*.cu on CUDA tensors when pycuda (the ``cuda``
 extra) and a libcuda are usable, else the torch reference (kernels/reference.py), which has
@@ -11,8 +12,10 @@ from turbobatch.kernels.ops import (
     canny,
     cuda_status,
     dhash64,
+    gated_residual,
     group_norm,
     image_stats,
+    modulated_norm,
     postprocess_uint8,
     postprocess_with_stats,
 )
@@ -28,9 +31,11 @@ __all__ = [
     "ImageStats",
     "canny",
     "dhash64",
+    "gated_residual",
     "group_norm",
     "hamming64",
     "image_stats",
+    "modulated_norm",
     "postprocess_uint8",
     "postprocess_with_stats",
 ]

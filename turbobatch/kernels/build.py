@@ -44,6 +44,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
         "gn_apply_nhwc_f16",
         "gn_apply_nhwc_bf16",
     ),
+    "adanorm.cu": ("adanorm_f32", "adanorm_f16", "adanorm_bf16"),
 }
 
 # Ampere, Ada, Hopper as SASS, plus compute_90 PTX that newer cards JIT once (driver cache).

@@ -274,3 +274,126 @@ def group_norm(
             dev,
         )
     return out.contiguous(memory_format=layout)  # a no-op but where C > GN_MAX_J * TB_BLOCK ran as NCHW
+
+
+# adanorm.cu: channels per thread (TB_AN_MAXJ): rows of up to AN_MAX_J * TB_BLOCK channels.
+AN_MAX_J = 16
+_AN_NORM = {None: 0, "rms": 1, "layer": 2}
+
+
+def _an_same(t: torch.Tensor | None, name: str, x: torch.Tensor, shape: tuple[int, ...] | None = None) -> None:
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"adanorm: {name} must be a tensor or None, got {type(t).__name__}")
+    if t.dtype != x.dtype:
+        raise TypeError(f"adanorm: {name} dtype {t.dtype} differs from x's {x.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"adanorm: {name} is on {t.device}, x on {x.device}")
+    if shape is not None and tuple(t.shape) != shape:
+        raise ValueError(f"adanorm: {name} must have shape {shape}, got {tuple(t.shape)}")
+
+
+def _an_mod_layout(m: torch.Tensor, lead: tuple[int, ...]) -> tuple[int, int] | None:
+    """(row stride, rows per modulation row) when m (broadcast to lead + [D]) is a [M, D] view with
+    unit channel stride whose row r // rows_per_mod serves row r of x; None if it is not."""
+    if m.ndim > len(lead) + 1 or m.stride(-1) != 1:
+        return None
+    shape = (1,) * (len(lead) + 1 - m.ndim) + tuple(m.shape[:-1])
+    strides = (0,) * (len(lead) + 1 - m.ndim) + tuple(m.stride()[:-1])
+    k = len(lead)
+    while k > 0 and shape[k - 1] == 1:
+        k -= 1
+    if shape[:k] != lead[:k]:
+        return None  # broadcast inside the leading dims (e.g. one modulation for every image)
+    for i in range(k - 1):
+        if shape[i + 1] > 1 and strides[i] != strides[i + 1] * shape[i + 1]:
+            return None
+    return (strides[k - 1] if k else 0), math.prod(lead[k:])
+
+
+def adanorm(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    gate: torch.Tensor | None,
+    y_norm: bool,
+    y_weight: torch.Tensor | None,
+    y_eps: float,
+    clip: bool,
+    norm: str | None,
+    weight: torch.Tensor | None,
+    eps: float,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    launch: Launch,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """kernels/adanorm.cu: (x_new or None without y, h or None without norm); reference.gated_residual
+    and reference.modulated_norm give the semantics. x is [..., D] with D <= AN_MAX_J * TB_BLOCK; every
+    tensor has x's dtype and device; gate/scale/shift broadcast against x."""
+    if x.ndim < 2:
+        raise ValueError(f"adanorm: expected x of shape [..., D], got {tuple(x.shape)}")
+    if x.dtype not in _DTYPE_SUFFIX:
+        raise TypeError(f"adanorm: dtype {x.dtype} not in {sorted(map(str, _DTYPE_SUFFIX))}")
+    if norm not in _AN_NORM:
+        raise ValueError(f"adanorm: norm must be 'rms', 'layer' or None, got {norm!r}")
+    if norm == "layer" and weight is not None:
+        raise ValueError("adanorm: norm='layer' is LayerNorm without affine; it takes no weight")
+    if y is None and norm is None:
+        raise ValueError("adanorm: nothing to compute (no y and no norm)")
+    d = x.shape[-1]
+    if d > AN_MAX_J * TB_BLOCK:
+        raise ValueError(f"adanorm: rows of {d} channels; the kernel takes at most {AN_MAX_J * TB_BLOCK}")
+    _an_same(y, "y", x, tuple(x.shape))
+    for name, t in (("y_weight", y_weight), ("weight", weight)):
+        _an_same(t, name, x, (d,))
+    lead = tuple(x.shape[:-1])
+    mods = {"gate": gate, "scale": scale, "shift": shift}
+    layouts = {}
+    for name, m in mods.items():
+        _an_same(m, name, x)
+        if m is not None:
+            if m.shape[-1] != d:
+                raise ValueError(f"adanorm: {name} must end in {d} channels, got {tuple(m.shape)}")
+            torch.broadcast_shapes(m.shape, x.shape)  # raises on a shape that does not broadcast
+            layouts[name] = _an_mod_layout(m, lead)
+    if None in layouts.values() or len({rpm for _, rpm in layouts.values()}) > 1:
+        # rare: broadcast across images, or mixed per-image / per-token modulation: one row each
+        for name, m in mods.items():
+            if m is not None:
+                mods[name] = m.expand(x.shape).contiguous()
+                layouts[name] = (d, 1)
+    rows_per_mod = next(iter(layouts.values()))[1] if layouts else 1
+    x = x.contiguous()
+    y = None if y is None else y.contiguous()
+    x_out = torch.empty_like(x) if y is not None else None
+    h_out = torch.empty_like(x) if norm is not None else None
+    rows = x.numel() // d if d else 0
+    if rows == 0 or d == 0:
+        return x_out, h_out
+
+    def stride(name: str) -> np.int64:
+        return np.int64(layouts[name][0] if name in layouts else 0)
+
+    args = [
+        _ptr(x),
+        _ptr(y),
+        _ptr(mods["gate"]),
+        stride("gate"),
+        _ptr(y_weight if y_norm else None),
+        _ptr(weight),
+        _ptr(mods["scale"]),
+        stride("scale"),
+        _ptr(mods["shift"]),
+        stride("shift"),
+        _ptr(x_out),
+        _ptr(h_out),
+        np.int32(d),
+        np.int32(max(1, rows_per_mod)),
+        np.float32(y_eps),
+        np.float32(eps),
+        np.int32(bool(y_norm and y is not None)),
+        np.int32(_AN_NORM[norm]),
+        np.int32(bool(clip)),
+    ]
+    launch("adanorm.cu", f"adanorm_{_DTYPE_SUFFIX[x.dtype]}", (rows, 1, 1), (TB_BLOCK, 1, 1), args, x.device)
+    return x_out, h_out

@@ -90,3 +90,80 @@ def canny(images: torch.Tensor, low: float = 100, high: float = 200, *, backend:
     if _use_kernel(images, backend):
         return launchers.canny(images, low, high, runtime.launcher())
     return reference.canny(images, low, high)
+
+
+def _kernel_dtypes(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """adanorm.cu takes one dtype for every tensor; mixed ones (e.g. float32 norm weights kept by a
+    model with bfloat16 activations) run the reference, which promotes as torch does."""
+    return all(t is None or (t.dtype == x.dtype and t.device == x.device) for t in others)
+
+
+def modulated_norm(
+    x: torch.Tensor,
+    norm: str,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    *,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """``norm(x) * (1 + scale) + shift`` over x's last dimension: RMSNorm with weight (Z-Image) or
+    LayerNorm without affine (FLUX.2); semantics in reference.modulated_norm, which the kernel
+    (kernels/adanorm.cu) follows within the bound stated in tests/unit/kernels/test_adanorm_cu.py."""
+    if _use_kernel(x, backend) and (backend == "cuda" or _fits_adanorm(x, weight, scale, shift)):
+        return launchers.adanorm(
+            x, None, None, False, None, 0.0, False, norm, weight, eps, scale, shift, runtime.launcher()
+        )[1]
+    return reference.modulated_norm(x, norm, weight, eps, scale, shift)
+
+
+def gated_residual(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor | None = None,
+    *,
+    y_norm: bool = False,
+    y_weight: torch.Tensor | None = None,
+    y_eps: float = 1e-5,
+    clip: bool = False,
+    norm: str | None = None,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    backend: Backend = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``x_new = x + gate * ynorm(y)`` and, with a norm, ``modulated_norm(x_new, ...)`` in the same
+    pass: (x_new, h or None). Semantics in reference.gated_residual; one kernel launch on CUDA."""
+    if _use_kernel(x, backend) and (
+        backend == "cuda" or _fits_adanorm(x, y, gate, y_weight if y_norm else None, weight, scale, shift)
+    ):
+        x_new, h = launchers.adanorm(
+            x, y, gate, y_norm, y_weight, y_eps, clip, norm, weight, eps, scale, shift, runtime.launcher()
+        )
+        return x_new, h
+    return reference.gated_residual(
+        x,
+        y,
+        gate,
+        y_norm=y_norm,
+        y_weight=y_weight,
+        y_eps=y_eps,
+        clip=clip,
+        norm=norm,
+        weight=weight,
+        eps=eps,
+        scale=scale,
+        shift=shift,
+    )
+
+
+def _fits_adanorm(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """What ``backend="auto"`` sends to the kernel: one dtype and device, and rows it takes."""
+    return (
+        x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and x.ndim >= 2
+        and 0 < x.shape[-1] <= launchers.AN_MAX_J * launchers.TB_BLOCK
+        and _kernel_dtypes(x, *others)
+    )

@@ -170,3 +170,90 @@ def canny(images: torch.Tensor, low: float, high: float) -> torch.Tensor:
             break
         strong = nxt
     return strong.to(torch.uint8) * 255
+
+
+# -- DiT blocks: norm + modulation (+ gated residual), kernels/adanorm.cu ------------------------
+NORMS = ("rms", "layer")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """diffusers' ``RMSNorm.forward`` (models/normalization.py, the non-NPU path), step for step:
+    mean of squares in float32, ``x * rsqrt(.)`` (float32), rounded to the weight's dtype when it is
+    float16/bfloat16, times the weight; without a weight, rounded back to x's dtype."""
+    variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+    h = x * torch.rsqrt(variance + eps)
+    if weight is None:
+        return h.to(x.dtype)
+    if weight.dtype in (torch.float16, torch.bfloat16):
+        h = h.to(weight.dtype)
+    return h * weight
+
+
+def _check_norm(norm: str | None, weight: torch.Tensor | None, op: str) -> None:
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"{op}: norm must be one of {NORMS} or None, got {norm!r}")
+    if norm == "layer" and weight is not None:
+        raise ValueError(f"{op}: norm='layer' is LayerNorm without affine (FLUX.2's); it takes no weight")
+
+
+def modulated_norm(
+    x: torch.Tensor,
+    norm: str,
+    weight: torch.Tensor | None,
+    eps: float,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``norm(x) * (1 + scale) + shift`` over the last dimension, as the DiT blocks write it:
+
+    - norm ``"rms"``: diffusers' ``RMSNorm`` with ``weight`` (Z-Image's ``attention_norm1`` /
+      ``ffn_norm1``; Z-Image has no shift: ``self.attention_norm1(x) * (1.0 + scale)``);
+    - norm ``"layer"``: ``F.layer_norm`` without affine (FLUX.2's ``norm1`` / ``norm2`` / ``norm``:
+      ``(1 + scale) * self.norm1(x) + shift``).
+
+    scale and shift broadcast against x (``[B, 1, D]`` chunks of the modulation, or per token
+    ``[B, S, D]``); each op rounds to the dtype as torch does (``1 + scale`` included)."""
+    _check_norm(norm, weight, "modulated_norm")
+    if norm is None:
+        raise ValueError("modulated_norm: norm must be 'rms' or 'layer'")
+    h = rms_norm(x, weight, eps) if norm == "rms" else F.layer_norm(x, (x.shape[-1],), None, None, eps)
+    if scale is not None:
+        h = h * (1 + scale)
+    if shift is not None:
+        h = h + shift
+    return h
+
+
+def gated_residual(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor | None = None,
+    *,
+    y_norm: bool = False,
+    y_weight: torch.Tensor | None = None,
+    y_eps: float = 1e-5,
+    clip: bool = False,
+    norm: str | None = None,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``x_new = x + gate * ynorm(y)`` and the next ``modulated_norm(x_new, norm, ...)``:
+
+    - ``y_norm``: ``rms_norm(y, y_weight, y_eps)`` first (Z-Image: ``x + gate *
+      self.attention_norm2(attn_out)``); else y as is (FLUX.2: ``x + gate * attn_output``);
+    - gate None: ``x + ynorm(y)`` (Z-Image's unmodulated refiner blocks);
+    - ``clip`` and float16: x_new clipped to +-65504 (FLUX.2's single blocks and text stream);
+    - norm None: no second output (the block's last residual); else the normalised, modulated x_new.
+
+    Returns ``(x_new, h or None)``."""
+    _check_norm(norm, weight, "gated_residual")
+    t = rms_norm(y, y_weight, y_eps) if y_norm else y
+    if gate is not None:
+        t = gate * t
+    x_new = x + t
+    if clip and x_new.dtype == torch.float16:
+        x_new = x_new.clip(-65504, 65504)
+    h = modulated_norm(x_new, norm, weight, eps, scale, shift) if norm is not None else None
+    return x_new, h

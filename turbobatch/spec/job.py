@@ -44,6 +44,7 @@ SPEEDUPS = (
     "fold_upsample",
     "fused_norms",
     "unet_fused_norms",
+    "transformer_fused_norms",
     "channels_last",
     "cudnn_benchmark",
     "compile_decoder",

@@ -14,8 +14,8 @@ def test_component_times_cover_each_call_and_remove_their_hooks(tiny_model_dir):
             ["a", "b"], num_inference_steps=1, guidance_scale=0.0, height=64, width=64, output_type="latent"
         ).images
         pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
-    assert set(totals) == set(COMPONENTS)
-    assert all(totals[c] > 0 for c in COMPONENTS), totals
+    assert set(totals) == set(COMPONENTS) - {"transformer"}  # the components this pipeline has
+    assert all(totals[c] > 0 for c in totals), totals
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in hooked)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from turbobatch.workers.speedups import decoder_ops, norm_fusion
+from turbobatch.workers.speedups import decoder_ops, norm_fusion, transformer_fusion
 
 
 def fold_upsample(pipe: Any) -> None:
@@ -40,6 +40,14 @@ def unet_fused_norms(pipe: Any) -> None:
     its transformers' input GroupNorms and its output norm. The UNet is 16-24% of a batch's time
     on an H200 and the VAE 49-62% (docs/BENCHMARKS.md), so this is timed on its own."""
     norm_fusion.fuse_unet_group_norms(pipe.unet)
+
+
+def transformer_fused_norms(pipe: Any) -> None:
+    """Z-Image's and FLUX.2's transformer blocks: each norm + ``(1 + scale) * x + shift`` modulation,
+    with the gated residual before it, as one pass of the project's kernel (kernels/adanorm.cu;
+    workers/speedups/transformer_fusion.py). Nothing for a pipeline without a transformer (sd-turbo,
+    sdxl-turbo). ``fused_norms`` puts the GroupNorm kernel in these families' VAE decoders, as in SD's."""
+    transformer_fusion.fuse_transformer_norms(pipe)
 
 
 def channels_last(pipe: Any) -> None:
@@ -69,6 +77,7 @@ PIPELINE_CHANGES: dict[str, Callable[[Any], None]] = {
     "fold_upsample": fold_upsample,
     "fused_norms": fused_norms,
     "unet_fused_norms": unet_fused_norms,
+    "transformer_fused_norms": transformer_fused_norms,
     "channels_last": channels_last,
     "cudnn_benchmark": cudnn_benchmark,
     "compile_decoder": compile_decoder,

@@ -75,6 +75,13 @@ def check_unet_fused_norms(pipe) -> None:
     assert any(type(m) is torch.nn.GroupNorm for m in pipe.vae.decoder.modules())
 
 
+def check_transformer_fused_norms(pipe) -> None:
+    """The SD pipelines have no transformer: nothing changes (tests/unit/workers/speedups/
+    test_transformer_fusion.py covers the Z-Image and FLUX.2 blocks)."""
+    assert getattr(pipe, "transformer", None) is None
+    assert not any("forward" in vars(m) for m in pipe.unet.modules())
+
+
 def check_channels_last(pipe) -> None:
     convs = [m for m in pipe.vae.decoder.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
@@ -97,6 +104,7 @@ CHECKS = {
     "fold_upsample": check_fold_upsample,
     "fused_norms": check_fused_norms,
     "unet_fused_norms": check_unet_fused_norms,
+    "transformer_fused_norms": check_transformer_fused_norms,
     "channels_last": check_channels_last,
     "cudnn_benchmark": check_cudnn_benchmark,
     "compile_decoder": check_compile_decoder,
