@@ -31,6 +31,7 @@ from turbobatch.spec.job import JobSpec
 from turbobatch.workers.batches import PipelineRenderer
 from turbobatch.workers.control import ControlImageError, ControlImageLoader
 from turbobatch.workers.images import image_rows
+from turbobatch.workers.init_images import InitImageLoader
 from turbobatch.workers.rows import Row, ShardReader, rows_from_table
 from turbobatch.workers.speedups import registry as speedups
 from turbobatch.workers.writer import ShardWriter
@@ -72,6 +73,7 @@ class RenderWorker:
         )
         self.reader = ShardReader(spec, spec.input_options())
         self.controls = ControlImageLoader(spec, spec.input_options()) if spec.controlnet else None
+        self.inits = InitImageLoader(spec, spec.input_options()) if spec.init_image_column else None
         self.pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode")
         self._device = ThreadPoolExecutor(1, thread_name_prefix="device")  # every pipeline call, in turn
         self._reading = threading.Lock()  # ShardReader keeps a row-group cache
@@ -152,12 +154,16 @@ class RenderWorker:
         rows = rows_from_table(table, shard, self.spec)
         if self.controls is not None:
             list(self.pool.map(self._load_control, [r for r in rows if r.error is None]))
+        if self.inits is not None:
+            self.inits.load_rows(rows, self.pool)
         # 2. Each row's images (images per prompt x sweep combinations) in the shard's range; a bad
         #    row gives one error record per image it would have made.
         images = image_rows(rows, shard, self.spec)
         valid = [r for r in images if r.error is None]
         if self.controls is not None:
             self._control_at_size(valid)
+        if self.inits is not None:
+            self.inits.at_sizes(valid, self.pool)
         timings = {"read": time.perf_counter() - started}
         with ShardWriter(
             self.out, shard, self.spec, self.pool, max_pending=4 * ENCODE_THREADS, origin=self.origin

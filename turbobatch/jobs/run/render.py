@@ -22,6 +22,7 @@ from turbobatch.jobs.prepare.unique_keys import check_unique_keys
 from turbobatch.jobs.run import schedule
 from turbobatch.jobs.run.cluster import ClusterInfo, capacity_note, ray_session, resolve_spec
 from turbobatch.jobs.run.progress import Progress
+from turbobatch.models.img2img import check_img2img
 from turbobatch.models.resolve import (
     ControlNetInfo,
     ModelInfo,
@@ -84,6 +85,7 @@ def check_job(spec: JobSpec, write_probe: bool = True) -> CheckedJob:
     model = resolve_model(spec.model, spec.weights, spec.input_options())
     vae = resolve_vae(spec.vae, model, spec.input_options()) if spec.vae else None
     controlnet = resolve_controlnet(spec.controlnet, model, spec.input_options()) if spec.controlnet else None
+    check_img2img(spec, model)
     return CheckedJob(spec, out, files, total_rows, images_per_row(spec), model, vae, controlnet, state)
 
 
