@@ -413,7 +413,7 @@ def check_denoises(steps: int, strength: float, steps_flag: str, strength_flag: 
 def parse_lora(text: str) -> list[Any]:
     """``[NAME=]SOURCE[:SCALE]`` -> [name, source, scale]. The scale is the text after the last
     colon when it reads as a number (so s3://... and C:... sources survive); the name defaults to
-    the source's last path part without ``.safetensors``."""
+    the source's last path part without ``.safetensors`` (for diffusers' default file name, its folder's)."""
     if not isinstance(text, str) or not text.strip():
         raise JobError(f"--lora: {text!r} is not valid; expected [NAME=]SOURCE[:SCALE]")
     name, eq, rest = text.strip().partition("=")
@@ -431,8 +431,10 @@ def parse_lora(text: str) -> list[Any]:
         raise JobError(f"--lora: {text!r}: scale {scale} is out of range; expected a number in [-10, 10]")
     if not source:
         raise JobError(f"--lora: {text!r} names no source; expected [NAME=]SOURCE[:SCALE]")
-    if not name:
-        name = source.rstrip("/").rsplit("/", 1)[-1].removesuffix(".safetensors")
+    if not name:  # "org/ink", "/l/ink.safetensors", "/l/ink/pytorch_lora_weights.safetensors": "ink"
+        parts = source.rstrip("/").split("/")
+        generic = len(parts) > 1 and parts[-1] == "pytorch_lora_weights.safetensors"
+        name = (parts[-2] if generic else parts[-1]).removesuffix(".safetensors")
     return [name, source, scale]
 
 

@@ -24,6 +24,7 @@ from turbobatch import faults
 from turbobatch.errors import InfrastructureError, is_retryable
 from turbobatch.metrics import WorkerMetrics
 from turbobatch.models import cache as model_cache
+from turbobatch.models.lora import load_loras
 from turbobatch.models.resolve import load_pipeline
 from turbobatch.output.shard import Shard
 from turbobatch.output.storage import Folder
@@ -53,7 +54,10 @@ class RenderWorker:
         started = time.perf_counter()
         fetched = model_cache.fetch_all(spec) if pipe is None else []
         loading = time.perf_counter()
-        pipe = load_pipeline(spec, {f.component: f.path for f in fetched}) if pipe is None else pipe
+        loras = None  # --lora: fused into the weights, or switched per batch (--lora-column)
+        if pipe is None:
+            pipe = load_pipeline(spec, {f.component: f.path for f in fetched})
+            loras = load_loras(pipe, spec, {f.component: f.path for f in fetched})
         speedups.apply(pipe, spec.speedup_set)
         if spec.compile != "off":
             speedups.compile_unet(pipe, mode=spec.compile)  # compiles lazily, on the first call
@@ -69,7 +73,7 @@ class RenderWorker:
         # A compiled model compiles again for a new batch shape: pad short batches to the full size.
         compiled = spec.compile != "off" or "compile_decoder" in spec.speedup_set
         self.renderer = PipelineRenderer(
-            pipe, spec, spec.device, overlap="overlap" in spec.speedup_set, pad_batches=compiled
+            pipe, spec, spec.device, overlap="overlap" in spec.speedup_set, pad_batches=compiled, loras=loras
         )
         self.reader = ShardReader(spec, spec.input_options())
         self.controls = ControlImageLoader(spec, spec.input_options()) if spec.controlnet else None
