@@ -216,6 +216,8 @@ def _how_made(spec: ResolvedJob, plan: dict[str, Any], markers: list[dict[str, A
             if spec.controlnet
             else "none",
         ),
+        ("img2img", _img2img_words(spec)),
+        ("LoRA", _lora_words(spec)),
         (
             "sampling",
             f"{spec.steps} step(s), guidance scale {spec.guidance_scale}, {spec.width}x{spec.height}, "
@@ -236,6 +238,27 @@ def _how_made(spec: ResolvedJob, plan: dict[str, Any], markers: list[dict[str, A
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return f"## How it was made\n\n| | |\n|---|---|\n{table}\n\nThe command (rerun it to resume):\n\n```\n{command_line(spec)}\n```"
+
+
+def _img2img_words(spec: ResolvedJob) -> str:
+    """Where the init images came from and how they were used (metadata: init_image,
+    init_width, init_height, strength, resize_mode)."""
+    if not spec.init_image_column:
+        return "none (text to image)"
+    per_row = f", per row from `{spec.strength_column}`" if spec.strength_column else ""
+    return (
+        f"init images from column `{spec.init_image_column}`, strength {spec.strength}{per_row}, "
+        f"resized by {spec.resize_mode}"
+    )
+
+
+def _lora_words(spec: ResolvedJob) -> str:
+    """The LoRAs (sources and scales) and whether they were fused or picked per row (metadata: lora)."""
+    if not spec.lora:
+        return "none"
+    listed = ", ".join(f"`{name}` = `{source}` x {scale:g}" for name, source, scale in spec.lora)
+    how = f"one per row by column `{spec.lora_column}`" if spec.lora_column else "fused into the weights"
+    return f"{listed} ({how})"
 
 
 def _sizes(spec: ResolvedJob) -> str:

@@ -225,6 +225,39 @@ def build_render_parser(prog: str = "turbobatch render") -> argparse.ArgumentPar
     )
     p.add_argument("--controlnet-scale", type=float, help="ControlNet conditioning scale (default 1.0)")
     p.add_argument(
+        "--init-image-column",
+        metavar="COLUMN",
+        help="img2img: column of init images (path or URL relative to the dataset folder, fsspec URL "
+        "or image bytes); each image starts from its row's image, VAE-encoded and noised to --strength",
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        help="img2img: how far the init image is noised, 0-1 (1: ignored); steps * strength must be >= 1 (default 0.5)",
+    )
+    p.add_argument(
+        "--strength-column", metavar="COLUMN", help="img2img: column of per-row strengths (null: --strength)"
+    )
+    p.add_argument(
+        "--resize-mode",
+        choices=("center_crop", "fit", "stretch"),
+        help="img2img: how an init image of another size becomes the render size: scale and crop the middle, "
+        "scale to fit and pad with black, or stretch (default center_crop)",
+    )
+    p.add_argument(
+        "--lora",
+        action="append",
+        metavar="[NAME=]SOURCE[:SCALE]",
+        help="a LoRA (repeatable): Hugging Face id, folder, .safetensors file or fsspec URL, scale default 1; "
+        "fused into the weights at load unless --lora-column picks one per row",
+    )
+    p.add_argument(
+        "--lora-column",
+        metavar="COLUMN",
+        help="column naming each row's LoRA (one of the --lora names: the source's last part "
+        "without .safetensors, or NAME=; null: none); batches are grouped by LoRA",
+    )
+    p.add_argument(
         "--storage-options",
         type=json_object("--storage-options"),
         help='fsspec options for input and output, as JSON, e.g. \'{"client_kwargs": '

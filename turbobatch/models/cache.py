@@ -71,7 +71,8 @@ def models_dir() -> Path:
 def fetch_all(spec: ResolvedJob) -> list[Fetched]:
     """Each component of a driver-resolved spec, fetched (or found) on this node; [] for a spec the
     driver did not resolve (tests, benchmarks: names load in place)."""
-    return [fetch(c, spec.sources[c], spec.input_options()) for c in COMPONENTS if c in spec.sources]
+    extra = [c for c in spec.sources if c not in COMPONENTS]  # LoRAs ("lora:<name>", models/lora.py)
+    return [fetch(c, spec.sources[c], spec.input_options()) for c in (*COMPONENTS, *extra) if c in spec.sources]
 
 
 def fetch(component: str, source: dict[str, Any], storage_options: dict[str, Any] | None = None) -> Fetched:

@@ -67,6 +67,14 @@ METADATA_SCHEMA = pa.schema(
         ("controlnet_scale", pa.float64()),
         ("control_preprocess", pa.string()),
         ("control_image", pa.string()),
+        # img2img and LoRA: the init image (path/URL or bytes:sha256:...), its source size,
+        # the strength and resize mode; the LoRAs applied, "name=source:scale" joined by ";"
+        ("init_image", pa.string()),
+        ("init_width", pa.int32()),
+        ("init_height", pa.int32()),
+        ("strength", pa.float64()),
+        ("resize_mode", pa.string()),
+        ("lora", pa.string()),
     ]
 )
 # A Hugging Face `datasets` Image value as Arrow stores it: the encoded bytes and a file name.
@@ -147,6 +155,9 @@ def _used_columns(spec: JobSpec) -> set[str]:
         spec.seed_column,
         spec.key_column,
         spec.control_image_column,
+        spec.init_image_column,
+        spec.strength_column,
+        spec.lora_column,
         *spec.sampling_columns.values(),
     } - {None}
 

@@ -19,6 +19,7 @@ from typing import Any
 from turbobatch.errors import JobError, MissingArgument
 from turbobatch.spec import sampling
 from turbobatch.spec.expand import MAX_IMAGES_PER_PROMPT, check_sweep_names, merge_sweeps, normalize_sweep
+from turbobatch.spec.lora import normalize_loras
 from turbobatch.spec.sampling import MAX_SEED, SamplingParams
 from turbobatch.spec.template import Template
 
@@ -107,6 +108,13 @@ class JobSpec:
     control_image_column: str | None = None  # path/URL (relative to the dataset folder) or image bytes
     control_preprocess: str = "none"
     controlnet_scale: float = 1.0
+    # -- img2img and LoRA: validated in _validate_img2img_lora ------------------------
+    init_image_column: str | None = None  # path/URL (relative to the dataset folder) or image bytes
+    strength: float = 0.5  # how far the init image is noised: 1.0 ignores it; steps * strength >= 1
+    strength_column: str | None = None  # per-row strength (null: --strength)
+    resize_mode: str = "center_crop"  # how an init image of another size becomes the render size
+    lora: Any = None  # ["[NAME=]SOURCE[:SCALE]", ...] as given; validate() makes it [[name, source, scale], ...]
+    lora_column: str | None = None  # per-row LoRA name (null: none); the job's LoRAs are then not fused
     variant: str = "auto"  # weight files of --model, --vae and --controlnet: auto, fp16 or none
     overwrite: bool = False
     max_retries: int = 3  # infrastructure failures (worker death, storage timeouts) retried per shard
@@ -149,6 +157,12 @@ class JobSpec:
         "guidance_scale_column",
         "width_column",
         "height_column",
+        "init_image_column",
+        "strength",
+        "strength_column",
+        "resize_mode",
+        "lora",
+        "lora_column",
     )
 
     @classmethod
@@ -212,6 +226,7 @@ class JobSpec:
                 _require_text(name.replace("_", "-"), value)
         self.keep_columns = normalize_keep_columns(self.keep_columns)
         self._validate_expansion()
+        self._validate_img2img_lora()  # after the sweep is normalized: it checks swept step counts
         _require_int("max-retries", self.max_retries, 0, 100)
         _require_int("max-failed-shards", self.max_failed_shards, 0, 10_000_000)
         if not isinstance(self.overwrite, bool):
@@ -267,6 +282,35 @@ class JobSpec:
         if self.control_image_column and not self.controlnet:
             raise JobError(f"--control-image-column: {self.control_image_column!r} given but no --controlnet to use it")
 
+    # -- img2img and LoRA ------------------------------------------------------
+    def _validate_img2img_lora(self) -> None:
+        """--init-image-column / --strength / --resize-mode and --lora / --lora-column. Whether the
+        model's family has img2img is checked with its configs (models/img2img.py)."""
+        for name in ("init_image_column", "strength_column", "lora_column"):
+            value = getattr(self, name)
+            if value is not None:
+                _require_text(name.replace("_", "-"), value)
+        _require_number("strength", self.strength, 0.0, 1.0)
+        _require_choice("resize-mode", self.resize_mode, RESIZE_MODES)
+        if self.strength_column and not self.init_image_column:
+            raise JobError(f"--strength-column: {self.strength_column!r} given but no --init-image-column to use it")
+        if self.init_image_column and self.controlnet:
+            raise JobError("--init-image-column: img2img with a ControlNet is not supported; drop one of them")
+        if self.init_image_column:
+            check_denoises(self.steps, self.strength, "--steps", "--strength")
+            for name, values in self.sweep or []:
+                if name == "steps":
+                    for steps in values:
+                        check_denoises(steps, self.strength, "--sweep steps", "--strength")
+        self.lora = normalize_loras(self.lora)
+        if self.lora_column and not self.lora:
+            raise JobError(f"--lora-column: {self.lora_column!r} given but no --lora for its rows to pick from")
+
+    @property
+    def lora_names(self) -> list[str]:
+        """The names a --lora-column value may take, in --lora order."""
+        return [name for name, _, _ in self.lora or []]
+
     # -- derived values ----------------------------------------------------------------
     def sampling(self) -> SamplingParams:
         """The job's sampling parameters (height and width are set once resolved: spec/resolved.py)."""
@@ -316,6 +360,23 @@ class JobSpec:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> JobSpec:
         return cls(**values)
+
+
+RESIZE_MODES = ("center_crop", "fit", "stretch")
+
+
+def denoising_steps(steps: int, strength: float) -> int:
+    """Steps an img2img call runs: diffusers' ``get_timesteps`` (``int(steps * strength)``)."""
+    return min(int(steps * strength), steps)
+
+
+def check_denoises(steps: int, strength: float, steps_flag: str, strength_flag: str) -> None:
+    """JobError when no denoising step would run (``steps * strength < 1``)."""
+    if denoising_steps(steps, strength) < 1:
+        raise JobError(
+            f"{strength_flag} {strength} with {steps_flag} {steps}: steps * strength = {steps * strength:g} "
+            "runs no denoising step; img2img needs steps * strength >= 1 (raise the strength or the steps)"
+        )
 
 
 KEEP_ALL = "*"

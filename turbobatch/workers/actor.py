@@ -24,6 +24,7 @@ from turbobatch import faults
 from turbobatch.errors import InfrastructureError, is_retryable
 from turbobatch.metrics import WorkerMetrics
 from turbobatch.models import cache as model_cache
+from turbobatch.models.lora import load_loras
 from turbobatch.models.resolve import load_pipeline
 from turbobatch.output.shard import Shard
 from turbobatch.output.storage import Folder
@@ -31,6 +32,7 @@ from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.workers.batches import PipelineRenderer
 from turbobatch.workers.control import ControlImageError, ControlImageLoader
 from turbobatch.workers.images import image_rows
+from turbobatch.workers.init_images import InitImageLoader
 from turbobatch.workers.rows import Row, ShardReader, rows_from_table
 from turbobatch.workers.speedups import registry as speedups
 from turbobatch.workers.writer import ShardWriter
@@ -54,7 +56,10 @@ class RenderWorker:
         started = time.perf_counter()
         fetched = model_cache.fetch_all(spec) if pipe is None else []
         loading = time.perf_counter()
-        pipe = load_pipeline(spec, {f.component: f.path for f in fetched}) if pipe is None else pipe
+        loras = None  # --lora: fused into the weights, or switched per batch (--lora-column)
+        if pipe is None:
+            pipe = load_pipeline(spec, {f.component: f.path for f in fetched})
+            loras = load_loras(pipe, spec, {f.component: f.path for f in fetched})
         speedups.apply(pipe, spec.speedup_set)
         if spec.compile != "off":
             speedups.compile_unet(pipe, mode=spec.compile)  # compiles lazily, on the first call
@@ -70,10 +75,11 @@ class RenderWorker:
         # A compiled model compiles again for a new batch shape: pad short batches to the full size.
         compiled = spec.compile != "off" or "compile_decoder" in spec.speedup_set
         self.renderer = PipelineRenderer(
-            pipe, spec, spec.device, overlap="overlap" in spec.speedup_set, pad_batches=compiled
+            pipe, spec, spec.device, overlap="overlap" in spec.speedup_set, pad_batches=compiled, loras=loras
         )
         self.reader = ShardReader(spec, spec.input_options())
         self.controls = ControlImageLoader(spec, spec.input_options()) if spec.controlnet else None
+        self.inits = InitImageLoader(spec, spec.input_options()) if spec.init_image_column else None
         self.pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode")
         self._device = ThreadPoolExecutor(1, thread_name_prefix="device")  # every pipeline call, in turn
         self._reading = threading.Lock()  # ShardReader keeps a row-group cache
@@ -154,12 +160,16 @@ class RenderWorker:
         rows = rows_from_table(table, shard, self.spec)
         if self.controls is not None:
             list(self.pool.map(self._load_control, [r for r in rows if r.error is None]))
+        if self.inits is not None:
+            self.inits.load_rows(rows, self.pool)
         # 2. Each row's images (images per prompt x sweep combinations) in the shard's range; a bad
         #    row gives one error record per image it would have made.
         images = image_rows(rows, shard, self.spec)
         valid = [r for r in images if r.error is None]
         if self.controls is not None:
             self._control_at_size(valid)
+        if self.inits is not None:
+            self.inits.at_sizes(valid, self.pool)
         timings = {"read": time.perf_counter() - started}
         with ShardWriter(
             self.out, shard, self.spec, self.pool, max_pending=4 * ENCODE_THREADS, origin=self.origin

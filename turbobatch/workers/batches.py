@@ -35,6 +35,7 @@ from turbobatch import faults
 from turbobatch.spec.job import JobSpec
 from turbobatch.spec.sampling import SamplingParams
 from turbobatch.workers.decode import Decoded, Decoder
+from turbobatch.workers.row_inputs import batch_variant
 from turbobatch.workers.rows import Row
 from turbobatch.workers.sampler import TurboSampler
 
@@ -67,7 +68,9 @@ class _Queued:
 
 
 class PipelineRenderer:
-    def __init__(self, pipe: Any, spec: JobSpec, device: str, overlap: bool = True, pad_batches: bool = False) -> None:
+    def __init__(
+        self, pipe: Any, spec: JobSpec, device: str, overlap: bool = True, pad_batches: bool = False, loras: Any = None
+    ) -> None:
         self.pipe, self.spec = pipe, spec
         self.device = torch.device(device)
         self.sampler = TurboSampler(pipe, spec, self.device)
@@ -75,6 +78,7 @@ class PipelineRenderer:
         self.rows_per_call = spec.batch_size
         self.in_flight = 2 if overlap else 1
         self.pad_batches = pad_batches
+        self.loras = loras  # --lora-column: switches adapters between batches (models/lora.py)
         self._last_done = 0.0  # when the caller was done with the previous batch's results (per-batch time)
 
     def render(self, rows: list[Row]) -> Iterator[Rendered | Row]:
@@ -120,8 +124,16 @@ class PipelineRenderer:
         negatives = [r.negative_prompt or "" for r in padded] if self.spec.negative_prompt_column else None
         controls = [r.control_image for r in padded] if self.spec.controlnet else None
         params = rows[0].params or self.sampler.params  # one group per call (_batches, _recover keep it so)
+        # img2img (keywords only when used: the sampler's other callers and fakes keep their signature)
+        init = (
+            {"init_images": [r.init_image for r in padded], "strength": rows[0].strength}
+            if self.spec.init_image_column
+            else {}
+        )
+        if self.loras is not None:
+            self.loras.activate(rows[0].lora)  # one LoRA per call, like the parameters
         latents, truncated = self.sampler.sample(
-            [r.prompt for r in padded], negatives, [r.seed for r in padded], controls, params
+            [r.prompt for r in padded], negatives, [r.seed for r in padded], controls, params, **init
         )
         host, done = self._copy_out(self.decoder.decode(latents))
         return _Queued(rows, len(padded), latents, truncated, host, done, started)
@@ -208,10 +220,12 @@ class PipelineRenderer:
         return [result for row in rows for result in self._render_now([row])]
 
 
-def groups(rows: list[Row], default: SamplingParams) -> dict[SamplingParams, list[Row]]:
-    """Rows by the parameters they sample with (None: ``default``), in order of each group's first
-    row, each group in the rows' order: what may share a pipeline call."""
-    grouped: dict[SamplingParams, list[Row]] = {}
+def groups(rows: list[Row], default: SamplingParams) -> dict[tuple[Any, ...], list[Row]]:
+    """Rows by the parameters they sample with (None: ``default``) and their img2img start step and
+    LoRA (workers/row_inputs.batch_variant), in order of each group's first row, each group in the
+    rows' order: what may share a pipeline call."""
+    grouped: dict[tuple[Any, ...], list[Row]] = {}
     for row in rows:
-        grouped.setdefault(row.params or default, []).append(row)
+        params = row.params or default
+        grouped.setdefault((params, *batch_variant(row, params)), []).append(row)
     return grouped

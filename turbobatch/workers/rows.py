@@ -23,6 +23,7 @@ from turbobatch.spec import sampling
 from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.spec.sampling import MAX_SEED, SamplingParams
 from turbobatch.spec.template import template_of
+from turbobatch.workers.row_inputs import per_row_inputs
 
 
 @dataclass
@@ -47,6 +48,14 @@ class Row:
     combination: int = 0
     params: SamplingParams | None = None
     swept: dict[str, Any] = field(default_factory=dict)
+    # img2img and LoRA (workers/init_images.py, workers/lora_rows.py): the init image column's value,
+    # the decoded image (resized to its size for an image) and its source size (width, height);
+    # the row's strength (None: the job's) and LoRA name (None: none, or the job's fused set).
+    init: Any = None
+    init_image: Any = None
+    init_size: tuple[int, int] | None = None
+    strength: float | None = None
+    lora: str | None = None
 
 
 class ShardReader:
@@ -69,6 +78,9 @@ class ShardReader:
             spec.seed_column,
             spec.key_column,
             spec.control_image_column,
+            spec.init_image_column,
+            spec.strength_column,
+            spec.lora_column,
             *template_columns(spec).values(),
             *spec.sampling_columns.values(),
             *kept_schema(spec).names,
@@ -131,7 +143,7 @@ def rows_from_table(table: pa.Table, shard: Shard, spec: ResolvedJob) -> list[Ro
         row.seed, seed_error = _row_seed(seeds[i], spec.seed + index * spec.images_per_prompt)
         row.overrides, sampling_error = _row_sampling(columns, i, spec)
         prompt_error = "prompt is null" if row.prompt is None and not templated else None  # a template says itself
-        row.error = prompt_error or seed_error or sampling_error
+        row.error = prompt_error or seed_error or sampling_error or per_row_inputs(row, columns, i, spec)
         rows.append(row)
     return rows
 

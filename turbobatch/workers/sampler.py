@@ -32,6 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from turbobatch.spec.job import JobSpec
 from turbobatch.spec.sampling import SamplingParams
+from turbobatch.workers.img2img import InitLatents
 
 
 @dataclass
@@ -57,6 +58,7 @@ class TurboSampler:
         self._schedulers: dict[int, Any] = {}  # step count -> the scheduler with its timesteps set
         self._accepts_generator = "generator" in _parameters(pipe.scheduler.step)
         self._time_ids: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}  # SDXL size conditioning per size
+        self.init_latents = InitLatents(pipe)  # img2img: workers/img2img.py
         self._scheduler_for(self.params.steps)  # the job's own, made before the first batch
 
     def uses_cfg(self, guidance_scale: float) -> bool:
@@ -71,9 +73,12 @@ class TurboSampler:
         seeds: list[int],
         control_images: list[Any] | None = None,
         params: SamplingParams | None = None,
+        init_images: list[Any] | None = None,
+        strength: float | None = None,
     ) -> tuple[torch.Tensor, list[bool]]:
         """Latents [B, C, h, w] of the batch (on the device, still queued there) and which
-        prompts were truncated. ``params``: the batch's (default: the job's)."""
+        prompts were truncated. ``params``: the batch's (default: the job's). ``init_images``
+        (img2img, at the render size) start the rows from those images noised to ``strength``."""
         p = params or self.params
         cfg = self.uses_cfg(p.guidance_scale)
         # 1. Text encoders (tokenizing is the host's part of the batch).
@@ -89,12 +94,17 @@ class TurboSampler:
             p.height // self.pipe.vae_scale_factor,
             p.width // self.pipe.vae_scale_factor,
         )
-        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=cond.embeds.dtype)
-        latents = latents * scheduler.init_noise_sigma
+        if init_images is None:
+            latents = randn_tensor(shape, generator=generators, device=self.device, dtype=cond.embeds.dtype)
+            latents, timesteps = latents * scheduler.init_noise_sigma, scheduler.timesteps
+        else:
+            latents, timesteps = self.init_latents.start(
+                scheduler, init_images, strength, p.steps, generators, cond.embeds.dtype, self._to_device
+            )
         control = self._control_input(control_images, p, cfg) if self.controlnet is not None else None
         step_kwargs = {"generator": generators} if self._accepts_generator else {}
         # 3. Denoising steps: UNet (after the ControlNet's residuals), guidance, scheduler step.
-        for t in scheduler.timesteps:
+        for t in timesteps:
             model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
             residuals = self._control_residuals(scheduler, latents, model_input, t, cond, control, cfg)
             noise = unet(

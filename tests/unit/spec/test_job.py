@@ -157,6 +157,13 @@ def test_every_flag_reaches_the_spec():
         "guidance_scale_column": "g",
         "width_column": "w",
         "height_column": "h",
+        # the img2img and LoRA flags, set in tests/unit/spec/test_img2img_lora_spec.py (img2img excludes --controlnet)
+        "init_image_column": None,
+        "strength": 0.5,
+        "strength_column": None,
+        "resize_mode": "center_crop",
+        "lora": None,
+        "lora_column": None,
     }
 
 

@@ -22,6 +22,8 @@ from turbobatch.jobs.prepare.unique_keys import check_unique_keys
 from turbobatch.jobs.run import schedule
 from turbobatch.jobs.run.cluster import ClusterInfo, capacity_note, ray_session, resolve_spec
 from turbobatch.jobs.run.progress import Progress
+from turbobatch.models.img2img import check_img2img
+from turbobatch.models.lora import LoraInfo, resolve_loras, with_lora_sources
 from turbobatch.models.resolve import (
     ControlNetInfo,
     ModelInfo,
@@ -55,6 +57,7 @@ class CheckedJob:
     controlnet: ControlNetInfo | None
     kept_schema: str | None = None  # the kept columns' types (step 2), for the resolved job
     output_state: str = ""  # what step 1 found (the dry run's report)
+    loras: tuple[LoraInfo, ...] = ()  # --lora, checked against the model
 
 
 def check_job(spec: JobSpec, write_probe: bool = True) -> CheckedJob:
@@ -86,7 +89,9 @@ def check_job(spec: JobSpec, write_probe: bool = True) -> CheckedJob:
     model = resolve_model(spec.model, spec.weights, spec.input_options())
     vae = resolve_vae(spec.vae, model, spec.input_options()) if spec.vae else None
     controlnet = resolve_controlnet(spec.controlnet, model, spec.input_options()) if spec.controlnet else None
-    return CheckedJob(spec, out, files, total_rows, images_per_row(spec), model, vae, controlnet, kept, state)
+    check_img2img(spec, model)
+    loras = tuple(resolve_loras(spec, model))  # each LoRA's header against the model's (models/lora.py)
+    return CheckedJob(spec, out, files, total_rows, images_per_row(spec), model, vae, controlnet, kept, state, loras)
 
 
 def resolve_job(job: CheckedJob, cluster: ClusterInfo) -> CheckedJob:
@@ -94,7 +99,8 @@ def resolve_job(job: CheckedJob, cluster: ClusterInfo) -> CheckedJob:
     cluster can never hold fails here); then each model's variant (auto: by dtype) and the files
     every node fetches once. From here on the job is a ResolvedJob, the type the actors receive."""
     spec = resolve_spec(ResolvedJob.of(job.spec, kept_schema=job.kept_schema), job.model, cluster)
-    return dataclasses.replace(job, spec=resolve_weights(spec, job.model, job.vae, job.controlnet))
+    spec = resolve_weights(spec, job.model, job.vae, job.controlnet)
+    return dataclasses.replace(job, spec=with_lora_sources(spec, list(job.loras)))
 
 
 def plan_job(job: CheckedJob) -> tuple[list[Shard], dict[str, Any]]:

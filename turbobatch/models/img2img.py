@@ -1,0 +1,26 @@
+"""Which model families render img2img (--init-image-column), checked on the driver.
+
+A family is supported when diffusers has an img2img pipeline for it whose start latents the
+sampler reproduces (workers/img2img.py). Families added later add their pipeline class here.
+"""
+
+from __future__ import annotations
+
+from turbobatch.errors import JobError
+from turbobatch.models.resolve import ModelInfo
+from turbobatch.spec.job import JobSpec
+
+# text-to-image pipeline class -> the diffusers img2img pipeline its images are compared with
+IMG2IMG_PIPELINES = {
+    "StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline",
+}
+
+
+def check_img2img(spec: JobSpec, model: ModelInfo) -> None:
+    """JobError before any actor starts when the job asks for img2img on a family without it."""
+    if spec.init_image_column and model.pipeline_class not in IMG2IMG_PIPELINES:
+        raise JobError(
+            f"--init-image-column: --model {model.name!r} is a {model.pipeline_class}, which has no img2img "
+            f"here; img2img works with {', '.join(IMG2IMG_PIPELINES)}"
+        )
