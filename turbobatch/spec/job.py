@@ -58,8 +58,8 @@ class JobSpec:
     input: str = ""
     output: str = ""
     model: str = "stabilityai/sd-turbo"
-    steps: int = 1
-    guidance_scale: float = 0.0
+    steps: int | None = None  # None: the model family's default (models/families.py), set by resolve_spec
+    guidance_scale: float | None = None  # None: the family's default
     height: int | None = None  # None: the model's native size
     width: int | None = None
     batch_size: int = 8
@@ -211,7 +211,7 @@ class JobSpec:
         _require_text("model", self.model)
         for name in sampling.NAMES:
             value = getattr(self, name)
-            if value is not None or name not in sampling.SIZE_NAMES:  # no size: the model's native one
+            if value is not None:  # None: the model's own (native size, family defaults)
                 _require_sampling(name, value)
         _require_int("batch-size", self.batch_size, 1, 4096)
         _require_choice("dtype", self.dtype, DTYPES, optional=True)
@@ -302,7 +302,10 @@ class JobSpec:
     # -- derived values ----------------------------------------------------------------
     def sampling(self) -> SamplingParams:
         """The job's sampling parameters (a resolved spec: height and width set)."""
-        return SamplingParams(self.steps, self.guidance_scale, self.height, self.width)
+        # A spec the driver did not resolve (tests, benchmarks) samples with the SD turbo defaults.
+        steps = self.steps if self.steps is not None else 1
+        guidance = self.guidance_scale if self.guidance_scale is not None else 0.0
+        return SamplingParams(steps, guidance, self.height, self.width)
 
     @property
     def sampling_columns(self) -> dict[str, str]:

@@ -1,6 +1,9 @@
 """One small object per model family: the parts of a batch's sampling and decoding in which the
 families differ (workers/sampler.py runs the one loop over them; workers/decode.py decodes with
-``vae_input``). Which family a pipeline is comes from its class."""
+``vae_input``). Which family a pipeline is comes from its class.
+
+Imports torch, diffusers, spec/ and its own modules only; nothing else of workers/ (the sampler
+and decoder import it, not the other way round)."""
 
 from __future__ import annotations
 
