@@ -25,7 +25,7 @@ FAMILIES: dict[str, FamilyFacts] = {
     "sd": FamilyFacts("SD 2.1 (sd-turbo)", 1, 0.0, "float16", "sai-nc-community", True, True),
     "sdxl": FamilyFacts("SDXL (sdxl-turbo)", 1, 0.0, "float16", "sai-nc-community", True, True),
     # ZImagePipeline's docstring example: 8 steps, guidance 0.0, 1024x1024 (since diffusers 0.39
-    # 8 steps are 8 transformer calls; the model card's 9 dates from when the last was a no-op).
+    # 8 steps are 8 transformer calls, what the card's num_inference_steps=9 aimed at before).
     "z-image": FamilyFacts("Z-Image", 8, 0.0, "bfloat16", "apache-2.0", False, False),
     # The klein 4B card and diffusers' integration test: 4 steps, guidance 1.0 (step-distilled).
     "flux2-klein": FamilyFacts("FLUX.2 klein", 4, 1.0, "bfloat16", "apache-2.0", False, False),
