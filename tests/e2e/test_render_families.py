@@ -81,3 +81,23 @@ def test_each_family_renders_with_and_without_controlnet(ray_cluster, dataset, t
 def test_mismatches_fail_before_any_actor(ray_cluster, no_actors, dataset, tmp_path, capsys, extra, message):
     assert main([str(dataset), str(tmp_path / "out"), *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model, steps, guidance", [("tiny-z-image-turbo", 8, 0.0), ("tiny-flux2-klein", 4, 1.0)])
+def test_each_dit_family_renders_the_whole_job_with_its_own_defaults(
+    ray_cluster, dataset, tmp_path, model, steps, guidance
+):
+    """Naming only the model: its card's steps and guidance; images, metadata and done markers out;
+    a rerun resumes with nothing left to do."""
+    out = tmp_path / "out"
+    args = [str(dataset), str(out), "--model", model, "--height", "32", "--width", "32", "--shard-size", "2"]
+    assert main(args) == 0
+    rows = read_metadata(out)
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    assert {(r["steps"], r["guidance_scale"], r["model"]) for r in rows} == {(steps, guidance, model)}
+    images = read_tar_images(out)
+    assert {img.shape for img in images.values()} == {(32, 32, 3)} and len(images) == 4
+    assert sorted(p.name for p in (out / "_done").iterdir()) == ["000000.json", "000001.json"]
+    assert main(args) == 0  # resume: both shards committed, nothing rendered again
+    again = read_tar_images(out)
+    assert again.keys() == images.keys() and all((again[k] == v).all() for k, v in images.items())

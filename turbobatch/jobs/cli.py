@@ -62,9 +62,13 @@ def build_render_parser(prog: str = "turbobatch render") -> argparse.ArgumentPar
         "bfloat16 and the model has them, else the plain ones; fp16 requires them; none never uses "
         "them (default auto)",
     )
-    p.add_argument("--steps", type=int, help="denoising steps (default 1; turbo models use 1-4)")
     p.add_argument(
-        "--guidance-scale", type=float, help="classifier-free guidance (default 0.0, as turbo models are trained)"
+        "--steps",
+        type=int,
+        help="denoising steps (default: the model's; sd/sdxl-turbo 1, Z-Image-Turbo 8, FLUX.2 klein 4)",
+    )
+    p.add_argument(
+        "--guidance-scale", type=float, help="classifier-free guidance (default: the model's; 0.0, FLUX.2 klein 1.0)"
     )
     p.add_argument("--height", type=int, help="image height, multiple of 8 (default: the model's native size)")
     p.add_argument("--width", type=int, help="image width, multiple of 8 (default: the model's native size)")

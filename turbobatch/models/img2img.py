@@ -7,8 +7,9 @@ sampler reproduces (workers/img2img.py). Families added later add their pipeline
 from __future__ import annotations
 
 from turbobatch.errors import JobError
+from turbobatch.models.families import FAMILIES
 from turbobatch.models.resolve import ModelInfo
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.job import JobSpec, check_denoises
 
 # text-to-image pipeline class -> the diffusers img2img pipeline its images are compared with
 IMG2IMG_PIPELINES = {
@@ -24,3 +25,5 @@ def check_img2img(spec: JobSpec, model: ModelInfo) -> None:
             f"--init-image-column: --model {model.name!r} is a {model.pipeline_class}, which has no img2img "
             f"here; img2img works with {', '.join(IMG2IMG_PIPELINES)}"
         )
+    if spec.init_image_column and spec.steps is None:  # the model's default step count
+        check_denoises(FAMILIES[model.family].steps, spec.strength, "--steps (the model's default)", "--strength")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from turbobatch.errors import JobError
+from turbobatch.models.families import FAMILY_OF_PIPELINE, refuse_component
 from turbobatch.models.random_weights import RANDOM_MODELS, build_random_pipeline
 from turbobatch.models.random_weights import config as random_config
 from turbobatch.models.source import REMOTE, ModelSource, cannot_load, loads_in_place, open_source
@@ -23,7 +24,7 @@ from turbobatch.models.tiny import TINY_MODELS, tiny_model_path
 from turbobatch.models.variants import choose_variant, needed_files
 from turbobatch.spec.resolved import ResolvedJob
 
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+SUPPORTED_PIPELINES = tuple(FAMILY_OF_PIPELINE)  # SD, SDXL, ZImagePipeline, Flux2KleinPipeline
 # AutoencoderTiny: TAESD-class decoders (madebyollin/taesd, taesdxl), far cheaper than the full VAE.
 VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
 
@@ -59,6 +60,13 @@ class ModelInfo:
     vae_scale_factor: int  # image size / latent size
     components: tuple[str, ...] = ()  # model_index.json's component folders
     source: ModelSource | None = None  # None for --weights random
+    family: str = "sd"  # models/families.py: sd, sdxl, z-image, flux2-klein
+    distilled: bool = False  # FLUX.2 klein: step-distilled (guidance has no effect)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE's scale (x2 for the 2x2-patch DiTs)."""
+        return self.vae_scale_factor * (1 if self.family in ("sd", "sdxl") else 2)
 
 
 @dataclass(frozen=True)
@@ -89,19 +97,57 @@ def resolve_model(name: str, weights: str = "pretrained", storage_options: dict[
     source = open_source("model", name, storage_options)
     try:
         index = source.read_json("model_index.json")
-        unet = source.read_json("unet/config.json")
+        pipeline_class = index.get("_class_name", "?")
+        if pipeline_class not in SUPPORTED_PIPELINES:
+            raise JobError(
+                f"--model: {name!r} is a {pipeline_class}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}"
+            )
+        family = FAMILY_OF_PIPELINE[pipeline_class]
+        denoiser = source.read_json("unet/config.json" if family in ("sd", "sdxl") else "transformer/config.json")
         vae = source.read_json("vae/config.json")
+    except JobError:
+        raise
     except Exception as e:  # noqa: BLE001 - hub, file system and parse errors all mean "cannot load"
         raise cannot_load("model", name, e) from None
-    pipeline_class = index.get("_class_name", "?")
-    if pipeline_class not in SUPPORTED_PIPELINES:
-        raise JobError(
-            f"--model: {name!r} is a {pipeline_class}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}"
-        )
     components = tuple(
         k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and all(v)
     )
-    return _model_info(name, source.location, pipeline_class, unet, vae, components, source)
+    if family in ("sd", "sdxl"):
+        return _model_info(name, source.location, pipeline_class, denoiser, vae, components, source)
+    return _dit_info(name, source.location, pipeline_class, denoiser, vae, components, source, index)
+
+
+def _dit_info(
+    name: str,
+    location: str,
+    pipeline_class: str,
+    transformer: dict,
+    vae: dict,
+    components: tuple[str, ...] = (),
+    source: ModelSource | None = None,
+    index: dict | None = None,
+) -> ModelInfo:
+    """Z-Image and FLUX.2 klein: native size = the VAE config's sample_size (1024 for both published
+    models, the size both pipelines default to); text width and latent channels from the transformer."""
+    family = FAMILY_OF_PIPELINE[pipeline_class]
+    size = vae.get("sample_size", 1024)
+    height, width = (size, size) if isinstance(size, int) else size
+    text_width = transformer.get("cap_feat_dim") or transformer.get("joint_attention_dim")
+    return ModelInfo(
+        name,
+        location,
+        pipeline_class,
+        height,
+        width,
+        text_width,
+        None,
+        vae.get("latent_channels", 16),
+        _vae_scale_factor(vae),
+        components,
+        source,
+        family,
+        bool((index or {}).get("is_distilled", False)),
+    )
 
 
 def _model_info(
@@ -128,6 +174,7 @@ def _model_info(
         scale,
         components,
         source,
+        "sdxl" if unet.get("addition_embed_type") == "text_time" else "sd",
     )
 
 
@@ -152,6 +199,8 @@ def _random_model_info(name: str) -> ModelInfo:
 def resolve_controlnet(name: str, model: ModelInfo, storage_options: dict[str, Any] | None = None) -> ControlNetInfo:
     """Check the ControlNet loads and pairs with the model: SD 2.1 ControlNets with sd-turbo,
     SDXL ControlNets with sdxl-turbo (their cross-attention widths and conditioning differ)."""
+    if model.family not in ("sd", "sdxl"):
+        refuse_component("controlnet", name, model.name, model.family)
     source, config = _component_config("controlnet", name, ("ControlNetModel",), storage_options)
     info = ControlNetInfo(
         name, source.location, config["cross_attention_dim"], config.get("addition_embed_type"), source
@@ -168,6 +217,8 @@ def resolve_controlnet(name: str, model: ModelInfo, storage_options: dict[str, A
 def resolve_vae(name: str, model: ModelInfo, storage_options: dict[str, Any] | None = None) -> VaeInfo:
     """A --vae must be an AutoencoderKL or AutoencoderTiny that decodes the model's latents
     (same channel count, same upscaling); its class and listing (for resolve_weights)."""
+    if model.family not in ("sd", "sdxl"):
+        refuse_component("vae", name, model.name, model.family)
     source, config = _component_config("vae", name, VAE_CLASSES, storage_options)
     vae_class = config["_class_name"]
     channels, scale = config.get("latent_channels", 4), _vae_scale_factor(config)

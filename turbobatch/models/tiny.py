@@ -255,10 +255,21 @@ def _build_controlnet(unet_factory: Callable[[], Any]) -> Callable[[Path], None]
     return build
 
 
+def _build_dit(name: str) -> Callable[[Path], None]:
+    def build(folder: Path) -> None:
+        from turbobatch.models import tiny_dit
+
+        getattr(tiny_dit, name)(folder)
+
+    return build
+
+
 TINY_MODELS: dict[str, Callable[[Path], None]] = {
     "tiny-sd-turbo": _build_sd_turbo,
     "tiny-sdxl-turbo": _build_sdxl_turbo,
     "tiny-sd-controlnet": _build_controlnet(_sd_unet),
     "tiny-sdxl-controlnet": _build_controlnet(_sdxl_unet),
     "tiny-taesd": _build_taesd,
+    "tiny-z-image-turbo": _build_dit("build_z_image_turbo"),  # models/tiny_dit.py
+    "tiny-flux2-klein": _build_dit("build_flux2_klein"),
 }

@@ -74,7 +74,7 @@ class PipelineRenderer:
         self.pipe, self.spec = pipe, spec
         self.device = torch.device(device)
         self.sampler = TurboSampler(pipe, spec, self.device)
-        self.decoder = Decoder(pipe)
+        self.decoder = Decoder(pipe, self.sampler.family)
         self.rows_per_call = spec.batch_size
         self.in_flight = 2 if overlap else 1
         self.pad_batches = pad_batches

@@ -6,6 +6,10 @@ anyway, and the renderer decodes again in float32 (``redecode_fp32``, with a flo
 VAE made once) only the images whose count is not zero — after the batch's results reached the
 host, so no check stalls the batch. Each image is post-processed in its own decode's dtype, so
 its pixels do not depend on its batch-mates.
+
+Latents reach the VAE through the model family's ``vae_input`` where it has one (Z-Image: scaling
+and shift factors; FLUX.2: the VAE's batch-norm statistics and the 2x2 unpatchify), else through
+the scaling factor (and SDXL-style latents mean/std) here.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import torch
 
 from turbobatch.kernels import dhash64, postprocess_with_stats
+from turbobatch.workers.families import Family, family_for
 
 
 @dataclass
@@ -36,8 +41,9 @@ class Decoded:
 class Decoder:
     """Decodes with the pipeline's current VAE (benchmarks swap it after the worker is built)."""
 
-    def __init__(self, pipe: Any) -> None:
+    def __init__(self, pipe: Any, family: Family | None = None) -> None:
         self.pipe = pipe
+        self.family = family or family_for(pipe, "cpu")  # only its vae_input is used here
         self._fp32: tuple[Any, Any] | None = None  # (VAE, its float32 copy), made on first need
         self._mean_std: tuple[Any, torch.Tensor, torch.Tensor] | None = None  # SDXL-style latent stats
 
@@ -52,13 +58,13 @@ class Decoder:
 
     def decode(self, latents: torch.Tensor) -> Decoded:
         """Unscale, decode in the VAE's dtype, post-process, stats and hash: all queued, no sync."""
-        return self._decode(self.vae, self.unscale(latents).to(self.vae.dtype))
+        return self._decode(self.vae, self.vae_input(latents, self.vae.dtype))
 
     def redecode_fp32(self, latents: torch.Tensor) -> Decoded:
         """The same in float32 (for the images whose float16 decode held NaN or Inf)."""
         if self._fp32 is None or self._fp32[0] is not self.vae:
             self._fp32 = (self.vae, copy.deepcopy(self.vae).to(torch.float32))
-        return self._decode(self._fp32[1], self.unscale(latents).float())
+        return self._decode(self._fp32[1], self.vae_input(latents, torch.float32))
 
     @property
     def fp32_copy(self) -> Any:
@@ -71,6 +77,11 @@ class Decoder:
         images, stats = postprocess_with_stats(decoded)
         hashable = images.shape[1] >= 8 and images.shape[2] >= 9  # dhash64's minimum size
         return Decoded(images, stats.nan + stats.inf, stats.mean, stats.std, dhash64(images) if hashable else None)
+
+    def vae_input(self, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """What ``vae.decode`` takes, in ``dtype``: the family's own transform, else ``unscale``."""
+        own = self.family.vae_input(latents, self.vae, dtype)
+        return own if own is not None else self.unscale(latents).to(dtype)
 
     def unscale(self, latents: torch.Tensor) -> torch.Tensor:
         """Undo the VAE's latent scaling (and SDXL-style mean/std when the VAE config has them)."""

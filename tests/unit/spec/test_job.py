@@ -18,7 +18,9 @@ def parse(*argv: str) -> JobSpec:
 
 def test_defaults_match_the_documented_contract():
     spec = parse()
-    assert (spec.model, spec.steps, spec.guidance_scale) == ("stabilityai/sd-turbo", 1, 0.0)
+    # steps, guidance and size are the model family's (resolve_spec); sd-turbo's are 1 and 0.0
+    assert (spec.model, spec.steps, spec.guidance_scale) == ("stabilityai/sd-turbo", None, None)
+    assert (spec.sampling().steps, spec.sampling().guidance_scale) == (1, 0.0)
     assert (spec.height, spec.width, spec.dtype, spec.workers) == (None, None, None, None)
     assert (spec.shard_size, spec.format, spec.seed) == (1000, "tar", 0)
     assert (spec.prompt_column, spec.seed_column, spec.key_column) == ("prompt", "seed", None)

@@ -145,8 +145,8 @@ def test_one_sampler_samples_each_batch_with_its_own_parameters(family, monkeypa
         assert latents.shape[2:] == (p.height // 2, p.width // 2)
         assert prepared == prepares, p
     assert sorted(sampler._schedulers) == [1, 2, 3]
-    if sampler.sdxl:
-        assert sorted((h, w) for h, w, _ in sampler._time_ids) == [(32, 24), (48, 40), (56, 48)]
+    if sampler.family.name == "sdxl":
+        assert sorted((h, w) for h, w, _ in sampler.family.time_ids) == [(32, 24), (48, 40), (56, 48)]
 
 
 def test_negative_prompts_with_guidance(family):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from turbobatch.errors import JobError
 from turbobatch.jobs.run.local_ray import explicit_auth_mode, own_process_groups, started_here, starts_local_ray
 from turbobatch.jobs.run.signals import note_sigterm, on_main_thread, sigterm_interrupts
+from turbobatch.models.families import FAMILIES, check_family, with_family_defaults
 from turbobatch.models.resolve import ModelInfo
 from turbobatch.spec.resolved import ResolvedJob
 
@@ -100,7 +101,7 @@ def actor_env() -> dict[str, str]:
 def resolve_spec(spec: ResolvedJob, model: ModelInfo, cluster: ClusterInfo) -> ResolvedJob:
     """Fill the fields left to the model and the cluster, and check they fit."""
     device = spec.device or cluster.device
-    dtype = spec.dtype or ("float16" if device == "cuda" else "float32")
+    dtype = spec.dtype or (FAMILIES[model.family].cuda_dtype if device == "cuda" else "float32")
     if device == "cpu" and dtype == "float16":
         raise JobError("--dtype: float16 needs CUDA and the job renders on CPU; use float32 or bfloat16")
     if device == "cpu" and spec.worker_gpus:
@@ -125,7 +126,9 @@ def resolve_spec(spec: ResolvedJob, model: ModelInfo, cluster: ClusterInfo) -> R
         worker_cpus=cpus,
         height=spec.height or model.native_height,
         width=spec.width or model.native_width,
+        **with_family_defaults(spec, model.family),
     )
+    check_family(resolved, model.family, model.size_multiple, model.distilled)
     _check_fits(resolved, cluster)
     return resolved
 
