@@ -23,6 +23,8 @@ def spec(**kw) -> ResolvedJob:
         input="s3://in/prompts/",
         output="/data/out/run-1",
         model="tiny-sd-turbo",
+        steps=1,
+        guidance_scale=0.0,
         device="cpu",
         dtype="float32",
         height=48,
@@ -118,7 +120,17 @@ def test_the_model_license_comes_from_its_own_card(tmp_path, tiny_model_dir):
 
 def test_command_line_gives_only_what_differs_from_the_defaults():
     assert card.command_line(
-        dataclasses.replace(spec(), vae=None, keep_columns=None, height=None, width=None, device=None, dtype=None)
+        dataclasses.replace(
+            spec(),
+            vae=None,
+            keep_columns=None,
+            height=None,
+            width=None,
+            device=None,
+            dtype=None,
+            steps=None,
+            guidance_scale=None,
+        )
     ) == ("turbobatch render s3://in/prompts/ /data/out/run-1 --model tiny-sd-turbo --shard-size 4")
     # The variants the driver resolved are not flags: the command names the --variant the user gave.
     fp16 = dataclasses.replace(
@@ -129,6 +141,8 @@ def test_command_line_gives_only_what_differs_from_the_defaults():
         width=None,
         device=None,
         dtype=None,
+        steps=None,
+        guidance_scale=None,
         variant="fp16",
         model_variant="fp16",
     )

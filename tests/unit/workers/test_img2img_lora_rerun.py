@@ -60,7 +60,7 @@ def test_a_rerun_gives_the_same_bytes(tmp_path):
 
 def test_a_family_without_img2img_is_a_job_error_before_any_actor(tmp_path):
     model = dataclasses.replace(resolve_model("tiny-sd-turbo"), pipeline_class="SomeOtherPipeline")
-    spec = spec_for(tmp_path, "x", init_image_column="init")
+    spec = spec_for(tmp_path, "x", init_image_column="init", strength=1.0)  # 1 step x 1.0: one step runs
     with pytest.raises(JobError, match="SomeOtherPipeline, which has no img2img"):
         check_img2img(spec, model)
     check_img2img(spec, resolve_model("tiny-sdxl-turbo"))  # supported: no error

@@ -28,9 +28,9 @@ def test_key_width_grows_past_nine_digits():
 
 
 def test_describe_changes_names_each_difference():
-    spec = JobSpec(input="i", output="o")
+    spec = ResolvedJob(input="i", output="o", steps=1)
     old = fingerprint(files(7, 3), spec)
-    new_spec = JobSpec(input="i", output="o", steps=2)
+    new_spec = ResolvedJob(input="i", output="o", steps=2)
     new_files = files(7, 4)[:1] + [InputFile("file:///d/new.parquet", 1, 1, {})]
     changes = describe_changes(old, fingerprint(new_files, new_spec))
     assert changes == [
@@ -38,7 +38,7 @@ def test_describe_changes_names_each_difference():
         "input removed: file:///d/1.parquet",
         "input added: file:///d/new.parquet",
     ]
-    assert describe_changes(old, fingerprint(files(7, 3), JobSpec(input="i", output="o", workers=9))) == []
+    assert describe_changes(old, fingerprint(files(7, 3), ResolvedJob(input="i", output="o", steps=1, workers=9))) == []
 
 
 def test_an_output_made_before_variants_existed_resumes_with_plain_files_only():

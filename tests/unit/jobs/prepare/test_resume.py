@@ -6,13 +6,13 @@ from turbobatch.jobs.prepare.inputs import InputFile
 from turbobatch.jobs.prepare.plan import fingerprint, make_plan
 from turbobatch.output import layout
 from turbobatch.output.storage import Folder
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 
 FILES = [InputFile("file:///d/a.parquet", 10, 5, {"prompt": "string"})]
 
 
 def prepare(out: Folder, **kw) -> set[int]:
-    spec = JobSpec(input="i", output=out.url, shard_size=2, **kw)
+    spec = ResolvedJob(**{"input": "i", "output": out.url, "shard_size": 2, "steps": 1, **kw})
     plan = make_plan(FILES, spec.shard_size)
     return resume.prepare(out, spec, plan, fingerprint(FILES, spec))
 
