@@ -111,7 +111,7 @@ def _dit_components(model: str, device: str | torch.device, dtype: torch.dtype) 
         with torch.no_grad():
             for pad in pads:
                 pad.copy_(torch.randn_like(pad))
-    return {name: module.to(dtype) for name, module in parts.items()}
+    return parts  # already in dtype (a .to(dtype) would only make diffusers warn)
 
 
 def tiny_autoencoder(latent_channels: int = 4, scale_factor: int = 8) -> Any:
