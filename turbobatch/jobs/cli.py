@@ -187,8 +187,8 @@ def build_render_parser(prog: str = "turbobatch render") -> argparse.ArgumentPar
     p.add_argument(
         "--weights",
         choices=WEIGHTS,
-        help="random: build stabilityai/sd-turbo or sdxl-turbo at full "
-        "size from bundled configs with random weights (real FLOPs, meaningless pixels) for speed "
+        help="random: build stabilityai/sd-turbo, sdxl-turbo, Tongyi-MAI/Z-Image-Turbo or "
+        "black-forest-labs/FLUX.2-klein-4B at full size from bundled configs with random weights (real FLOPs, meaningless pixels) for speed "
         "work without a download (default pretrained)",
     )
     p.add_argument(

@@ -17,7 +17,7 @@ from typing import Any
 
 from turbobatch.errors import JobError
 from turbobatch.models.families import FAMILY_OF_PIPELINE, refuse_component
-from turbobatch.models.random_weights import RANDOM_MODELS, build_random_pipeline
+from turbobatch.models.random_weights import RANDOM_MODELS, build_random_pipeline, is_dit
 from turbobatch.models.random_weights import config as random_config
 from turbobatch.models.source import REMOTE, ModelSource, cannot_load, loads_in_place, open_source
 from turbobatch.models.tiny import TINY_MODELS, tiny_model_path
@@ -191,9 +191,14 @@ def _random_model_info(name: str) -> ModelInfo:
     """--weights random: the bundled full-size configs stand in for the Hub's."""
     if name not in RANDOM_MODELS:
         raise JobError(f"--weights random: no bundled config for {name!r}; available: {', '.join(RANDOM_MODELS)}")
+    location = f"bundled:{RANDOM_MODELS[name]}"
+    if is_dit(name):
+        index = random_config(name, "model_index")
+        transformer, vae = random_config(name, "transformer"), random_config(name, "vae")
+        return _dit_info(name, location, index["_class_name"], transformer, vae, index=index)
     unet, vae = random_config(name, "unet"), random_config(name, "vae")
     pipeline_class = "StableDiffusionXLPipeline" if unet.get("addition_embed_type") else "StableDiffusionPipeline"
-    return _model_info(name, f"bundled:{RANDOM_MODELS[name]}", pipeline_class, unet, vae)
+    return _model_info(name, location, pipeline_class, unet, vae)
 
 
 def resolve_controlnet(name: str, model: ModelInfo, storage_options: dict[str, Any] | None = None) -> ControlNetInfo:

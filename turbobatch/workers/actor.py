@@ -35,6 +35,7 @@ from turbobatch.workers.images import image_rows
 from turbobatch.workers.init_images import InitImageLoader
 from turbobatch.workers.rows import Row, ShardReader, rows_from_table
 from turbobatch.workers.speedups import registry as speedups
+from turbobatch.workers.staging import Stager, staging_reason
 from turbobatch.workers.writer import ShardWriter
 
 ENCODE_THREADS = max(2, min(8, (os.cpu_count() or 2)))
@@ -63,6 +64,10 @@ class RenderWorker:
         speedups.apply(pipe, spec.speedup_set)
         if spec.compile != "off":
             speedups.compile_unet(pipe, mode=spec.compile)  # compiles lazily, on the first call
+        # A card too small for the whole pipeline: encode each shard's prompts first (workers/staging.py).
+        staging = staging_reason(pipe, spec.device)
+        if staging:
+            print(f"turbobatch: worker: staging: {staging}", file=sys.stderr, flush=True)
         self.startup: dict[str, Any] | None = {
             "startup_s": {
                 "fetch": round(loading - started, 3),
@@ -70,12 +75,19 @@ class RenderWorker:
                 "first_batch": None,
             },
             "model_fetch": [f.to_marker() for f in fetched],
+            **({"staging": staging} if staging else {}),
         }
         self._startup_lock = threading.Lock()
         # A compiled model compiles again for a new batch shape: pad short batches to the full size.
         compiled = spec.compile != "off" or "compile_decoder" in spec.speedup_set
         self.renderer = PipelineRenderer(
-            pipe, spec, spec.device, overlap="overlap" in spec.speedup_set, pad_batches=compiled, loras=loras
+            pipe,
+            spec,
+            spec.device,
+            overlap="overlap" in spec.speedup_set,
+            pad_batches=compiled,
+            loras=loras,
+            stager=Stager(pipe, spec.device) if staging else None,
         )
         self.reader = ShardReader(spec, spec.input_options())
         self.controls = ControlImageLoader(spec, spec.input_options()) if spec.controlnet else None

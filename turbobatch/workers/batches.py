@@ -18,13 +18,20 @@ up to the batch size with copies of its last row, whose images are dropped.
 A batch that raises is not the shard's end: on GPU out-of-memory the batch is halved (down to
 one row, and the smaller size is kept), on any other exception it is rendered again row by row,
 so only the row that raises fails; it comes back as its ``Row`` with ``error`` set.
+
+With a ``Stager`` (workers/staging.py: a card too small for the whole pipeline) ``render`` first
+encodes every batch's prompts, keeps the embeddings in host memory and moves the text encoder off
+the device; the batches then denoise from those embeddings. A batch made anew by the recovery
+(halved, row by row) has none cached and is encoded with the encoder brought back for it, as
+without staging: the images are the same bytes either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +44,8 @@ from turbobatch.spec.sampling import SamplingParams
 from turbobatch.workers.decode import Decoded, Decoder
 from turbobatch.workers.row_inputs import batch_variant
 from turbobatch.workers.rows import Row
-from turbobatch.workers.sampler import TurboSampler
+from turbobatch.workers.sampler import Conditioning, TurboSampler
+from turbobatch.workers.staging import Stager, moved
 
 
 @dataclass
@@ -69,7 +77,14 @@ class _Queued:
 
 class PipelineRenderer:
     def __init__(
-        self, pipe: Any, spec: JobSpec, device: str, overlap: bool = True, pad_batches: bool = False, loras: Any = None
+        self,
+        pipe: Any,
+        spec: JobSpec,
+        device: str,
+        overlap: bool = True,
+        pad_batches: bool = False,
+        loras: Any = None,
+        stager: Stager | None = None,
     ) -> None:
         self.pipe, self.spec = pipe, spec
         self.device = torch.device(device)
@@ -80,10 +95,20 @@ class PipelineRenderer:
         self.pad_batches = pad_batches
         self.loras = loras  # --lora-column: switches adapters between batches (models/lora.py)
         self._last_done = 0.0  # when the caller was done with the previous batch's results (per-batch time)
+        self.stager = stager  # staging: encode the shard's prompts first (workers/staging.py)
+        self._encoded: dict[Hashable, Conditioning] = {}  # staged batches' embeddings, in host memory
 
     def render(self, rows: list[Row]) -> Iterator[Rendered | Row]:
         """Render valid rows, group by group (``groups``); yields a ``Rendered`` per row, or the
         ``Row`` itself with ``error`` set when the pipeline raised on it."""
+        if self.stager is not None:
+            self._encode_all(rows)
+        try:
+            yield from self._render(rows)
+        finally:
+            self._encoded.clear()
+
+    def _render(self, rows: list[Row]) -> Iterator[Rendered | Row]:
         queued: deque[_Queued] = deque()
         for batch in self._batches(rows):
             try:
@@ -114,14 +139,48 @@ class PipelineRenderer:
                 start += len(batch)
                 yield batch
 
+    # -- staging -----------------------------------------------------------------------
+    def _encode_all(self, rows: list[Row]) -> None:
+        """Every batch's prompts through the text encoder, then the encoder off the device. A batch
+        whose encoding raises is left to ``_queue`` (and so to the usual recovery)."""
+        self.stager.encoder_to_device()
+        for batch in self._batches(rows):
+            padded, params = self._padded(batch), batch[0].params or self.sampler.params
+            try:
+                if self.loras is not None:
+                    self.loras.activate(batch[0].lora)
+                cond = self.sampler.encode([r.prompt for r in padded], self._negatives(padded), params)
+            except Exception:  # noqa: BLE001 - encoded again in _queue, where it fails as it would unstaged
+                continue
+            self._encoded[_key(padded, params)] = moved(cond, "cpu")
+        self.stager.encoder_away()
+
+    @contextlib.contextmanager
+    def _encoder_here(self) -> Iterator[None]:
+        """The text encoder on the device for one batch that has no cached embeddings."""
+        if self.stager is None:
+            yield
+            return
+        self.stager.encoder_to_device()
+        try:
+            yield
+        finally:
+            self.stager.encoder_away()
+
     # -- one batch ---------------------------------------------------------------------
+    def _padded(self, rows: list[Row]) -> list[Row]:
+        return rows + [rows[-1]] * (self.rows_per_call - len(rows)) if self.pad_batches else rows
+
+    def _negatives(self, padded: list[Row]) -> list[str] | None:
+        return [r.negative_prompt or "" for r in padded] if self.spec.negative_prompt_column else None
+
     @torch.inference_mode()
     def _queue(self, rows: list[Row]) -> _Queued:
         """Sample, decode and start the copy of the results to the host; nothing waits here."""
         started = time.perf_counter()
-        padded = rows + [rows[-1]] * (self.rows_per_call - len(rows)) if self.pad_batches else rows
+        padded = self._padded(rows)
         faults.before_pipeline_call([r.prompt for r in padded])  # test-only; a no-op unless configured
-        negatives = [r.negative_prompt or "" for r in padded] if self.spec.negative_prompt_column else None
+        negatives = self._negatives(padded)
         controls = [r.control_image for r in padded] if self.spec.controlnet else None
         params = rows[0].params or self.sampler.params  # one group per call (_batches, _recover keep it so)
         # img2img (keywords only when used: the sampler's other callers and fakes keep their signature)
@@ -132,9 +191,16 @@ class PipelineRenderer:
         )
         if self.loras is not None:
             self.loras.activate(rows[0].lora)  # one LoRA per call, like the parameters
-        latents, truncated = self.sampler.sample(
-            [r.prompt for r in padded], negatives, [r.seed for r in padded], controls, params, **init
-        )
+        seeds = [r.seed for r in padded]
+        cond = self._encoded.pop(_key(padded, params), None)
+        if cond is not None:  # staged: encoded before the shard's first batch
+            latents = self.sampler.denoise(moved(cond, self.device), seeds, controls, params, **init)
+            truncated = cond.truncated
+        else:
+            with self._encoder_here():
+                latents, truncated = self.sampler.sample(
+                    [r.prompt for r in padded], negatives, seeds, controls, params, **init
+                )
         host, done = self._copy_out(self.decoder.decode(latents))
         return _Queued(rows, len(padded), latents, truncated, host, done, started)
 
@@ -218,6 +284,11 @@ class PipelineRenderer:
             rows[0].error = f"pipeline raised {type(e).__name__}: {e}"[:2000]
             return [rows[0]]
         return [result for row in rows for result in self._render_now([row])]
+
+
+def _key(padded: list[Row], params: SamplingParams) -> Hashable:
+    """A batch's cache key: its rows (the same objects in both passes of one ``render``) and parameters."""
+    return (tuple(id(r) for r in padded), params)
 
 
 def groups(rows: list[Row], default: SamplingParams) -> dict[tuple[Any, ...], list[Row]]:

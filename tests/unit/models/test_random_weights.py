@@ -76,3 +76,73 @@ def test_tiny_autoencoder_has_the_published_taesd_architecture():
     assert 2.4e6 < sum(p.numel() for p in vae.parameters()) < 2.5e6
     with pytest.raises(ValueError, match="power of two"):
         tiny_autoencoder(4, 6)
+
+
+def test_z_image_turbo_has_the_published_sizes():
+    """Z-Image-Turbo: a 6.15B DiT (the card's figure), Qwen3-4B (4.02B: Qwen's card says 4.0B), and
+    FLUX.1's 84M-parameter VAE; 10.25B parameters, 20.5 GB in bf16 (the issue's ~19 GB is GiB)."""
+    parts = build_components("Tongyi-MAI/Z-Image-Turbo", device="meta", dtype=torch.bfloat16)
+    assert round(params(parts["transformer"]) / 1000, 2) == 6.15
+    assert round(params(parts["text_encoder"]) / 1000, 2) == 4.02
+    assert type(parts["text_encoder"]).__name__ == "Qwen3Model"
+    assert round(params(parts["vae"])) == 84 and parts["vae"].config.latent_channels == 16
+    assert all(p.dtype == torch.bfloat16 for m in parts.values() for p in m.parameters())
+
+
+def test_flux2_klein_4b_has_the_published_sizes():
+    """klein 4B: a 3.9B DiT (the "4B"), the same Qwen3-4B (as a causal LM: tied head, no extra
+    parameters), AutoencoderKLFlux2 with 32 latent channels."""
+    parts = build_components("black-forest-labs/FLUX.2-klein-4B", device="meta")
+    assert round(params(parts["transformer"]) / 1000, 2) == 3.88
+    assert round(params(parts["text_encoder"]) / 1000, 2) == 4.02
+    assert type(parts["text_encoder"]).__name__ == "Qwen3ForCausalLM"
+    assert parts["vae"].config.latent_channels == 32
+    assert parts["transformer"].config.joint_attention_dim == 3 * parts["text_encoder"].config.hidden_size
+
+
+def test_bundled_schedulers_are_the_tiny_twins():
+    """The tiny twins and --weights random sample the same schedule (one is not edited alone)."""
+    from turbobatch.models.random_weights import config
+    from turbobatch.models.tiny_dit import FLUX2_SCHEDULER, Z_IMAGE_SCHEDULER
+
+    for model, expected in (
+        ("Tongyi-MAI/Z-Image-Turbo", Z_IMAGE_SCHEDULER),
+        ("black-forest-labs/FLUX.2-klein-4B", FLUX2_SCHEDULER),
+    ):
+        assert {k: v for k, v in config(model, "scheduler").items() if not k.startswith("_")} == expected
+
+
+def test_random_dit_models_resolve_without_the_hub():
+    z = resolve_model("Tongyi-MAI/Z-Image-Turbo", "random")
+    assert (z.pipeline_class, z.family, z.native_height, z.cross_attention_dim) == (
+        "ZImagePipeline",
+        "z-image",
+        1024,
+        2560,
+    )
+    assert (z.latent_channels, z.size_multiple) == (16, 16)
+    k = resolve_model("black-forest-labs/FLUX.2-klein-4B", "random")
+    assert (k.pipeline_class, k.family, k.distilled, k.native_width) == (
+        "Flux2KleinPipeline",
+        "flux2-klein",
+        True,
+        1024,
+    )
+    assert (k.cross_attention_dim, k.latent_channels) == (7680, 32)
+
+
+@pytest.mark.parametrize(
+    "model, cls",
+    [("Tongyi-MAI/Z-Image-Turbo", "ZImagePipeline"), ("black-forest-labs/FLUX.2-klein-4B", "Flux2KleinPipeline")],
+)
+def test_random_dit_pipelines_assemble_on_meta(model, cls):
+    """What load_pipeline builds for --weights random, on meta (on a GPU: the same, in bf16)."""
+    from turbobatch.models.random_weights import build_random_pipeline
+
+    pipe = build_random_pipeline(model, "meta", torch.bfloat16)
+    assert type(pipe).__name__ == cls and pipe.transformer.dtype == torch.bfloat16
+    assert pipe.scheduler.config.shift == 3.0
+    assert getattr(pipe.config, "is_distilled", False) is (cls == "Flux2KleinPipeline")
+    assert pipe.tokenizer.apply_chat_template([{"role": "user", "content": "a"}], tokenize=False).startswith(
+        "<|im_start|>"
+    )

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from turbobatch.models.families import FAMILY_OF_PIPELINE
 from turbobatch.spec import sampling
 from turbobatch.spec.expand import Expansion
 from turbobatch.spec.job import JobSpec
 from turbobatch.spec.sampling import SamplingParams
 
 TABLE_PATH = Path(__file__).with_name("throughput.json")
-FAMILY_OF_PIPELINE = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
 DECODERS = {"AutoencoderKL": "vae", "AutoencoderTiny": "taesd"}
 
 
@@ -45,7 +45,7 @@ class Setting:
     """What one worker's images/s depends on, for one kind of image of the job."""
 
     model: str  # the model as the job names it
-    family: str  # "sd" or "sdxl" (FLOPs per image)
+    family: str  # models/families.py: sd, sdxl, z-image, flux2-klein (FLOPs per image)
     scale: str  # "full" or "tiny" (the tiny twins: test models)
     decoder: str  # "vae" or "taesd"
     width: int
@@ -60,7 +60,7 @@ class Setting:
 
     @property
     def cfg(self) -> bool:
-        return self.guidance_scale > 1.0  # diffusers' classifier-free guidance: two UNet passes
+        return uses_cfg(self.family, self.guidance_scale)
 
     def describe(self) -> str:
         guidance = f", guidance {self.guidance_scale:g}" if self.guidance_scale else ""
@@ -104,14 +104,22 @@ def setting_for(
     )
 
 
+def uses_cfg(family: str, guidance_scale: float) -> bool:
+    """Classifier-free guidance (two denoiser passes), as the family's pipeline decides: Z-Image
+    above 0, the others above 1 (the step-distilled FLUX.2 klein refuses a scale above 1)."""
+    return guidance_scale > (0.0 if family == "z-image" else 1.0)
+
+
 def tflop_per_image(s: Setting | dict[str, Any], family: str) -> float:
-    """The FLOPs rule of the table: text encoders + pixels / 512^2 x (steps x UNet + decode)."""
+    """The FLOPs rule of the table: text encoders + pixels / size^2 x (steps x denoiser + decode),
+    ``size`` the side the family was counted at (512 for the UNet models, 1024 for the DiTs; their
+    attention grows faster than pixels, so far from 1024 this is rough)."""
     flops = load_table()["flops_per_image_512"]
     get = s.get if isinstance(s, dict) else lambda k, d=None: getattr(s, k, d)
     f = flops[family]
-    cfg = 2 if get("guidance_scale", 0.0) > 1.0 else 1
+    cfg = 2 if uses_cfg(family, get("guidance_scale", 0.0)) else 1
     unet = f["unet"] * cfg * (1 + (flops["controlnet_per_unet"] if get("controlnet", False) else 0.0))
-    pixels = get("width") * get("height") / 512**2
+    pixels = get("width") * get("height") / f.get("size", 512) ** 2
     return f["text_encoders"] * cfg + pixels * (get("steps") * unet + f["decode"][get("decoder")])
 
 

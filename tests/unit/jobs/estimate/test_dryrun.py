@@ -77,3 +77,15 @@ def test_calibration_pieces_are_the_jobs_first_images_cut_as_its_shards_and_repe
     many = dryrun.calibration_pieces(files, spec, 1, 120)  # more than the job's 50 images: from the start again
     assert [p.num_images for p in many] == [20, 20, 10, 20, 20, 10, 20]
     assert many[3] == many[0]
+
+
+def test_a_tiny_transformer_model_gets_an_estimate(capsys, tmp_path):
+    """tiny-z-image-turbo has no measured figure of its own: the dry run prints one derived from the
+    CPU figure by FLOPs per image, names the architecture it came from, and writes nothing."""
+    out = tmp_path / "out"
+    rc, text, _ = dry_run(capsys, str(out), "--model", "tiny-z-image-turbo")
+    assert rc == 0 and not out.exists()
+    assert "model:    tiny-z-image-turbo (ZImagePipeline), 64x64, 8 step(s)" in text
+    assert 0 < speed(text) < 24  # 8 transformer steps: slower than tiny-sd-turbo's measured 24 images/s
+    assert re.search(r"^estimate: 50 images on 1 worker\(s\): ", text, re.MULTILINE)
+    assert "used tiny-sd-turbo's figure (another architecture" in text

@@ -132,12 +132,12 @@ def test_the_table_is_built_from_docs_benchmarks_and_ships_with_the_package():
         if row["device_kind"] != "cpu":
             assert f"{row['images_per_s']}" in benchmarks, row
             assert "previous worker" in row["worker"]
-    for family in ("sd", "sdxl"):
+    for family in ("sd", "sdxl", "z-image", "flux2-klein"):
         for value in (
             table["flops_per_image_512"][family]["text_encoders"],
             table["flops_per_image_512"][family]["unet"],
         ):
-            assert re.search(rf"\b{value} TFLOP\b", benchmarks), value
+            assert re.search(rf"\b{value:.3f} TFLOP\b", benchmarks), value
     assert "jobs/estimate/throughput.json" in benchmarks  # BENCHMARKS says where the table lives and how to extend it
     package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "throughput.json" in package_data["turbobatch.jobs.estimate"]
@@ -154,3 +154,26 @@ def test_what_the_estimate_prints_names_versions_and_dates_not_issue_numbers():
     text = "\n".join(est.format_estimate(e) + est.format_estimate(est.estimate(cpu, SD, None, 100, 1, "cpu")))
     assert "2026-11-26" in text and "2026-12-01" in text
     assert not re.search(r"\bissues? *#?\d", text, re.IGNORECASE), text
+
+
+def test_a_transformer_family_is_derived_from_another_architecture_by_its_own_flops():
+    """Z-Image-Turbo at its defaults (1024², 8 steps, guidance 0) has no measured figure: sd-turbo's is
+    scaled by the FLOPs of each (counted at 1024² for the DiTs), and the estimate says so."""
+    z = gpu_job(model="Tongyi-MAI/Z-Image-Turbo", height=1024, width=1024, steps=8, dtype="bfloat16")
+    f = figure(z, "ZImagePipeline")
+    flops = est.load_table()["flops_per_image_512"]
+    sd = flops["sd"]["text_encoders"] + flops["sd"]["unet"] + flops["sd"]["decode"]["vae"]
+    zi = flops["z-image"]
+    assert f.images_per_s == pytest.approx(53.2 * sd / (zi["text_encoders"] + 8 * zi["unet"] + zi["decode"]["vae"]))
+    assert 0.1 < f.images_per_s < 1  # ~490 TFLOP per image
+    assert any("model Tongyi-MAI/Z-Image-Turbo: not measured" in n and "another architecture" in n for n in f.notes)
+
+
+def test_guidance_counts_two_passes_as_each_family_decides():
+    """Z-Image guides above 0 (ZImagePipeline), the others above 1."""
+    assert est.uses_cfg("z-image", 0.5) and not est.uses_cfg("z-image", 0.0)
+    assert not est.uses_cfg("flux2-klein", 1.0) and not est.uses_cfg("sd", 0.5) and est.uses_cfg("sd", 1.5)
+    row = {"width": 1024, "height": 1024, "steps": 8, "decoder": "vae"}
+    one, two = (est.tflop_per_image({**row, "guidance_scale": g}, "z-image") for g in (0.0, 0.5))
+    zi = est.load_table()["flops_per_image_512"]["z-image"]
+    assert two - one == pytest.approx(zi["text_encoders"] + 8 * zi["unet"])

@@ -21,73 +21,14 @@ from torch import nn
 from tests.unit.kernels import shim
 from turbobatch import kernels
 from turbobatch.kernels import launchers
+from turbobatch.models.random_weights import config as random_config
 from turbobatch.workers.speedups import norm_fusion, registry
 from turbobatch.workers.speedups import transformer_fusion as tf
 
 # -- the real architectures ---------------------------------------------------------------------
-# Until turbobatch/models/configs/{z-image-turbo,flux2-klein-4b}/ land in main (issue 26, item 4),
-# the published configs are written out here, with where each value comes from.
-#
-# Tongyi-MAI/Z-Image-Turbo transformer/config.json. diffusers 0.42.1's ZImageTransformer2DModel
-# defaults are that config (dim 3840, 30 layers, 2 refiner layers, 30 heads, cap_feat_dim 2560 =
-# Qwen3-4B's hidden size, norm_eps 1e-5, qk_norm); axes_lens [1536, 512, 512] as the published file
-# has it (diffusers' default is [1024, 512, 512]; only RoPE tables depend on it).
-Z_IMAGE_TURBO = {
-    "all_patch_size": [2],
-    "all_f_patch_size": [1],
-    "in_channels": 16,
-    "dim": 3840,
-    "n_layers": 30,
-    "n_refiner_layers": 2,
-    "n_heads": 30,
-    "n_kv_heads": 30,
-    "norm_eps": 1e-5,
-    "qk_norm": True,
-    "cap_feat_dim": 2560,
-    "rope_theta": 256.0,
-    "t_scale": 1000.0,
-    "axes_dims": [32, 48, 48],
-    "axes_lens": [1536, 512, 512],
-}
-# black-forest-labs/FLUX.2-klein-4B transformer/config.json: diffusers' own conversion script,
-# scripts/convert_flux2_to_diffusers.py, get_flux2_transformer_config("klein-4b") (hidden size 24 heads
-# x 128 = 3072; joint_attention_dim 7680 = 3 Qwen3-4B layers of 2560).
-FLUX2_KLEIN_4B = {
-    "patch_size": 1,
-    "in_channels": 128,
-    "num_layers": 5,
-    "num_single_layers": 20,
-    "attention_head_dim": 128,
-    "num_attention_heads": 24,
-    "joint_attention_dim": 7680,
-    "timestep_guidance_channels": 256,
-    "mlp_ratio": 3.0,
-    "axes_dims_rope": [32, 32, 32, 32],
-    "rope_theta": 2000,
-    "eps": 1e-6,
-    "guidance_embeds": False,
-}
-# Z-Image-Turbo's vae/config.json is FLUX.1's VAE (black-forest-labs/FLUX.1-dev vae/config.json):
-# AutoencoderKL, 16 latent channels, 4 blocks of 128/256/512/512, 2 layers per block, 32 groups.
-Z_IMAGE_VAE = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 16,
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "sample_size": 1024,
-    "scaling_factor": 0.3611,
-    "shift_factor": 0.1159,
-    "force_upcast": True,
-    "mid_block_add_attention": True,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
-}
-# FLUX.2's VAE: the conversion script above builds it as AutoencoderKLFlux2() with diffusers' defaults.
-FLUX2_VAE: dict = {}
+# The bundled --weights random configs (turbobatch/models/configs/; models/random_weights.py says
+# where each value comes from).
+Z_IMAGE, KLEIN = "Tongyi-MAI/Z-Image-Turbo", "black-forest-labs/FLUX.2-klein-4B"
 
 
 def blocks(model: nn.Module, cls: type) -> int:
@@ -98,8 +39,8 @@ def test_every_block_of_the_real_transformers_is_covered():
     """Z-Image-Turbo: 30 layers + 2 noise refiners + 2 context refiners = 34 blocks, 4 RMSNorms each;
     FLUX.2 klein 4B: 5 double-stream blocks (4 LayerNorms each) and 20 single-stream blocks (1)."""
     with torch.device("meta"):
-        z = ZImageTransformer2DModel.from_config(Z_IMAGE_TURBO)
-        f = Flux2Transformer2DModel.from_config(FLUX2_KLEIN_4B)
+        z = ZImageTransformer2DModel.from_config(random_config(Z_IMAGE, "transformer"))
+        f = Flux2Transformer2DModel.from_config(random_config(KLEIN, "transformer"))
     assert z.config.dim == 3840 and f.inner_dim == 3072  # the row widths benchmarks/kernels.py times
     assert blocks(z, ZImageTransformerBlock) == 34
     assert tf.fused_forwards(z) == {"ZImageTransformerBlock": 34}
@@ -108,12 +49,12 @@ def test_every_block_of_the_real_transformers_is_covered():
     assert max(z.config.dim, f.inner_dim) <= launchers.AN_MAX_J * launchers.TB_BLOCK  # rows the kernel takes
 
 
-@pytest.mark.parametrize("cls, config", [(AutoencoderKL, Z_IMAGE_VAE), (AutoencoderKLFlux2, FLUX2_VAE)])
-def test_every_group_norm_of_the_real_decoders_is_fused(cls, config):
+@pytest.mark.parametrize("cls, model", [(AutoencoderKL, Z_IMAGE), (AutoencoderKLFlux2, KLEIN)])
+def test_every_group_norm_of_the_real_decoders_is_fused(cls, model):
     """fused_norms on these families' VAEs: 4 up blocks x 3 resnets x 2 + mid block (2 resnets x 2 +
     its attention's group_norm) + conv_norm_out = 30, as in SD's decoder."""
     with torch.device("meta"):
-        vae = cls.from_config(config)
+        vae = cls.from_config(random_config(model, "vae"))
     assert sum(type(m) is nn.GroupNorm for m in vae.decoder.modules()) == 30
     assert norm_fusion.fuse_group_norms(vae) == 30
     assert sum(type(m) is nn.GroupNorm for m in vae.decoder.modules()) == 0
