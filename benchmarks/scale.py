@@ -146,11 +146,14 @@ def synthetic_marker(shard_id: int, redone: int = 0) -> dict[str, Any]:
     return marker
 
 
-def marker_objects(prefix: str, ids: range, redone: int = 0) -> Iterator[tuple[str, bytes]]:
-    """(key, bytes) of done markers, as Folder.write_json writes them (filled in the S3 child, or locally)."""
+def marker_objects(prefix: str, ids: range, redone: int = 0, data: bool = False) -> Iterator[tuple[str, bytes]]:
+    """(key, bytes) of done markers, as Folder.write_json writes them (filled in the S3 child, or locally); with
+    ``data``, a 1-byte tar and metadata object beside each (moto scans every key of the bucket on each LIST)."""
     for i in ids:
-        data = json.dumps(synthetic_marker(i, redone), indent=1, sort_keys=True, ensure_ascii=False).encode()
-        yield f"{prefix}{layout.done_path(i)}", data
+        marker = json.dumps(synthetic_marker(i, redone), indent=1, sort_keys=True, ensure_ascii=False).encode()
+        yield f"{prefix}{layout.done_path(i)}", marker
+        if data:
+            yield from ((f"{prefix}{rel}", b"x") for rel in (layout.tar_path(i), layout.metadata_path(i)))
 
 
 def job_for(out: Folder, shards: int, files: int) -> tuple[JobSpec, list[Shard], dict[str, Any]]:
@@ -246,11 +249,11 @@ def scale_local(shards: int, verify_shards: int) -> dict[str, Any]:
         return steps.figures
 
 
-def scale_s3(shards: int, verify_shards: int) -> dict[str, Any]:
+def scale_s3(shards: int, verify_shards: int, data: bool) -> dict[str, Any]:
     with S3Process("scale") as server:
-        steps = Steps("S3, moto", server)
+        steps = Steps("S3, moto" + (", with tars and metadata" if data else ""), server)
         status_steps(steps, Folder("s3://scale/out", options(server.url)), shards,
-                     lambda ids, redone: server.fill(marker_objects, "out/", ids, redone))  # fmt: skip
+                     lambda ids, redone: server.fill(marker_objects, "out/", ids, redone, data and not redone))
         verify_steps(steps, Folder("s3://scale/verify", options(server.url)), verify_shards,
                      lambda n: server.fill(verify_objects, "verify/", n))  # fmt: skip
         return steps.figures
@@ -264,6 +267,8 @@ if __name__ == "__main__":
     parser.add_argument("--shards", type=int, default=10_000, help="shards of the status/resume/watch job")
     parser.add_argument("--verify-shards", type=int, default=1_000, help="committed shards verify checks")
     parser.add_argument("--only", choices=("local", "s3"), help="measure --shards on one store only")
+    parser.add_argument("--with-data", action="store_true", help="on S3, a tar and a metadata object (1 byte) beside "
+                        "each marker: a bucket as large as a real output's")  # fmt: skip
     args = parser.parse_args()
     plan_local(args.files, args.rows_per_file)
     resume_local(args.markers)
@@ -272,5 +277,6 @@ if __name__ == "__main__":
     if args.only != "s3":
         figures["local"] = scale_local(args.shards, args.verify_shards)
     if args.only != "local":
-        figures["s3_moto"] = scale_s3(args.shards, args.verify_shards)
-    print(json.dumps({"shards": args.shards, "verify_shards": args.verify_shards, **figures}))
+        figures["s3_moto"] = scale_s3(args.shards, args.verify_shards, args.with_data)
+    print(json.dumps({"shards": args.shards, "verify_shards": args.verify_shards, "with_data": args.with_data,
+                      **figures}))
