@@ -91,7 +91,7 @@ def verify(out: Folder) -> Report:
         raise JobError(f"output: {out.display()} has no {layout.PLAN}; it is not a turbobatch output")
     fmt = out.read_json(layout.SPEC)["spec"]["format"]
     planned = {s["shard_id"] for s in out.read_json(layout.PLAN)["shards"]}
-    done = sorted(resume.committed_shards(out, len(planned)))
+    done = sorted(resume.done_listing(out, len(planned), trust_summaries=False).versions)  # every marker, listed
     markers = _read_markers(out, done)
     listing = {d: out.list_sizes(d) for d in layout.DATA_DIRS}
     checker = _ShardChecker(out, fmt, listing)
@@ -236,8 +236,11 @@ def _compare(rel: str, found: dict[str, int], recorded: dict[str, int]) -> list[
 
 def repair(out: Folder, report: Report) -> dict[str, Any]:
     """Remove each broken shard's done marker (first: from then on it does not exist for
-    readers), then its objects, then the orphans. Good committed shards are never touched."""
+    readers), then its objects, then the orphans. Good committed shards are never touched. The shards are
+    named in spec.json before their markers go, so no reader takes them from a summary again
+    (resume.record_removed_markers)."""
     removed: list[str] = []
+    resume.record_removed_markers(out, [check.shard for check in report.broken])
     for check in report.broken:
         out.remove_file(layout.done_path(check.shard))
         removed += _remove(out, check.objects)
