@@ -4,14 +4,19 @@ First (as before): 10M rows in 1,000 Parquet files planned from footers only (jo
 jobs/prepare/plan.py), and resume state from the listing of 10,000 done markers (jobs/prepare/resume.py), locally
 and on moto's S3 server through the counting proxy. Then, for a job of --shards shards (1,000
 images each, markers of ~1.2 KB as workers write them): the plan for that many shards, the claim
-(plan.json written), a rerun's prepare and tidy, ``status`` (first, with no summaries yet; again;
-after 1% of the markers were overwritten), the dataset card at the end of a run, two ``status
---watch`` refreshes; and ``verify`` of --verify-shards committed shards (1,000 by default, ~1 min
-on moto: it reads every object). Defaults run in about 5 minutes. On S3, moto and the proxy run in a child process
+(plan.json written), a rerun's prepare with no summaries yet and tidy, ``status`` (first: every marker
+read, summaries written; or --summaries-written), then "before" (every block of _done/ listed) and "after"
+(complete blocks from their summaries) back to back: a rerun's prepare, ``status`` (also after 1% of the
+markers were overwritten), the dataset card at the end of a run, two ``status --watch`` refreshes; and
+``verify`` of --verify-shards committed shards (1,000 by default, ~1 min on moto: it reads every object).
+--with-data puts a tar and a metadata object beside each marker on S3 (moto scans every key per LIST).
+Defaults run in about 5 minutes. On S3, moto and the proxy run in a child process
 (benchmarks/local_s3.py S3Process) and each step prints its requests by kind. Ends with one JSON line.
 
     .venv/bin/python benchmarks/scale.py --files 1000 --rows-per-file 10000 --markers 10000 \
         --shards 100000 --verify-shards 10000
+    .venv/bin/python benchmarks/scale.py --skip-small --shards 100000 --verify-shards 1000 --only s3 \
+        --with-data --summaries-written
 """
 
 from __future__ import annotations
