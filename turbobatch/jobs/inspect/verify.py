@@ -6,6 +6,10 @@ Parquet rows, image files checked against the metadata's sha256) matches the mar
 of each data folder finds orphans: data objects no marker claims (what dead runs, a copy or a
 sync left). Reads only the output folder, through output/storage.Folder (local, s3://, ...).
 
+On S3, where readers take a complete block from its summary instead of listing it (jobs/prepare/resume.py
+done_listing), a shard a summary names but that has no done marker (removed by hand) is broken too: every
+reader would count it as committed and no run would redo it.
+
 ``--repair`` removes the done marker of each broken shard, then its objects, and the orphans:
 never an object of a good committed shard. The same render command then redoes exactly the
 repaired shards. Run it when no job writes to the folder: a shard being written has no marker
@@ -31,7 +35,7 @@ import pyarrow.parquet as pq
 from turbobatch.errors import EXIT_BROKEN, EXIT_NOT_AN_OUTPUT, EXIT_OK, JobError
 from turbobatch.jobs.console import json_object
 from turbobatch.jobs.prepare import resume
-from turbobatch.output import layout
+from turbobatch.output import layout, summary
 from turbobatch.output.storage import Folder, describe_error
 
 _CHUNK = 1 << 20
@@ -96,11 +100,35 @@ def verify(out: Folder) -> Report:
     listing = {d: out.list_sizes(d) for d in layout.DATA_DIRS}
     checker = _ShardChecker(out, fmt, listing)
     checks = [checker.check(sid, markers[sid], sid in planned) for sid in done]
+    checks += [ShardCheck(sid, [UNMARKED]) for sid in summarized_without_marker(out, len(planned), set(done))]
     claimed = {rel for m in markers.values() if isinstance(m, dict) for rel in m.get("files", {})}
     claimed |= {layout.image_dir(sid) for sid, m in markers.items() if fmt == "files" and isinstance(m, dict)}
     orphans = [f"{d}/{name}" for d, names in listing.items() for name in names if f"{d}/{name}" not in claimed]
     orphans += checker.stray_images
-    return Report(out.display(), fmt, len(planned), len(done), [c for c in checks if c.problems], sorted(orphans))
+    return Report(
+        out.display(),
+        fmt,
+        len(planned),
+        len(done),
+        sorted((c for c in checks if c.problems), key=lambda c: c.shard),
+        sorted(orphans),
+    )
+
+
+UNMARKED = (
+    "a summary (_job/summary/) names it, but it has no done marker (removed by hand?): readers count it as "
+    "committed; --repair makes the next run redo it"
+)
+
+
+def summarized_without_marker(out: Folder, planned: int, done: set[int]) -> list[int]:
+    """Planned shards a summary names that have no done marker, where summaries stand in for listings (S3),
+    less those `verify --repair` already named in spec.json (their blocks are listed: resume.done_listing)."""
+    if not out.lists_by_prefix or not planned:
+        return []
+    known = done | (resume.removed_markers(out) or set())
+    stored = summary.read_blocks(out, list(range(-(-planned // layout.SUMMARY_BLOCK))))
+    return sorted(i for entries in stored.values() for i in entries if i < planned and i not in known)
 
 
 def _read_markers(out: Folder, ids: list[int]) -> dict[int, dict[str, Any] | str]:
