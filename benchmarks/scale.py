@@ -4,19 +4,26 @@ First (as before): 10M rows in 1,000 Parquet files planned from footers only (jo
 jobs/prepare/plan.py), and resume state from the listing of 10,000 done markers (jobs/prepare/resume.py), locally
 and on moto's S3 server through the counting proxy. Then, for a job of --shards shards (1,000
 images each, markers of ~1.2 KB as workers write them): the plan for that many shards, the claim
-(plan.json written), a rerun's prepare and tidy, ``status`` (first, with no summaries yet; again;
-after 1% of the markers were overwritten), the dataset card at the end of a run, two ``status
---watch`` refreshes; and ``verify`` of --verify-shards committed shards (1,000 by default, ~1 min
-on moto: it reads every object). Defaults run in about 5 minutes. On S3, moto and the proxy run in a child process
+(plan.json written), a rerun's prepare with no summaries yet and tidy, ``status`` (first: every marker
+read, summaries written; or --summaries-written), then "before" (every block of _done/ listed) and "after"
+(complete blocks from their summaries) back to back: a rerun's prepare, ``status`` (also after 1% of the
+markers were overwritten), the dataset card at the end of a run, two ``status --watch`` refreshes; and
+``verify`` of --verify-shards committed shards (1,000 by default, ~1 min on moto: it reads every object).
+--with-data puts a tar and a metadata object beside each marker on S3 (moto scans every key per LIST).
+Defaults run in about 5 minutes. On S3, moto and the proxy run in a child process
 (benchmarks/local_s3.py S3Process) and each step prints its requests by kind. Ends with one JSON line.
 
     .venv/bin/python benchmarks/scale.py --files 1000 --rows-per-file 10000 --markers 10000 \
         --shards 100000 --verify-shards 10000
+    .venv/bin/python benchmarks/scale.py --skip-small --shards 100000 --verify-shards 1000 --only s3 \
+        --with-data --summaries-written
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -41,9 +48,9 @@ from turbobatch.jobs.inspect.verify import format_report, verify  # noqa: E402
 from turbobatch.jobs.inspect.watch import OutputWatcher  # noqa: E402
 from turbobatch.jobs.prepare import resume  # noqa: E402
 from turbobatch.jobs.prepare.inputs import InputFile, scan_inputs  # noqa: E402
-from turbobatch.jobs.prepare.plan import fingerprint, make_plan  #
-from turbobatch.output import layout
-from turbobatch.output.shard import Shard  # noqa: E402 noqa: E402
+from turbobatch.jobs.prepare.plan import fingerprint, make_plan  # noqa: E402
+from turbobatch.output import layout, summary  # noqa: E402
+from turbobatch.output.shard import Shard  # noqa: E402
 from turbobatch.output.storage import Folder  # noqa: E402
 from turbobatch.spec.resolved import ResolvedJob  # noqa: E402
 
@@ -146,11 +153,14 @@ def synthetic_marker(shard_id: int, redone: int = 0) -> dict[str, Any]:
     return marker
 
 
-def marker_objects(prefix: str, ids: range, redone: int = 0) -> Iterator[tuple[str, bytes]]:
-    """(key, bytes) of done markers, as Folder.write_json writes them (filled in the S3 child, or locally)."""
+def marker_objects(prefix: str, ids: range, redone: int = 0, data: bool = False) -> Iterator[tuple[str, bytes]]:
+    """(key, bytes) of done markers, as Folder.write_json writes them (filled in the S3 child, or locally); with
+    ``data``, a 1-byte tar and metadata object beside each (moto scans every key of the bucket on each LIST)."""
     for i in ids:
-        data = json.dumps(synthetic_marker(i, redone), indent=1, sort_keys=True, ensure_ascii=False).encode()
-        yield f"{prefix}{layout.done_path(i)}", data
+        marker = json.dumps(synthetic_marker(i, redone), indent=1, sort_keys=True, ensure_ascii=False).encode()
+        yield f"{prefix}{layout.done_path(i)}", marker
+        if data:
+            yield from ((f"{prefix}{rel}", b"x") for rel in (layout.tar_path(i), layout.metadata_path(i)))
 
 
 def job_for(out: Folder, shards: int, files: int) -> tuple[ResolvedJob, list[Shard], dict[str, Any]]:
@@ -181,27 +191,83 @@ class Steps:
         return result
 
 
-def status_steps(steps: Steps, out: Folder, shards: int, fill: Callable[[range, int], None]) -> None:
-    """Claim an output for ``shards`` shards, commit them all, then what a rerun, status and a watch cost."""
+@contextlib.contextmanager
+def every_block_listed() -> Iterator[None]:
+    """ "Before": resume, status, the card and the watch list every block of _done/, as they did before complete
+    blocks were taken from their summaries (resume.done_listing with trust_summaries=False)."""
+    real = resume.done_listing
+
+    def every_block(*args: Any, **kwargs: Any) -> resume.DoneListing:
+        return real(*args, **{**kwargs, "trust_summaries": False, "skip": ()})
+
+    resume.done_listing = every_block
+    try:
+        yield
+    finally:
+        resume.done_listing = real
+
+
+def before(step: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        with every_block_listed():
+            return step()
+
+    return run
+
+
+def summary_objects(prefix: str, ids: range) -> Iterator[tuple[str, bytes]]:
+    """The summaries (output/summary.py) of marker_objects' markers, as a status or the card of a finished run
+    writes them: each entry names the version a listing gives (size and MD5 ETag: moto's, as S3's for one PUT)."""
+    for start in range(ids.start, ids.stop, layout.SUMMARY_BLOCK):
+        shards = {}
+        for i in range(start, min(ids.stop, start + layout.SUMMARY_BLOCK)):
+            marker = synthetic_marker(i)
+            data = json.dumps(marker, indent=1, sort_keys=True, ensure_ascii=False).encode()
+            shards[str(i)] = [f"{len(data)}:{hashlib.md5(data).hexdigest()}", summary.summarize(marker)]
+        text = json.dumps({"format": summary.FORMAT, "shards": shards}, separators=(",", ":")).encode()
+        yield f"{prefix}{layout.summary_path(start // layout.SUMMARY_BLOCK)}", gzip.compress(text)
+
+
+def status_steps(steps: Steps, out: Folder, shards: int, fill: Callable[[range, int], None],
+                 fill_summaries: Callable[[range], None] | None = None) -> None:  # fmt: skip
+    """Claim an output for ``shards`` shards, commit them all, then what a rerun, status, the card and a watch
+    cost: "before" lists every block of _done/, "after" takes complete blocks from their summaries (on S3;
+    locally _done/ is listed whole either way). ``fill_summaries``: write the summaries as a finished run's
+    card would, instead of a first status reading every marker (573 s on moto at 100,000 shards)."""
     spec, plan, prints = job_for(out, shards, 100)
     steps.run("claim (plan.json, spec.json written)", lambda: resume.prepare(out, spec, plan, prints))
     started = time.perf_counter()
     fill(range(shards), 0)
     print(f"  (setup: {shards:,} done markers written in {time.perf_counter() - started:.1f} s)", flush=True)
-    done = steps.run("resume: prepare (spec + _done/ listing)", lambda: resume.prepare(out, spec, plan, prints))
+    prepare = lambda: resume.prepare(out, spec, plan, prints)  # noqa: E731
+    done = steps.run("resume: prepare, no summaries yet (a run killed before any status or card)", prepare)
     assert len(done) == shards, len(done)
     steps.run("resume: tidy (_failed/ listing, leftovers)", lambda: resume.tidy(out, done))
-    first = steps.run("status, first (no summaries: every marker read)", lambda: job_status(out))
-    again = steps.run("status, again", lambda: job_status(out))
+    if fill_summaries:
+        fill_summaries(range(shards))
+        print("  (setup: summaries written as a finished run's card writes them)", flush=True)
+    else:
+        steps.run("status, first (no summaries: every marker read)", lambda: job_status(out))
+    assert len(steps.run("resume: prepare, before (every block listed)", before(prepare))) == shards
+    assert len(steps.run("resume: prepare, after (complete blocks from summaries)", prepare)) == shards
+    first = steps.run("status, before (every block listed)", before(lambda: job_status(out)))
+    again = steps.run("status, after", lambda: job_status(out))
     assert again == first
     redo = max(1, shards // 100)
     fill(range(0, shards, shards // redo), 1)  # 1% of the shards redone: their markers overwritten
-    redone = steps.run(f"status, {redo:,} markers overwritten", lambda: job_status(out))
+    redone = steps.run(f"status, {redo:,} markers overwritten, before", before(lambda: job_status(out)))
     assert redone["images"]["ok"] == first["images"]["ok"] + redo, (redone["images"], first["images"])
-    steps.run("end of run: dataset card", lambda: write_card(out, spec))
+    steps.run(f"status, {redo:,} markers overwritten, after", lambda: job_status(out),
+              "complete blocks: their summaries' entries (the summaries the 'before' status rewrote)")  # fmt: skip
+    steps.run("end of run: dataset card, before", before(lambda: write_card(out, spec)))
+    steps.run("end of run: dataset card, after", lambda: write_card(out, spec))
+    with every_block_listed():
+        watcher = OutputWatcher(out)
+        steps.run("watch, before: first refresh", watcher.refresh)
+        steps.run("watch, before: next refresh", watcher.refresh)
     watcher = OutputWatcher(out)
-    steps.run("watch: first refresh", watcher.refresh)
-    steps.run("watch: next refresh", watcher.refresh)
+    steps.run("watch, after: first refresh", watcher.refresh)
+    steps.run("watch, after: next refresh", watcher.refresh, "lists only blocks not complete (none here)")
 
 
 def verify_objects(prefix: str, shards: int) -> Iterator[tuple[str, bytes]]:
@@ -246,11 +312,16 @@ def scale_local(shards: int, verify_shards: int) -> dict[str, Any]:
         return steps.figures
 
 
-def scale_s3(shards: int, verify_shards: int) -> dict[str, Any]:
+def scale_s3(shards: int, verify_shards: int, data: bool, summaries: bool) -> dict[str, Any]:
     with S3Process("scale") as server:
-        steps = Steps("S3, moto", server)
-        status_steps(steps, Folder("s3://scale/out", options(server.url)), shards,
-                     lambda ids, redone: server.fill(marker_objects, "out/", ids, redone))  # fmt: skip
+        steps = Steps("S3, moto" + (", with tars and metadata" if data else ""), server)
+        status_steps(
+            steps,
+            Folder("s3://scale/out", options(server.url)),
+            shards,
+            lambda ids, redone: server.fill(marker_objects, "out/", ids, redone, data and not redone),
+            (lambda ids: server.fill(summary_objects, "out/", ids)) if summaries else None,
+        )
         verify_steps(steps, Folder("s3://scale/verify", options(server.url)), verify_shards,
                      lambda n: server.fill(verify_objects, "verify/", n))  # fmt: skip
         return steps.figures
@@ -264,13 +335,21 @@ if __name__ == "__main__":
     parser.add_argument("--shards", type=int, default=10_000, help="shards of the status/resume/watch job")
     parser.add_argument("--verify-shards", type=int, default=1_000, help="committed shards verify checks")
     parser.add_argument("--only", choices=("local", "s3"), help="measure --shards on one store only")
+    parser.add_argument("--with-data", action="store_true", help="on S3, a tar and a metadata object (1 byte) beside "
+                        "each marker: a bucket as large as a real output's")  # fmt: skip
+    parser.add_argument("--summaries-written", action="store_true", help="on S3, write the summaries as a finished "
+                        "run's card does, instead of a first status that reads every marker (573 s at 100,000)")  # fmt: skip
+    parser.add_argument("--skip-small", action="store_true", help="skip the plan / 10,000-marker figures at the start")
     args = parser.parse_args()
-    plan_local(args.files, args.rows_per_file)
-    resume_local(args.markers)
-    resume_s3(args.markers)
+    if not args.skip_small:
+        plan_local(args.files, args.rows_per_file)
+        resume_local(args.markers)
+        resume_s3(args.markers)
     figures: dict[str, Any] = {"plan_s": round(plan_local(1000, args.shards), 3)}
     if args.only != "s3":
         figures["local"] = scale_local(args.shards, args.verify_shards)
     if args.only != "local":
-        figures["s3_moto"] = scale_s3(args.shards, args.verify_shards)
-    print(json.dumps({"shards": args.shards, "verify_shards": args.verify_shards, **figures}))
+        figures["s3_moto"] = scale_s3(args.shards, args.verify_shards, args.with_data, args.summaries_written)
+    print(
+        json.dumps({"shards": args.shards, "verify_shards": args.verify_shards, "with_data": args.with_data, **figures})
+    )

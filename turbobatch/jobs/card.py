@@ -40,8 +40,9 @@ def write_card(out: Folder, spec: ResolvedJob, model_location: str | None = None
     """Write OUT/README.md for the shards committed now; returns its text."""
     plan = out.read_json(layout.PLAN)
     planned = {s["shard_id"] for s in plan["shards"]}
-    versions = resume.done_versions(out, len(planned))
-    markers = summary.done_markers(out, {i: versions[i] for i in versions.keys() & planned})  # in shard id order
+    listing = resume.done_listing(out, len(planned))  # complete blocks from their summaries (S3)
+    done = {i: listing.versions[i] for i in listing.versions.keys() & planned}
+    markers = summary.done_markers(out, done, stored=listing.summaries)  # in shard id order
     text = card_text(spec, plan, markers, model_license(model_location), out.display())
     out.write_bytes(layout.CARD, text.encode())
     return text

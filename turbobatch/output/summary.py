@@ -42,8 +42,8 @@ def summarize(marker: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def done_markers(out: Folder, versions: dict[int, str | None], write: bool = True,
-                 min_per_block: int = 1) -> list[dict[str, Any]]:  # fmt: skip
+def done_markers(out: Folder, versions: dict[int, str | None], write: bool = True, min_per_block: int = 1,
+                 stored: dict[int, dict[int, Entry]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """The summaries of the done markers of ``versions`` (shard id -> version, resume.done_versions), in
     shard id order: from the summaries where they name the same version, else read from the markers
     (always, where the store's listing gives no version: storage.version_of).
@@ -51,9 +51,12 @@ def done_markers(out: Folder, versions: dict[int, str | None], write: bool = Tru
     ``write``: rewrite the summaries of the blocks that changed (failures ignored: a read-only output).
     ``min_per_block``: read a block's summary only when that many of its markers are wanted (a watch's
     refresh wants a few new ones, which no summary holds yet).
+    ``stored``: summaries the caller has read already (read_blocks, as resume.done_listing returns them).
     """
     blocks = _by_block(versions)
-    stored = _read_summaries(out, [b for b, ids in blocks.items() if len(ids) >= min_per_block])
+    known = stored or {}
+    wanted = [b for b, ids in blocks.items() if len(ids) >= min_per_block]
+    stored = {**read_blocks(out, [b for b in wanted if b not in known]), **{b: known[b] for b in wanted if b in known}}
     entries: dict[int, Entry] = {}
     for block, ids in blocks.items():
         held = stored.get(block, {})
@@ -73,10 +76,16 @@ def _by_block(ids: dict[int, str]) -> dict[int, list[int]]:
     return blocks
 
 
-def _read_summaries(out: Folder, blocks: list[int]) -> dict[int, dict[int, Entry]]:
+def read_blocks(out: Folder, blocks: list[int]) -> dict[int, dict[int, Entry]]:
     """Block -> its summary's entries ({} for a summary absent or unreadable); one batched read."""
     found = out.read_bytes_many([layout.summary_path(b) for b in blocks])
     return {b: _parse(found[layout.summary_path(b)]) for b in blocks}
+
+
+def covers(entries: dict[int, Entry], ids: range) -> bool:
+    """Whether a block's summary names a marker version for every shard id of ``ids`` (all planned ids of the
+    block): then no marker of the block can appear that the summary lacks (resume.done_listing)."""
+    return all(i in entries and entries[i][0] is not None for i in ids)
 
 
 def _parse(data: bytes | None) -> dict[int, Entry]:

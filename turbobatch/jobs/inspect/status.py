@@ -3,6 +3,8 @@
 Reads ``_job/`` (plan, spec), one listing each of ``_done/`` and ``_failed/``, and the done
 markers (counts, timings: where the devices' time went, and which node rendered each shard): through
 their summaries (output/summary.py), so only markers new or rewritten since the last reader are read.
+On S3 a block of 1,000 shards whose summary names every planned shard is not listed at all
+(resume.done_listing: 100,000 shards with their tars and metadata, on moto, 63 s -> 8 s).
 Needs no Ray, no model and no input: it works while a job runs, after it died, or from another machine
 (read-only too). ``--watch`` follows a running job (jobs/inspect/watch.py).
 """
@@ -32,10 +34,11 @@ def job_status(out: Folder) -> dict[str, Any]:
     job = out.read_json(layout.SPEC)
     spec = job["spec"]
     images_of = planned_images(plan)  # metadata rows: one per image
-    versions = resume.done_versions(out, len(images_of))
+    listing = resume.done_listing(out, len(images_of))  # complete blocks from their summaries (S3)
+    versions = listing.versions
     done = versions.keys() & images_of.keys()
     failed = (resume.failed_shards(out) & images_of.keys()) - done
-    markers = summary.done_markers(out, {i: versions[i] for i in done})
+    markers = summary.done_markers(out, {i: versions[i] for i in done}, stored=listing.summaries)
     failures = out.read_json_many([layout.failed_path(i) for i in sorted(failed)])
     pending = images_of.keys() - done - failed
     return {

@@ -6,6 +6,10 @@ Parquet rows, image files checked against the metadata's sha256) matches the mar
 of each data folder finds orphans: data objects no marker claims (what dead runs, a copy or a
 sync left). Reads only the output folder, through output/storage.Folder (local, s3://, ...).
 
+On S3, where readers take a complete block from its summary instead of listing it (jobs/prepare/resume.py
+done_listing), a shard a summary names but that has no done marker (removed by hand) is broken too: every
+reader would count it as committed and no run would redo it.
+
 ``--repair`` removes the done marker of each broken shard, then its objects, and the orphans:
 never an object of a good committed shard. The same render command then redoes exactly the
 repaired shards. Run it when no job writes to the folder: a shard being written has no marker
@@ -31,7 +35,7 @@ import pyarrow.parquet as pq
 from turbobatch.errors import EXIT_BROKEN, EXIT_NOT_AN_OUTPUT, EXIT_OK, JobError
 from turbobatch.jobs.console import json_object
 from turbobatch.jobs.prepare import resume
-from turbobatch.output import layout
+from turbobatch.output import layout, summary
 from turbobatch.output.storage import Folder, describe_error
 
 _CHUNK = 1 << 20
@@ -91,16 +95,40 @@ def verify(out: Folder) -> Report:
         raise JobError(f"output: {out.display()} has no {layout.PLAN}; it is not a turbobatch output")
     fmt = out.read_json(layout.SPEC)["spec"]["format"]
     planned = {s["shard_id"] for s in out.read_json(layout.PLAN)["shards"]}
-    done = sorted(resume.committed_shards(out, len(planned)))
+    done = sorted(resume.done_listing(out, len(planned), trust_summaries=False).versions)  # every marker, listed
     markers = _read_markers(out, done)
     listing = {d: out.list_sizes(d) for d in layout.DATA_DIRS}
     checker = _ShardChecker(out, fmt, listing)
     checks = [checker.check(sid, markers[sid], sid in planned) for sid in done]
+    checks += [ShardCheck(sid, [UNMARKED]) for sid in summarized_without_marker(out, len(planned), set(done))]
     claimed = {rel for m in markers.values() if isinstance(m, dict) for rel in m.get("files", {})}
     claimed |= {layout.image_dir(sid) for sid, m in markers.items() if fmt == "files" and isinstance(m, dict)}
     orphans = [f"{d}/{name}" for d, names in listing.items() for name in names if f"{d}/{name}" not in claimed]
     orphans += checker.stray_images
-    return Report(out.display(), fmt, len(planned), len(done), [c for c in checks if c.problems], sorted(orphans))
+    return Report(
+        out.display(),
+        fmt,
+        len(planned),
+        len(done),
+        sorted((c for c in checks if c.problems), key=lambda c: c.shard),
+        sorted(orphans),
+    )
+
+
+UNMARKED = (
+    "a summary (_job/summary/) names it, but it has no done marker (removed by hand?): readers count it as "
+    "committed; --repair makes the next run redo it"
+)
+
+
+def summarized_without_marker(out: Folder, planned: int, done: set[int]) -> list[int]:
+    """Planned shards a summary names that have no done marker, where summaries stand in for listings (S3),
+    less those `verify --repair` already named in spec.json (their blocks are listed: resume.done_listing)."""
+    if not out.lists_by_prefix or not planned:
+        return []
+    known = done | (resume.removed_markers(out) or set())
+    stored = summary.read_blocks(out, list(range(-(-planned // layout.SUMMARY_BLOCK))))
+    return sorted(i for entries in stored.values() for i in entries if i < planned and i not in known)
 
 
 def _read_markers(out: Folder, ids: list[int]) -> dict[int, dict[str, Any] | str]:
@@ -236,8 +264,11 @@ def _compare(rel: str, found: dict[str, int], recorded: dict[str, int]) -> list[
 
 def repair(out: Folder, report: Report) -> dict[str, Any]:
     """Remove each broken shard's done marker (first: from then on it does not exist for
-    readers), then its objects, then the orphans. Good committed shards are never touched."""
+    readers), then its objects, then the orphans. Good committed shards are never touched. The shards are
+    named in spec.json before their markers go, so no reader takes them from a summary again
+    (resume.record_removed_markers)."""
     removed: list[str] = []
+    resume.record_removed_markers(out, [check.shard for check in report.broken])
     for check in report.broken:
         out.remove_file(layout.done_path(check.shard))
         removed += _remove(out, check.objects)

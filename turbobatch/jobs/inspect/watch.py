@@ -7,7 +7,10 @@ minutes, the ETA and the shards that failed since the last refresh, from the out
 are read once, and what counts and rates need of each done marker is kept in memory, so a watch
 of a million-image job does not read every marker again at every refresh. The first refresh takes
 the markers already committed from their summaries where it can (output/summary.py), and writes the
-summaries of what it had to read, as ``turbobatch status`` does (later refreshes write nothing).
+summaries of what it had to read, as ``turbobatch status`` does (later refreshes write nothing). On S3
+a refresh lists only the blocks of 1,000 shards not yet complete at the last one (and any whose shard
+`verify --repair` named in spec.json: resume.record_removed_markers), so a watch of a job near its end
+lists a few blocks, not all of ``_done/``.
 
 The watch ends by itself once no planned shard is pending (exit 0, or 1 when some failed), or
 after ``--count`` refreshes (exit 0). An output that does not exist yet is waited for. The
@@ -200,6 +203,7 @@ class OutputWatcher:
         self.failures: dict[int, dict[str, Any]] = {}
         self._bucket_checked = False
         self._summaries_written = False
+        self._complete: set[int] = set()  # blocks of SUMMARY_BLOCK ids whose planned shards all committed
 
     def refresh(self, now: datetime | None = None) -> Snapshot | Waiting:
         """List ``_done/`` and ``_failed/`` once each and read only the markers not seen before."""
@@ -207,17 +211,23 @@ class OutputWatcher:
         if self.shard_images is None and not self._read_plan():
             return Waiting(now, self.out.display(), f"no {self.out.display(layout.SPEC)} yet (the job has not planned)")
         planned = self.shard_images.keys()
-        versions = resume.done_versions(self.out, len(planned))
-        done = versions.keys() & planned
+        skip = self._skipped_blocks()
+        # The first refresh takes complete blocks from their summaries (S3: resume.done_listing); later ones list
+        # only the blocks not yet complete, and those verify --repair named in spec.json.
+        listing = resume.done_listing(self.out, len(planned), trust_summaries=not self._summaries_written, skip=skip)
+        versions = listing.versions
+        kept = {i for i in self.commits if i // layout.SUMMARY_BLOCK not in listing.listed}  # skipped: complete
+        done = (versions.keys() & planned) | kept
         self._forget_removed(self.commits, done)  # verify --repair drops broken shards' markers
         new_done = sorted(done - self.commits.keys())
         # The first refresh of a large job takes the markers from their summaries, and writes those it had to
         # read; later ones read the few new markers, which no summary holds yet, and write nothing.
-        markers = summary.done_markers(self.out, {i: versions[i] for i in new_done},
-                                       write=not self._summaries_written, min_per_block=SUMMARY_FROM)  # fmt: skip
+        markers = summary.done_markers(self.out, {i: versions[i] for i in new_done}, write=not self._summaries_written,
+                                       min_per_block=SUMMARY_FROM, stored=listing.summaries)  # fmt: skip
         self._summaries_written = True
         for shard_id, marker in zip(new_done, markers):
             self.commits[shard_id] = Commit.from_marker(marker)
+        self._complete = complete_blocks(self.commits.keys(), len(planned))
         failed = (resume.failed_shards(self.out) & planned) - done
         self._forget_removed(self.failures, failed)  # a failed shard that has since committed
         new_failed = sorted(failed - self.failures.keys())
@@ -266,10 +276,30 @@ class OutputWatcher:
             raise JobError(f"output: bucket {bucket!r} does not exist (or is not visible with these credentials)")
         self._bucket_checked = True
 
+    def _skipped_blocks(self) -> set[int]:
+        """The complete blocks a refresh need not list: none on the first refresh, and none that holds a shard
+        `verify --repair` named in spec.json (it records them before removing their markers)."""
+        if not self._complete:
+            return set()
+        removed = resume.removed_markers(self.out)
+        if removed is None:
+            return set()
+        return self._complete - {i // layout.SUMMARY_BLOCK for i in removed}
+
     @staticmethod
     def _forget_removed(seen: dict[int, Any], listed: set[int]) -> None:
         for shard_id in seen.keys() - listed:
             del seen[shard_id]
+
+
+def complete_blocks(committed: Iterable[int], planned: int) -> set[int]:
+    """Blocks of SUMMARY_BLOCK shard ids (of a plan of ids 0 to ``planned`` - 1) whose shards all committed."""
+    per_block: dict[int, int] = {}
+    for i in committed:
+        if i < planned:
+            per_block[i // layout.SUMMARY_BLOCK] = per_block.get(i // layout.SUMMARY_BLOCK, 0) + 1
+    size = layout.SUMMARY_BLOCK
+    return {b for b, n in per_block.items() if n == min(size, planned - b * size)}
 
 
 def watch_output(

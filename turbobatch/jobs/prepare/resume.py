@@ -10,16 +10,18 @@ the next run retries it and removes the marker once the shard commits.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from turbobatch.errors import JobError
 from turbobatch.jobs.prepare.plan import describe_changes
-from turbobatch.output import layout
+from turbobatch.output import layout, summary
 from turbobatch.output.shard import Shard
 from turbobatch.output.storage import TEMP_MARK, Folder, check_endpoint, describe_error
 from turbobatch.spec.expand import images_per_row
@@ -86,17 +88,89 @@ def check_writable_read_only(out: Folder) -> str:
 
 
 def committed_shards(out: Folder, planned: int | None = None) -> set[int]:
-    """Shard ids with a done marker: one listing of _done/ (split by name prefix when ``planned`` is large)."""
+    """Shard ids with a done marker: one listing of _done/ (split by name prefix when ``planned`` is large),
+    less the blocks of 1,000 ids whose summary vouches for every planned shard (done_listing)."""
     return set(done_versions(out, planned))
 
 
 def done_versions(out: Folder, planned: int | None = None) -> dict[int, str | None]:
-    """Shard id -> version of its done marker (storage.version_of: changes when the marker is rewritten).
+    """Shard id -> version of its done marker (storage.version_of: changes when the marker is rewritten)."""
+    return done_listing(out, planned).versions
+
+
+@dataclass(frozen=True)
+class DoneListing:
+    versions: dict[int, str | None]  # shard id -> version of its done marker
+    summaries: dict[int, dict[int, summary.Entry]]  # the summaries read on the way (block -> entries)
+    listed: frozenset[int]  # the planned blocks whose markers were listed (all where _done/ is listed whole)
+
+
+# Where summaries may stand in for a listing: a block of SUMMARY_BLOCK ids is one 3-digit name prefix up to here.
+TRUSTED_UP_TO = 1000 * layout.SUMMARY_BLOCK
+REMOVED_MARKERS = "removed_markers"  # spec.json: shard ids whose done marker `verify --repair` removed
+
+
+def done_listing(
+    out: Folder, planned: int | None = None, trust_summaries: bool = True, skip: Collection[int] = ()
+) -> DoneListing:
+    """Which shards of a plan of ``planned`` shards (ids 0 to planned - 1) have a done marker, and its version.
 
     With the plan's shard count, a large _done/ on S3 is listed by name prefix, 1,000 shard ids a
-    listing, concurrently (listing_prefixes); every marker is found, in the plan or not.
+    listing, concurrently (listing_prefixes); every marker is found, in the plan or not. There, a block of
+    1,000 ids is not listed when its summary (output/summary.py) names every planned shard of the block:
+    a summary entry is written only for a marker its writer listed, and no marker of a complete block is
+    added, only rewritten (a redone shard: its entry keeps the older version, the shard stays committed)
+    or removed, which only `verify --repair` (recorded in spec.json first: record_removed_markers, and the
+    block is listed from then on) and --overwrite (spec.json and the summaries go first: _clear) do. On
+    moto every LIST request scans the whole bucket (tars and metadata too), so the 101 listings of 100,000
+    markers took 34-45 s where reading 100 summaries takes a few. Without spec.json (not this job's
+    output yet, or an --overwrite cut short) every block is listed.
+
+    ``skip``: blocks the caller knows are complete (a watch that listed them before); where listings go by
+    prefix they are neither listed nor read, and their markers are absent from ``versions`` (see ``listed``).
     """
-    return _marker_versions(out, layout.DONE_DIR, planned)
+    prefixes, after = listing_prefixes(planned)
+    if not prefixes or not out.lists_by_prefix or planned is None or planned > TRUSTED_UP_TO:
+        every = frozenset(range(-(-(planned or 0) // layout.SUMMARY_BLOCK)))
+        return DoneListing(_marker_versions(out, layout.DONE_DIR, planned), {}, every)
+    blocks = [b for b in range(len(prefixes)) if b not in skip]
+    versions: dict[int, str | None] = {}
+    stored: dict[int, dict[int, summary.Entry]] = {}
+    trusted = set(skip)
+    removed = removed_markers(out) if trust_summaries else None
+    if removed is not None:
+        stored = summary.read_blocks(out, blocks)
+        untrusted = {i // layout.SUMMARY_BLOCK for i in removed}
+        for b in blocks:
+            ids = range(b * layout.SUMMARY_BLOCK, min(planned, (b + 1) * layout.SUMMARY_BLOCK))
+            if b not in untrusted and summary.covers(stored[b], ids):
+                trusted.add(b)
+                versions.update((i, entry[0]) for i, entry in stored[b].items())
+    listed = out.list_versions(layout.DONE_DIR, [p for b, p in enumerate(prefixes) if b not in trusted], after)
+    ids = {name: layout.shard_id_from_marker_name(name) for name in listed}
+    versions.update((i, listed[name]) for name, i in ids.items() if i is not None)
+    return DoneListing(versions, stored, frozenset(b for b in range(len(prefixes)) if b not in trusted))
+
+
+def removed_markers(out: Folder) -> set[int] | None:
+    """The shard ids whose done markers `verify --repair` removed (spec.json); None without a readable spec.json."""
+    data = out.read_bytes_many([layout.SPEC])[layout.SPEC]  # one GET, absent or not (read_json: HEAD + LIST)
+    try:
+        job = json.loads(data) if data is not None else None
+    except ValueError:  # torn or foreign: no summary is trusted
+        return None
+    removed = job.get(REMOVED_MARKERS, []) if isinstance(job, dict) else None
+    return {int(i) for i in removed} if isinstance(removed, list) else None
+
+
+def record_removed_markers(out: Folder, shard_ids: Collection[int]) -> None:
+    """Before `verify --repair` removes done markers: name them in spec.json, so that from then on no reader
+    takes their blocks from a summary (a status running meanwhile may rewrite one that still names them)."""
+    if not shard_ids:
+        return
+    job = out.read_json(layout.SPEC)
+    job[REMOVED_MARKERS] = sorted(set(job.get(REMOVED_MARKERS, [])) | set(shard_ids))
+    out.write_json(layout.SPEC, job)
 
 
 def failed_shards(out: Folder) -> set[int]:
@@ -270,7 +344,11 @@ def _clear(out: Folder) -> None:
                 removed[kind] += 1
             else:
                 kept.append(rel)
-    out.remove_files(ours)
+    # spec.json and the summaries first: a removal cut short must leave no summary that vouches for a removed
+    # marker (without spec.json no reader trusts a summary: done_listing).
+    first = {rel for rel in ours if rel == layout.SPEC or rel.startswith(f"{layout.SUMMARY_DIR}/")}
+    out.remove_files(sorted(first))
+    out.remove_files([rel for rel in ours if rel not in first])
     if out.is_local:
         _remove_empty([out.path(rel) for rel in {r.rsplit("/", 1)[0] for r in ours if r.startswith("images/")}])
         _remove_empty([out.path(rel) for rel in layout.OUTPUT_DIRS])

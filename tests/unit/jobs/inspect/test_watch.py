@@ -3,6 +3,7 @@ followed from another process until it ends."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import signal
@@ -239,3 +240,63 @@ def test_watch_over_s3_and_unreadable_buckets_and_endpoints(s3_endpoint, s3_buck
 
 
 # -- end to end: a real job in another process ----------------------------------------------
+
+
+def test_complete_blocks_count_every_planned_shard_of_a_block():
+    from turbobatch.jobs.inspect.watch import complete_blocks
+
+    assert complete_blocks(range(2500), 3500) == {0, 1}
+    assert complete_blocks([*range(3000), *range(3000, 3500)], 3500) == {0, 1, 2, 3}  # the last block: 500 ids
+    assert complete_blocks([i for i in range(3500) if i != 1999], 3500) == {0, 2, 3}
+    assert complete_blocks([5000], 3500) == set()  # not in the plan
+
+
+def test_a_refresh_lists_only_blocks_not_yet_complete_and_those_repair_named(s3_endpoint, s3_bucket):
+    """On S3: after the first refresh, the complete blocks of _done/ are not listed again, unless `verify --repair`
+    named one of their shards in spec.json (it does so before removing the marker)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    from tests.faultproxy import FaultProxy
+    from turbobatch.jobs.prepare import resume
+    from turbobatch.jobs.prepare.inputs import InputFile
+    from turbobatch.jobs.prepare.plan import fingerprint, make_plan
+    from turbobatch.spec.job import JobSpec
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+
+    def commit(ids):
+        for i in ids:
+            backend.put_object(s3_bucket, f"out/{layout.done_path(i)}", b'{"shard": %d, "ok": 1, "error": 0}' % i)
+
+    with FaultProxy(int(s3_endpoint.rsplit(":", 1)[1])) as proxy:
+        out = Folder(f"s3://{s3_bucket}/out", s3_options(proxy.url))
+        inputs = [InputFile("s3://in/a.parquet", 10, 3_500_000, {"prompt": "string"})]
+        spec = JobSpec(input="s3://in/", output=out.url, shard_size=1000)
+        plan = make_plan(inputs, spec.shard_size)
+        resume.prepare(out, spec, plan, fingerprint(inputs, spec))
+        commit(range(2500))
+        # their summaries, as a status writes them (the first refresh then reads no marker)
+        blocks: dict[int, dict[str, list]] = {}
+        for i, version in resume.done_versions(out, len(plan)).items():
+            blocks.setdefault(i // 1000, {})[str(i)] = [version, {"shard": i, "ok": 1, "error": 0}]
+        out.write_many({layout.summary_path(b): gzip.compress(json.dumps({"format": 1, "shards": shards}).encode())
+                        for b, shards in blocks.items()})  # fmt: skip
+        watcher = OutputWatcher(out)
+        first = watcher.refresh()
+        assert first.shards["committed"] == 2500
+        commit(range(2500, 3100))
+        proxy.requests.clear()
+        second = watcher.refresh()
+        assert second.shards["committed"] == 3100 and second.images["ok"] == 3100
+        lists = proxy.requests["LIST"]  # blocks 2 and 3 (not complete at the first refresh), after the plan, _failed/
+        proxy.requests.clear()
+        watcher.refresh()
+        assert proxy.requests["LIST"] == lists - 1  # block 2 is complete now: only block 3 of _done/ is listed
+        proxy.requests.clear()
+        every = resume.done_listing(out, len(plan), trust_summaries=False)
+        assert proxy.requests["LIST"] == 4 + 1 and len(every.versions) == 3100  # what the refresh spared
+        resume.record_removed_markers(out, [1500])
+        out.remove_file(layout.done_path(1500))
+        third = watcher.refresh()
+        assert third.shards["committed"] == 3099 and third.images["ok"] == 3099

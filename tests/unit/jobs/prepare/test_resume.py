@@ -157,3 +157,18 @@ def test_a_local_listing_is_one_listing_whatever_the_plan(tmp_path):
     (tmp_path / "_done" / "1.json").write_text("{}")
     assert resume.done_versions(out, 100_000) == resume.done_versions(out)
     assert resume.committed_shards(out, 100_000) == {0, 1500, 99_999, 150_000}
+
+
+def test_overwrite_removes_spec_and_summaries_before_any_marker(tmp_path, monkeypatch):
+    """An --overwrite cut short must leave no summary that vouches for a removed marker: spec.json and the
+    summaries go in a first call (without spec.json no reader trusts a summary: resume.done_listing)."""
+    out = Folder(str(tmp_path))
+    prepare(out)
+    fill(out, OURS)
+    calls: list[list[str]] = []
+    real = Folder.remove_files
+    monkeypatch.setattr(Folder, "remove_files", lambda self, rels: (calls.append(list(rels)), real(self, rels))[1])
+    prepare(out, steps=2, overwrite=True)
+    assert sorted(calls[0]) == sorted([layout.SPEC, layout.summary_path(0)])
+    assert "_done/000000.json" in calls[1]  # the markers, with the rest, after
+    assert not any(rel == layout.SPEC or rel.startswith(layout.SUMMARY_DIR) for call in calls[1:] for rel in call)
