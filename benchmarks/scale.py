@@ -5,7 +5,7 @@ jobs/prepare/plan.py), and resume state from the listing of 10,000 done markers 
 and on moto's S3 server through the counting proxy. Then, for a job of --shards shards (1,000
 images each, markers of ~1.2 KB as workers write them): the plan for that many shards, the claim
 (plan.json written), a rerun's prepare with no summaries yet and tidy, ``status`` (first: every marker
-read, summaries written; or --summaries-written), then "before" (every block of _done/ listed) and "after"
+read, summaries written; or --summaries written), then "before" (every block of _done/ listed) and "after"
 (complete blocks from their summaries) back to back: a rerun's prepare, ``status`` (also after 1% of the
 markers were overwritten), the dataset card at the end of a run, two ``status --watch`` refreshes; and
 ``verify`` of --verify-shards committed shards (1,000 by default, ~1 min on moto: it reads every object).
@@ -16,7 +16,7 @@ Defaults run in about 5 minutes. On S3, moto and the proxy run in a child proces
     .venv/bin/python benchmarks/scale.py --files 1000 --rows-per-file 10000 --markers 10000 \
         --shards 100000 --verify-shards 10000
     .venv/bin/python benchmarks/scale.py --skip-small --shards 100000 --verify-shards 1000 --only s3 \
-        --with-data --summaries-written
+        --with-data --summaries written
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from turbobatch.jobs.inspect.watch import OutputWatcher  # noqa: E402
 from turbobatch.jobs.prepare import resume  # noqa: E402
 from turbobatch.jobs.prepare.inputs import InputFile, scan_inputs  # noqa: E402
 from turbobatch.jobs.prepare.plan import fingerprint, make_plan  # noqa: E402
+from turbobatch.jobs.run.block_summaries import BlockSummaries  # noqa: E402
 from turbobatch.output import layout, summary  # noqa: E402
 from turbobatch.output.shard import Shard  # noqa: E402
 from turbobatch.output.storage import Folder  # noqa: E402
@@ -297,6 +298,15 @@ def verify_steps(steps: Steps, out: Folder, shards: int, fill: Callable[[int], N
     assert report.ok and report.committed == shards, format_report(report)
 
 
+def driver_summaries(out: Folder, shards: int) -> None:
+    """What the driver does during a run (jobs/run/block_summaries.py): each block's summary written on its
+    thread when the block's last shard commits, from the markers the actors returned; waited for here."""
+    summaries = BlockSummaries(out, shards, done=set())
+    for i in range(shards):
+        summaries.committed(i, synthetic_marker(i))
+    summaries.close()
+
+
 def scale_local(shards: int, verify_shards: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tb-scale-") as tmp:
         steps = Steps("local", None)
@@ -312,15 +322,23 @@ def scale_local(shards: int, verify_shards: int) -> dict[str, Any]:
         return steps.figures
 
 
-def scale_s3(shards: int, verify_shards: int, data: bool, summaries: bool) -> dict[str, Any]:
+def scale_s3(shards: int, verify_shards: int, data: bool, summaries: str | None) -> dict[str, Any]:
     with S3Process("scale") as server:
         steps = Steps("S3, moto" + (", with tars and metadata" if data else ""), server)
+        out = Folder("s3://scale/out", options(server.url))
+        fill_summaries = {
+            None: None,
+            "written": lambda ids: server.fill(summary_objects, "out/", ids),
+            "driver": lambda ids: steps.run(
+                "driver: each block's summary as its last shard commits", lambda: driver_summaries(out, shards)
+            ),
+        }[summaries]
         status_steps(
             steps,
-            Folder("s3://scale/out", options(server.url)),
+            out,
             shards,
             lambda ids, redone: server.fill(marker_objects, "out/", ids, redone, data and not redone),
-            (lambda ids: server.fill(summary_objects, "out/", ids)) if summaries else None,
+            fill_summaries,
         )
         verify_steps(steps, Folder("s3://scale/verify", options(server.url)), verify_shards,
                      lambda n: server.fill(verify_objects, "verify/", n))  # fmt: skip
@@ -337,8 +355,12 @@ if __name__ == "__main__":
     parser.add_argument("--only", choices=("local", "s3"), help="measure --shards on one store only")
     parser.add_argument("--with-data", action="store_true", help="on S3, a tar and a metadata object (1 byte) beside "
                         "each marker: a bucket as large as a real output's")  # fmt: skip
-    parser.add_argument("--summaries-written", action="store_true", help="on S3, write the summaries as a finished "
-                        "run's card does, instead of a first status that reads every marker (573 s at 100,000)")  # fmt: skip
+    parser.add_argument(
+        "--summaries",
+        choices=("written", "driver"),
+        help="on S3, instead of a first status that reads every marker (573 s at 100,000): the summaries written "
+        "directly (as a finished run's card writes them), or by the driver's code as each block completes",
+    )
     parser.add_argument("--skip-small", action="store_true", help="skip the plan / 10,000-marker figures at the start")
     args = parser.parse_args()
     if not args.skip_small:
@@ -349,7 +371,7 @@ if __name__ == "__main__":
     if args.only != "s3":
         figures["local"] = scale_local(args.shards, args.verify_shards)
     if args.only != "local":
-        figures["s3_moto"] = scale_s3(args.shards, args.verify_shards, args.with_data, args.summaries_written)
+        figures["s3_moto"] = scale_s3(args.shards, args.verify_shards, args.with_data, args.summaries)
     print(
         json.dumps({"shards": args.shards, "verify_shards": args.verify_shards, "with_data": args.with_data, **figures})
     )

@@ -42,8 +42,14 @@ def summarize(marker: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def done_markers(out: Folder, versions: dict[int, str | None], write: bool = True, min_per_block: int = 1,
-                 stored: dict[int, dict[int, Entry]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def done_markers(
+    out: Folder,
+    versions: dict[int, str | None],
+    write: bool = True,
+    min_per_block: int = 1,
+    stored: dict[int, dict[int, Entry]] | None = None,
+    fresh: dict[int, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """The summaries of the done markers of ``versions`` (shard id -> version, resume.done_versions), in
     shard id order: from the summaries where they name the same version, else read from the markers
     (always, where the store's listing gives no version: storage.version_of).
@@ -52,6 +58,8 @@ def done_markers(out: Folder, versions: dict[int, str | None], write: bool = Tru
     ``min_per_block``: read a block's summary only when that many of its markers are wanted (a watch's
     refresh wants a few new ones, which no summary holds yet).
     ``stored``: summaries the caller has read already (read_blocks, as resume.done_listing returns them).
+    ``fresh``: shard id -> the summary of its marker as the caller holds it (the driver: markers the
+    actors returned, jobs/run/block_summaries.py), taken for the version listed; not read again.
     """
     blocks = _by_block(versions)
     known = stored or {}
@@ -61,6 +69,7 @@ def done_markers(out: Folder, versions: dict[int, str | None], write: bool = Tru
     for block, ids in blocks.items():
         held = stored.get(block, {})
         entries.update((i, held[i]) for i in ids if i in held and versions[i] is not None and held[i][0] == versions[i])
+    entries.update((i, (versions[i], marker)) for i, marker in (fresh or {}).items() if i in versions)
     missing = sorted(versions.keys() - entries.keys())
     for shard_id, marker in zip(missing, out.read_json_many([layout.done_path(i) for i in missing])):
         entries[shard_id] = (versions[shard_id], summarize(marker))
@@ -100,8 +109,9 @@ def _parse(data: bytes | None) -> dict[int, Entry]:
         return {}
 
 
-def _write_changed(out: Folder, blocks: dict[int, list[int]], stored: dict[int, dict[int, Entry]],
-                   entries: dict[int, Entry]) -> None:  # fmt: skip
+def _write_changed(
+    out: Folder, blocks: dict[int, list[int]], stored: dict[int, dict[int, Entry]], entries: dict[int, Entry]
+) -> None:
     """Rewrite each summary whose markers or versions differ from what it holds."""
     changed = {}
     for block, ids in blocks.items():

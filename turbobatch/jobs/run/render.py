@@ -20,6 +20,7 @@ from turbobatch.jobs.prepare.inputs import InputFile, check_columns, check_outpu
 from turbobatch.jobs.prepare.plan import fingerprint, make_plan
 from turbobatch.jobs.prepare.unique_keys import check_unique_keys
 from turbobatch.jobs.run import schedule
+from turbobatch.jobs.run.block_summaries import BlockSummaries
 from turbobatch.jobs.run.cluster import ClusterInfo, capacity_note, ray_session, resolve_spec
 from turbobatch.jobs.run.progress import Progress
 from turbobatch.models.img2img import check_img2img
@@ -136,7 +137,8 @@ def run(spec: JobSpec) -> int:
         progress = Progress(len(plan), len(done), sum(s.num_images for s in pending))
         stalled = None
         try:
-            schedule.render_shards(pending, spec, out, progress, failed_before)
+            summaries = BlockSummaries(out, len(plan), done)  # for the next resume, status and the card
+            schedule.render_shards(pending, spec, out, progress, failed_before, summaries)
         except JobStalled as e:
             stalled = e
         finally:

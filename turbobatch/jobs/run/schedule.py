@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from turbobatch.errors import JobError, JobStalled, error_text, is_retryable
 from turbobatch.jobs.prepare import resume
 from turbobatch.jobs.run import nodes
+from turbobatch.jobs.run.block_summaries import BlockSummaries
 from turbobatch.jobs.run.pool import ActorPool, Outcome
 from turbobatch.jobs.run.progress import Progress, ShardOutcome
 from turbobatch.jobs.run.retry import backoff_s
@@ -93,15 +94,15 @@ class ShardScheduler:
         pool: Pool,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        summaries: BlockSummaries | None = None,
     ) -> None:
         self.spec, self.out, self.progress, self.clock = spec, out, progress, clock
-        self.pool, self.metrics = pool, metrics
+        self.pool, self.metrics, self.summaries = pool, metrics, summaries
         self.previously_failed = previously_failed
         self.ready: deque[Shard] = deque()
         self.waiting: list[_Waiting] = []  # heap: shards waiting out a retry backoff
-        self.attempts: dict[
-            int, int
-        ] = {}  # counted attempts of unfinished shards (a drained or lost node's do not count)
+        # counted attempts of unfinished shards (a drained or lost node's do not count)
+        self.attempts: dict[int, int] = {}
         self.running: dict[Any, tuple[Any, Shard]] = {}  # task ref -> (actor id, shard)
         self.shard_seconds: deque[float] = deque(maxlen=20)  # recent shards' time on their actor
         self.stall = StallWatch(spec.stall_timeout)
@@ -122,6 +123,8 @@ class ShardScheduler:
         finally:
             self.pool.shutdown()
             self.metrics.close()
+            if self.summaries is not None:
+                self.summaries.close()
 
     def _step(self) -> None:
         pool = self.pool
@@ -196,6 +199,8 @@ class ShardScheduler:
         self.attempts.pop(shard.shard_id, None)
         self.progress.record(ShardOutcome(shard.shard_id, shard.num_images, marker=marker))
         self.metrics.shard_committed(marker)
+        if self.summaries is not None:
+            self.summaries.committed(shard.shard_id, marker)
         if shard.shard_id in self.previously_failed:
             resume.clear_failure(self.out, shard.shard_id)
 
@@ -241,10 +246,18 @@ def worker_target(spec: ResolvedJob, pending: list[Shard]) -> int:
 
 
 def render_shards(
-    pending: list[Shard], spec: ResolvedJob, out: Folder, progress: Progress, previously_failed: set[int] = frozenset()
+    pending: list[Shard],
+    spec: ResolvedJob,
+    out: Folder,
+    progress: Progress,
+    previously_failed: set[int] = frozenset(),
+    summaries: BlockSummaries | None = None,
 ) -> None:
-    """Render every pending shard on RenderWorker actors (see ShardScheduler)."""
+    """Render every pending shard on RenderWorker actors (see ShardScheduler); ``summaries`` writes each
+    block's summary as it completes."""
     if not pending:
         return
     pool = ActorPool(spec, worker_target(spec, pending), lambda message: progress.note(f"turbobatch: {message}"))
-    ShardScheduler(spec, out, progress, set(previously_failed), pool, DriverMetrics(spec.model)).run(pending)
+    metrics = DriverMetrics(spec.model)
+    scheduler = ShardScheduler(spec, out, progress, set(previously_failed), pool, metrics, summaries=summaries)
+    scheduler.run(pending)
