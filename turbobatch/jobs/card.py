@@ -249,7 +249,8 @@ def _img2img_words(spec: ResolvedJob) -> str:
     per_row = f", per row from `{spec.strength_column}`" if spec.strength_column else ""
     return (
         f"init images from column `{spec.init_image_column}`, strength {spec.strength}{per_row}, "
-        f"resized by {spec.resize_mode}"
+        f"resized by {spec.resize_mode} (each image's in metadata: `init_image`, `init_width`, `init_height`, "
+        "`strength`, `resize_mode`)"
     )
 
 
@@ -259,7 +260,7 @@ def _lora_words(spec: ResolvedJob) -> str:
         return "none"
     listed = ", ".join(f"`{name}` = `{source}` x {scale:g}" for name, source, scale in spec.lora)
     how = f"one per row by column `{spec.lora_column}`" if spec.lora_column else "fused into the weights"
-    return f"{listed} ({how})"
+    return f"{listed} ({how}; each image's in metadata: `lora`)"
 
 
 def _sizes(spec: ResolvedJob) -> str:

@@ -1,6 +1,8 @@
 """LoRA adapters (--lora, --lora-column): resolved and checked on the driver, loaded in each actor.
 
-Driver (``resolve_loras``, before any actor starts): each SOURCE (Hub id, folder, .safetensors
+Driver (``resolve_loras``, before any actor starts): the model's pipeline must be one diffusers
+loads LoRAs into (``LORA_PIPELINES``: SD and SDXL into the UNet and text encoders, Z-Image and
+FLUX.2 klein into the transformer only, as their loader mixins say); each SOURCE (Hub id, folder, .safetensors
 file, fsspec URL) is listed like a model folder (models/source.py) and its weight file chosen;
 its safetensors header (names and shapes only, no weights) is checked against the model's own
 weight headers: every ``<component>.<module>.lora_A/B`` (or ``lora.down/up``) must name a module
@@ -32,6 +34,14 @@ from turbobatch.spec.resolved import ResolvedJob
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
 SOURCE_PREFIX = "lora:"  # spec.sources key of a LoRA: "lora:<name>"
+# Pipelines whose diffusers class has load_lora_weights (a LoRA loader mixin), and the components
+# that mixin loads (``_lora_loadable_modules``): a LoRA module outside them is a mismatch.
+LORA_PIPELINES = {
+    "StableDiffusionPipeline": ("unet", "text_encoder"),  # StableDiffusionLoraLoaderMixin
+    "StableDiffusionXLPipeline": ("unet", "text_encoder", "text_encoder_2"),  # StableDiffusionXLLoraLoaderMixin
+    "ZImagePipeline": ("transformer",),  # ZImageLoraLoaderMixin
+    "Flux2KleinPipeline": ("transformer",),  # Flux2LoraLoaderMixin
+}
 _DOWN, _UP = (".lora_A.weight", ".lora.down.weight"), (".lora_B.weight", ".lora.up.weight")
 
 
@@ -50,7 +60,12 @@ def resolve_loras(spec: JobSpec, model: ModelInfo) -> list[LoraInfo]:
         return []
     if model.source is None:
         raise JobError("--lora: not with --weights random (no trained weights to adapt)")
-    shapes = model_shapes(model.source)
+    if model.pipeline_class not in LORA_PIPELINES:
+        raise JobError(
+            f"--lora: --model {model.name!r} is a {model.pipeline_class}, which diffusers loads no LoRAs "
+            f"into here; LoRAs work with {', '.join(LORA_PIPELINES)} models; drop --lora"
+        )
+    shapes = model_shapes(model.source, LORA_PIPELINES[model.pipeline_class])
     loras = []
     for name, given, scale in spec.lora:
         source, weight_name = _open(given, spec.input_options())
@@ -104,14 +119,14 @@ def _parse_header(f: Any) -> dict[str, list[int]]:
     return {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}
 
 
-def model_shapes(source: ModelSource) -> dict[str, dict[str, list[int]]]:
+def model_shapes(source: ModelSource, components: tuple[str, ...] | None = None) -> dict[str, dict[str, list[int]]]:
     """Component -> weight name -> shape, from the headers of the model's weight files (any one
-    variant per component: shapes do not depend on it)."""
+    variant per component: shapes do not depend on it); only ``components`` when given."""
     shapes: dict[str, dict[str, list[int]]] = {}
     by_component: dict[str, list[str]] = {}
     for rel in sorted(source.files):
         component, _, name = rel.partition("/")
-        if name.endswith(".safetensors") and "/" not in name:
+        if name.endswith(".safetensors") and "/" not in name and (components is None or component in components):
             by_component.setdefault(component, []).append(rel)
     for component, files in by_component.items():
         plain = [f for f in files if ".fp16." not in f] or files  # one variant
@@ -135,7 +150,7 @@ def check_fits(
         base = weights.get(f"{module}.weight") if weights is not None else None
         problem = None
         if weights is None:
-            problem = f"the model has no component {component!r}"
+            problem = f"the model has no component {component!r} that diffusers loads LoRAs into"
         elif base is None:
             problem = f"the model has no module {component}.{module}"
         elif suffix in _DOWN and shape[1:2] != base[1:2]:

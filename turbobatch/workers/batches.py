@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +132,7 @@ class PipelineRenderer:
     def _batches(self, rows: list[Row]) -> Iterator[list[Row]]:
         """Calls of at most ``rows_per_call`` rows (read as it goes: an OOM may lower it), one
         parameter group at a time."""
-        for group in groups(rows, self.sampler.params).values():
+        for group in groups(rows, self.sampler.params, self.sampler.family.img2img_start).values():
             start = 0
             while start < len(group):
                 batch = group[start : start + self.rows_per_call]
@@ -291,12 +291,14 @@ def _key(padded: list[Row], params: SamplingParams) -> Hashable:
     return (tuple(id(r) for r in padded), params)
 
 
-def groups(rows: list[Row], default: SamplingParams) -> dict[tuple[Any, ...], list[Row]]:
-    """Rows by the parameters they sample with (None: ``default``) and their img2img start step and
-    LoRA (workers/row_inputs.batch_variant), in order of each group's first row, each group in the
-    rows' order: what may share a pipeline call."""
+def groups(
+    rows: list[Row], default: SamplingParams, img2img_start: Callable[[int, float], int]
+) -> dict[tuple[Any, ...], list[Row]]:
+    """Rows by the parameters they sample with (None: ``default``) and their img2img start step (by
+    the family's rule, ``img2img_start``) and LoRA (workers/row_inputs.batch_variant), in order of
+    each group's first row, each group in the rows' order: what may share a pipeline call."""
     grouped: dict[tuple[Any, ...], list[Row]] = {}
     for row in rows:
         params = row.params or default
-        grouped.setdefault((params, *batch_variant(row, params)), []).append(row)
+        grouped.setdefault((params, *batch_variant(row, params, img2img_start)), []).append(row)
     return grouped

@@ -7,6 +7,7 @@ value fails its row alone, with the column, the value and the rule in the error.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from turbobatch.spec.job import JobSpec, denoising_steps
@@ -59,14 +60,17 @@ def row_lora(raw: Any, spec: JobSpec) -> tuple[str | None, str | None]:
     return raw, None
 
 
-def batch_variant(row: Row, params: Any) -> tuple[Any, ...]:
+def batch_variant(row: Row, params: Any, img2img_start: Callable[[int, float], int]) -> tuple[Any, ...]:
     """What besides its sampling parameters a row's pipeline call shares with its batch-mates:
-    the img2img start step (rows whose strengths start at one step share a call; None without an
-    init image or when no step would run: the sampler then fails the row) and the LoRA."""
-    start = None
+    the img2img start step by the family's rule (``Family.img2img_start``: rows whose strengths
+    start at one step share a call; None without an init image; when no step would run the rule
+    raises, the row gets a group of its own and the sampler fails it) and the LoRA."""
+    start: Any = None
     if row.strength is not None:
-        runs = denoising_steps(params.steps, row.strength)
-        start = params.steps - runs if runs >= 1 else ("none", row.strength)
+        try:
+            start = img2img_start(params.steps, row.strength)
+        except ValueError:
+            start = ("none", row.strength)
     return start, row.lora
 
 

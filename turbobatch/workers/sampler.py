@@ -49,7 +49,7 @@ class TurboSampler:
         self.params = spec.sampling()  # a batch without its own parameters samples with the job's
         self._schedulers: dict[Hashable, Any] = {}  # schedule key -> the scheduler with its timesteps set
         self._accepts_generator = "generator" in inspect.signature(pipe.scheduler.step).parameters
-        self.init_latents = InitLatents(pipe)  # img2img's start: workers/img2img.py
+        self.init_latents = InitLatents(pipe, self.family)  # img2img's start: workers/img2img.py
         self._scheduler_for(self.params)  # the job's own, made before the first batch
 
     def uses_cfg(self, guidance_scale: float) -> bool:
@@ -101,7 +101,7 @@ class TurboSampler:
             latents, timesteps = family.initial_latents(p, generators, scheduler, cond), scheduler.timesteps
         else:  # img2img: the init images encoded and noised to the start step (workers/img2img.py)
             latents, timesteps = self.init_latents.start(
-                scheduler, init_images, strength, p.steps, generators, cond.embeds.dtype, family.to_device
+                scheduler, init_images, strength, p.steps, generators, family.init_dtype(cond)
             )
         family.add_control(cond, control_images, p, cfg)
         step_kwargs = {"generator": generators} if self._accepts_generator else {}

@@ -76,8 +76,9 @@ def test_configs_name_exactly_the_committed_files_and_declare_their_features(
 
 
 def test_the_text_says_what_how_and_when_without_secrets():
+    resolved = spec(steps=1, guidance_scale=0.0)  # the driver sets the model's defaults (models/families.py)
     text = card.card_text(
-        spec(), PLAN, MARKERS, "other (sai-nc-community, https://example.org/LICENSE)", "/data/out/run-1"
+        resolved, PLAN, MARKERS, "other (sai-nc-community, https://example.org/LICENSE)", "/data/out/run-1"
     )
     assert "| shards | 2 of 3 committed (incomplete: run the same render command again to finish) |" in text
     assert "| rows | 8: 7 ok (one image each), 1 error (no image; reason in metadata) |" in text
@@ -149,3 +150,37 @@ def test_command_line_gives_only_what_differs_from_the_defaults():
     assert card.command_line(fp16) == (
         "turbobatch render s3://in/prompts/ /data/out/run-1 --model tiny-sd-turbo --shard-size 4 --variant fp16"
     )
+
+
+def test_img2img_and_lora_rows_say_how_and_name_their_metadata_fields():
+    plain = card.card_text(spec(), PLAN, MARKERS, "mit", "/data/out/run-1")
+    assert "| img2img | none (text to image) |" in plain and "| LoRA | none |" in plain
+    job = spec(
+        init_image_column="photo",
+        strength=0.6,
+        strength_column="s",
+        resize_mode="fit",
+        lora=[["ink", "/loras/ink.safetensors", 0.8], ["oil", "org/oil", 1.0]],
+        lora_column="style",
+    )
+    text = card.card_text(job, PLAN, MARKERS, "mit", "/data/out/run-1")
+    assert (
+        "| img2img | init images from column `photo`, strength 0.6, per row from `s`, resized by fit "
+        "(each image's in metadata: `init_image`, `init_width`, `init_height`, `strength`, `resize_mode`) |"
+    ) in text
+    assert (
+        "| LoRA | `ink` = `/loras/ink.safetensors` x 0.8, `oil` = `org/oil` x 1 (one per row by column `style`; "
+        "each image's in metadata: `lora`) |"
+    ) in text
+    fused = card.card_text(spec(lora=[["ink", "/loras/ink.safetensors", 0.5]]), PLAN, MARKERS, "mit", "/x")
+    assert "| LoRA | `ink` = `/loras/ink.safetensors` x 0.5 (fused into the weights;" in fused
+    # the declared features carry those fields, so `datasets` reads them with their types
+    schema, _ = card.declared_schema(dataclasses.replace(job, format="parquet"))
+    fields = {f.name: str(f.type) for f in schema}
+    assert {k: fields.get(k) for k in ("init_image", "init_width", "strength", "resize_mode", "lora")} == {
+        "init_image": "string",
+        "init_width": "int32",
+        "strength": "double",
+        "resize_mode": "string",
+        "lora": "string",
+    }

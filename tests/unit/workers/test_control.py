@@ -67,7 +67,7 @@ def plain_pipeline(model: str, controlnet: str | None = None, tiny_vae: str | No
 
 def plain_image(pipe, prompt: str, seed: int, **extra) -> np.ndarray:
     out = pipe(
-        prompt,
+        prompt=prompt,
         num_inference_steps=1,
         guidance_scale=0.0,
         height=48,

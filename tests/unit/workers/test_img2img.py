@@ -18,7 +18,7 @@ from tests.helpers import assert_within_one_level
 from turbobatch.models.tiny import tiny_model_path
 from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.workers.batches import PipelineRenderer, Rendered
-from turbobatch.workers.img2img import start_index
+from turbobatch.workers.families.base import Family
 from turbobatch.workers.rows import Row
 from turbobatch.workers.sampler import TurboSampler
 
@@ -135,6 +135,7 @@ def test_init_image_matters(family):
 
 
 def test_start_index_is_diffusers_get_timesteps():
+    start_index = Family.img2img_start  # the UNet families' rule (Z-Image's: test_img2img_zimage.py)
     assert start_index(4, 0.5) == 2
     assert start_index(3, 0.7) == 1  # int(2.1) = 2 steps run
     assert start_index(1, 1.0) == 0

@@ -60,7 +60,19 @@ def test_a_rerun_gives_the_same_bytes(tmp_path):
 
 def test_a_family_without_img2img_is_a_job_error_before_any_actor(tmp_path):
     model = dataclasses.replace(resolve_model("tiny-sd-turbo"), pipeline_class="SomeOtherPipeline")
-    spec = spec_for(tmp_path, "x", init_image_column="init", strength=1.0)  # 1 step x 1.0: one step runs
+    spec = spec_for(tmp_path, "x", init_image_column="init", strength=1.0)  # 1 default step (turbo UNets) runs
     with pytest.raises(JobError, match="SomeOtherPipeline, which has no img2img"):
         check_img2img(spec, model)
     check_img2img(spec, resolve_model("tiny-sdxl-turbo"))  # supported: no error
+    check_img2img(spec, resolve_model("tiny-z-image-turbo"))  # ZImageImg2ImgPipeline
+
+
+def test_flux2_klein_img2img_is_refused_naming_why(tmp_path):
+    """Flux2KleinPipeline's image= is reference conditioning, not img2img: refused before any actor."""
+    spec = spec_for(tmp_path, "x", model="tiny-flux2-klein", init_image_column="init")
+    with pytest.raises(JobError) as e:
+        check_img2img(spec, resolve_model("tiny-flux2-klein"))
+    text = str(e.value)
+    assert "'tiny-flux2-klein' is a Flux2KleinPipeline" in text
+    assert "no img2img pipeline for FLUX.2 klein" in text and "reference conditioning" in text
+    assert "ZImagePipeline" in text  # what does work

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from turbobatch.spec.job import denoising_steps
 from turbobatch.spec.sampling import SamplingParams
 
 
@@ -88,6 +89,36 @@ class Family:
         """Final latents -> what ``vae.decode`` takes, in ``dtype``; None: the Decoder's own
         scaling (SD, SDXL: scaling factor, and latents mean/std where the VAE config has them)."""
         return None
+
+    # -- img2img's parts (workers/img2img.py runs them; each is the family's img2img pipeline's) --
+    @staticmethod
+    def img2img_start(steps: int, strength: float, order: int = 1) -> int:
+        """Index of the first timestep an img2img call runs: StableDiffusion(XL)Img2ImgPipeline's
+        ``get_timesteps`` (``int(steps * strength)`` steps run). ValueError when none would run."""
+        runs = denoising_steps(steps, strength)
+        if runs < 1:
+            raise ValueError(f"strength {strength} with {steps} steps runs no denoising step (steps * strength < 1)")
+        return (steps - runs) * order
+
+    def init_dtype(self, cond: Conditioning) -> torch.dtype:
+        """The dtype the init image is encoded and noised in: the prompt embeddings'."""
+        return cond.embeds.dtype
+
+    def encoded_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE latents -> the denoiser's latent space: times the scaling factor (with the VAE's
+        latents mean/std where its config has them, as SDXL's pipeline does)."""
+        config = self.pipe.vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            channels = latents.shape[1]
+            mean = torch.tensor(mean).view(1, channels, 1, 1).to(latents.device, latents.dtype)
+            std = torch.tensor(std).view(1, channels, 1, 1).to(latents.device, latents.dtype)
+            return (latents - mean) * config.scaling_factor / std
+        return config.scaling_factor * latents
+
+    def noised(self, scheduler: Any, init: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """Init latents noised to the start step (a scheduler with its begin index set)."""
+        return scheduler.add_noise(init, noise, timestep)
 
     # -- helpers -----------------------------------------------------------------------------
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,14 @@
 """What the flow-matching DiT families (Z-Image, FLUX.2 klein) share: 2x2 latent patches, so
 image sides must be multiples of twice the VAE's scale; a FlowMatchEuler schedule whose shift
-depends on the image size (prepared once per step count and size); no ControlNet here."""
+depends on the image size (prepared once per step count and size); no ControlNet here; img2img
+noises with the flow-matching forward process (``scale_noise``), not ``add_noise``."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
+
+import torch
 
 from turbobatch.spec.sampling import SamplingParams
 from turbobatch.workers.families.base import Family
@@ -34,3 +37,8 @@ class FlowFamily(Family):
 
     def set_timesteps(self, scheduler: Any, p: SamplingParams) -> None:
         raise NotImplementedError
+
+    def noised(self, scheduler: Any, init: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """``sigma * noise + (1 - sigma) * init`` at the begin index's sigma (the flow pipelines'
+        ``prepare_latents``: ``scheduler.scale_noise``)."""
+        return scheduler.scale_noise(init, timestep, noise)

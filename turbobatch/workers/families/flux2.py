@@ -11,7 +11,9 @@ What differs from the UNet families:
   call with the empty prompt, negative + scale * (positive - negative);
 - schedule: sigmas linspace(1, 1/steps, steps), shift ``compute_empirical_mu`` of size and steps;
 - decode: tokens back to [B, 4C, h/2, w/2] here; the VAE's batch-norm statistics and the 2x2
-  unpatchify in ``vae_input`` (the pipeline's last lines before ``vae.decode``).
+  unpatchify in ``vae_input`` (the pipeline's last lines before ``vae.decode``);
+- no img2img: diffusers has no img2img pipeline for klein (``image=`` of Flux2KleinPipeline is
+  reference conditioning; models/img2img.py refuses such jobs on the driver).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from turbobatch.workers.families.base import Conditioning
 from turbobatch.workers.families.flow import FlowFamily
 from turbobatch.workers.families.qwen import chat_tokens
 
+NO_IMG2IMG = "Flux2KleinPipeline's image= is reference conditioning, Flux2KleinInpaintPipeline needs a mask"
 TEXT_LAYERS = (9, 18, 27)  # Flux2KleinPipeline's text_encoder_out_layers
 
 
@@ -115,6 +118,10 @@ class Flux2Klein(FlowFamily):
             negative = call(cond.negative)
             noise = negative + p.guidance_scale * (noise - negative)
         return noise
+
+    @staticmethod
+    def img2img_start(steps: int, strength: float, order: int = 1) -> int:
+        raise ValueError(f"FLUX.2 klein has no img2img pipeline in diffusers ({NO_IMG2IMG})")
 
     def finish(self, latents: torch.Tensor, p: SamplingParams) -> torch.Tensor:
         """Tokens [B, h*w, C] back to [B, C, h, w] (the pipeline scatters by its raster-order ids)."""

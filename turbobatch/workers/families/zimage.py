@@ -8,7 +8,10 @@ What differs from the UNet families:
 - noise: float32 [B, 16, h, w], stepped in float32; the transformer sees one [C, 1, h, w] per row
   and the time as (1000 - t) / 1000; its output is negated (velocity -> the scheduler's sign);
 - guidance: on for any scale > 0, positive + scale * (positive - negative) per row;
-- schedule: sigmas linspace(1, 1/steps, steps) with the shift ``mu`` of the image's token count.
+- schedule: sigmas linspace(1, 1/steps, steps) with the shift ``mu`` of the image's token count;
+- img2img (ZImageImg2ImgPipeline): its own start rule (``ceil``-like: ``steps - int(steps - steps
+  * strength)`` steps run), the init image encoded and noised in the prompt embeddings' dtype, VAE
+  latents shifted then scaled (the inverse of ``vae_input``), ``scale_noise`` at the start sigma.
 """
 
 from __future__ import annotations
@@ -97,6 +100,23 @@ class ZImage(FlowFamily):
         else:
             pred = torch.stack([o.float() for o in out])
         return -pred.squeeze(2)
+
+    # -- img2img -------------------------------------------------------------------------------
+    @staticmethod
+    def img2img_start(steps: int, strength: float, order: int = 1) -> int:
+        """ZImageImg2ImgPipeline.get_timesteps: ``int(max(steps - min(steps * strength, steps), 0))``
+        (no ``int`` on ``steps * strength`` as in the UNet pipelines: 4 steps at 0.6 run 3, not 2)."""
+        start = int(max(steps - min(steps * strength, steps), 0))
+        if steps - start < 1:
+            raise ValueError(f"strength {strength} with {steps} steps runs no denoising step")
+        return start * order
+
+    def init_dtype(self, cond: Conditioning) -> torch.dtype:
+        return cond.embeds[0].dtype  # ``prompt_embeds[0].dtype``: the captions are a list
+
+    def encoded_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        config = self.pipe.vae.config
+        return (latents - config.shift_factor) * config.scaling_factor
 
     def vae_input(self, latents: torch.Tensor, vae: Any, dtype: torch.dtype) -> torch.Tensor:
         """``latents / scaling_factor + shift_factor`` in the VAE's dtype, as the pipeline decodes."""
