@@ -91,9 +91,14 @@ def _dit_flops(pipe: Any, height: int, width: int, steps: int, cfg: bool) -> dic
             text = torch.zeros(1, TEXT_TOKENS, transformer.config.joint_attention_dim)
             img_ids, txt_ids = _grid(h // 2, w // 2), _line(TEXT_TOKENS)
             step = lambda: transformer(  # noqa: E731
-                hidden_states=tokens, timestep=t, guidance=None, encoder_hidden_states=text,
-                txt_ids=txt_ids, img_ids=img_ids, return_dict=False,
-            )  # fmt: skip
+                hidden_states=tokens,
+                timestep=t,
+                guidance=None,
+                encoder_hidden_states=text,
+                txt_ids=txt_ids,
+                img_ids=img_ids,
+                return_dict=False,
+            )
         passes = 2 if cfg else 1
         counts = {
             "text_encoders": passes * _count(lambda: encoder(input_ids=ids, attention_mask=mask, use_cache=False)),

@@ -133,24 +133,38 @@ def synthetic_marker(shard_id: int, redone: int = 0) -> dict[str, Any]:
     render = round(rng.uniform(20, 40), 4)
     name = layout.shard_name(shard_id)
     marker: dict[str, Any] = {
-        "shard": shard_id, "rows": 1000, "ok": 998 + redone % 2, "error": 2 - redone % 2,
+        "shard": shard_id,
+        "rows": 1000,
+        "ok": 998 + redone % 2,
+        "error": 2 - redone % 2,
         "image_bytes": 41_000_000 + rng.randrange(1_000_000),
-        "files": {f"shards/{name}.tar": {"bytes": 42_000_000 + shard_id, "sha256": f"{rng.getrandbits(256):064x}"},
-                  f"metadata/{name}.parquet": {"bytes": 90_000 + shard_id, "sha256": f"{rng.getrandbits(256):064x}"}},
+        "files": {
+            f"shards/{name}.tar": {"bytes": 42_000_000 + shard_id, "sha256": f"{rng.getrandbits(256):064x}"},
+            f"metadata/{name}.parquet": {"bytes": 90_000 + shard_id, "sha256": f"{rng.getrandbits(256):064x}"},
+        },
         "spec_hash": "5f0c" * 16,
-        "timings_s": {"read": round(rng.uniform(0.1, 1), 4), "device_wait": round(rng.uniform(0, 2), 4),
-                      "device_idle_before": round(rng.uniform(0, 1), 4), "render": render,
-                      "pipeline": round(render * 0.9, 4), "writer_wait": round(rng.uniform(0, 1), 4),
-                      "commit": round(rng.uniform(0.5, 2), 4), "total": round(render + 3, 4)},
-        "worker": f"ip-10-0-{node // 8}-{node % 8}", "node_id": f"{node:056x}", "pid": 1000 + node,
+        "timings_s": {
+            "read": round(rng.uniform(0.1, 1), 4),
+            "device_wait": round(rng.uniform(0, 2), 4),
+            "device_idle_before": round(rng.uniform(0, 1), 4),
+            "render": render,
+            "pipeline": round(render * 0.9, 4),
+            "writer_wait": round(rng.uniform(0, 1), 4),
+            "commit": round(rng.uniform(0.5, 2), 4),
+            "total": round(render + 3, 4),
+        },
+        "worker": f"ip-10-0-{node // 8}-{node % 8}",
+        "node_id": f"{node:056x}",
+        "pid": 1000 + node,
         "device_kind": "NVIDIA H100 80GB HBM3",
         "committed_at": f"2026-12-06T{shard_id // 3600 % 24:02d}:{shard_id // 60 % 60:02d}:{shard_id % 60:02d}"
-                        f".{redone:03d}+00:00",
-    }  # fmt: skip
+        f".{redone:03d}+00:00",
+    }
     if shard_id < NODES:
         marker["startup_s"] = {"fetch": round(rng.uniform(5, 60), 3), "load": 8.5, "first_batch": 3.1}
-        marker["model_fetch"] = [{"component": "model", "action": "copied", "bytes": 5_200_000_000, "seconds": 40.0,
-                                  "waited_s": 0.0}]  # fmt: skip
+        marker["model_fetch"] = [
+            {"component": "model", "action": "copied", "bytes": 5_200_000_000, "seconds": 40.0, "waited_s": 0.0}
+        ]
     return marker
 
 
@@ -187,8 +201,12 @@ class Steps:
         requests = self.server.requests() if self.server else {}
         self.figures[name] = {"s": round(seconds, 3), **({"requests": requests} if self.server else {})}
         kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(requests.items()))
-        print(f"{name} ({self.where}): {seconds:.2f} s" + (f"; requests: {kinds or 'none'}" if self.server else "")
-              + (f"; {note}" if note else ""), flush=True)  # fmt: skip
+        print(
+            f"{name} ({self.where}): {seconds:.2f} s"
+            + (f"; requests: {kinds or 'none'}" if self.server else "")
+            + (f"; {note}" if note else ""),
+            flush=True,
+        )
         return result
 
 
@@ -229,8 +247,13 @@ def summary_objects(prefix: str, ids: range) -> Iterator[tuple[str, bytes]]:
         yield f"{prefix}{layout.summary_path(start // layout.SUMMARY_BLOCK)}", gzip.compress(text)
 
 
-def status_steps(steps: Steps, out: Folder, shards: int, fill: Callable[[range, int], None],
-                 fill_summaries: Callable[[range], None] | None = None) -> None:  # fmt: skip
+def status_steps(
+    steps: Steps,
+    out: Folder,
+    shards: int,
+    fill: Callable[[range, int], None],
+    fill_summaries: Callable[[range], None] | None = None,
+) -> None:
     """Claim an output for ``shards`` shards, commit them all, then what a rerun, status, the card and a watch
     cost: "before" lists every block of _done/, "after" takes complete blocks from their summaries (on S3;
     locally _done/ is listed whole either way). ``fill_summaries``: write the summaries as a finished run's
@@ -258,8 +281,11 @@ def status_steps(steps: Steps, out: Folder, shards: int, fill: Callable[[range, 
     fill(range(0, shards, shards // redo), 1)  # 1% of the shards redone: their markers overwritten
     redone = steps.run(f"status, {redo:,} markers overwritten, before", before(lambda: job_status(out)))
     assert redone["images"]["ok"] == first["images"]["ok"] + redo, (redone["images"], first["images"])
-    steps.run(f"status, {redo:,} markers overwritten, after", lambda: job_status(out),
-              "complete blocks: their summaries' entries (the summaries the 'before' status rewrote)")  # fmt: skip
+    steps.run(
+        f"status, {redo:,} markers overwritten, after",
+        lambda: job_status(out),
+        "complete blocks: their summaries' entries (the summaries the 'before' status rewrote)",
+    )
     steps.run("end of run: dataset card, before", before(lambda: write_card(out, spec)))
     steps.run("end of run: dataset card, after", lambda: write_card(out, spec))
     with every_block_listed():
@@ -283,9 +309,16 @@ def verify_objects(prefix: str, shards: int) -> Iterator[tuple[str, bytes]]:
     pq.write_table(pa.table({"status": ["ok"] * 4}), meta)
     for i in range(shards):
         files = {layout.tar_path(i): tar.getvalue(), layout.metadata_path(i): meta.getvalue()}
-        marker = {"shard": i, "rows": 4, "ok": 4, "error": 0, "image_bytes": 36,
-                  "files": {rel: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-                            for rel, data in files.items()}}  # fmt: skip
+        marker = {
+            "shard": i,
+            "rows": 4,
+            "ok": 4,
+            "error": 0,
+            "image_bytes": 36,
+            "files": {
+                rel: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for rel, data in files.items()
+            },
+        }
         yield from ((prefix + rel, data) for rel, data in files.items())
         yield prefix + layout.done_path(i), json.dumps(marker, indent=1, sort_keys=True).encode()
 
@@ -340,8 +373,12 @@ def scale_s3(shards: int, verify_shards: int, data: bool, summaries: str | None)
             lambda ids, redone: server.fill(marker_objects, "out/", ids, redone, data and not redone),
             fill_summaries,
         )
-        verify_steps(steps, Folder("s3://scale/verify", options(server.url)), verify_shards,
-                     lambda n: server.fill(verify_objects, "verify/", n))  # fmt: skip
+        verify_steps(
+            steps,
+            Folder("s3://scale/verify", options(server.url)),
+            verify_shards,
+            lambda n: server.fill(verify_objects, "verify/", n),
+        )
         return steps.figures
 
 
@@ -353,8 +390,11 @@ if __name__ == "__main__":
     parser.add_argument("--shards", type=int, default=10_000, help="shards of the status/resume/watch job")
     parser.add_argument("--verify-shards", type=int, default=1_000, help="committed shards verify checks")
     parser.add_argument("--only", choices=("local", "s3"), help="measure --shards on one store only")
-    parser.add_argument("--with-data", action="store_true", help="on S3, a tar and a metadata object (1 byte) beside "
-                        "each marker: a bucket as large as a real output's")  # fmt: skip
+    parser.add_argument(
+        "--with-data",
+        action="store_true",
+        help="on S3, a tar and a metadata object (1 byte) beside each marker: a bucket as large as a real output's",
+    )
     parser.add_argument(
         "--summaries",
         choices=("written", "driver"),

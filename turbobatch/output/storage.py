@@ -146,8 +146,7 @@ class Folder:
         if not rels:
             return {}
         contents = self.fs.cat([self.path(rel) for rel in rels], on_error="return", **self.small_file_options())
-        return {rel: None if isinstance(data := contents.get(self.path(rel)), BaseException) else data
-                for rel in rels}  # fmt: skip
+        return {rel: None if isinstance(data := contents.get(self.path(rel)), BaseException) else data for rel in rels}
 
     def small_file_options(self) -> dict[str, Any]:
         """Options for ``fs.cat`` of small files. s3fs asks each file's size first (a HEAD, unless a listing of
@@ -186,8 +185,11 @@ class Folder:
         except FileNotFoundError:
             return {}
         itself = self.path(rel).rstrip("/")
-        return {e["name"].rstrip("/").rsplit("/", 1)[-1]: version_of(e) for e in entries
-                if e.get("type") != "directory" and e["name"].rstrip("/") != itself}  # fmt: skip
+        return {
+            e["name"].rstrip("/").rsplit("/", 1)[-1]: version_of(e)
+            for e in entries
+            if e.get("type") != "directory" and e["name"].rstrip("/") != itself
+        }
 
     @property
     def lists_by_prefix(self) -> bool:
@@ -221,8 +223,12 @@ class Folder:
             pages = fsspec.asyn.sync(self.fs.loop, all_listings)
         except FileNotFoundError:
             return {}
-        return {e["Key"][len(base) :]: {"size": e["Size"], "ETag": e.get("ETag")}
-                for entries in pages for e in entries if len(e["Key"]) > len(base)}  # fmt: skip
+        return {
+            e["Key"][len(base) :]: {"size": e["Size"], "ETag": e.get("ETag")}
+            for entries in pages
+            for e in entries
+            if len(e["Key"]) > len(base)
+        }
 
     def list_sizes(self, rel: str) -> dict[str, int | None]:
         """Name -> size in bytes of each entry directly under ``rel`` (None for a folder); empty

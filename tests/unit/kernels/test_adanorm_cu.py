@@ -145,9 +145,20 @@ def test_gated_residual_matches_reference(shim_launch, dtype, shape, case):
         shift=shift if c["shift"] else None,
     )
     x_new, h = launchers.adanorm(
-        x, y, gate, kw["y_norm"], kw["y_weight"], kw["y_eps"], kw["clip"], kw["norm"], weight, kw["eps"],
-        kw["scale"], kw["shift"], shim_launch,
-    )  # fmt: skip
+        x,
+        y,
+        gate,
+        kw["y_norm"],
+        kw["y_weight"],
+        kw["y_eps"],
+        kw["clip"],
+        kw["norm"],
+        weight,
+        kw["eps"],
+        kw["scale"],
+        kw["shift"],
+        shim_launch,
+    )
     ref_x, ref_h = reference.gated_residual(x, y, gate, **kw)
     exact = [check(x_new, ref_x, residual_magnitude(x, y, gate, kw["y_norm"], kw["y_weight"], 1e-5), case)[0]]
     if c["norm"] is None:

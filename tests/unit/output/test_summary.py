@@ -29,14 +29,32 @@ def make_output(out: Folder) -> None:
 def marker(shard_id: int, ok: int = 3) -> dict:
     """A done marker as workers write it: files with checksums, timings, node, start-up in some."""
     node = shard_id % 3
-    m = {"shard": shard_id, "rows": 4, "ok": ok, "error": 4 - ok, "image_bytes": 1000 + shard_id,
-         "files": {layout.tar_path(shard_id): {"bytes": 5000 + shard_id, "sha256": "ab" * 32},
-                   layout.metadata_path(shard_id): {"bytes": 700, "sha256": "cd" * 32}},
-         "spec_hash": "ef" * 32, "pid": 4242, "worker": f"host{node}", "node_id": f"{node:056x}",
-         "device_kind": "cpu" if node else "NVIDIA H200",
-         "timings_s": {"read": 0.1 + shard_id / 7, "device_idle_before": 0.3, "render": 2.0 + shard_id / 3,
-                       "pipeline": 1.5, "writer_wait": 0.25, "commit": 0.5, "total": 3.0 + shard_id / 11},
-         "committed_at": f"2026-01-02T03:{shard_id % 60:02d}:00.000+00:00"}  # fmt: skip
+    m = {
+        "shard": shard_id,
+        "rows": 4,
+        "ok": ok,
+        "error": 4 - ok,
+        "image_bytes": 1000 + shard_id,
+        "files": {
+            layout.tar_path(shard_id): {"bytes": 5000 + shard_id, "sha256": "ab" * 32},
+            layout.metadata_path(shard_id): {"bytes": 700, "sha256": "cd" * 32},
+        },
+        "spec_hash": "ef" * 32,
+        "pid": 4242,
+        "worker": f"host{node}",
+        "node_id": f"{node:056x}",
+        "device_kind": "cpu" if node else "NVIDIA H200",
+        "timings_s": {
+            "read": 0.1 + shard_id / 7,
+            "device_idle_before": 0.3,
+            "render": 2.0 + shard_id / 3,
+            "pipeline": 1.5,
+            "writer_wait": 0.25,
+            "commit": 0.5,
+            "total": 3.0 + shard_id / 11,
+        },
+        "committed_at": f"2026-01-02T03:{shard_id % 60:02d}:00.000+00:00",
+    }
     if shard_id in (0, 1000):
         m["startup_s"] = {"fetch": 1.0 + shard_id, "load": 2.0, "first_batch": 0.5}
         m["model_fetch"] = [{"component": "model", "action": "copied", "bytes": 10, "seconds": 1.0, "waited_s": 0}]
@@ -72,7 +90,10 @@ def test_status_from_summaries_equals_status_from_every_marker_and_reads_each_ma
     first = job_status(out)  # no summary yet: reads every marker, writes the three summaries
     assert sorted(reads) == [layout.done_path(i) for i in COMMITTED]
     assert sorted(p.name for p in (tmp_path / "out" / layout.SUMMARY_DIR).iterdir()) == [
-        "000000.json.gz", "000001.json.gz", "000002.json.gz"]  # fmt: skip
+        "000000.json.gz",
+        "000001.json.gz",
+        "000002.json.gz",
+    ]
     reads.clear()
     again = job_status(out)
     assert reads == [] and again == first
@@ -184,8 +205,9 @@ def test_summaries_keep_what_readers_use_and_drop_checksums():
     kept = summary.summarize(m)
     assert kept["files"] == {layout.tar_path(1000): {"bytes": 6000}, layout.metadata_path(1000): {"bytes": 700}}
     assert "spec_hash" not in kept and "pid" not in kept
-    assert {k: v for k, v in kept.items() if k != "files"} == {k: v for k, v in m.items()
-                                                               if k not in ("files", "spec_hash", "pid")}  # fmt: skip
+    assert {k: v for k, v in kept.items() if k != "files"} == {
+        k: v for k, v in m.items() if k not in ("files", "spec_hash", "pid")
+    }
     assert resume.listing_prefixes(None) == ([], None)
 
 

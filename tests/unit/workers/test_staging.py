@@ -22,9 +22,18 @@ def render(tmp_path, name: str, monkeypatch, stage: str) -> tuple[dict, list[str
     monkeypatch.setenv(staging.STAGE_ENV, stage)
     data = write_parquet(tmp_path / f"{name}.parquet", {"prompt": PROMPTS})
     spec = ResolvedJob(
-        input=str(data), output=str(tmp_path / name), model="tiny-z-image-turbo", device="cpu",
-        dtype="float32", height=32, width=32, steps=2, guidance_scale=0.0, batch_size=2, shard_size=5,
-    )  # fmt: skip
+        input=str(data),
+        output=str(tmp_path / name),
+        model="tiny-z-image-turbo",
+        device="cpu",
+        dtype="float32",
+        height=32,
+        width=32,
+        steps=2,
+        guidance_scale=0.0,
+        batch_size=2,
+        shard_size=5,
+    )
     worker = RenderWorker(spec)
     order: list[str] = []
     pipe = worker.renderer.pipe

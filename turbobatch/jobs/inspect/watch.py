@@ -222,8 +222,13 @@ class OutputWatcher:
         new_done = sorted(done - self.commits.keys())
         # The first refresh of a large job takes the markers from their summaries, and writes those it had to
         # read; later ones read the few new markers, which no summary holds yet, and write nothing.
-        markers = summary.done_markers(self.out, {i: versions[i] for i in new_done}, write=not self._summaries_written,
-                                       min_per_block=SUMMARY_FROM, stored=listing.summaries)  # fmt: skip
+        markers = summary.done_markers(
+            self.out,
+            {i: versions[i] for i in new_done},
+            write=not self._summaries_written,
+            min_per_block=SUMMARY_FROM,
+            stored=listing.summaries,
+        )
         self._summaries_written = True
         for shard_id, marker in zip(new_done, markers):
             self.commits[shard_id] = Commit.from_marker(marker)

@@ -76,9 +76,17 @@ def _z_image_forward(
     h = kernels.modulated_norm(x, "rms", n1.weight, n1.eps, scale_msa)
     attn_out = self.attention(h, attention_mask=attn_mask, freqs_cis=freqs_cis)
     x, h = kernels.gated_residual(
-        x, attn_out, gate_msa, y_norm=True, y_weight=n2.weight, y_eps=n2.eps, norm="rms", weight=f1.weight,
-        eps=f1.eps, scale=scale_mlp,
-    )  # fmt: skip
+        x,
+        attn_out,
+        gate_msa,
+        y_norm=True,
+        y_weight=n2.weight,
+        y_eps=n2.eps,
+        norm="rms",
+        weight=f1.weight,
+        eps=f1.eps,
+        scale=scale_mlp,
+    )
     x, _ = kernels.gated_residual(x, self.feed_forward(h), gate_mlp, y_norm=True, y_weight=f2.weight, y_eps=f2.eps)
     return x
 
@@ -113,9 +121,14 @@ def _flux2_double_forward(
     )
     hidden_states, _ = kernels.gated_residual(hidden_states, self.ff(norm_hidden_states), gate_mlp)
     encoder_hidden_states, norm_encoder_hidden_states = kernels.gated_residual(
-        encoder_hidden_states, context_attn_output, c_gate_msa, norm="layer", eps=self.norm2_context.eps,
-        scale=c_scale_mlp, shift=c_shift_mlp,
-    )  # fmt: skip
+        encoder_hidden_states,
+        context_attn_output,
+        c_gate_msa,
+        norm="layer",
+        eps=self.norm2_context.eps,
+        scale=c_scale_mlp,
+        shift=c_shift_mlp,
+    )
     encoder_hidden_states, _ = kernels.gated_residual(
         encoder_hidden_states, self.ff_context(norm_encoder_hidden_states), c_gate_mlp, clip=True
     )

@@ -280,8 +280,12 @@ def test_a_refresh_lists_only_blocks_not_yet_complete_and_those_repair_named(s3_
         blocks: dict[int, dict[str, list]] = {}
         for i, version in resume.done_versions(out, len(plan)).items():
             blocks.setdefault(i // 1000, {})[str(i)] = [version, {"shard": i, "ok": 1, "error": 0}]
-        out.write_many({layout.summary_path(b): gzip.compress(json.dumps({"format": 1, "shards": shards}).encode())
-                        for b, shards in blocks.items()})  # fmt: skip
+        out.write_many(
+            {
+                layout.summary_path(b): gzip.compress(json.dumps({"format": 1, "shards": shards}).encode())
+                for b, shards in blocks.items()
+            }
+        )
         watcher = OutputWatcher(out)
         first = watcher.refresh()
         assert first.shards["committed"] == 2500

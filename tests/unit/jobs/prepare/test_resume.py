@@ -50,12 +50,30 @@ def test_overwrite_discards_only_turbobatch_objects(tmp_path):
     assert out.read_json(layout.SPEC)["fingerprint"]["spec"]["steps"] == 2
 
 
-OURS = ["_done/000000.json", "_done/000001.json", "_failed/000002.json", "metadata/000000.parquet",
-        "metadata/000001.parquet", "shards/000000.tar", "shards/000001.tar", "images/000000/0.png",
-        "images/000000/a.tmp-b.webp", "data/000001.parquet", "shards/000002.tar.tmp-" + "0123456789abcdef" * 2,
-        layout.summary_path(0)]  # fmt: skip
-FOREIGN = ["metadata/notes.txt", "shards/extra/keep.tar", "images/000000/notes.txt", "images/mine/0.png",
-           "_job/mine.yaml", "_done/1.json", "data/000001.parquet.tmp-x", "README.txt"]  # fmt: skip
+OURS = [
+    "_done/000000.json",
+    "_done/000001.json",
+    "_failed/000002.json",
+    "metadata/000000.parquet",
+    "metadata/000001.parquet",
+    "shards/000000.tar",
+    "shards/000001.tar",
+    "images/000000/0.png",
+    "images/000000/a.tmp-b.webp",
+    "data/000001.parquet",
+    "shards/000002.tar.tmp-" + "0123456789abcdef" * 2,
+    layout.summary_path(0),
+]
+FOREIGN = [
+    "metadata/notes.txt",
+    "shards/extra/keep.tar",
+    "images/000000/notes.txt",
+    "images/mine/0.png",
+    "_job/mine.yaml",
+    "_done/1.json",
+    "data/000001.parquet.tmp-x",
+    "README.txt",
+]
 
 
 def fill(out: Folder, names: list[str]) -> None:
@@ -92,14 +110,27 @@ def test_overwrite_of_an_output_holding_only_ours_names_no_kept_files(tmp_path, 
 
 @pytest.mark.parametrize(
     "rel, kind",
-    [("_done/000012.json", "done marker"), ("_done/1234567.json", "done marker"), ("_done/12.json", None),
-     ("metadata/000000.parquet", "metadata file"), ("metadata/000000.json", None), ("shards/000000.parquet", None),
-     ("images/000003/k_1.jpg", "image file"), ("images/000003/k.txt", None), ("images/3/k.png", None),
-     ("images/000003/sub/k.png", None), ("_job/plan.json", "_job/"), ("_job/.write-probe", "_job/"),
-     ("_job/spec.json.tmp-" + "f" * 32, "temp file"), ("_job/other.json.tmp-" + "f" * 32, None),
-     ("_job/spec.json.tmp-xyz", None), ("_job/summary/000003.json.gz", "_job/"), ("_job/summary/notes.json.gz", None),
-     ("_job/summary/000003.json", None)],
-)  # fmt: skip
+    [
+        ("_done/000012.json", "done marker"),
+        ("_done/1234567.json", "done marker"),
+        ("_done/12.json", None),
+        ("metadata/000000.parquet", "metadata file"),
+        ("metadata/000000.json", None),
+        ("shards/000000.parquet", None),
+        ("images/000003/k_1.jpg", "image file"),
+        ("images/000003/k.txt", None),
+        ("images/3/k.png", None),
+        ("images/000003/sub/k.png", None),
+        ("_job/plan.json", "_job/"),
+        ("_job/.write-probe", "_job/"),
+        ("_job/spec.json.tmp-" + "f" * 32, "temp file"),
+        ("_job/other.json.tmp-" + "f" * 32, None),
+        ("_job/spec.json.tmp-xyz", None),
+        ("_job/summary/000003.json.gz", "_job/"),
+        ("_job/summary/notes.json.gz", None),
+        ("_job/summary/000003.json", None),
+    ],
+)
 def test_owned_kind_names_only_the_layouts_files(rel, kind):
     assert layout.owned_kind(rel) == kind
 

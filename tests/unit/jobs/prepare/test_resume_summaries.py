@@ -34,8 +34,12 @@ def write_summaries(out: Folder, versions: dict[int, str | None]) -> None:
     blocks: dict[int, dict[str, list]] = {}
     for i, version in versions.items():
         blocks.setdefault(i // layout.SUMMARY_BLOCK, {})[str(i)] = [version, {"shard": i, "ok": 1, "error": 0}]
-    out.write_many({layout.summary_path(b): gzip.compress(json.dumps({"format": summary.FORMAT, "shards": shards})
-                                                          .encode()) for b, shards in blocks.items()})  # fmt: skip
+    out.write_many(
+        {
+            layout.summary_path(b): gzip.compress(json.dumps({"format": summary.FORMAT, "shards": shards}).encode())
+            for b, shards in blocks.items()
+        }
+    )
 
 
 @pytest.fixture

@@ -80,9 +80,16 @@ def test_other_models_and_changed_blocks_are_left_alone():
 def tiny_z_image() -> tuple[nn.Module, dict]:
     torch.manual_seed(0)
     model = ZImageTransformer2DModel(
-        in_channels=4, dim=64, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=24,
-        axes_dims=[8, 12, 12], axes_lens=[64, 32, 32],
-    ).eval()  # fmt: skip
+        in_channels=4,
+        dim=64,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=24,
+        axes_dims=[8, 12, 12],
+        axes_lens=[64, 32, 32],
+    ).eval()
     _randomize(model)
     g = torch.Generator().manual_seed(1)
     inputs = {
@@ -97,10 +104,17 @@ def tiny_z_image() -> tuple[nn.Module, dict]:
 def tiny_flux2() -> tuple[nn.Module, dict]:
     torch.manual_seed(0)
     model = Flux2Transformer2DModel(
-        patch_size=1, in_channels=8, num_layers=2, num_single_layers=2, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=24, timestep_guidance_channels=32,
-        axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False,
-    ).eval()  # fmt: skip
+        patch_size=1,
+        in_channels=8,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=24,
+        timestep_guidance_channels=32,
+        axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=False,
+    ).eval()
     _randomize(model)
     g = torch.Generator().manual_seed(1)
     img_ids = torch.cartesian_prod(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), torch.zeros(1))
@@ -158,8 +172,22 @@ def kernel_on_cpu(shim_launch, monkeypatch):
             1
         ]
 
-    def gated_residual(x, y, gate=None, *, y_norm=False, y_weight=None, y_eps=1e-5, clip=False, norm=None,
-                       weight=None, eps=1e-6, scale=None, shift=None, **_):  # fmt: skip
+    def gated_residual(
+        x,
+        y,
+        gate=None,
+        *,
+        y_norm=False,
+        y_weight=None,
+        y_eps=1e-5,
+        clip=False,
+        norm=None,
+        weight=None,
+        eps=1e-6,
+        scale=None,
+        shift=None,
+        **_,
+    ):
         return launchers.adanorm(
             x, y, gate, y_norm, y_weight, y_eps, clip, norm, weight, eps, scale, shift, shim_launch
         )
