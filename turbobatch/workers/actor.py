@@ -30,9 +30,10 @@ from turbobatch.output.shard import Shard
 from turbobatch.output.storage import Folder
 from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.workers.batches import PipelineRenderer
-from turbobatch.workers.control import ControlImageError, ControlImageLoader
+from turbobatch.workers.control import ControlImageLoader
 from turbobatch.workers.images import image_rows
 from turbobatch.workers.init_images import InitImageLoader
+from turbobatch.workers.row_images import RowImageError
 from turbobatch.workers.rows import Row, ShardReader, rows_from_table
 from turbobatch.workers.speedups import registry as speedups
 from turbobatch.workers.staging import Stager, staging_reason
@@ -127,7 +128,7 @@ class RenderWorker:
     def _load_control(self, row: Row) -> None:
         try:
             row.control_image = self.controls.decode(row.control)
-        except ControlImageError as e:
+        except RowImageError as e:
             row.error = str(e)
 
     def _control_at_size(self, images: list[Row]) -> None:

@@ -1,6 +1,6 @@
 """Init images for img2img rows: read, decode, and resize to each image's render size.
 
-A row's init image comes from the same sources as a control image (workers/control.py): a path
+A row's init image comes from the same sources as a control image (workers/row_images.py): a path
 or URL relative to the dataset folder, an absolute fsspec URL, or the image's raw bytes. A
 missing, unreadable, truncated or non-image value fails its row alone (its batch-mates render).
 
@@ -16,23 +16,15 @@ size) sees the same pixels as a plain pipeline call given the resized image.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from typing import Any
 
 from PIL import Image, ImageOps
 
-from turbobatch.output.storage import dataset_root, open_fs
 from turbobatch.spec.job import JobSpec
-from turbobatch.workers.control import control_reference
+from turbobatch.workers.row_images import RowImageError, RowImageReader
 from turbobatch.workers.rows import Row
-
-init_reference = control_reference  # metadata records a path/URL, or the sha256 of raw bytes
-
-
-class InitImageError(ValueError):
-    """This row's init image cannot be used; the message goes to its metadata row."""
 
 
 def resize(image: Image.Image, height: int, width: int, mode: str) -> Image.Image:
@@ -48,40 +40,17 @@ def resize(image: Image.Image, height: int, width: int, mode: str) -> Image.Imag
     raise ValueError(f"unknown resize mode {mode!r}")
 
 
-class InitImageLoader:
+class InitImageLoader(RowImageReader):
     def __init__(self, spec: JobSpec, storage_options: dict[str, Any] | None = None) -> None:
+        super().__init__("init image", spec.input, storage_options)
         self.spec = spec
-        self.storage_options = storage_options or {}
-        self.root = dataset_root(spec.input, self.storage_options)
-
-    def decode(self, value: Any) -> Image.Image:
-        """A row's init image, read and fully decoded (a truncated file raises here), as RGB."""
-        if value is None or value == "" or value == b"":
-            raise InitImageError("init image is null")
-        data = value if isinstance(value, (bytes, bytearray)) else self._read(str(value))
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-            return image.convert("RGB")
-        except Exception as e:  # noqa: BLE001 - any decode failure is this row's problem
-            raise InitImageError(f"init image {init_reference(value)!r} cannot be decoded: {e}") from None
-
-    def _read(self, ref: str) -> bytes:
-        url = ref if "://" in ref or ref.startswith("/") else f"{self.root}/{ref}"
-        try:
-            fs, path = open_fs(url, self.storage_options)
-            return fs.cat_file(path)
-        except FileNotFoundError:
-            raise InitImageError(f"init image {ref!r} not found (looked at {url})") from None
-        except Exception as e:  # noqa: BLE001
-            raise InitImageError(f"init image {ref!r} cannot be read: {type(e).__name__}: {e}") from None
 
     def load(self, row: Row) -> None:
         """Decode the row's init image into ``row.init_image`` (and its size), or set its error."""
         try:
             row.init_image = self.decode(row.init)
             row.init_size = row.init_image.size
-        except InitImageError as e:
+        except RowImageError as e:
             row.error = str(e)
 
     def load_rows(self, rows: Iterable[Row], pool: Executor) -> None:

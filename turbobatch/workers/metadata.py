@@ -20,7 +20,7 @@ from turbobatch.output.shard import Shard
 from turbobatch.output.storage import Folder
 from turbobatch.spec.expand import SWEEP_PREFIX
 from turbobatch.spec.job import JobSpec
-from turbobatch.workers.control import control_reference
+from turbobatch.workers.row_images import image_reference
 from turbobatch.workers.row_inputs import img2img_lora_fields
 from turbobatch.workers.rows import Row
 from turbobatch.workers.sinks.base import file_entry
@@ -63,7 +63,7 @@ def new_record(row: Row, shard: Shard, spec: JobSpec, status: str, **extra: Any)
         "controlnet": spec.controlnet,
         "controlnet_scale": spec.controlnet_scale if spec.controlnet else None,
         "control_preprocess": spec.control_preprocess if spec.controlnet else None,
-        "control_image": control_reference(row.control) if spec.controlnet else None,
+        "control_image": image_reference(row.control) if spec.controlnet else None,
     }
     record.update(img2img_lora_fields(row, spec))
     record.update({SWEEP_PREFIX + name: value for name, value in row.swept.items()})

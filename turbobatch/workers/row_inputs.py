@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from turbobatch.spec.job import JobSpec, denoising_steps
-from turbobatch.workers.control import control_reference
+from turbobatch.workers.row_images import image_reference
 
 if TYPE_CHECKING:
     from turbobatch.workers.rows import Row
@@ -88,7 +88,7 @@ def img2img_lora_fields(row: Row, spec: JobSpec) -> dict[str, Any]:
     else:
         lora = lora_label(spec.lora) if spec.lora else None
     return {
-        "init_image": control_reference(row.init) if used else None,
+        "init_image": image_reference(row.init) if used else None,
         "init_width": size[0],
         "init_height": size[1],
         "strength": row.strength if used else None,
