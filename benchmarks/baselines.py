@@ -19,6 +19,7 @@ import torch
 from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.spec.sampling import SamplingParams
 from turbobatch.workers.actor import RenderWorker
+from turbobatch.workers.families import family_for
 
 
 def sync(device: str) -> None:
@@ -41,7 +42,7 @@ def naive_loop(
     started = time.perf_counter()
     for i in range(0, len(prompts), batch):
         images = pipe(
-            prompts[i : i + batch],
+            prompt=prompts[i : i + batch],  # by name: FLUX.2 klein's first argument is a reference image
             num_inference_steps=steps,
             guidance_scale=guidance_scale,
             height=size,
@@ -59,6 +60,7 @@ class PipelineCallSampler:
     def __init__(self, pipe: Any, spec: ResolvedJob, device: str) -> None:
         self.pipe, self.spec, self.device = pipe, spec, device
         self.params = spec.sampling()  # the renderer groups rows by these (as for TurboSampler)
+        self.family = family_for(pipe, device)  # the renderer asks it (img2img's start rule; none here)
 
     def sample(
         self,
@@ -72,9 +74,10 @@ class PipelineCallSampler:
         extra = (
             {"image": control_images, "controlnet_conditioning_scale": spec.controlnet_scale} if control_images else {}
         )
+        if negatives is not None:  # FLUX.2 klein takes none
+            extra["negative_prompt"] = negatives
         latents = self.pipe(
             prompt=prompts,
-            negative_prompt=negatives,
             num_inference_steps=p.steps,
             guidance_scale=p.guidance_scale,
             height=p.height,

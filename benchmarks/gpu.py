@@ -138,6 +138,12 @@ def first_images(v: Variant, data: Path) -> list[np.ndarray]:
     return [r.image for r in results]
 
 
+def applicable(changes: str, pipe: Any) -> str:
+    """``changes`` less those needing a part ``pipe`` lacks ("all" on a transformer: no UNet fusion)."""
+    kept = [n for n in changes.split(",") if getattr(pipe, NEEDS_PART.get(n, "vae"), None) is not None]
+    return ",".join(kept) or "none"
+
+
 def family_settings(model: str) -> tuple[int, str, int, float]:
     """(size, dtype, steps, guidance) of the model's family (``FAMILY_SETTINGS``; SD's otherwise)."""
     name = model.lower()
@@ -148,7 +154,7 @@ def plain_images(pipe: Any, spec: ResolvedJob, prompts: list[str], n: int) -> li
     """What plain diffusers calls give for the first rows' prompts and seeds (job seed + index)."""
     gens = [torch.Generator(spec.device).manual_seed(spec.seed + i) for i in range(n)]
     out = pipe(
-        prompts[:n],
+        prompt=prompts[:n],  # by name: FLUX.2 klein's first argument is a reference image
         num_inference_steps=spec.steps,
         guidance_scale=spec.guidance_scale,
         height=spec.height,
@@ -226,11 +232,14 @@ def bench(model: str, decoder: str, args: argparse.Namespace, work: Path, peak: 
     for label in args.variants:
         if decoder == "tiny" and label == "fused_norms":  # a tiny autoencoder has no GroupNorm: it is "none"
             continue
+        if label == "previous" and getattr(base, "unet", None) is None:
+            lines.append(f"{name} [previous]: not timed (the previous worker sampled the UNet families only)")
+            continue
         if getattr(base, NEEDS_PART.get(label, "vae"), None) is None:  # it would time "none" again
             lines.append(f"{name} [{label}]: not timed (no {NEEDS_PART[label]} in this pipeline)")
             continue
         try:
-            variants.append(build(label, args.changes[label], spec, base, vae, data, rows))
+            variants.append(build(label, applicable(args.changes[label], base), spec, base, vae, data, rows))
         except Exception as e:  # noqa: BLE001 - report it, measure the others
             if args.smoke and label not in speedups.COMPILING:
                 raise
@@ -340,7 +349,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not set(args.decoders) <= {"vae", "tiny"}:
         parser.error(f"--decoders: {args.decoders} is not valid; choose from vae, tiny")
     if args.smoke:
-        args.models, args.images, args.batch_size, args.runs = ["tiny-sd-turbo"], 8, 4, 1
+        # tiny twins named with --models are smoked as given; any other model by tiny-sd-turbo
+        twins = [m if m.startswith("tiny-") else "tiny-sd-turbo" for m in args.models]
+        args.models, args.images, args.batch_size, args.runs = list(dict.fromkeys(twins)), 8, 4, 1
     elif not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs CUDA (use --smoke to check the code path on CPU)")
     return args

@@ -5,7 +5,7 @@
 #    the carried $WHEELHOUSE into $GPU_SITE with `pip --target`, put on PYTHONPATH. Not a venv:
 #    the machine's python3 is itself a venv, and a venv made from one does not see its torch
 #    even with --system-site-packages (that flag means the base interpreter's packages);
-# 2. the kernel steps: backend check, fatbin prebuild, `pytest -m gpu`, benchmarks/kernels.py;
+# 2. the kernel steps: backend check, fatbin prebuild, `pytest -m gpu`, benchmarks/kernel_bench.py;
 # 3. benchmarks/gpu.py (needs diffusers, not pycuda): every worker variant side by side, plus a
 #    torch.profiler table of one shard per model and decoder in $GPU_OUT.
 # A failing step is reported and the independent steps after it still run (one lease, one
@@ -90,7 +90,7 @@ if step install install; then
         step fatbins "$PY" -m turbobatch.kernels.build
         step gpu-tests "$PY" -m pytest tests/unit/kernels tests/unit/workers/test_batches_gpu.py -m gpu --noconftest \
             -p no:cacheprovider -q -rs
-        step kernel-bench "$PY" -m benchmarks.kernels --markdown "$OUT/benchmarks.md"
+        step kernel-bench "$PY" -m benchmarks.kernel_bench --markdown "$OUT/benchmarks.md"
     fi
     step pipeline-bench bash -o pipefail -c "$PY benchmarks/gpu.py ${MODELS:+--models $MODELS} ${VARIANTS:+--variants '$VARIANTS'} $BENCH_ARGS \
         --trace '$OUT' | tee '$OUT/gpu.txt'"

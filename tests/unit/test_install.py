@@ -94,6 +94,20 @@ def test_hugging_faces_kernels_and_ours_import_side_by_side(tmp_path: Path, wher
     assert has_hf_api == "True"
 
 
+@pytest.mark.parametrize("folder", ["benchmarks", "examples", "requirements", "deploy"])
+def test_no_script_shadows_an_installed_package(folder: str) -> None:
+    """`python benchmarks/gpu.py` puts benchmarks/ first on sys.path, so a module there named like an
+    installed package replaces it for every import in that process: benchmarks/kernels.py once hid
+    Hugging Face's `kernels`, which peft imports (via diffusers' LoRA loaders), and gpu-check failed."""
+    from importlib.metadata import packages_distributions
+
+    installed = set(packages_distributions()) | set(sys.stdlib_module_names)
+    modules = {p.stem for p in (REPO / folder).glob("*.py")} | {
+        p.parent.name for p in (REPO / folder).glob("*/__init__.py")
+    }
+    assert not modules & installed, f"{folder}/ shadows installed packages: {sorted(modules & installed)}"
+
+
 def test_python_dash_m_turbobatch_is_the_command(tmp_path: Path) -> None:
     """`python -m turbobatch` and the `turbobatch` script are one entry point."""
     for cmd in (

@@ -15,6 +15,7 @@ import runpy, sys
 for name in ("ray", "s3fs", "boto3", "botocore", "aiobotocore", "moto"):
     sys.modules[name] = None  # import fails as if not installed
 sys.argv[0] = "benchmarks/gpu.py"
+sys.path.insert(0, "benchmarks")  # as `python benchmarks/gpu.py` (gpu-check) runs it
 runpy.run_path("benchmarks/gpu.py", run_name="__main__")
 """
 
@@ -22,6 +23,19 @@ runpy.run_path("benchmarks/gpu.py", run_name="__main__")
 def run_gpu_benchmark(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-c", WITHOUT_CLUSTER_PACKAGES, "--smoke", *args]
     return subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_transformer_families_run_through_the_gpu_benchmark_on_cpu():
+    """`make gpu-check GPU_MODELS=...` times Z-Image and FLUX.2 klein: their twins take the same path,
+    each change that applies timed and compared with plain diffusers, the UNet-only ones said so."""
+    result = run_gpu_benchmark("--models", "tiny-z-image-turbo", "tiny-flux2-klein", "--decoders", "vae")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("tiny-z-image-turbo vae", "tiny-flux2-klein vae"):
+        assert f"{name} [unet_fused_norms]: not timed (no unet in this pipeline)" in result.stdout
+        for label in ("none", "transformer_fused_norms", "default", "all"):
+            line = re.search(rf"^{re.escape(name)} \[{label}\]: [\d.]+ img/s.*max abs diff (\d+)", result.stdout, re.M)
+            assert line and int(line.group(1)) <= 1, (label, result.stdout[-3000:])
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ def test_every_block_of_the_real_transformers_is_covered():
     with torch.device("meta"):
         z = ZImageTransformer2DModel.from_config(random_config(Z_IMAGE, "transformer"))
         f = Flux2Transformer2DModel.from_config(random_config(KLEIN, "transformer"))
-    assert z.config.dim == 3840 and f.inner_dim == 3072  # the row widths benchmarks/kernels.py times
+    assert z.config.dim == 3840 and f.inner_dim == 3072  # the row widths benchmarks/kernel_bench.py times
     assert blocks(z, ZImageTransformerBlock) == 34
     assert tf.fused_forwards(z) == {"ZImageTransformerBlock": 34}
     assert tf.fused_forwards(f) == {"Flux2TransformerBlock": 5, "Flux2SingleTransformerBlock": 20}

@@ -1,6 +1,6 @@
 """Kernel vs torch reference vs diffusers' post-process path, in ms per batch (never asserted).
 
-Run from the repository root: ``python -m benchmarks.kernels`` (``make gpu-check`` does, on a
+Run from the repository root: ``python -m benchmarks.kernel_bench`` (``make gpu-check`` does, on a
 GPU). On CUDA each number is the median of --runs timed with CUDA events after warm-up; on
 CPU (no GPU) only the reference paths run, timed with perf_counter, as a smoke test.
 The diffusers path is ``VaeImageProcessor.postprocess(output_type="np")`` then
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         all_cases += dit_cases(args.dit_batch, args.caption_tokens, not args.no_compile)
     else:
         lines.insert(-3, "DiT norm + modulation rows (kernels/adanorm.cu): skipped, no GPU (they time CUDA only)\n")
-        print("benchmarks.kernels: DiT norm + modulation (adanorm) rows skipped: no GPU", flush=True)
+        print("benchmarks.kernel_bench: DiT norm + modulation (adanorm) rows skipped: no GPU", flush=True)
     timed = [(name, time_ms(fn, runs, max(args.warmup, 3), cuda), ref) for name, fn, ref in all_cases]
     ms_of = {name: ms for name, ms, _ in timed}
     for name, ms, ref in timed:
