@@ -1,10 +1,11 @@
-"""Summaries of done markers: what ``status``, ``status --watch`` and the dataset card read instead of every marker.
+"""Summaries of done markers: what resume, ``status``, ``status --watch`` and the card read instead of every marker.
 
 A done marker stays the only truth about its shard; a summary only spares reading it again. For each block
 of 1,000 shard ids, ``_job/summary/BBBBBB.json.gz`` holds what those readers use of each committed shard's
 marker (``summarize``: the marker less its files' checksums, spec hash and pid) beside the marker's version
 as the listing of ``_done/`` named it when the marker was read (storage.version_of: size and ETag on S3,
-size, mtime and inode on a local disk). A reader lists ``_done/`` (it did anyway), takes from the summaries
+size, mtime and inode on a local disk). The driver writes a block's summary when the block's last shard
+commits (jobs/run/block_summaries.py); a reader lists ``_done/`` (it did anyway), takes from the summaries
 each marker whose version is unchanged, reads only the others (new ones, and those a redone shard or
 ``verify --repair`` rewrote or removed) and rewrites the summaries of the blocks that changed.
 
