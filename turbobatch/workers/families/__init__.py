@@ -2,8 +2,8 @@
 families differ (workers/sampler.py runs the one loop over them; workers/decode.py decodes with
 ``vae_input``). Which family a pipeline is comes from its class.
 
-Imports torch, diffusers, spec/ and its own modules only; nothing else of workers/ (the sampler
-and decoder import it, not the other way round)."""
+Imports torch, diffusers, spec/, models/families.py and its own modules only; nothing else of
+workers/ (the sampler and decoder import it, not the other way round)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,16 @@ from typing import Any
 
 import torch
 
+from turbobatch.models.families import FAMILY_OF_PIPELINE
 from turbobatch.workers.families.base import Conditioning, Family
 
 __all__ = ["Conditioning", "Family", "family_for", "family_name"]
 
+# The job's pipeline classes (models/families.py); a ControlNet pipeline samples as its base family.
 _BY_PIPELINE = {
-    "StableDiffusionPipeline": "sd",
+    **FAMILY_OF_PIPELINE,
     "StableDiffusionControlNetPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusionXLControlNetPipeline": "sdxl",
-    "ZImagePipeline": "z-image",
-    "Flux2KleinPipeline": "flux2-klein",
 }
 
 
