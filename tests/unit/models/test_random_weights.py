@@ -7,6 +7,7 @@ from turbobatch.errors import JobError
 from turbobatch.models.random_weights import build_components
 from turbobatch.models.resolve import resolve_model
 from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 
 
 def params(module: torch.nn.Module) -> float:
@@ -49,7 +50,7 @@ def test_a_random_weight_sd_turbo_renders_through_the_worker(tmp_path):
     from turbobatch.workers.actor import RenderWorker
 
     data = write_parquet(tmp_path / "p.parquet", {"prompt": ["a lighthouse"]})
-    spec = JobSpec(
+    spec = ResolvedJob(
         input=str(data),
         output=str(tmp_path / "out"),
         model="stabilityai/sd-turbo",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -15,6 +14,7 @@ from turbobatch.jobs.run.local_ray import explicit_auth_mode, own_process_groups
 from turbobatch.jobs.run.signals import note_sigterm, on_main_thread, sigterm_interrupts
 from turbobatch.models.families import FAMILIES, check_family, with_family_defaults
 from turbobatch.models.resolve import ModelInfo
+from turbobatch.spec.job import JobSpec
 from turbobatch.spec.resolved import ResolvedJob
 
 # Passed to actors so that a joined cluster's workers find the same caches as the driver.
@@ -98,7 +98,7 @@ def actor_env() -> dict[str, str]:
     return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
 
 
-def resolve_spec(spec: ResolvedJob, model: ModelInfo, cluster: ClusterInfo) -> ResolvedJob:
+def resolve_spec(spec: JobSpec, model: ModelInfo, cluster: ClusterInfo) -> ResolvedJob:
     """Fill the fields left to the model and the cluster, and check they fit."""
     device = spec.device or cluster.device
     dtype = spec.dtype or (FAMILIES[model.family].cuda_dtype if device == "cuda" else "float32")
@@ -117,7 +117,7 @@ def resolve_spec(spec: ResolvedJob, model: ModelInfo, cluster: ClusterInfo) -> R
         )
     default_cpus = 1 if device == "cuda" else max(1, cluster.cpus // workers)  # torch uses what it asks for
     cpus = _whole(spec.worker_cpus if spec.worker_cpus is not None else default_cpus)
-    resolved = dataclasses.replace(
+    resolved = ResolvedJob.of(
         spec,
         device=device,
         dtype=dtype,
