@@ -43,8 +43,11 @@ DEMO_OUT ?= out/demo
 demo: setup
 	$(BIN)/python -m turbobatch render examples/prompts.parquet $(DEMO_OUT) --model tiny-sd-turbo --shard-size 10
 
+# Two processes (pytest-xdist), a test file each at a time: the real-Ray tests wait on clusters most
+# of their time, so on 2 cores the suite takes ~15 min instead of ~21 (docs/BENCHMARKS.md, "The suite").
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest --durations=25
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # ruff: the checks (pyproject's [tool.ruff.lint]) and the formatter's layout; CI runs it first.
 lint: setup
