@@ -19,6 +19,7 @@ image. With --lora-column the adapters stay apart and ``LoraSwitch.activate`` pi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -199,14 +200,12 @@ def with_lora_sources(spec: ResolvedJob, loras: list[LoraInfo]) -> ResolvedJob:
     for lora in loras:
         files = sorted(set(by_folder[(lora.source.kind, lora.source.location, lora.source.revision)]))
         sources[SOURCE_PREFIX + lora.name] = {**lora.source.to_spec("none", files), "weight_name": lora.weight_name}
-    from dataclasses import replace
-
-    return replace(spec, sources=sources)
+    return dataclasses.replace(spec, sources=sources)
 
 
 # -- actor side --------------------------------------------------------------------------
-def _adapter(name: str, i: int) -> str:
-    return f"lora{i}"  # peft module names may not hold dots; the user's names may
+def _adapter(i: int) -> str:
+    return f"lora{i}"  # by position: peft module names may not hold dots; the user's names may
 
 
 class LoraSwitch:
@@ -245,8 +244,8 @@ def load_loras(pipe: Any, spec: ResolvedJob, locations: Mapping[str, str] | None
             folder, weight_name = (
                 (os.path.dirname(given), os.path.basename(given)) if given.endswith(".safetensors") else (given, None)
             )
-        pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=_adapter(name, i))
-        adapters[name] = (_adapter(name, i), scale)
+        pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=_adapter(i))
+        adapters[name] = (_adapter(i), scale)
     if spec.lora_column:
         switch = LoraSwitch(pipe, adapters)
         switch.activate(None)

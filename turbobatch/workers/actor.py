@@ -60,8 +60,9 @@ class RenderWorker:
         loading = time.perf_counter()
         loras = None  # --lora: fused into the weights, or switched per batch (--lora-column)
         if pipe is None:
-            pipe = load_pipeline(spec, {f.component: f.path for f in fetched})
-            loras = load_loras(pipe, spec, {f.component: f.path for f in fetched})
+            locations = {f.component: f.path for f in fetched}  # this node's copies
+            pipe = load_pipeline(spec, locations)
+            loras = load_loras(pipe, spec, locations)
         speedups.apply(pipe, spec.speedup_set)
         if spec.compile != "off":
             speedups.compile_unet(pipe, mode=spec.compile)  # compiles lazily, on the first call

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from turbobatch import faults
-from turbobatch.spec.job import JobSpec
+from turbobatch.spec.resolved import ResolvedJob
 from turbobatch.spec.sampling import SamplingParams
 from turbobatch.workers.decode import Decoded, Decoder
 from turbobatch.workers.row_inputs import batch_variant
@@ -79,7 +79,7 @@ class PipelineRenderer:
     def __init__(
         self,
         pipe: Any,
-        spec: JobSpec,
+        spec: ResolvedJob,
         device: str,
         overlap: bool = True,
         pad_batches: bool = False,

@@ -1,4 +1,4 @@
-"""Per-shard staging, for a card too small for the whole pipeline at once (issue 26, item 6).
+"""Per-shard staging, for a card too small for the whole pipeline at once.
 
 Z-Image-Turbo's weights are 20.5 GB in bf16 (Qwen3-4B 8.0 of them): on a 24 GB card they load, but
 the transformer's activations at 1024x1024 do not fit beside the text encoder. A batch job need
